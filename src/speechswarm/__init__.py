@@ -1,0 +1,14 @@
+"""speechswarm: train DeepSpeech2-style CTC speech recognizers fast.
+
+`speechswarm --help` lists the commands; `speechswarm.load(path).transcribe(audio)` is the
+Python entry point for a trained model.
+"""
+
+__version__ = "0.1.0"
+
+
+def load(path, *, device: str = "auto", precision: str = "auto"):
+    """Load a trained checkpoint; see `speechswarm.inference.Recognizer.transcribe`."""
+    from speechswarm.inference import load as _load
+
+    return _load(path, device=device, precision=precision)

@@ -1,0 +1,3 @@
+from speechswarm.cli import main
+
+raise SystemExit(main())

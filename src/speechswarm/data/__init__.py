@@ -1,0 +1,1 @@
+"""Audio on disk to padded batches: manifests, importers, tokens, sampling, loading."""

@@ -1,0 +1,158 @@
+"""Commands that turn data on disk into manifests: prepare, synth, clients, validate.
+
+    speechswarm prepare librispeech /data/LibriSpeech/dev-clean --out data/dev-clean.jsonl
+    speechswarm synth --out data/synth
+    speechswarm prepare clients my_module:load_clients_data --out data/clients
+    speechswarm validate data/dev-clean.jsonl
+
+Each writes its outputs atomically and prints one summary line with units; problems go to a
+JSON report beside the manifest, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+from speechswarm.data.manifest import Utterance, read_manifest, total_hours, write_manifest
+
+
+def prepare_manifest(
+    fmt: str, src: Path, out: Path, *, split: str = "train", digits: str = "spell", workers: int = 4
+) -> list[Utterance]:
+    """Import corpus `src` of format `fmt` into manifest `out` (+ `out`.problems.json if any)."""
+    from speechswarm.data.corpora import prepare
+
+    kwargs = {"digits": digits, "workers": workers}
+    if fmt == "commonvoice":
+        kwargs["split"] = split
+    result = prepare(fmt, src, **kwargs)
+    write_manifest(out, result.utts)
+    problems_path = _write_problems(out, result.problems)
+    print(_summary(f"prepare {fmt}", result.utts, len(result.problems), problems_path, out))
+    return result.utts
+
+
+def synthesize_and_prepare(
+    out_dir: Path,
+    *,
+    hours: float | None = None,
+    seed: int = 0,
+    workers: int | None = None,
+    text_file: str | None = None,
+    progress: bool = True,
+) -> dict[str, Path]:
+    """Synthesise the built-in corpus (cached) and write out_dir/{train,dev,test}.jsonl."""
+    from speechswarm.data.corpora import prepare
+    from speechswarm.data.synth import DEFAULT_HOURS, synthesize_corpus
+
+    result = synthesize_corpus(
+        out_dir,
+        hours=DEFAULT_HOURS if hours is None else hours,
+        seed=seed,
+        workers=workers or os.cpu_count() or 1,
+        text_file=text_file,
+        progress=progress,
+    )
+    manifests = {}
+    for split in ("train", "dev", "test"):
+        imported = prepare("librispeech", out_dir / split)
+        if imported.problems:
+            raise RuntimeError(
+                f"synthesised audio in {out_dir / split} failed to import: {imported.problems[:3]}"
+            )
+        voices = _voices(out_dir)
+        utts = [u.with_(extra={**u.extra, **voices.get(u.speaker, {})}) for u in imported.utts]
+        manifests[split] = out_dir / f"{split}.jsonl"
+        write_manifest(manifests[split], utts)
+        print(_summary(f"synth {split}", utts, 0, None, manifests[split]))
+    if result.failures:
+        print(
+            f"synth: {len(result.failures)} utterances failed to synthesise (see {out_dir / 'failures.json'})"
+        )
+    return manifests
+
+
+def prepare_clients(spec: str, out_dir: Path, sample_rate: int = 16000) -> dict[str, Path]:
+    """Run a `load_clients_data()`-style hook and write one manifest per split into out_dir."""
+    from speechswarm.data.clients import clients_from_hook, load_hook
+
+    hook = load_hook(spec)
+    splits = clients_from_hook(hook(), out_dir, sample_rate=sample_rate)
+    paths = {}
+    for split, utts in splits.items():
+        paths[split] = out_dir / f"{split}.jsonl"
+        write_manifest(paths[split], utts)
+        clients = len({u.extra.get("client") for u in utts})
+        print(_summary(f"clients {split} ({clients} clients)", utts, 0, None, paths[split]))
+    return paths
+
+
+def validate_manifest_cli(
+    manifest: str,
+    *,
+    config: str | None = None,
+    report_path: str | None = None,
+    as_json: bool = False,
+) -> int:
+    """`speechswarm validate`: check every utterance; exit 1 if any problem was found."""
+    from speechswarm.build import build_features, build_model, build_tokenizer
+    from speechswarm.config import load_config
+    from speechswarm.data.validate import validate_utterances
+
+    cfg = load_config(config or "tiny")
+    tokenizer = build_tokenizer(cfg.tokenizer)
+    extractor = build_features(cfg.features, cfg.data.sample_rate)
+    model = build_model(cfg.model, extractor.num_features, len(tokenizer))
+    report = validate_utterances(
+        read_manifest(manifest),
+        tokenizer,
+        sample_rate=cfg.data.sample_rate,
+        frames_per_second=1000.0 / cfg.features.hop_ms,
+        time_reduction=model.time_reduction,
+        workers=os.cpu_count() or 1,
+        progress=not as_json,
+    )
+    path = Path(report_path) if report_path else Path(manifest).with_suffix(".report.json")
+    report.write(path)
+    if as_json:
+        print(json.dumps(report.to_json()))
+    else:
+        print(f"validate {manifest}: {report.summary()} — report: {path}")
+        for problem in report.problems[:10]:
+            print(f"  {problem.reason:<20} {problem.id}: {problem.detail}")
+        if len(report.problems) > 10:
+            print(f"  ... {len(report.problems) - 10} more in {path}")
+    return 1 if report.problems else 0
+
+
+def _voices(out_dir: Path) -> dict[str, dict]:
+    path = out_dir / "voices.json"
+    if not path.is_file():
+        return {}
+    voices = json.loads(path.read_text())
+    keep = ("engine", "voice", "split")
+    return {spk: {k: v[k] for k in keep if k in v} for spk, v in voices.items()}
+
+
+def _write_problems(out: Path, problems: list) -> Path | None:
+    if not problems:
+        return None
+    path = out.with_suffix(".problems.json")
+    rows = [{"path": str(p), "reason": r} for p, r in problems]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(
+        json.dumps({"problems": rows, "counts": Counter(r for _, r in problems)}, indent=1)
+    )
+    os.replace(tmp, path)
+    return path
+
+
+def _summary(what: str, utts: list[Utterance], skipped: int, report: Path | None, out: Path) -> str:
+    speakers = len({u.speaker for u in utts})
+    line = f"{what}: {total_hours(utts):.2f} h audio, {len(utts):,} utts, {speakers:,} speakers"
+    if skipped:
+        line += f", {skipped:,} skipped — see {report}"
+    return line + f" -> {out}"

@@ -1,0 +1,721 @@
+"""The built-in synthetic English corpus: Debian TTS engines reading sentences from `fortunes`.
+
+    speechswarm synth --out data/synth            # CLI (calls synthesize_corpus, then imports)
+    PYTHONPATH=src python -c "from speechswarm.data.synth import synthesize_corpus as s; print(s('data/synth').summary())"
+
+Layout (LibriSpeech, so the LibriSpeech importer reads it):
+out_dir/<split>/<speaker>/<chapter>/<speaker>-<chapter>-<nnnn>.flac (16-bit, mono) and
+<speaker>-<chapter>.trans.txt (UPPERCASE), for splits train/dev/test; plus out_dir/voices.json
+(speaker -> engine, voice, variant, speed, pitch, effects, split), README.md, synth_spec.json,
+synth_params.jsonl (per-utterance settings and duration) and failures.json.
+
+A *speaker* is one voice setting: engine + voice + variant + speed/pitch profile. Honest splits:
+- a voice *identity* is held out, not only a setting: an espeak-ng variant (its timbre) used in
+  dev/test is never heard in train under any accent, and flite/festival voices are split by the
+  recorded person behind them (flite `kal`, `kal16` and festival `kal_diphone` are one person),
+  see IDENTITY_SPLIT. Every split holds all three engines.
+- dev/test sentences never occur in train (one seeded shuffle, disjoint slices).
+
+Caching: the whole plan (texts, voices, per-utterance randomisation, sample rate) is hashed
+into synth_spec.json. A re-run with the same plan skips every valid FLAC; a run whose plan
+differs refuses to touch the folder (pick another out_dir or delete it). FLACs are written to a
+temp file and renamed, so an interrupted run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from speechswarm.data.sentences import load_sentences
+
+SPLITS = ("train", "dev", "test")
+DEFAULT_HOURS = 1.2  # train audio; ~10 min of demo training on 2 CPU cores, ~3 min to synthesise
+EVAL_FRACTION = 0.1  # dev and test each hold ~10 % of the train audio ...
+MIN_EVAL_UTTERANCES = 40  # ... but never fewer utterances than this
+ENGINE_SHARES = {"espeak": 0.5, "flite": 0.3, "festival": 0.2}  # of each split's utterances
+UTTS_PER_SPEAKER = 8  # few utterances per voice setting -> many settings
+EVAL_VARIANT_FRACTION = 0.15  # of espeak-ng variants (per gender) held out for dev and for test
+# Planning estimate of audio length (the plan must not depend on synthesised audio, or the cache
+# could not be checked before synthesis); calibrated on the default corpus.
+SECONDS_PER_WORD = 0.245  # least squares over 242 utterances: 0.57 s + 0.24 s/word
+SECONDS_PER_UTTERANCE = 0.55  # leading/trailing silence
+SPEC_VERSION = 1  # bump when rendering changes, so old caches are detected as different
+
+# Who the flite/festival voices are: (engine, voice) -> identity, the person recorded. Voices
+# not listed are not used (flite `awb_time` only knows how to tell the time).
+VOICE_IDENTITIES = {
+    ("flite", "kal"): "kal", ("flite", "kal16"): "kal", ("flite", "awb"): "awb",
+    ("flite", "rms"): "rms", ("flite", "slt"): "slt", ("festival", "kal_diphone"): "kal",
+    ("festival", "ked_diphone"): "ked", ("festival", "cmu_us_slt_arctic_hts"): "slt",
+    ("festival", "rab_diphone"): "rab", ("festival", "don_diphone"): "don",
+}  # fmt: skip
+# identity -> (gender, split). Each split needs one festival and one flite person: train gets
+# kal (flite kal, kal16; festival diphone) and awb; test the unseen ked (festival diphone) and
+# rms (flite), so test voices are made by the same methods as train ones; dev gets slt.
+IDENTITIES = {
+    "kal": ("M", "train"), "awb": ("M", "train"), "rab": ("M", "train"), "don": ("M", "train"),
+    "slt": ("F", "dev"), "ked": ("M", "test"), "rms": ("M", "test"),
+}  # fmt: skip
+# espeak-ng variants that are effects rather than voices (or test settings).
+EXCLUDED_ESPEAK_VARIANTS = frozenset({"fast", "Demonic", "UniRobot", "anikaRobot", "announcer"})
+ESPEAK_WPM = 175  # espeak-ng default rate; speed 1.0
+# Per-utterance effect probabilities (seeded); see _draw_utterance for the ranges.
+EFFECT_PROBS = {"tempo": 0.3, "reverb": 0.3, "telephone": 0.15, "noise": 0.5, "gain": 0.3}
+NOISE_KINDS = ("white", "pink", "brown")
+SETUP_HINT = (
+    "run `make setup` (or: sudo apt-get install espeak-ng flite festival festvox-kallpc16k "
+    "festvox-kdlpc16k festvox-us-slt-hts sox fortunes)"
+)
+
+
+class SynthError(RuntimeError):
+    """The corpus cannot be synthesised here; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Voice:
+    engine: str  # "espeak" | "flite" | "festival"
+    voice: str  # espeak accent ("en-gb-x-rp"), flite or festival voice name
+    variant: str  # espeak variant ("f3", "klatt"); "" for the other engines
+    identity: str  # who it sounds like; never shared between splits
+    gender: str = ""
+
+
+@dataclass(frozen=True)
+class Speaker:
+    id: int
+    chapter: int
+    split: str
+    voice: Voice
+    speed: float  # speaking-rate factor, 1.0 = engine default
+    pitch: float  # espeak: -p 0..99 (50 = variant default); flite/festival: semitones via sox
+
+    def effects(self) -> list[str]:
+        """Speaker-level sox effects (flite/festival pitch shift, in cents)."""
+        return _pitch_effect(self.voice.engine, self.pitch)
+
+
+@dataclass(frozen=True)
+class UtterancePlan:
+    id: str  # <speaker>-<chapter>-<nnnn>
+    split: str
+    speaker: int
+    text: str  # normalised lower-case, exactly what the engine reads
+    speed: float  # speaker speed x per-utterance jitter
+    pitch: float  # speaker pitch + per-utterance jitter (units as Speaker.pitch)
+    effects: tuple[str, ...]  # sox effects after TTS: tempo, reverb, band-limit
+    noise: str  # "" or one of NOISE_KINDS
+    snr_db: float
+    peak_db: float  # final peak level, dBFS (-1 unless the "gain" effect drew a lower one)
+    seed: int  # noise RNG seed
+
+
+@dataclass(frozen=True)
+class CorpusPlan:
+    speakers: tuple[Speaker, ...]
+    utterances: tuple[UtterancePlan, ...]
+    sample_rate: int
+
+    def spec_hash(self) -> str:
+        blob = json.dumps([SPEC_VERSION, asdict(self)], sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SynthResult:
+    out_dir: Path
+    utterances: dict[str, int]  # per split, files present
+    hours: dict[str, float]  # per split, audio hours
+    failures: list[tuple[str, str]]  # (utterance id, reason) after one retry
+    synthesized: int  # new files this run
+    cached: int  # files reused from an earlier run
+    seconds: float  # wall time of this run
+    spec_hash: str
+    voices: dict[str, dict[str, int]]  # split -> engine -> distinct speakers
+
+    def summary(self) -> str:
+        parts = [f"{s} {self.hours[s]:.2f} h / {self.utterances[s]:,} utts" for s in SPLITS]
+        return (
+            f"synth: {', '.join(parts)}; {self.synthesized:,} new, {self.cached:,} cached, "
+            f"{len(self.failures)} failed, {self.seconds:.0f} s -> {self.out_dir}"
+        )
+
+
+def synth_spec_default() -> dict:
+    """The default corpus size, as documented numbers."""
+    return {
+        "train_hours": DEFAULT_HOURS,
+        "dev_hours": DEFAULT_HOURS * EVAL_FRACTION,
+        "test_hours": DEFAULT_HOURS * EVAL_FRACTION,
+        "min_eval_utterances": MIN_EVAL_UTTERANCES,
+        "engine_shares": dict(ENGINE_SHARES),
+        "utterances_per_speaker": UTTS_PER_SPEAKER,
+        "effect_probabilities": dict(EFFECT_PROBS),
+        "sample_rate": 16000,
+    }
+
+
+# ----------------------------------------------------------------------------- voices
+
+
+def check_tools() -> None:
+    missing = [t for t in ("espeak-ng", "flite", "text2wave", "sox") if shutil.which(t) is None]
+    if missing:
+        raise SynthError(f"TTS tools not found on PATH: {', '.join(missing)}; {SETUP_HINT}")
+
+
+def discover_voices() -> list[Voice]:
+    """Every usable English voice of espeak-ng, flite and festival on this machine."""
+    check_tools()
+    return _espeak_voices() + _flite_voices() + _festival_voices()
+
+
+def _espeak_voices() -> list[Voice]:
+    accents: list[str] = []
+    for line in _stdout(["espeak-ng", "--voices=en"]).splitlines()[1:]:
+        parts = line.split()
+        # MBROLA voices (file mb/...) need the non-free mbrola binary and data.
+        usable = len(parts) >= 5 and parts[1] != "variant" and not parts[4].startswith("mb/")
+        if usable and parts[1] not in accents:
+            accents.append(parts[1])
+    variants: dict[str, str] = {}  # name -> gender
+    for line in _stdout(["espeak-ng", "--voices=variant"]).splitlines()[1:]:
+        parts = line.split()
+        files = [i for i, p in enumerate(parts) if p.startswith("!v/")]
+        if not files:
+            continue
+        i = files[0]
+        if i + 1 < len(parts) and not parts[i + 1].startswith("("):
+            continue  # a file name with a space ("Mr serious") cannot be passed to -v
+        name = parts[i][3:]
+        if name not in EXCLUDED_ESPEAK_VARIANTS:
+            variants[name] = parts[2].split("/")[-1]
+    return [
+        Voice("espeak", accent, name, f"espeak:{name}", gender)
+        for name, gender in sorted(variants.items())
+        for accent in accents
+    ]
+
+
+def _flite_voices() -> list[Voice]:
+    names = _stdout(["flite", "-lv"]).split(":", 1)[-1].split()
+    return [_known_voice("flite", n) for n in sorted(names) if ("flite", n) in VOICE_IDENTITIES]
+
+
+def _festival_voices() -> list[Voice]:
+    dirs = Path("/usr/share/festival/voices").glob("*/*")
+    names = sorted({d.name for d in dirs if d.is_dir()})
+    return [_known_voice("festival", n) for n in names if ("festival", n) in VOICE_IDENTITIES]
+
+
+def _known_voice(engine: str, name: str) -> Voice:
+    identity = VOICE_IDENTITIES[(engine, name)]
+    return Voice(engine, name, "", identity, IDENTITIES.get(identity, ("", ""))[0])
+
+
+def _stdout(cmd: list[str]) -> str:
+    return subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60).stdout
+
+
+def split_voices(voices: list[Voice], seed: int) -> dict[str, list[Voice]]:
+    """Voices per split; no identity is in two splits; every split has every engine."""
+    identity_split = {ident: split for ident, (_, split) in IDENTITIES.items()}
+    rng = random.Random(f"voices:{seed}")
+    espeak = sorted({(v.gender, v.identity) for v in voices if v.engine == "espeak"})
+    for gender in sorted({g for g, _ in espeak}):
+        group = [ident for g, ident in espeak if g == gender]
+        rng.shuffle(group)
+        k = max(1, round(len(group) * EVAL_VARIANT_FRACTION)) if len(group) >= 3 else 0
+        for i, ident in enumerate(group):
+            identity_split[ident] = "test" if i < k else "dev" if i < 2 * k else "train"
+    by_split: dict[str, list[Voice]] = {s: [] for s in SPLITS}
+    for v in voices:
+        by_split[identity_split.get(v.identity, "train")].append(v)
+    for split in SPLITS:
+        have = {v.engine for v in by_split[split]}
+        for engine in ENGINE_SHARES:
+            if engine not in have:
+                raise SynthError(f"no {engine} voice available for the {split} split; {SETUP_HINT}")
+    return by_split
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def plan_corpus(
+    sentences: list[str],
+    voices: list[Voice],
+    *,
+    hours: float,
+    seed: int = 0,
+    sample_rate: int = 16000,
+    eval_fraction: float = EVAL_FRACTION,
+    min_eval_utterances: int = MIN_EVAL_UTTERANCES,
+) -> CorpusPlan:
+    """The deterministic plan: which text, voice and effects each utterance gets."""
+    if hours <= 0:
+        raise SynthError(f"hours must be > 0, got {hours}")
+    order = list(sentences)
+    random.Random(f"sentences:{seed}").shuffle(order)
+    eval_s = hours * 3600 * eval_fraction
+    test, pos = _take(order, 0, eval_s, min_eval_utterances)
+    dev, pos = _take(order, pos, eval_s, min_eval_utterances)
+    train_pool = order[pos:]
+    if not train_pool:
+        raise SynthError(f"only {len(sentences)} sentences, none left for train; use more text")
+    n_train = _count_for(train_pool, hours * 3600)
+    train = [train_pool[i % len(train_pool)] for i in range(n_train)]  # reuses only train texts
+    pools = split_voices(voices, seed)
+    rng = random.Random(f"speakers:{seed}")
+    speakers: list[Speaker] = []
+    utts: list[UtterancePlan] = []
+    for split, texts in (("train", train), ("dev", dev), ("test", test)):
+        s, u = _plan_split(split, texts, pools[split], rng, seed, first_id=100 + len(speakers))
+        speakers += s
+        utts += u
+    return CorpusPlan(tuple(speakers), tuple(utts), sample_rate)
+
+
+def estimate_seconds(text: str) -> float:
+    return SECONDS_PER_UTTERANCE + SECONDS_PER_WORD * len(text.split())
+
+
+def _take(order: list[str], start: int, seconds: float, min_count: int) -> tuple[list[str], int]:
+    total, end = 0.0, start
+    while end < len(order) and (total < seconds or end - start < min_count):
+        total += estimate_seconds(order[end])
+        end += 1
+    if end - start < min_count:
+        raise SynthError(f"only {len(order)} sentences, too few for dev and test; use more text")
+    return order[start:end], end
+
+
+def _count_for(pool: list[str], seconds: float) -> int:
+    total, n = 0.0, 0
+    while total < seconds:
+        total += estimate_seconds(pool[n % len(pool)])
+        n += 1
+    return max(n, 1)
+
+
+def _engine_counts(n: int, engines: list[str]) -> dict[str, int]:
+    """Split n utterances by ENGINE_SHARES (largest remainder), at least 1 each when n allows."""
+    shares = {e: ENGINE_SHARES[e] * n for e in engines}
+    counts = {e: int(s) for e, s in shares.items()}
+    for e in sorted(engines, key=lambda e: counts[e] - shares[e])[: n - sum(counts.values())]:
+        counts[e] += 1
+    for e in engines:
+        if counts[e] == 0 and n >= len(engines):
+            counts[max(counts, key=counts.get)] -= 1
+            counts[e] = 1
+    return counts
+
+
+def _plan_split(split, texts, pool, rng, seed, first_id) -> tuple[list[Speaker], list]:
+    counts = _engine_counts(len(texts), list(ENGINE_SHARES))
+    speakers: list[Speaker] = []
+    utts: list[UtterancePlan] = []
+    pos = 0
+    for engine, n in counts.items():
+        choices = [v for v in pool if v.engine == engine]
+        rng.shuffle(choices)
+        n_spk = math.ceil(n / UTTS_PER_SPEAKER)
+        spks = [
+            _make_speaker(first_id + len(speakers) + k, split, choices[k % len(choices)], rng)
+            for k in range(n_spk)
+        ]
+        speakers += spks
+        per_spk: dict[int, int] = {}
+        for i, text in enumerate(texts[pos : pos + n]):
+            spk = spks[i % n_spk]
+            nnnn = per_spk.get(spk.id, 0)
+            per_spk[spk.id] = nnnn + 1
+            utts.append(_draw_utterance(f"{spk.id}-{spk.chapter}-{nnnn:04d}", spk, text, seed))
+        pos += n
+    return speakers, utts
+
+
+def _make_speaker(sid: int, split: str, voice: Voice, rng: random.Random) -> Speaker:
+    speed = round(rng.uniform(0.85, 1.2), 3)
+    espeak = voice.engine == "espeak"
+    pitch = float(rng.randint(25, 75)) if espeak else round(rng.uniform(-3.0, 3.0), 2)
+    return Speaker(sid, chapter=10 * sid + 1, split=split, voice=voice, speed=speed, pitch=pitch)
+
+
+def _draw_utterance(uid: str, spk: Speaker, text: str, seed: int) -> UtterancePlan:
+    rng = random.Random(f"utt:{seed}:{uid}")  # str seeds hash with sha512: stable across runs
+    speed = round(spk.speed * rng.uniform(0.95, 1.05), 3)
+    if spk.voice.engine == "espeak":
+        pitch = float(min(99, max(0, round(spk.pitch + rng.uniform(-4, 4)))))
+    else:
+        pitch = round(spk.pitch + rng.uniform(-0.5, 0.5), 2)
+    effects: list[str] = []
+    if rng.random() < EFFECT_PROBS["tempo"]:
+        effects += ["tempo", f"{rng.uniform(0.9, 1.1):.3f}"]
+    if rng.random() < EFFECT_PROBS["reverb"]:  # reverberance %, HF damping %, room scale %
+        effects += ["reverb", f"{rng.uniform(10, 60):.0f}", "50", f"{rng.uniform(20, 100):.0f}"]
+    if rng.random() < EFFECT_PROBS["telephone"]:
+        effects += ["sinc", "300-3400"]
+    noise = rng.choice(NOISE_KINDS) if rng.random() < EFFECT_PROBS["noise"] else ""
+    snr_db = round(rng.uniform(10, 30), 1) if noise else 0.0
+    peak_db = round(rng.uniform(-20, -3), 1) if rng.random() < EFFECT_PROBS["gain"] else -1.0
+    noise_seed = rng.getrandbits(32)
+    return UtterancePlan(uid, spk.split, spk.id, text, speed, pitch, tuple(effects), noise,
+                         snr_db, peak_db, noise_seed)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- signal math
+
+
+def colored_noise(kind: str, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """(S,) float64 noise with unit RMS; power spectrum ~ 1/f^a, a = 0 white, 1 pink, 2 brown."""
+    alpha = {"white": 0.0, "pink": 1.0, "brown": 2.0}[kind]
+    spectrum = np.fft.rfft(rng.standard_normal(num_samples))
+    freqs = np.arange(spectrum.size, dtype=np.float64)
+    freqs[0] = 1.0  # DC is zeroed below; avoid division by zero
+    spectrum *= freqs ** (-alpha / 2.0)  # amplitude ~ f^(-a/2) -> power ~ f^-a
+    spectrum[0] = 0.0
+    noise = np.fft.irfft(spectrum, n=num_samples)
+    return noise / np.sqrt(np.mean(noise**2))
+
+
+def active_power(wave: np.ndarray, frame: int = 320, floor_db: float = -40.0) -> float:
+    """Mean power over frames within `floor_db` of the loudest frame (speech, not silence)."""
+    n = max(1, len(wave) // frame)
+    frames = wave[: n * frame].reshape(n, -1) if len(wave) >= frame else wave[None, :]
+    power = np.mean(frames.astype(np.float64) ** 2, axis=1)  # (n,)
+    active = power[power >= power.max() * 10 ** (floor_db / 10)]
+    return float(np.mean(active))
+
+
+def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    """speech + noise scaled so that active speech power / noise power = snr_db."""
+    noise_power = float(np.mean(noise.astype(np.float64) ** 2))
+    scale = math.sqrt(active_power(speech) / (noise_power * 10 ** (snr_db / 10)))
+    return speech + scale * noise
+
+
+def peak_normalize(wave: np.ndarray, peak_db: float) -> np.ndarray:
+    """Scale so that max |wave| = 10^(peak_db/20); raises on silence."""
+    peak = float(np.max(np.abs(wave)))
+    if peak == 0.0 or not math.isfinite(peak):
+        raise ValueError("silent or non-finite audio")
+    return wave * (10 ** (peak_db / 20) / peak)
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def tts_command(
+    voice: Voice, text: str, speed: float, pitch: float, wav: Path
+) -> tuple[list[str], str | None]:
+    """(argv, stdin) that makes `voice` read `text` into `wav` at `speed` (x default rate)."""
+    if voice.engine == "espeak":
+        argv = ["espeak-ng", "-v", f"{voice.voice}+{voice.variant}"]
+        argv += ["-s", str(round(ESPEAK_WPM * speed)), "-p", str(int(pitch))]
+        return argv + ["-w", str(wav), text], None
+    if voice.engine == "flite":
+        stretch = ["--setf", f"duration_stretch={1 / speed:.3f}"]
+        return ["flite", "-voice", voice.voice, *stretch, "-t", text, "-o", str(wav)], None
+    if voice.engine == "festival":
+        evals = [f"(voice_{voice.voice})", f"(Parameter.set 'Duration_Stretch {1 / speed:.3f})"]
+        return ["text2wave", "-eval", evals[0], "-eval", evals[1], "-o", str(wav)], text
+    raise ValueError(f"unknown engine {voice.engine!r}")
+
+
+def _pitch_effect(engine: str, semitones: float) -> list[str]:
+    return [] if engine == "espeak" or semitones == 0 else ["pitch", f"{round(100 * semitones)}"]
+
+
+def sox_command(
+    src: Path, dst: Path, utt: UtterancePlan, engine: str, sample_rate: int
+) -> list[str]:
+    """TTS wav -> float32 mono wav at sample_rate with the utterance's effects."""
+    # 10 dB of headroom first: reverb and pitch shifting push peaks past full scale, and sox
+    # clips at full scale even for float output; the final level is set by peak_normalize.
+    # Resample first: flite kal is 8 kHz, and a downward pitch shift lowers the rate further,
+    # below what the 3400 Hz telephone band needs.
+    rate = ["rate", "-v", str(sample_rate)]
+    effects = ["gain", "-10", *rate, *_pitch_effect(engine, utt.pitch), *utt.effects]
+    fmt = ["-e", "floating-point", "-b", "32"]
+    return ["sox", "-V1", str(src), *fmt, str(dst), *effects, "channels", "1", *rate]
+
+
+def render_utterance(
+    utt: UtterancePlan, voice: Voice, out: Path, sample_rate: int, work: Path
+) -> float:
+    """Synthesise one utterance into FLAC `out` (atomically); returns its duration in seconds."""
+    raw, processed = work / f"{utt.id}.tts.wav", work / f"{utt.id}.sox.wav"
+    try:
+        argv, stdin = tts_command(voice, utt.text, utt.speed, utt.pitch, raw)
+        _run(argv, stdin, raw)
+        _run(sox_command(raw, processed, utt, voice.engine, sample_rate), None, processed)
+        wave, sr = sf.read(processed, dtype="float64", always_2d=True)
+        wave = wave.mean(axis=1)  # (S,)
+        if sr != sample_rate or wave.size == 0:
+            raise SynthError(f"sox gave {wave.size} samples at {sr} Hz")
+        if utt.noise:
+            noise = colored_noise(utt.noise, wave.size, np.random.default_rng(utt.seed))
+            wave = mix_at_snr(wave, noise, utt.snr_db)
+        wave = peak_normalize(wave, utt.peak_db)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        sf.write(tmp, wave.astype(np.float32), sample_rate, format="FLAC", subtype="PCM_16")
+        os.replace(tmp, out)
+        return wave.size / sample_rate
+    finally:
+        raw.unlink(missing_ok=True)
+        processed.unlink(missing_ok=True)
+
+
+def _run(argv: list[str], stdin: str | None, product: Path) -> None:
+    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0 or not product.is_file() or product.stat().st_size <= 44:
+        tail = " ".join(proc.stderr.split())[-300:]
+        raise SynthError(f"{argv[0]} exited {proc.returncode} without audio: {tail}")
+
+
+def is_valid_flac(path: Path, sample_rate: int) -> bool:
+    """A complete 16-bit mono FLAC at sample_rate: the header matches and the last sample decodes
+    (a file cut short keeps its header, so the header alone proves nothing)."""
+    try:
+        with sf.SoundFile(str(path)) as f:
+            fmt = (f.format, f.subtype, f.samplerate, f.channels)
+            if fmt != ("FLAC", "PCM_16", sample_rate, 1) or f.frames <= 0:
+                return False
+            f.seek(f.frames - 1)
+            return len(f.read(1)) == 1
+    except (RuntimeError, OSError):
+        return False
+
+
+# ----------------------------------------------------------------------------- corpus
+
+
+def synthesize_corpus(
+    out_dir: str | os.PathLike,
+    *,
+    hours: float = DEFAULT_HOURS,
+    seed: int = 0,
+    workers: int | None = os.cpu_count(),
+    sample_rate: int = 16000,
+    text_file: str | os.PathLike | None = None,
+    progress: bool = True,
+    eval_fraction: float = EVAL_FRACTION,
+    min_eval_utterances: int = MIN_EVAL_UTTERANCES,
+) -> SynthResult:
+    """Synthesise (or complete) the corpus in `out_dir`; `hours` is the train audio.
+
+    Dev and test each get `eval_fraction` x the train audio, at least `min_eval_utterances`.
+    Safe to re-run: valid FLACs of the same plan are kept. Raises SynthError when tools,
+    voices or text are missing, or when `out_dir` holds a corpus of a different plan.
+    """
+    start = time.monotonic()
+    out_dir = Path(out_dir)
+    sentences = load_sentences(text_file)
+    plan = plan_corpus(
+        sentences, discover_voices(), hours=hours, seed=seed, sample_rate=sample_rate,
+        eval_fraction=eval_fraction, min_eval_utterances=min_eval_utterances,
+    )  # fmt: skip
+    spec_hash = plan.spec_hash()
+    _claim(out_dir, spec_hash, {"hours": hours, "seed": seed, "sample_rate": sample_rate,
+                                "text_file": str(text_file) if text_file else "fortunes",
+                                "eval_fraction": eval_fraction, "min_eval_utterances": min_eval_utterances})  # fmt: skip
+    speakers = {s.id: s for s in plan.speakers}
+    paths = {u.id: flac_path(out_dir, u, speakers[u.speaker]) for u in plan.utterances}
+    todo = [u for u in plan.utterances if not is_valid_flac(paths[u.id], sample_rate)]
+    failures = _render_all(todo, speakers, paths, sample_rate, workers or 1, progress)
+    durations = {  # seconds, of the files present
+        u.id: sf.info(str(paths[u.id])).duration
+        for u in plan.utterances
+        if is_valid_flac(paths[u.id], sample_rate)
+    }
+    _write_outputs(out_dir, plan, durations, failures, spec_hash, len(sentences))
+    present = {s: [durations[u.id] for u in plan.utterances if u.split == s and u.id in durations]
+               for s in SPLITS}  # fmt: skip
+    result = SynthResult(
+        out_dir=out_dir,
+        utterances={s: len(d) for s, d in present.items()},
+        hours={s: sum(d) / 3600 for s, d in present.items()},
+        failures=failures,
+        synthesized=len(todo) - len(failures),
+        cached=len(plan.utterances) - len(todo),
+        seconds=time.monotonic() - start,
+        spec_hash=spec_hash,
+        voices=_voice_counts(plan),
+    )
+    if progress:
+        print(result.summary())
+    return result
+
+
+def flac_path(out_dir: Path, utt: UtterancePlan, spk: Speaker) -> Path:
+    return out_dir / utt.split / str(spk.id) / str(spk.chapter) / f"{utt.id}.flac"
+
+
+def _claim(out_dir: Path, spec_hash: str, params: dict) -> None:
+    """Refuse a folder made from another plan; record ours before writing any audio."""
+    spec_path = out_dir / "synth_spec.json"
+    if spec_path.is_file():
+        stored = json.loads(spec_path.read_text())
+        if stored.get("spec_hash") != spec_hash:
+            raise SynthError(
+                f"{out_dir} holds a synthetic corpus made with other settings "
+                f"({stored.get('params')}, spec {stored.get('spec_hash')}) than this run "
+                f"({params}, spec {spec_hash}); choose another output folder or delete {out_dir}"
+            )
+    elif any((out_dir / s).exists() for s in SPLITS):
+        raise SynthError(f"{out_dir} has split folders but no synth_spec.json; choose another "
+                         f"output folder or delete {out_dir}")  # fmt: skip
+    spec = {"spec_hash": spec_hash, "spec_version": SPEC_VERSION, "params": params}
+    _write_text_atomic(spec_path, json.dumps(spec, indent=1) + "\n")
+    for stale in out_dir.glob("*/*/*/.*.flac.tmp"):  # left by an interrupted run
+        stale.unlink(missing_ok=True)
+
+
+def _render_all(todo, speakers, paths, sample_rate, workers, progress) -> list[tuple[str, str]]:
+    """Render `todo` on `workers` threads (each drives TTS/sox subprocesses); (id, reason) failures."""
+    failures: list[tuple[str, str]] = []
+    audio_s = 0.0
+    with (
+        tempfile.TemporaryDirectory(prefix="speechswarm-synth-") as work,
+        ThreadPoolExecutor(workers) as pool,
+    ):
+        job = (_render_with_retry, sample_rate, Path(work))
+        futures = {pool.submit(*job, u, speakers[u.speaker].voice, paths[u.id]): u for u in todo}
+        try:
+            with tqdm(total=len(todo), unit="utt", desc="synth", disable=not progress) as bar:
+                for fut in as_completed(futures):
+                    seconds, error = fut.result()
+                    if error:
+                        failures.append((futures[fut].id, error))
+                    audio_s += seconds
+                    bar.set_postfix_str(f"{audio_s / 60:.1f} min audio", refresh=False)
+                    bar.update(1)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return sorted(failures)
+
+
+def _render_with_retry(sample_rate, work, utt, voice, out) -> tuple[float, str]:
+    """(seconds, "") on success; (0, reason) after the second failed attempt."""
+    error = ""
+    for _ in range(2):  # TTS engines fail rarely and transiently (e.g. resource limits)
+        try:
+            return render_utterance(utt, voice, out, sample_rate, work), ""
+        except (SynthError, ValueError, RuntimeError, OSError, subprocess.SubprocessError) as e:
+            error = f"{type(e).__name__}: {e}"
+    return 0.0, error
+
+
+def _voice_counts(plan: CorpusPlan) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {s: {e: 0 for e in ENGINE_SHARES} for s in SPLITS}
+    for spk in plan.speakers:
+        counts[spk.split][spk.voice.engine] += 1
+    return counts
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def _write_outputs(out_dir, plan, durations, failures, spec_hash, n_sentences) -> None:
+    """trans.txt per chapter (present files only), voices.json, synth_params.jsonl,
+    failures.json and README.md."""
+    speakers = {s.id: s for s in plan.speakers}
+    chapters: dict[Path, list[str]] = {}
+    for u in plan.utterances:
+        spk = speakers[u.speaker]
+        trans = flac_path(out_dir, u, spk).parent / f"{spk.id}-{spk.chapter}.trans.txt"
+        chapters.setdefault(trans, [])
+        if u.id in durations:
+            chapters[trans].append(f"{u.id} {u.text.upper()}\n")
+    for trans, lines in chapters.items():
+        if lines:
+            _write_text_atomic(trans, "".join(sorted(lines)))
+        else:
+            trans.unlink(missing_ok=True)  # every utterance failed: no transcript without audio
+    n_utts = {s.id: 0 for s in plan.speakers}
+    for u in plan.utterances:
+        n_utts[u.speaker] += u.id in durations
+    voices = {
+        str(s.id): {
+            "engine": s.voice.engine, "voice": s.voice.voice, "variant": s.voice.variant,
+            "identity": s.voice.identity, "gender": s.voice.gender, "speed": s.speed, "pitch": s.pitch,
+            "effects": s.effects(), "split": s.split, "chapter": s.chapter, "utterances": n_utts[s.id],
+        }
+        for s in plan.speakers
+    }  # fmt: skip
+    _write_text_atomic(out_dir / "voices.json", json.dumps(voices, indent=1) + "\n")
+    rows = [json.dumps({**asdict(u), "duration": round(durations.get(u.id, 0.0), 3)}) + "\n"
+            for u in plan.utterances]  # fmt: skip
+    _write_text_atomic(out_dir / "synth_params.jsonl", "".join(rows))
+    fails = {"failures": [{"id": i, "reason": r} for i, r in failures]}
+    _write_text_atomic(out_dir / "failures.json", json.dumps(fails, indent=1) + "\n")
+    readme = _readme(plan, durations, failures, spec_hash, n_sentences)
+    _write_text_atomic(out_dir / "README.md", readme)
+
+
+def _readme(plan: CorpusPlan, durations, failures, spec_hash: str, n_sentences: int) -> str:
+    engine_of = {s.id: s.voice.engine for s in plan.speakers}
+    rows = []
+    for split in SPLITS:
+        for engine in ENGINE_SHARES:
+            spks = [s for s in plan.speakers if s.split == split and s.voice.engine == engine]
+            utts = [
+                u.id for u in plan.utterances if u.split == split and engine_of[u.speaker] == engine
+            ]
+            minutes = sum(durations.get(u, 0.0) for u in utts) / 60
+            voices = {(s.voice.voice, s.voice.variant) for s in spks}
+            idents = sorted({s.voice.identity for s in spks})
+            shown = ", ".join(idents) if engine != "espeak" else f"{len(idents)} variants"
+            cells = [split, engine, len(spks), len(voices), shown, len(utts), f"{minutes:.1f}"]
+            rows.append("| " + " | ".join(map(str, cells)) + " |")
+    return f"""# Synthetic English speech corpus (speechswarm)
+
+Made by `speechswarm.data.synth.synthesize_corpus` (spec {spec_hash}, see synth_spec.json).
+Text: {n_sentences:,} normalised sentences (fortunes package unless a text file was given);
+audio: espeak-ng, flite and festival voices, {plan.sample_rate} Hz mono 16-bit FLAC.
+Layout as LibriSpeech: `<split>/<speaker>/<chapter>/<speaker>-<chapter>-<nnnn>.flac` and
+`<speaker>-<chapter>.trans.txt` (UPPERCASE). One speaker = one voice setting (engine, voice,
+variant, speed, pitch); `voices.json` lists them, `synth_params.jsonl` every utterance's
+settings (speed, pitch, sox effects, noise kind/SNR, peak level) and duration.
+
+## Splits are honest
+- No voice identity is shared between splits: an espeak-ng variant (timbre) in dev/test is
+  never heard in train under any accent; flite/festival voices are split by the person
+  recorded (flite kal/kal16 and festival kal_diphone are one person). Every split has all engines.
+- Dev/test sentences never occur in train.
+- Per utterance (seeded): speed and pitch jitter; sox tempo 0.9-1.1 (p={EFFECT_PROBS["tempo"]}),
+  reverb (p={EFFECT_PROBS["reverb"]}), telephone band 300-3400 Hz (p={EFFECT_PROBS["telephone"]}),
+  white/pink/brown noise at 10-30 dB SNR (p={EFFECT_PROBS["noise"]}), peak at -20..-3 dBFS instead
+  of -1 dBFS (p={EFFECT_PROBS["gain"]}).
+
+| split | engine | speakers | voices | identities | utterances | minutes |
+|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Failed utterances (after one retry): {len(failures)}, listed in failures.json.
+"""
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

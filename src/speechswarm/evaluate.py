@@ -1,0 +1,217 @@
+"""Decode a data set with a model and score it: corpus WER/CER, per speaker, worst utterances.
+
+speechswarm eval --checkpoint runs/demo/checkpoints/best.pt --manifest data/synth/test.jsonl
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from speechswarm.data.dataset import Batch, SpeechDataset, make_loader
+from speechswarm.data.manifest import Utterance, read_manifest
+from speechswarm.data.sampler import BucketBatchSampler
+from speechswarm.data.tokenizer import Tokenizer
+from speechswarm.decode.greedy import greedy_decode
+from speechswarm.metrics import edit_distance
+
+
+@dataclass(frozen=True)
+class UtteranceScore:
+    id: str
+    speaker: str
+    ref: str
+    hyp: str
+    word_edits: int
+    words: int
+    char_edits: int
+    chars: int
+
+    @property
+    def wer(self) -> float:
+        return self.word_edits / max(self.words, 1)
+
+    @property
+    def cer(self) -> float:
+        return self.char_edits / max(self.chars, 1)
+
+
+@dataclass
+class EvalResult:
+    """Corpus-level scores: total edits over total reference words (characters)."""
+
+    scores: list[UtteranceScore] = field(default_factory=list)
+    skipped: int = 0
+    seconds: float = 0.0
+    audio_seconds: float = 0.0
+
+    @property
+    def utterances(self) -> int:
+        return len(self.scores)
+
+    @property
+    def wer(self) -> float:
+        return sum(s.word_edits for s in self.scores) / max(sum(s.words for s in self.scores), 1)
+
+    @property
+    def cer(self) -> float:
+        return sum(s.char_edits for s in self.scores) / max(sum(s.chars for s in self.scores), 1)
+
+    def per_speaker(self) -> list[dict]:
+        groups: dict[str, list[UtteranceScore]] = defaultdict(list)
+        for s in self.scores:
+            groups[s.speaker].append(s)
+        rows = []
+        for speaker, items in sorted(groups.items()):
+            sub = EvalResult(items)
+            rows.append(
+                {"speaker": speaker, "utterances": len(items), "wer": sub.wer, "cer": sub.cer}
+            )
+        return rows
+
+    def worst(self, k: int = 5) -> list[UtteranceScore]:
+        return sorted(self.scores, key=lambda s: (s.cer, s.wer), reverse=True)[:k]
+
+    def to_json(self, worst: int = 10) -> dict:
+        return {
+            "wer": self.wer,
+            "cer": self.cer,
+            "utterances": self.utterances,
+            "skipped": self.skipped,
+            "seconds": round(self.seconds, 3),
+            "audio_seconds": round(self.audio_seconds, 3),
+            "per_speaker": self.per_speaker(),
+            "worst": [asdict(s) for s in self.worst(worst)],
+        }
+
+
+def score_utterance(utt_id: str, speaker: str, ref: str, hyp: str) -> UtteranceScore:
+    ref_words, hyp_words = ref.split(), hyp.split()
+    ref_chars, hyp_chars = " ".join(ref_words), " ".join(hyp_words)
+    return UtteranceScore(
+        id=utt_id,
+        speaker=speaker,
+        ref=ref_chars,
+        hyp=hyp_chars,
+        word_edits=edit_distance(ref_words, hyp_words),
+        words=len(ref_words),
+        char_edits=edit_distance(ref_chars, hyp_chars),
+        chars=len(ref_chars),
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    extractor: torch.nn.Module,
+    batches: Iterable[Batch],
+    tokenizer: Tokenizer,
+    *,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    speakers: dict[str, str] | None = None,
+    references: dict[str, str] | None = None,
+) -> EvalResult:
+    """Greedy-decode every batch and score it against its references.
+
+    `references` maps utterance id to its reference text (the manifest's text; decoding the
+    token ids instead would hide unknown-token losses of a subword tokenizer).
+    """
+    was_training = model.training
+    model.eval()
+    result = EvalResult()
+    start = time.perf_counter()
+    for batch in batches:
+        result.skipped += batch.skipped
+        if not batch.ids:
+            continue
+        batch = batch.to(device)
+        feats, feat_lens = extractor(batch.waves, batch.wave_lens)  # (N, T, F), (N,)
+        with _autocast(device, amp_dtype):
+            log_probs, out_lens = model(feats, feat_lens)  # (N, T', V) float32
+        hyps = [tokenizer.decode(ids) for ids in greedy_decode(log_probs.float(), out_lens)]
+        for i, utt_id in enumerate(batch.ids):
+            ref = (
+                references[utt_id]
+                if references
+                else tokenizer.decode(batch.tokens[i, : batch.token_lens[i]].tolist())
+            )
+            speaker = (speakers or {}).get(utt_id, "")
+            result.scores.append(score_utterance(utt_id, speaker, ref, hyps[i]))
+        result.audio_seconds += float(batch.wave_lens.sum()) / extractor.sample_rate
+    result.seconds = time.perf_counter() - start
+    model.train(was_training)
+    return result
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def eval_batches(
+    utts: list[Utterance],
+    tokenizer: Tokenizer,
+    sample_rate: int,
+    *,
+    max_batch_seconds: float = 160.0,
+    max_batch_size: int = 64,
+    num_workers: int = 2,
+):
+    """Length-sorted batches over `utts`: no shuffling, no augmentation."""
+    dataset = SpeechDataset(utts, tokenizer, sample_rate)
+    sampler = BucketBatchSampler(
+        [u.duration for u in utts],
+        max_batch_seconds,
+        max_batch_size=max_batch_size,
+        shuffle=False,
+        sortagrad=True,
+        seed=0,
+    )
+    return make_loader(dataset, sampler, num_workers=num_workers)
+
+
+def evaluate_checkpoint(
+    checkpoint: str, manifest: str, *, device: str = "auto", batch_seconds: float = 160.0
+) -> EvalResult:
+    """Score a checkpoint on every utterance of a manifest (unreadable audio is counted, not fatal)."""
+    from speechswarm.inference import load
+
+    asr = load(checkpoint, device=device)
+    utts = read_manifest(manifest)
+    batches = eval_batches(utts, asr.tokenizer, asr.sample_rate, max_batch_seconds=batch_seconds)
+    return evaluate(
+        asr.model,
+        asr.extractor,
+        batches,
+        asr.tokenizer,
+        device=asr.device,
+        amp_dtype=asr.amp_dtype,
+        speakers={u.id: u.speaker for u in utts},
+        references={u.id: u.text for u in utts},
+    )
+
+
+def format_report(result: EvalResult, worst: int = 5) -> str:
+    """The eval report for people: totals, a per-speaker table, the worst utterances."""
+    lines = [
+        f"WER {result.wer:.2%}  CER {result.cer:.2%}  on {result.utterances:,} utterances "
+        f"({result.audio_seconds / 60:.1f} min of audio, {result.skipped} skipped, {result.seconds:.1f} s)",
+        "",
+        f"{'speaker':<24} {'utts':>6} {'WER':>8} {'CER':>8}",
+    ]
+    for row in result.per_speaker():
+        lines.append(
+            f"{row['speaker'][:24]:<24} {row['utterances']:>6} {row['wer']:>8.2%} {row['cer']:>8.2%}"
+        )
+    if worst:
+        lines += ["", f"worst {min(worst, result.utterances)} utterances (by CER):"]
+        for s in result.worst(worst):
+            lines += [f"  {s.id}  CER {s.cer:.0%}", f"    ref: {s.ref}", f"    hyp: {s.hyp}"]
+    return "\n".join(lines)

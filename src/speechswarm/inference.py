@@ -1,0 +1,91 @@
+"""Transcribe audio with a trained checkpoint.
+
+    import speechswarm
+    asr = speechswarm.load("runs/demo/checkpoints/best.pt")
+    print(asr.transcribe("hello.wav"))
+
+The checkpoint carries the model settings, feature settings and vocabulary, so nothing has
+to be re-derived from a config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from speechswarm.build import resolve_device, resolve_precision
+from speechswarm.data.audio import load_audio
+from speechswarm.data.tokenizer import tokenizer_from_dict
+from speechswarm.decode.greedy import greedy_decode
+from speechswarm.features import FeatureExtractor
+from speechswarm.model import model_from_settings
+from speechswarm.train.checkpoint import load_checkpoint
+
+AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
+
+
+class Recognizer:
+    """A trained model with its features and vocabulary, ready to transcribe."""
+
+    def __init__(self, checkpoint: dict, *, device: str = "auto", precision: str = "auto") -> None:
+        self.device = resolve_device(device)
+        self.amp_dtype = resolve_precision(precision, self.device)
+        self.tokenizer = tokenizer_from_dict(checkpoint["tokenizer"])
+        self.extractor = (
+            FeatureExtractor.from_settings(checkpoint["features"]).to(self.device).eval()
+        )
+        self.model = model_from_settings(checkpoint["model_settings"])
+        self.model.load_state_dict(checkpoint["model"])
+        self.model.to(self.device).eval()
+        self.sample_rate = self.extractor.sample_rate
+
+    def transcribe(self, audio: AudioInput, sample_rate: int | None = None) -> str:
+        """Text for one file path or one mono waveform (float, [-1, 1], at `sample_rate`)."""
+        return self.transcribe_batch([audio], sample_rate=sample_rate)[0]
+
+    @torch.inference_mode()
+    def transcribe_batch(
+        self, audios: Sequence[AudioInput], sample_rate: int | None = None
+    ) -> list[str]:
+        waves = [self._as_wave(a, sample_rate) for a in audios]
+        wave_lens = torch.tensor([len(w) for w in waves], dtype=torch.int64)
+        batch = torch.zeros(len(waves), int(wave_lens.max()), dtype=torch.float32)
+        for i, w in enumerate(waves):
+            batch[i, : len(w)] = w
+        batch, wave_lens = batch.to(self.device), wave_lens.to(self.device)
+        feats, feat_lens = self.extractor(batch, wave_lens)  # (N, T, F), (N,)
+        ctx = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype)
+            if self.amp_dtype
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            log_probs, out_lens = self.model(feats, feat_lens)  # (N, T', V)
+        return [self.tokenizer.decode(ids) for ids in greedy_decode(log_probs.float(), out_lens)]
+
+    def _as_wave(self, audio: AudioInput, sample_rate: int | None) -> torch.Tensor:
+        if isinstance(audio, (str, os.PathLike)):
+            return torch.from_numpy(load_audio(Path(audio), self.sample_rate))
+        wave = (
+            audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
+        )
+        wave = wave.astype(np.float32)
+        if wave.ndim == 2:  # (channels, samples) or (samples, channels): down-mix the shorter axis
+            wave = wave.mean(axis=int(np.argmin(wave.shape)))
+        if wave.ndim != 1 or wave.size == 0:
+            raise ValueError(f"expected a non-empty mono waveform, got shape {tuple(wave.shape)}")
+        if sample_rate is not None and sample_rate != self.sample_rate:
+            import soxr
+
+            wave = soxr.resample(wave, sample_rate, self.sample_rate).astype(np.float32)
+        return torch.from_numpy(np.ascontiguousarray(wave))
+
+
+def load(path: str | os.PathLike, *, device: str = "auto", precision: str = "auto") -> Recognizer:
+    """Load a checkpoint written by `speechswarm train` for transcription."""
+    return Recognizer(load_checkpoint(Path(path)), device=device, precision=precision)

@@ -1,0 +1,493 @@
+"""DeepSpeech2-style CTC acoustic model: 2-D convolutions, recurrent layers, per-frame softmax.
+
+    PYTHONPATH=src python -c "from speechswarm.model import *; \
+print(DeepSpeech2(161, 29, **MODEL_PRESETS['tiny']).describe())"
+
+Architecture (Amodei et al. 2016, "Deep Speech 2"; layer details follow deepspeech.pytorch
+and the MLPerf reference):
+
+    feats (N, T, F) -> (N, 1, F, T)
+    1-3 x [Conv2d -> BatchNorm2d -> Hardtanh(0, 20) -> zero padded frames]
+    (N, C, F', T') -> (N, T', C*F')
+    L x [(BatchNorm1d, except layer 0) -> (dropout) -> GRU/LSTM/RNN]
+    (Lookahead conv -> Hardtanh(0, 20), unidirectional only)
+    (dropout) -> BatchNorm1d -> Linear -> log_softmax (float32)
+
+Kernels and strides are written (freq, time), as in the MLPerf reference. Padding is k // 2
+on both axes (deepspeech.pytorch), so a T-frame input always gives >= 1 output frame.
+
+Two choices make an utterance's outputs (in eval mode) independent of its batch neighbours:
+padded time steps are re-zeroed after every conv layer (deepspeech.pytorch's MaskConv), and
+the recurrent layers never read padding (packed sequences on CUDA; on the CPU an equivalent,
+faster per-direction scheme, see `_run_rnn_padded`). The sequence-wise BatchNorm1d layers
+normalise only the valid frames, unlike deepspeech.pytorch, whose statistics also count
+padding. BatchNorm2d in the conv stack still sees the zeroed padding
+in training mode (its batch statistics depend on the batch, as any BatchNorm's do).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+_RNN_CLASSES = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}
+# Weight matrices per recurrent cell: GRU has 3 gates, LSTM 4, a plain RNN 1.
+_RNN_GATES = {"gru": 3, "lstm": 4, "rnn": 1}
+
+# Constructor keyword arguments (minus num_features / vocab_size) of named architectures.
+# FLOPs/s and parameter counts for 161 spectrogram bins and 29 characters: see README/report.
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    # CPU demo: trains in minutes on 2 cores. Time stride 2 keeps >= 50 output frames/s, enough
+    # for characters at any speaking rate; the second conv has 16 channels and strides
+    # frequency by 4 so the first GRU's input is 16 x 21 = 336 wide instead of 1312.
+    "tiny": {
+        "conv_channels": (32, 16),
+        "conv_kernels": ((41, 11), (21, 11)),
+        "conv_strides": ((2, 2), (4, 1)),
+        "rnn_type": "gru",
+        "rnn_hidden": 192,
+        "rnn_layers": 3,
+        "bidirectional": True,
+    },
+    # One GPU, a few hundred hours: deepspeech.pytorch's conv stack and 5 x BiGRU 512.
+    "small": {
+        "conv_channels": (32, 32),
+        "conv_kernels": ((41, 11), (21, 11)),
+        "conv_strides": ((2, 2), (2, 1)),
+        "rnn_type": "gru",
+        "rnn_hidden": 512,
+        "rnn_layers": 5,
+        "bidirectional": True,
+    },
+    # MLPerf training reference (speech_recognition, DS2): 2 conv 32 ch, 3 BiGRU 2560 summed.
+    # The reference's printout shows GRU(672, 2560) x 3; its text says 5 layers; we follow the
+    # printout. The reference convolutions have no padding (672 = 32 x 21 at 161 bins); ours
+    # pad k // 2, so the first GRU is 1312 wide here and the model has ~9.8 M more weights.
+    "mlperf-ds2": {
+        "conv_channels": (32, 32),
+        "conv_kernels": ((41, 11), (21, 11)),
+        "conv_strides": ((2, 2), (2, 1)),
+        "rnn_type": "gru",
+        "rnn_hidden": 2560,
+        "rnn_layers": 3,
+        "bidirectional": True,
+    },
+    # DS2 paper's figure: 3 conv layers (third 96 ch, (21, 11), stride (2, 1)) and 7 recurrent
+    # layers. The paper's GRUs are 1760-2560 wide; 512 bidirectional is our scaled-down choice
+    # so the model fits a single consumer GPU.
+    "dl-audio": {
+        "conv_channels": (32, 32, 96),
+        "conv_kernels": ((41, 11), (21, 11), (21, 11)),
+        "conv_strides": ((2, 2), (2, 1), (2, 1)),
+        "rnn_type": "gru",
+        "rnn_hidden": 512,
+        "rnn_layers": 7,
+        "bidirectional": True,
+    },
+    # rosaj/p2p_asr models/asr/deep_speech2.py as its notebooks call it (rnn_layers=1,
+    # rnn_units=512): Keras kernels [11, 41] stride [2, 2] and [11, 21] stride [1, 2] in
+    # (time, freq) order = (41, 11)/(2, 2) and (21, 11)/(2, 1) here; Bidirectional(GRU,
+    # merge_mode="concat"); dropout 0.5. Its build_model() default (5 x 128) is unused there.
+    # Not reproduced: its extra Dense(2 x units) + ReLU before the classifier, and no BatchNorm
+    # before the classifier.
+    "p2p-ds2": {
+        "conv_channels": (32, 32),
+        "conv_kernels": ((41, 11), (21, 11)),
+        "conv_strides": ((2, 2), (2, 1)),
+        "rnn_type": "gru",
+        "rnn_hidden": 512,
+        "rnn_layers": 1,
+        "bidirectional": True,
+        "bidirectional_merge": "concat",
+        "dropout": 0.5,
+    },
+}
+
+
+def conv_output_length(length, kernel: int, stride: int, padding: int):
+    """Frames out of one convolution: floor((length + 2 * padding - kernel) / stride) + 1.
+
+    `length` is an int or an int64 tensor; floor division keeps it exact (no float rounding).
+    """
+    return (length + 2 * padding - kernel) // stride + 1
+
+
+class Lookahead(nn.Module):
+    """Row convolution (DS2 section 3.7): each channel mixes the current and `lookahead`
+    future frames with its own weights (a depthwise 1-D conv), so a unidirectional model
+    sees a little future context without a backward RNN.
+
+    x: (N, T, H), frames past each utterance's end must be 0 -> (N, T, H).
+    """
+
+    def __init__(self, channels: int, lookahead: int):
+        super().__init__()
+        self.lookahead = lookahead
+        self.conv = nn.Conv1d(channels, channels, lookahead + 1, groups=channels, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x.transpose(1, 2), (0, self.lookahead))  # (N, H, T + lookahead), zeros
+        return self.conv(x).transpose(1, 2)  # (N, T, H)
+
+
+def _time_mask(lens: torch.Tensor, max_len: int) -> torch.Tensor:
+    """(N,) lengths -> (N, max_len) bool, True on valid frames."""
+    return torch.arange(max_len, device=lens.device)[None, :] < lens[:, None]
+
+
+def _per_frame(fn, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Apply a per-frame module to the valid frames only; padding stays 0.
+
+    x: (N, T, D), mask: (N, T) bool -> (N, T, D'). BatchNorm1d applied this way takes its
+    statistics over real frames, never over padding (deepspeech.pytorch counts padding).
+    """
+    y = fn(x[mask])  # (sum(lens), D')
+    out = y.new_zeros(*mask.shape, y.shape[-1])
+    out[mask] = y
+    return out
+
+
+def _run_rnn_packed(rnn: nn.RNNBase, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """cuDNN path: x (N, T, D) -> (N, T, directions * H), zero-padded; lens on the CPU."""
+    packed = pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False)
+    out, _ = rnn(packed)
+    return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
+
+
+def _run_rnn_padded(
+    rnn: nn.RNNBase, twin: nn.RNNBase, x: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """CPU path, same result as packing: x (N, T, D) -> (N, T, directions * H), zero-padded.
+
+    PyTorch's CPU RNN on a PackedSequence slices the input once per step and each slice's
+    backward zero-fills a full-size gradient: fwd+bwd time grows with T^2 (measured, 2 CPU
+    threads, BiGRU 192, batch 16: 0.18 s at 125 steps, 1.75 s at 500; padded: 0.08, 0.36 s).
+    So each direction runs on padded input with the `rnn`'s own weights (`twin` is a
+    unidirectional module of the same shape on the meta device, used as a template): the
+    forward direction is causal, so padding after the end cannot reach valid outputs; the
+    backward direction runs on each utterance reversed within its length, so its padding
+    also comes last.
+    """
+    names = [n for n, _ in twin.named_parameters()]  # weight_ih_l0, weight_hh_l0, biases
+    out, _ = functional_call(twin, {n: getattr(rnn, n) for n in names}, (x,))
+    if rnn.bidirectional:
+        t = torch.arange(x.shape[1], device=x.device)[None, :]  # (1, T)
+        lens = mask.sum(1, keepdim=True)  # (N, 1)
+        rev = torch.where(t < lens, lens - 1 - t, t)  # (N, T), its own inverse
+        x_rev = x.gather(1, rev[..., None].expand_as(x))
+        back, _ = functional_call(twin, {n: getattr(rnn, n + "_reverse") for n in names}, (x_rev,))
+        out = torch.cat([out, back.gather(1, rev[..., None].expand_as(back))], dim=-1)
+    return out.masked_fill(~mask[..., None], 0.0)
+
+
+class DeepSpeech2(nn.Module):
+    """DeepSpeech2 CTC model; see the module docstring for the layer stack.
+
+    `rnn_packing` (attribute, not an argument: it changes speed, never results): "auto" runs
+    the recurrent layers on PackedSequences on CUDA (cuDNN) and on padded, per-utterance
+    reversed input elsewhere (see `_run_rnn_padded`); "packed" / "padded" force one path.
+
+    Args:
+        num_features: F, feature bins per frame.
+        vocab_size: V, output classes including the CTC blank (index 0).
+        conv_channels: output channels of each of the 1-3 conv layers.
+        conv_kernels: (freq, time) kernel of each conv layer.
+        conv_strides: (freq, time) stride of each conv layer.
+        rnn_type: "gru", "lstm" or "rnn" (tanh).
+        rnn_hidden: hidden units per direction.
+        rnn_layers: number of recurrent layers (>= 1).
+        bidirectional: run each recurrent layer in both directions.
+        bidirectional_merge: "sum" the two directions (deepspeech.pytorch, MLPerf; keeps the
+            width at rnn_hidden) or "concat" them (2 x rnn_hidden wide).
+        lookahead: future output frames seen by the Lookahead layer; used only when
+            unidirectional and > 0.
+        dropout: probability on the input of each recurrent layer after the first and on the
+            classifier's input; 0 disables it.
+    """
+
+    rnn_packing = "auto"
+
+    def __init__(
+        self,
+        num_features: int,
+        vocab_size: int,
+        conv_channels: Sequence[int] = (32, 32),
+        conv_kernels: Sequence[Sequence[int]] = ((41, 11), (21, 11)),
+        conv_strides: Sequence[Sequence[int]] = ((2, 2), (2, 1)),
+        rnn_type: str = "gru",
+        rnn_hidden: int = 256,
+        rnn_layers: int = 3,
+        bidirectional: bool = True,
+        bidirectional_merge: str = "sum",
+        lookahead: int = 0,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self._settings = _check_settings(
+            num_features=int(num_features),
+            vocab_size=int(vocab_size),
+            conv_channels=tuple(int(c) for c in conv_channels),
+            conv_kernels=tuple((int(f), int(t)) for f, t in conv_kernels),
+            conv_strides=tuple((int(f), int(t)) for f, t in conv_strides),
+            rnn_type=str(rnn_type),
+            rnn_hidden=int(rnn_hidden),
+            rnn_layers=int(rnn_layers),
+            bidirectional=bool(bidirectional),
+            bidirectional_merge=str(bidirectional_merge),
+            lookahead=int(lookahead),
+            dropout=float(dropout),
+        )
+        s = self._settings
+        self.conv_kernels, self.conv_strides = s["conv_kernels"], s["conv_strides"]
+        self.conv_padding = tuple((kf // 2, kt // 2) for kf, kt in self.conv_kernels)
+        self.conv = nn.ModuleList()
+        in_ch, freq = 1, s["num_features"]
+        for ch, k, st, p in zip(
+            s["conv_channels"], self.conv_kernels, self.conv_strides, self.conv_padding, strict=True
+        ):
+            self.conv.append(
+                nn.Sequential(
+                    nn.Conv2d(in_ch, ch, k, stride=st, padding=p, bias=False),
+                    nn.BatchNorm2d(ch),
+                    nn.Hardtanh(0.0, 20.0, inplace=True),
+                )
+            )
+            in_ch, freq = ch, conv_output_length(freq, k[0], st[0], p[0])
+        # padding k // 2 keeps freq >= 1 for any num_features >= 1 (as on the time axis)
+        self.conv_out_freq = freq
+        self.rnn_input_size = in_ch * freq
+
+        self.bidirectional = s["bidirectional"]
+        self.merge_concat = self.bidirectional and s["bidirectional_merge"] == "concat"
+        out_width = s["rnn_hidden"] * (2 if self.merge_concat else 1)
+        self.rnn_norms = nn.ModuleList()  # rnn_norms[i] normalises the input of rnn[i + 1]
+        self.rnns = nn.ModuleList()
+        rnn_cls = _RNN_CLASSES[s["rnn_type"]]
+        for i in range(s["rnn_layers"]):
+            width = self.rnn_input_size if i == 0 else out_width
+            if i > 0:
+                self.rnn_norms.append(nn.BatchNorm1d(width))
+            self.rnns.append(
+                rnn_cls(width, s["rnn_hidden"], bidirectional=self.bidirectional, batch_first=True)
+            )
+        # Weightless templates for the CPU path (_run_rnn_padded); a tuple keeps them out of
+        # the module tree, state_dict and .to().
+        self._twins = tuple(
+            rnn_cls(r.input_size, r.hidden_size, batch_first=True, device="meta") for r in self.rnns
+        )
+        self.lookahead = None
+        if not self.bidirectional and s["lookahead"] > 0:
+            self.lookahead = nn.Sequential(
+                Lookahead(out_width, s["lookahead"]), nn.Hardtanh(0.0, 20.0, inplace=True)
+            )
+        self.dropout = nn.Dropout(s["dropout"])
+        self.out_norm = nn.BatchNorm1d(out_width)
+        self.classifier = nn.Linear(out_width, s["vocab_size"])
+
+    # ---- lengths and sizes -------------------------------------------------------------------
+
+    def output_lengths(self, feat_lens):
+        """Output frames for `feat_lens` input frames (int or int64 tensor), exactly as the
+        conv stack computes them: per layer floor((T + 2p - k) / s) + 1 on the time axis.
+        With p = k // 2 every T >= 1 gives >= 1 output frame."""
+        for (_, kt), (_, st), (_, pt) in zip(
+            self.conv_kernels, self.conv_strides, self.conv_padding, strict=True
+        ):
+            feat_lens = conv_output_length(feat_lens, kt, st, pt)
+        return feat_lens
+
+    @property
+    def time_reduction(self) -> int:
+        """Input frames per output frame: the product of the time strides."""
+        return math.prod(st for _, st in self.conv_strides)
+
+    def receptive_field(self) -> int:
+        """Input frames that one output frame of the conv stack sees on the time axis."""
+        field, jump = 1, 1
+        for (_, kt), (_, st) in zip(self.conv_kernels, self.conv_strides, strict=True):
+            field += (kt - 1) * jump
+            jump *= st
+        return field
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_second(self, frames_per_second: float = 100.0) -> float:
+        """Analytic forward FLOPs per second of audio (one multiply-add = 2 FLOPs).
+
+        conv layer: 2 * C_in * C_out * k_f * k_t * F_out per output frame;
+        recurrent layer, per output frame and direction: 2 * G * (in * h + h * h) with
+        G = 3 gates (GRU), 4 (LSTM), 1 (RNN); lookahead: 2 * H * (lookahead + 1);
+        classifier: 2 * H * V. Output frames per second of a layer = frames_per_second /
+        (product of time strides up to it). Biases, BatchNorm, activations and gate
+        element-wise math are left out (< 1 % for these sizes). Backward costs about 2x this.
+        """
+        s = self._settings
+        total, fps, in_ch, freq = 0.0, frames_per_second, 1, s["num_features"]
+        for ch, (kf, kt), (sf, st), (pf, _) in zip(
+            s["conv_channels"], self.conv_kernels, self.conv_strides, self.conv_padding, strict=True
+        ):
+            freq = conv_output_length(freq, kf, sf, pf)
+            fps /= st
+            total += 2.0 * in_ch * ch * kf * kt * freq * fps
+            in_ch = ch
+        h, directions = s["rnn_hidden"], 2 if self.bidirectional else 1
+        for rnn in self.rnns:
+            per_step = 2.0 * _RNN_GATES[s["rnn_type"]] * (rnn.input_size * h + h * h)
+            total += per_step * directions * fps
+        width = self.classifier.in_features
+        if self.lookahead is not None:
+            total += 2.0 * width * (s["lookahead"] + 1) * fps
+        total += 2.0 * width * s["vocab_size"] * fps
+        return total
+
+    def describe(self, frames_per_second: float = 100.0) -> str:
+        """One line for people: size, cost and context of the model."""
+        s = self._settings
+        rf = self.receptive_field()
+        direction = "bi" if self.bidirectional else "uni"
+        context = "whole utterance" if self.bidirectional else f"+{s['lookahead']} output frames"
+        return (
+            f"DeepSpeech2: {len(self.conv)} conv + {s['rnn_layers']} x {direction}-"
+            f"{s['rnn_type'].upper()} {s['rnn_hidden']}, {self.num_params() / 1e6:.2f} M params, "
+            f"{self.flops_per_second(frames_per_second) / 1e9:.2f} GFLOP per audio second "
+            f"(forward), time stride {self.time_reduction}, conv receptive field {rf} frames "
+            f"({rf * 1000 / frames_per_second:.0f} ms), recurrent context: {context}"
+        )
+
+    # ---- settings ----------------------------------------------------------------------------
+
+    def settings(self) -> dict[str, Any]:
+        """All constructor arguments as JSON-able data; `model_from_settings` rebuilds the model."""
+        return {k: _jsonable(v) for k, v in self._settings.items()}
+
+    # ---- forward -----------------------------------------------------------------------------
+
+    def forward(
+        self, feats: torch.Tensor, feat_lens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """feats: (N, T, F) float32, feat_lens: (N,) int64 frames ->
+        (log_probs (N, T', V) float32 log-softmax, out_lens (N,) int64 on feat_lens' device).
+
+        Frames t >= out_lens[n] of log_probs are padding and hold meaningless values.
+        """
+        lens = self._check_inputs(feats, feat_lens)  # (N,) int64 on CPU: packing needs it there
+        x = feats.transpose(1, 2).unsqueeze(1)  # (N, 1, F, T)
+        x = x.masked_fill(~_time_mask(lens.to(x.device), x.shape[-1])[:, None, None, :], 0.0)
+        for block, (_, kt), (_, st), (_, pt) in zip(
+            self.conv, self.conv_kernels, self.conv_strides, self.conv_padding, strict=True
+        ):
+            x = block(x)  # (N, C, F', T')
+            lens = conv_output_length(lens, kt, st, pt)
+            # MaskConv: the frames past each utterance's end hold conv/BN/bias outputs of the
+            # padding; zero them so the next layer sees exactly what a lone utterance would.
+            x = x.masked_fill(~_time_mask(lens.to(x.device), x.shape[-1])[:, None, None, :], 0.0)
+        n, c, f, t_out = x.shape
+        x = x.permute(0, 3, 1, 2).reshape(n, t_out, c * f)  # (N, T', C*F')
+
+        mask = _time_mask(lens.to(x.device), t_out)  # (N, T')
+        for i in range(len(self.rnns)):
+            if i > 0:
+                norm = self.rnn_norms[i - 1]
+                x = _per_frame(lambda d, norm=norm: self.dropout(norm(d)), x, mask)
+            x = self._run_rnn(i, x, lens, mask)  # (N, T', directions * H), zero-padded
+            if self.bidirectional and not self.merge_concat:
+                x = x.view(n, t_out, 2, -1).sum(2)  # (N, T', H)
+        if self.lookahead is not None:
+            x = self.lookahead(x)  # (N, T', H); reads the zero padding as "after the end"
+        logits = _per_frame(lambda d: self.classifier(self.out_norm(self.dropout(d))), x, mask)
+        # float32 even under autocast: CTC loss and log_softmax in bf16/fp16 lose precision.
+        log_probs = logits.float().log_softmax(dim=-1)
+        return log_probs, lens.to(feat_lens.device)
+
+    def _run_rnn(self, i: int, x, lens, mask) -> torch.Tensor:
+        packing = self.rnn_packing
+        if packing == "packed" or (packing == "auto" and x.is_cuda):
+            return _run_rnn_packed(self.rnns[i], x, lens)
+        return _run_rnn_padded(self.rnns[i], self._twins[i], x, mask)
+
+    def _check_inputs(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> torch.Tensor:
+        nf = self._settings["num_features"]
+        if feats.dim() != 3 or feats.shape[2] != nf:
+            raise ValueError(
+                f"DeepSpeech2.forward: feats must be (N, T, {nf}), got {tuple(feats.shape)}; "
+                "check that the feature extractor's num_features matches the model's"
+            )
+        if feat_lens.shape != (feats.shape[0],):
+            raise ValueError(
+                f"DeepSpeech2.forward: feat_lens must be ({feats.shape[0]},), "
+                f"got {tuple(feat_lens.shape)}"
+            )
+        lens = feat_lens.detach().to("cpu", torch.int64)
+        if len(lens) and (lens.min() < 1 or lens.max() > feats.shape[1]):
+            raise ValueError(
+                f"DeepSpeech2.forward: feat_lens must lie in 1..{feats.shape[1]} (the padded "
+                f"length), got min {int(lens.min())}, max {int(lens.max())}; drop empty "
+                "utterances before batching"
+            )
+        return lens
+
+
+def model_from_settings(d: dict[str, Any]) -> DeepSpeech2:
+    """Rebuild a DeepSpeech2 (untrained) from `model.settings()`; unknown keys fail loudly."""
+    allowed = set(_DEFAULTS) | {"num_features", "vocab_size"}
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise ValueError(
+            f"model settings: unknown key(s) {', '.join(unknown)}; valid keys: "
+            f"{', '.join(sorted(allowed))}. Was the checkpoint written by a newer speechswarm?"
+        )
+    return DeepSpeech2(**d)
+
+
+def _jsonable(v: Any) -> Any:
+    return [_jsonable(x) for x in v] if isinstance(v, (tuple, list)) else v
+
+
+# Constructor arguments that have defaults: every setting except num_features / vocab_size.
+_DEFAULTS = {
+    k: p.default
+    for k, p in inspect.signature(DeepSpeech2.__init__).parameters.items()
+    if p.default is not inspect.Parameter.empty
+}
+
+
+def _check_settings(**s: Any) -> dict[str, Any]:
+    """Validate constructor arguments; errors name the argument and the fix."""
+    n_conv = len(s["conv_channels"])
+
+    def bad(what: str) -> ValueError:
+        return ValueError(f"DeepSpeech2: {what}")
+
+    if not 1 <= n_conv <= 3:
+        raise bad(f"conv_channels must list 1-3 layers, got {n_conv}")
+    if len(s["conv_kernels"]) != n_conv or len(s["conv_strides"]) != n_conv:
+        raise bad(
+            f"conv_kernels ({len(s['conv_kernels'])}) and conv_strides "
+            f"({len(s['conv_strides'])}) need one (freq, time) pair per conv layer ({n_conv})"
+        )
+    pairs = [*s["conv_kernels"], *s["conv_strides"]]
+    if min(s["conv_channels"]) < 1 or any(min(p) < 1 for p in pairs):
+        raise bad("conv channels, kernels and strides must be >= 1")
+    if s["rnn_type"] not in _RNN_CLASSES:
+        raise bad(f"rnn_type must be one of {sorted(_RNN_CLASSES)}, got {s['rnn_type']!r}")
+    if s["bidirectional_merge"] not in ("sum", "concat"):
+        raise bad(
+            f"bidirectional_merge must be 'sum' or 'concat', got {s['bidirectional_merge']!r}"
+        )
+    for key in ("num_features", "rnn_hidden", "rnn_layers"):
+        if s[key] < 1:
+            raise bad(f"{key} must be >= 1, got {s[key]}")
+    if s["vocab_size"] < 2:
+        raise bad(f"vocab_size must count the blank and >= 1 token, got {s['vocab_size']}")
+    if s["lookahead"] < 0 or not 0.0 <= s["dropout"] < 1.0:
+        raise bad("lookahead must be >= 0 and dropout in [0, 1)")
+    return s

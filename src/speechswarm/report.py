@@ -1,0 +1,463 @@
+"""Run reporting: a metrics file for tools, TensorBoard, plots and a summary for people.
+
+    speechswarm train --config configs/demo.yaml   # writes runs/demo/{metrics.jsonl,plots/,summary.md}
+
+`MetricsLogger.log(step, epoch=..., **scalars)` appends one JSON line per call to
+`<run>/metrics.jsonl`:
+
+    {"step": 120, "wall_time": 84.2, "epoch": 1.5, "train_loss": 41.7, "lr": 0.00031}
+
+`wall_time` is seconds of training since the run began, summed over resumes. Scalar names
+the plots know: `train_loss` (or `loss`) and `dev_loss` (CTC loss, nats), `dev_wer` and
+`dev_cer` (fractions as `metrics.wer` returns them: 0.25 is 25 %, plotted in %), `lr`. Any
+other name is stored and mirrored to TensorBoard (`<run>/tb`) too. Non-finite values are written
+as `null`, so the file is strict JSON that jq and pandas read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+TRAIN_LOSS, DEV_LOSS, DEV_WER, DEV_CER, LR = "train_loss", "dev_loss", "dev_wer", "dev_cer", "lr"
+_RESERVED = ("step", "wall_time", "epoch")
+_tb_warned = False
+
+
+class MetricSink(Protocol):
+    """What the training loop logs to (rank 0 only)."""
+
+    def log(self, step: int, *, epoch: float | None = None, **scalars: float) -> dict: ...
+
+    def close(self) -> None: ...
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_number(key: str, value) -> int | float | None:
+    """A scalar as a JSON number: tensors/numpy scalars unwrapped, non-finite as None."""
+    if hasattr(value, "item"):  # 0-d tensor, numpy scalar
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"metric {key!r} must be a number, got {type(value).__name__} {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsLogger:
+    """Append-only metrics.jsonl (flushed every call) plus an optional TensorBoard mirror.
+
+    `resume_step`: when continuing a run from a checkpoint at that step, records after it
+    (logged before the interruption, about to be redone) are dropped from metrics.jsonl and
+    TensorBoard. Without it an existing file is appended to. Either way `wall_time`
+    continues from the file's last record.
+    """
+
+    def __init__(
+        self, run_dir: str | os.PathLike, tensorboard: bool = True, resume_step: int | None = None
+    ):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "metrics.jsonl"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        previous = read_metrics(self.path) if self.path.is_file() else []
+        if resume_step is not None and previous:
+            previous = [r for r in previous if r["step"] <= resume_step]
+            _write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in previous))
+        self._offset = float(previous[-1]["wall_time"]) if previous else 0.0
+        self._start = time.monotonic()
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self._tb = _open_tensorboard(self.run_dir / "tb", resume_step) if tensorboard else None
+
+    def log(self, step: int, *, epoch: float | None = None, **scalars) -> dict:
+        """Write one record `{step, wall_time, epoch, **scalars}` and return it."""
+        clash = [k for k in scalars if k in _RESERVED]
+        if clash:
+            raise ValueError(f"metric names {clash} are reserved for the record's own fields")
+        record = {
+            "step": int(step),
+            "wall_time": round(self._offset + time.monotonic() - self._start, 3),
+            "epoch": None if epoch is None else _json_number("epoch", epoch),
+        }
+        record.update({k: _json_number(k, v) for k, v in scalars.items()})
+        self._file.write(json.dumps(record, allow_nan=False) + "\n")
+        self._file.flush()  # a crash loses no logged line
+        if self._tb is not None:
+            for key, value in scalars.items():
+                value = value.item() if hasattr(value, "item") else value
+                self._tb.add_scalar(key, float(value), int(step), walltime=time.time())
+        return record
+
+    def read(self) -> list[dict]:
+        """All records of this run's metrics.jsonl (see `read_metrics`); also after close()."""
+        if not self._file.closed:
+            self._file.flush()
+        return read_metrics(self.path)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _open_tensorboard(log_dir: Path, resume_step: int | None):
+    """A SummaryWriter, or None (said once per process) if tensorboard is not installed."""
+    global _tb_warned
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        if not _tb_warned:
+            log.warning("TensorBoard logging off (%s); metrics.jsonl is still written", e)
+            _tb_warned = True
+        return None
+    purge = None if resume_step is None else resume_step + 1
+    return SummaryWriter(log_dir=str(log_dir), purge_step=purge, flush_secs=30)
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The records of a metrics.jsonl, in file order.
+
+    A last line cut short by a crash is dropped with a warning; a bad line elsewhere is an
+    error naming the file and line.
+    """
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "step" not in record:
+                raise ValueError("not an object with a 'step'")
+        except ValueError as e:
+            if number == len(lines):
+                log.warning("%s:%d: dropping a cut-short last line (%s)", path, number, e)
+                continue
+            raise ValueError(
+                f"{path}:{number}: not a metrics record ({e}); fix or delete it"
+            ) from e
+        records.append(record)
+    return records
+
+
+def moving_average(values: Sequence[float], window: int) -> np.ndarray:
+    """Centered moving average over `window` points (odd; even is rounded up).
+
+    Centered, unlike TensorBoard's EMA, so the smoothed curve does not lag behind a loss
+    that is still falling fast. Near the ends the window shrinks symmetrically to what
+    exists: point i averages values[i-h : i+h+1] with h = min(window // 2, i, n-1-i).
+    """
+    x = np.asarray(values, dtype=np.float64)
+    n, half = len(x), max(0, int(window) // 2)
+    csum = np.concatenate([[0.0], np.cumsum(x)])
+    i = np.arange(n)
+    h = np.minimum(half, np.minimum(i, n - 1 - i))
+    return (csum[i + h + 1] - csum[i - h]) / (2 * h + 1)
+
+
+def series(metrics: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, wall_times, values) of `key`, by step; a repeated step keeps its last value."""
+    by_step = {}
+    for r in metrics:
+        if r.get(key) is not None:
+            by_step[int(r["step"])] = (float(r.get("wall_time") or 0.0), float(r[key]))
+    steps = np.array(sorted(by_step), dtype=np.int64)
+    walls = np.array([by_step[s][0] for s in steps], dtype=np.float64)
+    values = np.array([by_step[s][1] for s in steps], dtype=np.float64)
+    return steps, walls, values
+
+
+def _time_unit(max_seconds: float) -> tuple[float, str]:
+    """Divisor and axis label that keep wall-time ticks short."""
+    if max_seconds >= 2 * 3600:
+        return 3600.0, "wall time (h)"
+    if max_seconds >= 120:
+        return 60.0, "wall time (min)"
+    return 1.0, "wall time (s)"
+
+
+def _x(steps, walls, by_time: bool, unit: float):
+    return walls / unit if by_time else steps
+
+
+def _draw_loss(ax, metrics, by_time: bool, unit: float) -> bool:
+    key = TRAIN_LOSS if any(TRAIN_LOSS in r for r in metrics) else "loss"
+    steps, walls, train = series(metrics, key)
+    dev_steps, dev_walls, dev = series(metrics, DEV_LOSS)
+    if len(train) == 0 and len(dev) == 0:
+        return False
+    if len(train):
+        x = _x(steps, walls, by_time, unit)
+        window = 2 * (len(train) // 60) + 1  # ~1/30 of the run
+        marker = "o" if len(x) == 1 else None  # a lone point draws no line
+        ax.plot(x, train, color="C0", alpha=0.25, lw=0.8, marker=marker, label="train (raw)")
+        smooth = moving_average(train, window)
+        ax.plot(x, smooth, color="C0", lw=2, label=f"train (mean of {window} points)")
+    if len(dev):
+        ax.plot(_x(dev_steps, dev_walls, by_time, unit), dev, "o-", color="C1", label="dev")
+    values = np.concatenate([train, dev])
+    if values.min() > 0 and values.max() / values.min() > 20:
+        _log_y(ax)  # CTC loss falls by orders of magnitude early on
+    ax.set_ylabel("CTC loss (nats, log scale)" if ax.get_yscale() == "log" else "CTC loss (nats)")
+    ax.set_title("Loss")
+    return True
+
+
+def _log_y(ax) -> None:
+    """Log y axis with plain numbers at 1, 2, 5 x 10^k (not only 10^k in sci notation)."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda y, _: f"{y:g}" if f"{y:e}"[0] in "125" else "")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+
+
+def _draw_errors(ax, metrics, by_time: bool, unit: float) -> bool:
+    drew = False
+    for key, name, style, color in ((DEV_WER, "WER", "o-", "C2"), (DEV_CER, "CER", "s-", "C3")):
+        steps, walls, values = series(metrics, key)
+        if len(values) == 0:
+            continue
+        x, pct = _x(steps, walls, by_time, unit), 100 * values
+        best = int(np.argmin(pct))
+        # The best value goes in the legend, not beside the point, where it would cross lines.
+        label = f"dev {name} (best {pct[best]:.2f} % at step {steps[best]:,})"
+        ax.plot(x, pct, style, color=color, ms=4, label=label)
+        ax.plot(x[best], pct[best], "*", color=color, ms=14, mec="black", mew=0.6)
+        drew = True
+    if drew:
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel("error rate (%, lower is better)")
+        ax.set_title("Dev WER and CER")
+    return drew
+
+
+def _draw_lr(ax, metrics, by_time: bool, unit: float) -> bool:
+    from matplotlib.ticker import StrMethodFormatter
+
+    steps, walls, lr = series(metrics, LR)
+    if len(lr) == 0:
+        return False
+    ax.plot(_x(steps, walls, by_time, unit), lr, color="C4", lw=1.5, label="learning rate")
+    ax.yaxis.set_major_formatter(StrMethodFormatter("{x:.1e}"))  # 3.0e-04, no offset text
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("learning rate")
+    ax.set_title("Learning-rate schedule")
+    return True
+
+
+def _finish_axes(ax, by_time: bool, time_label: str) -> None:
+    from matplotlib.ticker import StrMethodFormatter
+
+    ax.set_xlabel(time_label if by_time else "optimizer step")
+    if not by_time:
+        ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    ax.grid(True, alpha=0.3)
+    if sum(not line.get_label().startswith("_") for line in ax.get_lines()) > 1:
+        ax.legend(fontsize=8)
+
+
+_PLOTS = (  # file stem, drawer, by wall time?
+    ("loss_vs_step", _draw_loss, False),
+    ("loss_vs_time", _draw_loss, True),
+    ("wer_cer_vs_step", _draw_errors, False),
+    ("wer_cer_vs_time", _draw_errors, True),
+    ("lr_vs_step", _draw_lr, False),
+)
+
+
+def plot_run(metrics: Sequence[dict], out_dir: str | os.PathLike) -> list[Path]:
+    """PNG plots of a run's metrics into `out_dir`; returns the files written.
+
+    overview (2x2: loss, error rates and LR vs step, loss vs wall time), then loss_vs_step,
+    loss_vs_time, wer_cer_vs_step, wer_cer_vs_time and lr_vs_step. A plot whose metrics
+    were never logged is not written. Uses matplotlib's Figure directly (Agg canvas), so
+    the global pyplot backend is left alone.
+    """
+    from matplotlib.figure import Figure
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    walls = [float(r["wall_time"]) for r in metrics if r.get("wall_time") is not None]
+    unit, time_label = _time_unit(max(walls, default=0.0))
+    written = _plot_overview(metrics, out_dir / "overview.png", unit, time_label)
+    for stem, draw, by_time in _PLOTS:
+        fig = Figure(figsize=(8, 4.5), dpi=120, layout="constrained")
+        ax = fig.subplots()
+        if draw(ax, metrics, by_time, unit):
+            _finish_axes(ax, by_time, time_label)
+            ax.set_title(f"{ax.get_title()} vs {'wall time' if by_time else 'optimizer step'}")
+            fig.savefig(out_dir / f"{stem}.png")
+            written.append(out_dir / f"{stem}.png")
+    return written
+
+
+def _plot_overview(metrics, path: Path, unit: float, time_label: str) -> list[Path]:
+    """One 2x2 figure to glance at; [] if nothing was logged."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 8), dpi=100, layout="constrained")
+    panels = (_PLOTS[0], _PLOTS[2], _PLOTS[4], _PLOTS[1])
+    drew = []
+    for ax, (_, draw, by_time) in zip(fig.subplots(2, 2).ravel(), panels, strict=True):
+        drew.append(draw(ax, metrics, by_time, unit))
+        if drew[-1]:
+            _finish_axes(ax, by_time, time_label)
+            ax.set_title(f"{ax.get_title()} vs {'wall time' if by_time else 'step'}")
+        else:
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", color="gray")
+    if not any(drew):
+        return []
+    last_step = max(int(r["step"]) for r in metrics)
+    wall = max((float(r.get("wall_time") or 0.0) for r in metrics), default=0.0)
+    fig.suptitle(f"Training run: {last_step:,} steps, {format_duration(wall)} wall time")
+    fig.savefig(path)
+    return [path]
+
+
+def format_duration(seconds: float) -> str:
+    """`3723` -> `"1 h 02 min 03 s"`; `42.5` -> `"42.5 s"`."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min {secs:02d} s" if hours else f"{minutes} min {secs:02d} s"
+
+
+def _percent(x: float) -> str:
+    return f"{100 * x:.2f} %"
+
+
+# key -> (label, formatter); these rows come first, in this order, then any other key.
+_SUMMARY_ROWS = {
+    "stop_reason": ("Stopped because", str),
+    "data_hours": ("Training audio", lambda x: f"{x:,.2f} h"),
+    "train_hours": ("Training audio", lambda x: f"{x:,.2f} h"),
+    "train_utterances": ("Training utterances", lambda x: f"{x:,}"),
+    "steps": ("Optimizer steps", lambda x: f"{x:,}"),
+    "epochs": ("Epochs", lambda x: f"{x:g}"),
+    "wall_time_s": ("Wall time", lambda x: f"{format_duration(x)} ({x:,.0f} s)"),
+    "train_minutes": ("Training time", lambda x: f"{format_duration(60 * x)} ({x:,.1f} min)"),
+    "audio_sec_per_sec": ("Throughput", lambda x: f"{x:,.1f} audio s / wall s"),
+    "audio_seconds_per_second": ("Throughput", lambda x: f"{x:,.1f} audio s / wall s"),
+    "best_dev_wer": ("Best dev WER", _percent),
+    "best_dev_cer": ("Best dev CER", _percent),
+    "best_step": ("Best dev WER at step", lambda x: f"{x:,}"),
+    "test_wer": ("Test WER", _percent),
+    "test_cer": ("Test CER", _percent),
+    "best_checkpoint": ("Best checkpoint", lambda x: f"`{x}`"),
+    "skipped_utterances": ("Skipped utterances", lambda x: f"{x:,}"),
+    "nonfinite_losses": ("Non-finite losses", lambda x: f"{x:,}"),
+}
+
+
+def _plain(value):
+    """JSON-able copy: Paths to strings, tuples to lists, non-finite floats to None."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def summary_markdown(summary: dict, title: str = "Run summary", base: Path | None = None) -> str:
+    """The markdown of summary.md: a table of key numbers, then the plots (`plots`: paths).
+
+    Plot paths under `base` (the folder summary.md lives in) are linked relative to it.
+    """
+    summary = _plain(summary)
+    rows = []
+    keys = [k for k in _SUMMARY_ROWS if k in summary] + [
+        k for k in summary if k not in _SUMMARY_ROWS and k != "plots"
+    ]
+    for key in keys:
+        value = summary[key]
+        label, fmt = _SUMMARY_ROWS.get(key, (key.replace("_", " "), str))
+        text = "n/a" if value is None else fmt(value)
+        rows.append(f"| {label} | {text.replace('|', '/')} |")
+    lines = [f"# {title}", "", "| | |", "|---|---|", *rows, ""]
+    plots = summary.get("plots") or []
+    if plots:
+        links = [_relative_to(Path(p), base) for p in plots]
+        lines += ["## Plots", ""] + [f"![{p.stem}]({p.as_posix()})" for p in links] + [""]
+    return "\n".join(lines)
+
+
+def _relative_to(path: Path, base: Path | None) -> Path:
+    if base is None:
+        return path
+    try:
+        return path.resolve().relative_to(base.resolve())
+    except ValueError:  # not under base: keep as given
+        return path
+
+
+def write_summary(run_dir: str | os.PathLike, summary: dict) -> Path:
+    """Write run_dir/summary.md (for people) and summary.json (for tools); returns the .md.
+
+    Known keys (all optional): stop_reason, data_hours or train_hours, train_utterances,
+    steps, epochs, wall_time_s or train_minutes, audio_sec_per_sec or
+    audio_seconds_per_second, best_dev_wer, best_dev_cer, best_step, test_wer, test_cer
+    (WER/CER as fractions), best_checkpoint, skipped_utterances, nonfinite_losses, plots
+    (paths; those under run_dir are linked relative to it). Other keys are listed as given.
+    """
+    run_dir = Path(run_dir)
+    _write_text_atomic(run_dir / "summary.json", json.dumps(_plain(summary), indent=2) + "\n")
+    md = run_dir / "summary.md"
+    _write_text_atomic(md, summary_markdown(summary, f"Run summary: {run_dir.name}", run_dir))
+    return md
+
+
+def summary_line(summary: dict, run_dir: str | os.PathLike) -> str:
+    """One line for the console, e.g. `1,200 steps, 3 epochs in 12 min 04 s; best dev
+    WER 23.45 % (CER 9.10 %) - see runs/demo/summary.md`."""
+    parts = []
+    if summary.get("steps") is not None:
+        parts.append(f"{summary['steps']:,} steps")
+    if summary.get("epochs") is not None:
+        parts.append(f"{summary['epochs']:g} epochs")
+    text = ", ".join(parts)
+    if summary.get("wall_time_s") is not None:
+        text += f" in {format_duration(summary['wall_time_s'])}"
+    if summary.get("best_dev_wer") is not None:
+        text += f"; best dev WER {_percent(summary['best_dev_wer'])}"
+        if summary.get("best_dev_cer") is not None:
+            text += f" (CER {_percent(summary['best_dev_cer'])})"
+    return f"{text} - see {Path(run_dir) / 'summary.md'}"

@@ -1,0 +1,323 @@
+"""The training loop: one readable path from batch to optimizer step.
+
+    speechswarm train --config tiny train.out_dir=runs/mine
+
+`train()` sets a run up (data, model, optimizer, checkpoints), then alternates
+`train_one_epoch()` and `evaluate()` until a stop rule fires. Distribution (DDP, Hogwild,
+peer-to-peer) changes only the marked sync point in `train_one_epoch()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from speechswarm.config import Config, dump_yaml
+from speechswarm.data.dataset import Batch
+from speechswarm.evaluate import evaluate
+from speechswarm.report import MetricsLogger
+from speechswarm.train.checkpoint import load_checkpoint
+from speechswarm.train.rng import restore_rng_state
+from speechswarm.train.setup import Run, make_checkpoint_state, setup_run
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite losses in a row: the run cannot go on as configured."""
+
+
+@dataclass
+class TrainState:
+    """Counters that a checkpoint carries so a resumed run continues exactly."""
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of this epoch consumed (the sampler's resume point)
+    audio_seconds: float = 0.0  # training audio seen (before speed perturbation)
+    train_seconds: float = 0.0  # wall time spent in training steps, across resumes
+    best_wer: float = math.inf
+    evals_since_best: int = 0
+    nonfinite_in_row: int = 0
+    nonfinite_total: int = 0
+    skipped_utterances: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            k: (v if not (isinstance(v, float) and math.isinf(v)) else -1.0)
+            for k, v in vars(self).items()
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainState:
+        state = cls(**d)
+        if state.best_wer < 0:
+            state.best_wer = math.inf
+        return state
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    stop_reason: str
+    state: TrainState
+    best_checkpoint: Path | None
+    dev_history: list[dict] = field(default_factory=list)
+
+
+def train(
+    cfg: Config,
+    *,
+    resume: str | None = None,
+    should_stop: Callable[[TrainState], bool] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train until epochs, steps, time budget, early stopping or target WER says stop.
+
+    `resume`: a checkpoint path, or "auto" for the run folder's last checkpoint.
+    `should_stop(state)` is asked after every step (interruptions, embedding in other loops):
+    when it returns True the run saves a checkpoint and returns; resuming from it continues
+    as if it had never stopped.
+    """
+    run = setup_run(cfg, progress=progress)
+    state = TrainState()
+    rng_to_restore = None
+    checkpoint_path = _resume_path(run, resume)
+    if checkpoint_path is not None:
+        rng_to_restore = _restore(run, state, checkpoint_path)
+        run.log.info(f"resumed from {checkpoint_path} at step {state.step}, epoch {state.epoch}")
+    run.metrics = MetricsLogger(run.dir, resume_step=state.step if checkpoint_path else None)
+    (run.dir / "config.yaml").write_text(dump_yaml(cfg))
+
+    started = time.perf_counter()
+    dev_history = run.dev_history
+    while True:
+        if state.epoch >= cfg.train.epochs:
+            stop_reason = "epochs"
+            break
+        stop_reason = train_one_epoch(run, state, started, should_stop, rng_to_restore, progress)
+        rng_to_restore = None
+        if stop_reason:
+            break
+        state.epoch += 1  # before evaluating, so its checkpoint resumes at the next epoch
+        state.batch_in_epoch = 0
+        stop_reason = _evaluate_and_save(run, state, dev_history)
+        if stop_reason:
+            break
+    if run.checkpoints.last_saved_step != state.step:
+        run.checkpoints.save(make_checkpoint_state(run, state), step=state.step)
+    run.finish(state, stop_reason, dev_history)
+    return TrainResult(run.dir, stop_reason, state, run.checkpoints.best_path(), dev_history)
+
+
+def train_one_epoch(
+    run: Run,
+    state: TrainState,
+    started: float,
+    should_stop: Callable[[TrainState], bool] | None,
+    rng_to_restore: dict | None,
+    progress: bool,
+) -> str:
+    """Train on this epoch's remaining batches; return why it stopped ("" at epoch end)."""
+    cfg = run.cfg.train
+    model, optimizer = run.model, run.optimizer
+    run.sampler.set_epoch(state.epoch, state.batch_in_epoch)
+    run.dataset_set_epoch(state.epoch)
+    batches = iter(run.loader)  # starts the workers; they draw nothing from the global RNG
+    if rng_to_restore is not None:
+        restore_rng_state(rng_to_restore)  # dropout etc. continue where the checkpoint left off
+    model.train()
+    total = len(run.sampler)
+    bar = tqdm(
+        batches,
+        total=total,
+        desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
+        disable=not progress,
+        leave=False,
+    )
+    window = _Window()
+    accumulated = 0
+    for batch in bar:
+        state.batch_in_epoch += 1
+        state.skipped_utterances += batch.skipped
+        if not batch.ids:
+            continue
+        t0 = time.perf_counter()
+        loss = _forward_backward(run, batch, scale=1.0 / run.cfg.optim.accumulate)
+        if loss is None:  # non-finite: drop this batch's gradients, count, maybe give up
+            optimizer.zero_grad(set_to_none=True)
+            accumulated = 0
+            state.nonfinite_in_row += 1
+            state.nonfinite_total += 1
+            if state.nonfinite_in_row >= cfg.max_nonfinite:
+                raise TrainingDiverged(
+                    f"{state.nonfinite_in_row} non-finite losses in a row at step {state.step}: "
+                    "lower optim.lr, set optim.grad_clip, or use precision=fp32"
+                )
+            continue
+        state.nonfinite_in_row = 0
+        accumulated += 1
+        if accumulated == run.cfg.optim.accumulate:
+            grad_norm = run.optimizer_step()
+            accumulated = 0
+            # ---- sync point: DDP has all-reduced gradients inside backward(); Hogwild and
+            # ---- peer-to-peer synchronizers act here, after the local step.
+            state.step += 1
+            window.add(loss, grad_norm)
+        audio = float(batch.wave_lens.sum()) / run.sample_rate
+        state.audio_seconds += audio
+        state.train_seconds += time.perf_counter() - t0
+        window.audio += audio
+        window.seconds += time.perf_counter() - t0
+        if state.step and accumulated == 0 and state.step % cfg.log_every == 0:
+            _log_window(run, state, window, bar)
+            window = _Window()
+        reason = _stop_reason(run, state, started, should_stop)
+        if reason:
+            return reason
+        if (
+            cfg.eval_every
+            and accumulated == 0
+            and state.step % cfg.eval_every == 0
+            and state.batch_in_epoch < total
+        ):
+            reason = _evaluate_and_save(run, state, run.dev_history)
+            if reason:
+                return reason
+        elif cfg.checkpoint_every and accumulated == 0 and state.step % cfg.checkpoint_every == 0:
+            run.checkpoints.save(make_checkpoint_state(run, state), step=state.step)
+    return ""
+
+
+def _forward_backward(run: Run, batch: Batch, scale: float) -> float | None:
+    """Features, augmentation, forward, CTC loss, backward. Returns the loss, or None if not finite."""
+    batch = batch.to(run.device)
+    with torch.no_grad():
+        waves = batch.waves
+        if run.wave_augment is not None:
+            waves = run.wave_augment(waves, batch.wave_lens, run.generator)
+        feats, feat_lens = run.extractor(waves, batch.wave_lens)  # (N, T, F), (N,) frames
+        if run.spec_augment is not None:
+            feats = run.spec_augment(feats, feat_lens, run.generator)
+    with _autocast(run.device, run.amp_dtype):
+        log_probs, out_lens = run.model(feats, feat_lens)  # (N, T', V) log-softmax, (N,)
+    # CTC in fp32 on (T', N, V); summed over the batch then divided by N: a per-utterance loss
+    # that does not shrink long transcripts as reduction="mean" (per target token) would.
+    loss = run.ctc(log_probs.float().transpose(0, 1), batch.tokens, out_lens, batch.token_lens)
+    loss = loss / len(batch.ids)
+    if not torch.isfinite(loss):
+        return None
+    run.backward(loss * scale)
+    return float(loss.detach())
+
+
+def _stop_reason(run: Run, state: TrainState, started: float, should_stop) -> str:
+    cfg = run.cfg.train
+    if cfg.max_steps and state.step >= cfg.max_steps:
+        return "max_steps"
+    if cfg.time_budget_min and time.perf_counter() - started >= cfg.time_budget_min * 60:
+        return "time_budget"
+    if should_stop is not None and should_stop(state):
+        return "interrupted"
+    return ""
+
+
+def _evaluate_and_save(run: Run, state: TrainState, dev_history: list[dict]) -> str:
+    """Score the dev set, log it, checkpoint (tracking the best), apply the stop rules."""
+    cfg = run.cfg.train
+    result = evaluate(
+        run.model,
+        run.extractor,
+        run.dev_loader(),
+        run.tokenizer,
+        device=run.device,
+        amp_dtype=run.amp_dtype,
+        speakers=run.dev_speakers,
+        references=run.dev_references,
+    )
+    row = {"step": state.step, "epoch": state.epoch, "dev_wer": result.wer, "dev_cer": result.cer}
+    dev_history.append(row)
+    run.metrics.log(
+        state.step,
+        epoch=state.epoch,
+        dev_wer=result.wer,
+        dev_cer=result.cer,
+        dev_seconds=result.seconds,
+    )
+    run.log.info(
+        f"step {state.step}: dev WER {result.wer:.1%} CER {result.cer:.1%} "
+        f"({result.utterances} utts, {result.seconds:.0f} s)"
+    )
+    if result.wer < state.best_wer:
+        state.best_wer = result.wer
+        state.evals_since_best = 0
+    else:
+        state.evals_since_best += 1
+    run.checkpoints.save(make_checkpoint_state(run, state), step=state.step, metric=result.wer)
+    if cfg.target_wer and result.wer <= cfg.target_wer:
+        return "target_wer"
+    if cfg.early_stop_patience and state.evals_since_best >= cfg.early_stop_patience:
+        return "early_stop"
+    return ""
+
+
+def _resume_path(run: Run, resume: str | None) -> Path | None:
+    if not resume:
+        return None
+    if resume == "auto":
+        return run.checkpoints.latest()
+    path = Path(resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
+    return path
+
+
+def _restore(run: Run, state: TrainState, path: Path) -> dict:
+    ckpt = load_checkpoint(path)
+    run.load_state(ckpt)
+    restored = TrainState.from_dict(ckpt["train_state"])
+    vars(state).update(vars(restored))
+    return ckpt["rng"]
+
+
+class _Window:
+    """Running sums between two log lines."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.grad_norms: list[float] = []
+        self.audio = 0.0
+        self.seconds = 0.0
+
+    def add(self, loss: float, grad_norm: float) -> None:
+        self.losses.append(loss)
+        self.grad_norms.append(grad_norm)
+
+
+def _log_window(run: Run, state: TrainState, window: _Window, bar) -> None:
+    if not window.losses:
+        return
+    loss = sum(window.losses) / len(window.losses)
+    lr = run.optimizer.param_groups[0]["lr"]
+    speed = window.audio / max(window.seconds, 1e-9)
+    run.metrics.log(
+        state.step,
+        epoch=state.epoch,
+        train_loss=loss,
+        lr=lr,
+        grad_norm=max(window.grad_norms),
+        audio_seconds_per_second=speed,
+        nonfinite_total=state.nonfinite_total,
+    )
+    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", audio_s_per_s=f"{speed:.0f}")
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

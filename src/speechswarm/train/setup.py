@@ -1,0 +1,389 @@
+"""Everything a training run holds, built once from a Config: data, model, optimizer, outputs.
+
+The loop in `train/loop.py` reads these objects; this module owns how they are made, saved
+into a checkpoint and restored from one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import speechswarm
+from speechswarm.build import (
+    build_augment,
+    build_features,
+    build_model,
+    build_tokenizer,
+    resolve_device,
+    resolve_precision,
+)
+from speechswarm.config import Config, to_dict
+from speechswarm.data.dataset import SpeechDataset, make_loader
+from speechswarm.data.manifest import Utterance, read_manifest, total_hours
+from speechswarm.data.sampler import BucketBatchSampler
+from speechswarm.data.tokenizer import Tokenizer
+from speechswarm.data.validate import validate_utterances
+from speechswarm.evaluate import eval_batches
+from speechswarm.features import FeatureExtractor, compute_global_stats
+from speechswarm.model import DeepSpeech2
+from speechswarm.report import MetricsLogger, plot_run, write_summary
+from speechswarm.train.checkpoint import CheckpointManager, load_checkpoint
+from speechswarm.train.optim import build_optimizer, build_scheduler
+from speechswarm.train.rng import capture_rng_state, seed_everything
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class Run:
+    cfg: Config
+    dir: Path
+    log: logging.Logger
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    tokenizer: Tokenizer
+    extractor: FeatureExtractor
+    model: DeepSpeech2
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    dataset: SpeechDataset
+    sampler: BucketBatchSampler
+    loader: torch.utils.data.DataLoader
+    dev_utts: list[Utterance]
+    generator: torch.Generator  # augmentation randomness, saved in checkpoints
+    wave_augment: object | None
+    spec_augment: object | None
+    checkpoints: CheckpointManager
+    train_hours: float
+    metrics: MetricsLogger | None = None  # opened by the loop once it knows the resume step
+    ctc: torch.nn.CTCLoss = field(
+        default_factory=lambda: torch.nn.CTCLoss(blank=0, reduction="sum", zero_infinity=True)
+    )
+    dev_history: list[dict] = field(default_factory=list)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.cfg.data.sample_rate
+
+    @property
+    def dev_speakers(self) -> dict[str, str]:
+        return {u.id: u.speaker for u in self.dev_utts}
+
+    @property
+    def dev_references(self) -> dict[str, str]:
+        return {u.id: u.text for u in self.dev_utts}
+
+    def dataset_set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def dev_loader(self):
+        data = self.cfg.data
+        return eval_batches(
+            self.dev_utts,
+            self.tokenizer,
+            data.sample_rate,
+            max_batch_seconds=data.max_batch_seconds,
+            max_batch_size=data.max_batch_size,
+            num_workers=min(data.num_workers, 2),
+        )
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+    def optimizer_step(self) -> float:
+        """Clip, step, schedule, zero; returns the gradient norm before clipping."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        clip = self.cfg.optim.grad_clip or math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def load_state(self, ckpt: dict) -> None:
+        check_compatible(ckpt, self)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.generator.set_state(ckpt["generator"])
+        self.dev_history[:] = ckpt.get("dev_history", [])
+
+    def finish(self, state, stop_reason: str, dev_history: list[dict]) -> None:
+        self.metrics.close()
+        plots = plot_run(self.metrics.read(), self.dir / "plots")
+        best = self.checkpoints.best_path()
+        summary = {
+            "stop_reason": stop_reason,
+            "train_hours": round(self.train_hours, 3),
+            "steps": state.step,
+            "epochs": state.epoch,
+            "train_minutes": round(state.train_seconds / 60, 2),
+            "audio_seconds_per_second": round(
+                state.audio_seconds / max(state.train_seconds, 1e-9), 1
+            ),
+            "best_dev_wer": min((r["dev_wer"] for r in dev_history), default=None),
+            "best_dev_cer": min((r["dev_cer"] for r in dev_history), default=None),
+            "skipped_utterances": state.skipped_utterances,
+            "nonfinite_losses": state.nonfinite_total,
+            "best_checkpoint": str(best) if best else None,
+            "plots": [str(p) for p in plots],
+        }
+        write_summary(self.dir, summary)
+        self.log.info(f"run finished ({stop_reason}); summary in {self.dir / 'summary.md'}")
+
+
+def setup_run(cfg: Config, *, progress: bool = True) -> Run:
+    run_dir = Path(cfg.train.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = _logger(run_dir)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    seed_everything(cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+    amp_dtype = resolve_precision(cfg.train.precision, device)
+    tokenizer = build_tokenizer(cfg.tokenizer)
+    extractor = build_features(cfg.features, cfg.data.sample_rate).to(device)
+    model = build_model(cfg.model, extractor.num_features, len(tokenizer))
+    if cfg.train.init_from:
+        init_from_checkpoint(model, cfg.train.init_from, tokenizer, log)
+    _freeze(model, cfg.train.freeze, log)
+    model.to(device)
+
+    train_utts = load_training_utterances(
+        cfg, cfg.data.train_manifest, tokenizer, model, run_dir, log, progress
+    )
+    dev_utts = load_training_utterances(
+        cfg, cfg.data.dev_manifest, tokenizer, model, run_dir, log, progress
+    )
+    if cfg.train.dev_max_utterances:
+        dev_utts = dev_utts[: cfg.train.dev_max_utterances]
+    if cfg.features.normalize == "global" and extractor.mean is None:
+        extractor = _with_global_stats(extractor, train_utts, cfg, device, log)
+
+    dataset = SpeechDataset(
+        train_utts,
+        tokenizer,
+        cfg.data.sample_rate,
+        speed_factors=cfg.data.speed_factors,
+        seed=cfg.train.seed,
+    )
+    sampler = BucketBatchSampler(
+        [u.duration for u in train_utts],
+        cfg.data.max_batch_seconds,
+        max_batch_size=cfg.data.max_batch_size,
+        sortagrad=cfg.data.sortagrad,
+        seed=cfg.train.seed,
+    )
+    loader = make_loader(
+        dataset,
+        sampler,
+        num_workers=cfg.data.num_workers,
+        prefetch_factor=cfg.data.prefetch_factor,
+        pin_memory=device.type == "cuda",
+    )
+    optimizer = build_optimizer(
+        model.named_parameters(),
+        name=cfg.optim.name,
+        lr=cfg.optim.lr,
+        weight_decay=cfg.optim.weight_decay,
+        momentum=cfg.optim.momentum,
+        nesterov=cfg.optim.nesterov,
+        betas=cfg.optim.betas,
+    )
+    steps_per_epoch = max(1, math.ceil(len(sampler) / cfg.optim.accumulate))
+    total_steps = steps_per_epoch * cfg.train.epochs
+    if cfg.train.max_steps:
+        total_steps = min(total_steps, cfg.train.max_steps)
+    scheduler = build_scheduler(
+        optimizer,
+        name=cfg.optim.schedule,
+        total_steps=total_steps,
+        warmup_steps=cfg.optim.warmup_steps,
+        steps_per_epoch=steps_per_epoch,
+        anneal_factor=cfg.optim.anneal_factor,
+        min_factor=cfg.optim.min_factor,
+        pct_start=cfg.optim.pct_start,
+    )
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    generator = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)
+    wave_augment, spec_augment = build_augment(cfg.augment, cfg.data.sample_rate)
+    hours = total_hours(train_utts)
+    log.info(
+        f"training on {hours:.2f} h ({len(train_utts):,} utts), dev {len(dev_utts):,} utts; "
+        f"model {model.num_params() / 1e6:.2f} M params; device {device}, "
+        f"precision {amp_dtype or torch.float32}; {len(sampler)} batches/epoch"
+    )
+    return Run(
+        cfg=cfg,
+        dir=run_dir,
+        log=log,
+        device=device,
+        amp_dtype=amp_dtype,
+        tokenizer=tokenizer,
+        extractor=extractor,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        dataset=dataset,
+        sampler=sampler,
+        loader=loader,
+        dev_utts=dev_utts,
+        generator=generator,
+        wave_augment=wave_augment,
+        spec_augment=spec_augment,
+        metrics=MetricsLogger(run_dir),
+        checkpoints=CheckpointManager(run_dir / "checkpoints", keep_last=cfg.train.keep_last),
+        train_hours=hours,
+    )
+
+
+def make_checkpoint_state(run: Run, state) -> dict:
+    """Everything needed to resume training or to rebuild the model for inference."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "speechswarm_version": speechswarm.__version__,
+        "model": run.model.state_dict(),
+        "model_settings": run.model.settings(),
+        "features": run.extractor.feature_settings(),
+        "tokenizer": run.tokenizer.to_dict(),
+        "config": to_dict(run.cfg),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler is not None else {},
+        "sampler": run.sampler.state_dict(),
+        "generator": run.generator.get_state(),
+        "rng": capture_rng_state(),
+        "train_state": state.to_dict(),
+        "dev_history": list(run.dev_history),
+    }
+
+
+def check_compatible(ckpt: dict, run: Run) -> None:
+    """Refuse to resume a checkpoint made with another model, vocabulary or features."""
+    for key, ours in (
+        ("model_settings", run.model.settings()),
+        ("features", run.extractor.feature_settings()),
+        ("tokenizer", run.tokenizer.to_dict()),
+    ):
+        if ckpt.get(key) != ours:
+            raise ValueError(
+                f"cannot resume: the checkpoint's {key} differ from this config's; resume with the "
+                "config stored in the run folder (config.yaml), or use train.init_from to fine-tune"
+            )
+
+
+def load_training_utterances(
+    cfg, manifest: str, tokenizer, model, run_dir: Path, log, progress: bool
+) -> list[Utterance]:
+    """Read a manifest, drop over-long utterances and (if configured) invalid ones, with a report."""
+    utts = read_manifest(manifest)
+    too_long = [u for u in utts if u.duration > cfg.data.max_duration]
+    utts = [u for u in utts if u.duration <= cfg.data.max_duration]
+    name = Path(manifest).stem
+    if cfg.data.validate:
+        report = validate_utterances(
+            utts,
+            tokenizer,
+            sample_rate=cfg.data.sample_rate,
+            frames_per_second=1000.0 / cfg.features.hop_ms,
+            time_reduction=model.time_reduction,
+            workers=max(1, os.cpu_count() or 1),
+            progress=progress,
+        )
+        report.write(run_dir / f"data_report_{name}.json")
+        log.info(f"{name}: {report.summary()}")
+        utts = report.ok
+    if too_long:
+        log.info(
+            f"{name}: skipped {len(too_long)} utterances longer than data.max_duration={cfg.data.max_duration} s"
+        )
+    if not utts:
+        raise ValueError(
+            f"{manifest}: no usable utterances left (see {run_dir}/data_report_{name}.json)"
+        )
+    return utts
+
+
+def init_from_checkpoint(model: DeepSpeech2, path: str, tokenizer: Tokenizer, log) -> None:
+    """Transfer learning: copy matching weights; re-initialise the head if the vocabulary differs."""
+    ckpt = load_checkpoint(path)
+    source = ckpt["model"]
+    target = model.state_dict()
+    same_vocab = ckpt.get("tokenizer") == tokenizer.to_dict()
+    copied, skipped = [], []
+    for name, tensor in source.items():
+        if (
+            name in target
+            and target[name].shape == tensor.shape
+            and (same_vocab or not _is_head(name, model))
+        ):
+            target[name] = tensor
+            copied.append(name)
+        else:
+            skipped.append(name)
+    model.load_state_dict(target)
+    log.info(
+        f"init from {path}: copied {len(copied)} tensors, re-initialised {len(skipped)}"
+        + ("" if same_vocab else " (vocabulary differs: new output layer)")
+    )
+
+
+def _is_head(name: str, model: DeepSpeech2) -> bool:
+    return name.startswith(model.head_prefix)
+
+
+def _freeze(model: torch.nn.Module, prefixes: tuple[str, ...], log) -> None:
+    if not prefixes:
+        return
+    frozen = 0
+    for name, param in model.named_parameters():
+        if any(name.startswith(p) for p in prefixes):
+            param.requires_grad_(False)
+            frozen += param.numel()
+    if not frozen:
+        names = sorted({n.split(".")[0] for n, _ in model.named_parameters()})
+        raise ValueError(
+            f"train.freeze={list(prefixes)} matches no parameter; top-level modules: {names}"
+        )
+    log.info(f"froze {frozen:,} parameters under {list(prefixes)}")
+
+
+def _with_global_stats(extractor, utts, cfg, device, log):
+    batches = eval_batches(utts[:500], build_tokenizer(cfg.tokenizer), cfg.data.sample_rate)
+    mean, std = compute_global_stats(
+        extractor, ((b.waves.to(device), b.wave_lens.to(device)) for b in batches)
+    )
+    settings = dict(extractor.feature_settings(), mean=mean.tolist(), std=std.tolist())
+    log.info("computed global feature mean/std on up to 500 training utterances")
+    return FeatureExtractor.from_settings(settings).to(device)
+
+
+def _logger(run_dir: Path) -> logging.Logger:
+    log = logging.getLogger(f"speechswarm.run.{run_dir}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    if not log.handlers:
+        fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+        for handler in (logging.StreamHandler(), logging.FileHandler(run_dir / "train.log")):
+            handler.setFormatter(fmt)
+            log.addHandler(handler)
+    return log
