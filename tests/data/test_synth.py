@@ -215,6 +215,24 @@ def test_failures_are_retried_once_then_reported(text_file, tmp_path, monkeypatc
     assert sum(result.utterances.values()) == len(listed)
 
 
+def test_interrupted_write_leaves_no_flac(voices, tmp_path, monkeypatch):
+    spk = synth.Speaker(1, 11, "train", next(v for v in voices if v.engine == "flite"), 1.0, 0.0)
+    utt = synth._draw_utterance("1-11-0000", spk, "the cat sat down", seed=0)
+    out = tmp_path / "1-11-0000.flac"
+
+    def killed_mid_write(path, *args, **kwargs):
+        Path(path).write_bytes(b"fLaC half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth.sf, "write", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        synth.render_utterance(utt, spk.voice, out, 16000, tmp_path)
+    assert not out.exists() and not synth.is_valid_flac(out, 16000)
+    monkeypatch.undo()
+    assert synth.render_utterance(utt, spk.voice, out, 16000, tmp_path) > 0.5
+    assert synth.is_valid_flac(out, 16000)
+
+
 def test_missing_tools_fail_with_setup_hint(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(synth.SynthError, match="make setup"):

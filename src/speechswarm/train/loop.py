@@ -142,14 +142,18 @@ def train_one_epoch(
     )
     window = _Window()
     accumulated = 0
+    ready = time.perf_counter()  # when the loop last asked the loader for a batch
     for batch in bar:
+        t0 = time.perf_counter()
+        window.wait += t0 - ready  # time the model sat idle waiting on data
         state.batch_in_epoch += 1
         state.skipped_utterances += batch.skipped
         if not batch.ids:
+            ready = time.perf_counter()
             continue
-        t0 = time.perf_counter()
         loss = _forward_backward(run, batch, scale=1.0 / run.cfg.optim.accumulate)
         if loss is None:  # non-finite: drop this batch's gradients, count, maybe give up
+            ready = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             accumulated = 0
             state.nonfinite_in_row += 1
@@ -170,10 +174,12 @@ def train_one_epoch(
             state.step += 1
             window.add(loss, grad_norm)
         audio = float(batch.wave_lens.sum()) / run.sample_rate
+        now = time.perf_counter()
         state.audio_seconds += audio
-        state.train_seconds += time.perf_counter() - t0
+        state.train_seconds += now - ready
         window.audio += audio
-        window.seconds += time.perf_counter() - t0
+        window.seconds += now - ready
+        ready = now
         if state.step and accumulated == 0 and state.step % cfg.log_every == 0:
             _log_window(run, state, window, bar)
             window = _Window()
@@ -191,6 +197,7 @@ def train_one_epoch(
                 return reason
         elif cfg.checkpoint_every and accumulated == 0 and state.step % cfg.checkpoint_every == 0:
             run.checkpoints.save(make_checkpoint_state(run, state), step=state.step)
+        ready = time.perf_counter()  # evaluation and saving are not data wait
     return ""
 
 
@@ -291,8 +298,9 @@ class _Window:
     def __init__(self) -> None:
         self.losses: list[float] = []
         self.grad_norms: list[float] = []
-        self.audio = 0.0
-        self.seconds = 0.0
+        self.audio = 0.0  # seconds of training audio
+        self.seconds = 0.0  # wall seconds, data wait included
+        self.wait = 0.0  # wall seconds spent waiting for the loader
 
     def add(self, loss: float, grad_norm: float) -> None:
         self.losses.append(loss)
@@ -312,6 +320,7 @@ def _log_window(run: Run, state: TrainState, window: _Window, bar) -> None:
         lr=lr,
         grad_norm=max(window.grad_norms),
         audio_seconds_per_second=speed,
+        data_wait_fraction=window.wait / max(window.seconds, 1e-9),
         nonfinite_total=state.nonfinite_total,
     )
     bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", audio_s_per_s=f"{speed:.0f}")
