@@ -1,3 +1,4 @@
+import inspect
 import json
 import math
 
@@ -199,6 +200,8 @@ def test_settings_round_trip_through_json():
     settings = json.loads(json.dumps(model.settings()))
     assert settings["conv_kernels"] == [[41, 11], [21, 11]]
     assert settings["bidirectional_merge"] == "concat" and settings["num_features"] == 40
+    params = inspect.signature(DeepSpeech2.__init__).parameters
+    assert set(settings) == set(params) - {"self"}  # every constructor argument travels
     rebuilt = model_from_settings(settings).eval()
     rebuilt.load_state_dict(model.state_dict())
     assert rebuilt.settings() == model.settings()

@@ -26,10 +26,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+    except Exception as e:
+        if not _is_user_error(e):
+            raise
         # User-facing failures (bad paths, configs, data): one clear line, no traceback.
         print(f"speechswarm {args.command}: error: {e}", file=sys.stderr)
         return 1
+
+
+def _is_user_error(e: Exception) -> bool:
+    # Imported here, not at the top: `speechswarm --help` should not wait for torch.
+    from speechswarm.data.audio import AudioError
+    from speechswarm.train.checkpoint import CheckpointError
+
+    return isinstance(e, (FileNotFoundError, ValueError, RuntimeError, CheckpointError, AudioError))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -152,7 +162,7 @@ def _prepare(args) -> int:
     if args.format == "clients":
         from speechswarm.data.prepare import prepare_clients
 
-        prepare_clients(args.src, Path(args.out))
+        prepare_clients(args.src, Path(args.out), digits=args.digits)
         return 0
     from speechswarm.data.prepare import prepare_manifest
 

@@ -75,12 +75,20 @@ def synthesize_and_prepare(
     return manifests
 
 
-def prepare_clients(spec: str, out_dir: Path, sample_rate: int = 16000) -> dict[str, Path]:
-    """Run a `load_clients_data()`-style hook and write one manifest per split into out_dir."""
+def prepare_clients(
+    spec: str, out_dir: Path, sample_rate: int = 16000, *, digits: str = "spell"
+) -> dict[str, Path]:
+    """Run a `load_clients_data()`-style hook and write one manifest per split into out_dir.
+
+    A hook that cannot be found raises ValueError (its message names the fix), so the CLI
+    shows one line instead of a traceback."""
     from speechswarm.data.clients import clients_from_hook, load_hook
 
-    hook = load_hook(spec)
-    splits = clients_from_hook(hook(), out_dir, sample_rate=sample_rate)
+    try:
+        hook = load_hook(spec)
+    except (ImportError, AttributeError, TypeError) as e:
+        raise ValueError(str(e)) from e
+    splits = clients_from_hook(hook(), out_dir, sample_rate=sample_rate, digits=digits)
     paths = {}
     for split, utts in splits.items():
         paths[split] = out_dir / f"{split}.jsonl"
@@ -138,14 +146,16 @@ def _voices(out_dir: Path) -> dict[str, dict]:
 
 
 def _write_problems(out: Path, problems: list) -> Path | None:
-    if not problems:
-        return None
+    """`out`.problems.json listing (path, reason) with counts per reason code; a report
+    left by an earlier run is removed when there are no problems now (re-runs stay honest)."""
     path = out.with_suffix(".problems.json")
+    if not problems:
+        path.unlink(missing_ok=True)
+        return None
     rows = [{"path": str(p), "reason": r} for p, r in problems]
+    counts = Counter(r.split(":", 1)[0] for _, r in problems)  # "unreadable_audio: ..." -> code
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(
-        json.dumps({"problems": rows, "counts": Counter(r for _, r in problems)}, indent=1)
-    )
+    tmp.write_text(json.dumps({"problems": rows, "counts": counts}, indent=1))
     os.replace(tmp, path)
     return path
 

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from speechswarm.data.sentences import load_sentences
 
 SPLITS = ("train", "dev", "test")
-DEFAULT_HOURS = 1.2  # train audio; ~10 min of demo training on 2 CPU cores, ~3 min to synthesise
+DEFAULT_HOURS = 1.2  # train audio (+2 x 0.12 h dev/test): ~2-3 min to synthesise on 2 cores
 EVAL_FRACTION = 0.1  # dev and test each hold ~10 % of the train audio ...
 MIN_EVAL_UTTERANCES = 40  # ... but never fewer utterances than this
 ENGINE_SHARES = {"espeak": 0.5, "flite": 0.3, "festival": 0.2}  # of each split's utterances
@@ -533,9 +533,9 @@ def synthesize_corpus(
         eval_fraction=eval_fraction, min_eval_utterances=min_eval_utterances,
     )  # fmt: skip
     spec_hash = plan.spec_hash()
-    _claim(out_dir, spec_hash, {"hours": hours, "seed": seed, "sample_rate": sample_rate,
-                                "text_file": str(text_file) if text_file else "fortunes",
-                                "eval_fraction": eval_fraction, "min_eval_utterances": min_eval_utterances})  # fmt: skip
+    params = {"hours": hours, "seed": seed, "sample_rate": sample_rate, "text_file": str(text_file or "fortunes"),
+              "eval_fraction": eval_fraction, "min_eval_utterances": min_eval_utterances}  # fmt: skip
+    _claim(out_dir, spec_hash, params)  # shown to the user when a later run's plan differs
     speakers = {s.id: s for s in plan.speakers}
     paths = {u.id: flac_path(out_dir, u, speakers[u.speaker]) for u in plan.utterances}
     todo = [u for u in plan.utterances if not is_valid_flac(paths[u.id], sample_rate)]

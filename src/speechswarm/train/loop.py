@@ -84,6 +84,9 @@ def train(
     when it returns True the run saves a checkpoint and returns; resuming from it continues
     as if it had never stopped.
     """
+    if resume and resume != "auto" and not Path(resume).is_file():
+        # Before setup: a typo should not cost a corpus validation or leave a run folder.
+        raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
     run = setup_run(cfg, progress=progress)
     state = TrainState()
     rng_to_restore = None
@@ -278,10 +281,7 @@ def _resume_path(run: Run, resume: str | None) -> Path | None:
         return None
     if resume == "auto":
         return run.checkpoints.latest()
-    path = Path(resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
-    return path
+    return Path(resume)  # train() checked that it exists
 
 
 def _restore(run: Run, state: TrainState, path: Path) -> dict:

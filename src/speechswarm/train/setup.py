@@ -250,7 +250,6 @@ def setup_run(cfg: Config, *, progress: bool = True) -> Run:
         generator=generator,
         wave_augment=wave_augment,
         spec_augment=spec_augment,
-        metrics=MetricsLogger(run_dir),
         checkpoints=CheckpointManager(run_dir / "checkpoints", keep_last=cfg.train.keep_last),
         train_hours=hours,
     )
@@ -348,7 +347,8 @@ def init_from_checkpoint(model: DeepSpeech2, path: str, tokenizer: Tokenizer, lo
 
 
 def _is_head(name: str, model: DeepSpeech2) -> bool:
-    return name.startswith(model.head_prefix)
+    # DeepSpeech2's output layer is `classifier`; a model may name its head with `head_prefix`.
+    return name.startswith(getattr(model, "head_prefix", "classifier."))
 
 
 def _freeze(model: torch.nn.Module, prefixes: tuple[str, ...], log) -> None:
