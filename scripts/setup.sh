@@ -33,6 +33,6 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   echo "setup: installing torch==2.13.0 (CPU)"
   .venv/bin/pip install -q torch==2.13.0
 fi
-echo "setup: installing speechswarm (editable) with dev and export extras"
-.venv/bin/pip install -q -e ".[dev,export]"
+echo "setup: installing speechswarm (editable) with dev extras"
+.venv/bin/pip install -q -e ".[dev]"
 .venv/bin/python -c "import torch, speechswarm; print(f'setup: ok (torch {torch.__version__}, speechswarm {speechswarm.__version__})')"

@@ -68,14 +68,14 @@ def assert_same_tensors(a: dict, b: dict, keys=None) -> None:
 
 @pytest.mark.slow  # ~25 s: the session's overfit_run fixture (shared with the CLI tests)
 def test_overfit_a_few_utterances(overfit_run):
-    """60 steps on the same 6 utterances: per-utterance CTC loss from ~250 nats to < 3, and
+    """60 steps on the same 6 utterances: per-utterance CTC loss from ~220 nats to < 3, and
     greedy CER on those utterances < 0.1 (measured: loss ~0.9, CER ~0.02 at step 60)."""
     result = overfit_run.result
     assert result.stop_reason == "max_steps"
     assert result.state.step == overfit_run.steps
     losses = [loss for _, loss in train_losses(result.run_dir)]
     assert len(losses) == overfit_run.steps  # log_every=1: one record per step
-    assert losses[0] > 100  # untrained: ~-log(1/29) nats x ~75 output frames
+    assert losses[0] > 100  # untrained: about -log(1/29) nats x ~90 output frames
     assert max(losses[-5:]) < 3.0
     assert losses[-1] < losses[0] / 50
 
