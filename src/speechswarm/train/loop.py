@@ -112,6 +112,8 @@ def train(
         stop_reason = _evaluate_and_save(run, state, dev_history)
         if stop_reason:
             break
+    if stop_reason in ("max_steps", "time_budget") and not _evaluated_at(dev_history, state.step):
+        _evaluate_and_save(run, state, dev_history)  # score the final weights: best.pt exists
     if run.checkpoints.last_saved_step != state.step:
         run.checkpoints.save(make_checkpoint_state(run, state), step=state.step)
     run.finish(state, stop_reason, dev_history)
@@ -224,6 +226,10 @@ def _forward_backward(run: Run, batch: Batch, scale: float) -> float | None:
         return None
     run.backward(loss * scale)
     return float(loss.detach())
+
+
+def _evaluated_at(dev_history: list[dict], step: int) -> bool:
+    return bool(dev_history) and dev_history[-1]["step"] == step
 
 
 def _stop_reason(run: Run, state: TrainState, started: float, should_stop) -> str:

@@ -212,6 +212,7 @@ def setup_run(cfg: Config, *, progress: bool = True) -> Run:
     total_steps = steps_per_epoch * cfg.train.epochs
     if cfg.train.max_steps:
         total_steps = min(total_steps, cfg.train.max_steps)
+    total_steps = max(total_steps, 2)  # one-cycle needs a rise and a fall
     scheduler = build_scheduler(
         optimizer,
         name=cfg.optim.schedule,
