@@ -6,6 +6,8 @@ into a checkpoint and restored from one.
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 import math
 import os
@@ -27,6 +29,7 @@ from speechswarm.config import Config, to_dict
 from speechswarm.data.dataset import SpeechDataset, make_loader
 from speechswarm.data.manifest import Utterance, read_manifest, total_hours
 from speechswarm.data.sampler import BucketBatchSampler
+from speechswarm.data.shards import ShardBatches, ShardDataset
 from speechswarm.data.tokenizer import Tokenizer
 from speechswarm.data.validate import validate_utterances
 from speechswarm.evaluate import eval_batches
@@ -54,7 +57,7 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler | None
     dataset: SpeechDataset
-    sampler: BucketBatchSampler
+    sampler: BucketBatchSampler | ShardStream
     loader: torch.utils.data.DataLoader
     dev_utts: list[Utterance]
     generator: torch.Generator  # augmentation randomness, saved in checkpoints
@@ -167,38 +170,42 @@ def setup_run(cfg: Config, *, progress: bool = True) -> Run:
     _freeze(model, cfg.train.freeze, log)
     model.to(device)
 
-    train_utts = load_training_utterances(
-        cfg, cfg.data.train_manifest, tokenizer, model, run_dir, log, progress
-    )
     dev_utts = load_training_utterances(
         cfg, cfg.data.dev_manifest, tokenizer, model, run_dir, log, progress
     )
     if cfg.train.dev_max_utterances:
         dev_utts = dev_utts[: cfg.train.dev_max_utterances]
-    if cfg.features.normalize == "global" and extractor.mean is None:
-        extractor = _with_global_stats(extractor, train_utts, cfg, device, log)
-
-    dataset = SpeechDataset(
-        train_utts,
-        tokenizer,
-        cfg.data.sample_rate,
-        speed_factors=cfg.data.speed_factors,
-        seed=cfg.train.seed,
-    )
-    sampler = BucketBatchSampler(
-        [u.duration for u in train_utts],
-        cfg.data.max_batch_seconds,
-        max_batch_size=cfg.data.max_batch_size,
-        sortagrad=cfg.data.sortagrad,
-        seed=cfg.train.seed,
-    )
-    loader = make_loader(
-        dataset,
-        sampler,
-        num_workers=cfg.data.num_workers,
-        prefetch_factor=cfg.data.prefetch_factor,
-        pin_memory=device.type == "cuda",
-    )
+    if cfg.data.shards:
+        dataset, sampler, hours, num_utts = _shard_source(cfg, tokenizer, log)
+        loader = sampler
+    else:
+        train_utts = load_training_utterances(
+            cfg, cfg.data.train_manifest, tokenizer, model, run_dir, log, progress
+        )
+        if cfg.features.normalize == "global" and extractor.mean is None:
+            extractor = _with_global_stats(extractor, train_utts, cfg, device, log)
+        dataset = SpeechDataset(
+            train_utts,
+            tokenizer,
+            cfg.data.sample_rate,
+            speed_factors=cfg.data.speed_factors,
+            seed=cfg.train.seed,
+        )
+        sampler = BucketBatchSampler(
+            [u.duration for u in train_utts],
+            cfg.data.max_batch_seconds,
+            max_batch_size=cfg.data.max_batch_size,
+            sortagrad=cfg.data.sortagrad,
+            seed=cfg.train.seed,
+        )
+        loader = make_loader(
+            dataset,
+            sampler,
+            num_workers=cfg.data.num_workers,
+            prefetch_factor=cfg.data.prefetch_factor,
+            pin_memory=device.type == "cuda",
+        )
+        hours, num_utts = total_hours(train_utts), len(train_utts)
     optimizer = build_optimizer(
         model.named_parameters(),
         name=cfg.optim.name,
@@ -226,9 +233,8 @@ def setup_run(cfg: Config, *, progress: bool = True) -> Run:
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     generator = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)
     wave_augment, spec_augment = build_augment(cfg.augment, cfg.data.sample_rate)
-    hours = total_hours(train_utts)
     log.info(
-        f"training on {hours:.2f} h ({len(train_utts):,} utts), dev {len(dev_utts):,} utts; "
+        f"training on {hours:.2f} h ({num_utts:,} utts), dev {len(dev_utts):,} utts; "
         f"model {model.num_params() / 1e6:.2f} M params; device {device}, "
         f"precision {amp_dtype or torch.float32}; {len(sampler)} batches/epoch"
     )
@@ -253,6 +259,65 @@ def setup_run(cfg: Config, *, progress: bool = True) -> Run:
         spec_augment=spec_augment,
         checkpoints=CheckpointManager(run_dir / "checkpoints", keep_last=cfg.train.keep_last),
         train_hours=hours,
+    )
+
+
+class ShardStream:
+    """Streaming from TAR shards, in the sampler's role for the loop: epochs, resume point,
+    length. The batch count is an estimate (the stream batches what it reads); a resumed
+    epoch skips the batches already consumed, which repeats the same order because shard
+    shuffling is seeded by (seed, epoch)."""
+
+    def __init__(self, loader, batches: ShardBatches, estimated_batches: int) -> None:
+        self.loader, self.batches, self.estimated_batches = loader, batches, estimated_batches
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+        self.batches.set_epoch(epoch)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "start_batch": self.start_batch}
+
+    def __len__(self) -> int:
+        return max(1, self.estimated_batches - self.start_batch)
+
+    def __iter__(self):
+        return itertools.islice(iter(self.loader), self.start_batch, None)
+
+
+def _shard_source(cfg: Config, tokenizer: Tokenizer, log) -> tuple:
+    """(dataset, stream, hours, utterances) for data.shards (written by `speechswarm shard`)."""
+    if cfg.features.normalize == "global":
+        raise ValueError(
+            "features.normalize=global needs a manifest; with data.shards use 'utterance'"
+        )
+    index_path = Path(cfg.data.shards) / "shards.json"
+    if not index_path.is_file():
+        raise FileNotFoundError(
+            f"data.shards: {index_path} not found; write shards with `speechswarm shard`"
+        )
+    index = json.loads(index_path.read_text())
+    samples = ShardDataset(cfg.data.shards, tokenizer, cfg.data.sample_rate, seed=cfg.train.seed)
+    batches = ShardBatches(
+        samples, cfg.data.max_batch_seconds, max_batch_size=cfg.data.max_batch_size
+    )
+    loader = make_loader(
+        batches, None, num_workers=cfg.data.num_workers, prefetch_factor=cfg.data.prefetch_factor
+    )
+    # Padded batches hold a little less than max_batch_seconds of audio: ~5 % slack.
+    estimate = max(
+        math.ceil(index["total_duration"] * 1.05 / cfg.data.max_batch_seconds),
+        math.ceil(index["num_utts"] / cfg.data.max_batch_size),
+    )
+    log.info(
+        f"streaming {len(samples.shards)} shards from {cfg.data.shards} (~{estimate} batches/epoch)"
+    )
+    return (
+        batches,
+        ShardStream(loader, batches, estimate),
+        index["total_duration"] / 3600,
+        index["num_utts"],
     )
 
 
