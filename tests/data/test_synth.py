@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 from scipy.signal import welch
 
-from speechswarm.data import synth
+from speechswarm.data import synth, tts
 from speechswarm.data.sentences import (
     SentenceSourceError,
     clean_sentence,
@@ -78,8 +78,8 @@ TINY = {"hours": 0.004, "seed": 3, "workers": 2, "min_eval_utterances": 4, "prog
 def _require_tts() -> None:
     """Fail (never skip): the corpus is the product's default data."""
     try:
-        synth.check_tools()
-    except synth.SynthError as e:
+        tts.check_tools()
+    except tts.SynthError as e:
         pytest.fail(f"{e}\nThe synthetic corpus needs the Debian TTS engines: run `make setup`.")
 
 
@@ -199,7 +199,7 @@ def test_failures_are_retried_once_then_reported(corpus, text_file, tmp_path, mo
         next(iter(trans["test"].values())).lower(),
     }
     calls: list[str] = []
-    real = synth.tts_command
+    real = tts.tts_command
 
     def flaky(voice, text, speed, pitch, wav):
         if text in failing:
@@ -207,7 +207,7 @@ def test_failures_are_retried_once_then_reported(corpus, text_file, tmp_path, mo
             return ["false"], None  # exits 1, writes nothing
         return real(voice, text, speed, pitch, wav)
 
-    monkeypatch.setattr(synth, "tts_command", flaky)
+    monkeypatch.setattr(tts, "tts_command", flaky)  # looked up by tts.render_utterance
     result = synth.synthesize_corpus(tmp_path / "c", text_file=text_file, **TINY)
     failed = {uid for uid, _ in result.failures}
     assert len(failed) == 2 and sorted(calls) == sorted(list(failing) * 2)  # each tried twice
@@ -228,28 +228,28 @@ def test_interrupted_write_leaves_no_flac(voices, tmp_path, monkeypatch):
         Path(path).write_bytes(b"fLaC half")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(synth.sf, "write", killed_mid_write)
+    monkeypatch.setattr(tts.sf, "write", killed_mid_write)
     with pytest.raises(KeyboardInterrupt):
-        synth.render_utterance(utt, spk.voice, out, 16000, tmp_path)
+        tts.render_utterance(utt, spk.voice, out, 16000, tmp_path)
     assert not out.exists() and not synth.is_valid_flac(out, 16000)
     monkeypatch.undo()
-    assert synth.render_utterance(utt, spk.voice, out, 16000, tmp_path) > 0.5
+    assert tts.render_utterance(utt, spk.voice, out, 16000, tmp_path) > 0.5
     assert synth.is_valid_flac(out, 16000)
 
 
 def test_missing_tools_fail_with_setup_hint(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(synth.SynthError, match="make setup"):
-        synth.check_tools()
+    with pytest.raises(tts.SynthError, match="make setup"):
+        tts.check_tools()
 
 
 # ----------------------------------------------------------------------------- planning
 
 
 @pytest.fixture(scope="module")
-def voices() -> list[synth.Voice]:
+def voices() -> list[tts.Voice]:
     _require_tts()
-    return synth.discover_voices()
+    return tts.discover_voices()
 
 
 def test_voice_pool_size(voices):
@@ -301,8 +301,8 @@ def test_engine_counts_largest_remainder():
 
 def test_tts_commands(tmp_path):
     wav = tmp_path / "x.wav"
-    espeak = synth.Voice("espeak", "en-gb-x-rp", "f3", "espeak:f3", "F")
-    argv, stdin = synth.tts_command(espeak, "hello there", 1.2, 40.0, wav)
+    espeak = tts.Voice("espeak", "en-gb-x-rp", "f3", "espeak:f3", "F")
+    argv, stdin = tts.tts_command(espeak, "hello there", 1.2, 40.0, wav)
     assert argv == [
         "espeak-ng",
         "-v",
@@ -315,10 +315,10 @@ def test_tts_commands(tmp_path):
         str(wav),
         "hello there",
     ]
-    argv, _ = synth.tts_command(synth.Voice("flite", "slt", "", "slt"), "hi you", 0.8, 0.0, wav)
+    argv, _ = tts.tts_command(tts.Voice("flite", "slt", "", "slt"), "hi you", 0.8, 0.0, wav)
     assert "duration_stretch=1.250" in argv
-    argv, stdin = synth.tts_command(
-        synth.Voice("festival", "ked_diphone", "", "ked"), "hi you", 1.25, 0.0, wav
+    argv, stdin = tts.tts_command(
+        tts.Voice("festival", "ked_diphone", "", "ked"), "hi you", 1.25, 0.0, wav
     )
     assert "(voice_ked_diphone)" in argv and "(Parameter.set 'Duration_Stretch 0.800)" in argv
     assert stdin == "hi you"
@@ -330,7 +330,7 @@ def test_tts_commands(tmp_path):
 def test_colored_noise_spectral_slopes():
     rng = np.random.default_rng(0)
     for kind, slope in (("white", 0.0), ("pink", -1.0), ("brown", -2.0)):
-        noise = synth.colored_noise(kind, 160_000, rng)
+        noise = tts.colored_noise(kind, 160_000, rng)
         assert np.sqrt(np.mean(noise**2)) == pytest.approx(1.0)
         f, psd = welch(noise, fs=16000, nperseg=4096)
         band = (f >= 50) & (f <= 4000)
@@ -341,18 +341,18 @@ def test_colored_noise_spectral_slopes():
 def test_mix_at_snr_uses_active_speech_power():
     # 0.1 s silence then 0.1 s of constant 0.5: active power = 0.25 (silent frames ignored).
     speech = np.concatenate([np.zeros(1600), np.full(1600, 0.5)])
-    assert synth.active_power(speech) == pytest.approx(0.25)
+    assert tts.active_power(speech) == pytest.approx(0.25)
     noise = np.random.default_rng(1).standard_normal(3200)
-    mixed = synth.mix_at_snr(speech, noise, 20.0)
+    mixed = tts.mix_at_snr(speech, noise, 20.0)
     added = mixed - speech
     assert 10 * math.log10(0.25 / np.mean(added**2)) == pytest.approx(20.0)
 
 
 def test_peak_normalize():
-    out = synth.peak_normalize(np.array([0.5, -2.0, 1.0]), -6.0)
+    out = tts.peak_normalize(np.array([0.5, -2.0, 1.0]), -6.0)
     assert out == pytest.approx(np.array([0.5, -2.0, 1.0]) * 10 ** (-6 / 20) / 2.0)
     with pytest.raises(ValueError):
-        synth.peak_normalize(np.zeros(10), -1.0)
+        tts.peak_normalize(np.zeros(10), -1.0)
 
 
 # ----------------------------------------------------------------------------- sentences

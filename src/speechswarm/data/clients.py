@@ -1,6 +1,6 @@
 """Custom per-client datasets from a user's Python function (the P2P seed's data hook).
 
-    speechswarm prepare hook my_data.py:load_clients_data --out data/clients
+    speechswarm prepare clients my_data.py:load_clients_data --out data/clients
 
 A hook is any function returning the structure of the peer-to-peer seed's
 `load_clients_data()`:

@@ -1,0 +1,237 @@
+"""The TTS-engine layer of the synthetic corpus: espeak-ng, flite, festival and sox on this machine.
+
+    PYTHONPATH=src python -c "from speechswarm.data.tts import discover_voices as d; print(len(d()))"
+    # used by speechswarm.data.synth (which plans the corpus and calls render_utterance)
+
+Finds the usable English voices (discover_voices), builds the engine and sox command lines
+(tts_command, sox_command), renders one planned utterance to FLAC (render_utterance) and holds
+the signal math applied after sox (colored_noise, mix_at_snr, peak_normalize). Nothing here
+decides which voice says what: that is the plan in synth.py. Command lines and signal math
+feed the cached corpus, so a change here that alters audio needs synth.SPEC_VERSION bumped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import soundfile as sf
+
+if TYPE_CHECKING:  # type only: synth imports this module
+    from speechswarm.data.synth import UtterancePlan
+
+# Who the flite/festival voices are: (engine, voice) -> identity, the person recorded. Voices
+# not listed are not used (flite `awb_time` only knows how to tell the time).
+VOICE_IDENTITIES = {
+    ("flite", "kal"): "kal", ("flite", "kal16"): "kal", ("flite", "awb"): "awb",
+    ("flite", "rms"): "rms", ("flite", "slt"): "slt", ("festival", "kal_diphone"): "kal",
+    ("festival", "ked_diphone"): "ked", ("festival", "cmu_us_slt_arctic_hts"): "slt",
+    ("festival", "rab_diphone"): "rab", ("festival", "don_diphone"): "don",
+}  # fmt: skip
+# identity -> (gender, split). Each split needs one festival and one flite person: train gets
+# kal (flite kal, kal16; festival diphone) and awb; test the unseen ked (festival diphone) and
+# rms (flite), so test voices are made by the same methods as train ones; dev gets slt.
+IDENTITIES = {
+    "kal": ("M", "train"), "awb": ("M", "train"), "rab": ("M", "train"), "don": ("M", "train"),
+    "slt": ("F", "dev"), "ked": ("M", "test"), "rms": ("M", "test"),
+}  # fmt: skip
+# espeak-ng variants that are effects rather than voices (or test settings).
+EXCLUDED_ESPEAK_VARIANTS = frozenset({"fast", "Demonic", "UniRobot", "anikaRobot", "announcer"})
+ESPEAK_WPM = 175  # espeak-ng default rate; speed 1.0
+
+SETUP_HINT = (
+    "run `make setup` (or: sudo apt-get install espeak-ng flite festival festvox-kallpc16k "
+    "festvox-kdlpc16k festvox-us-slt-hts sox fortunes)"
+)
+
+
+class SynthError(RuntimeError):
+    """The corpus cannot be synthesised here; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Voice:
+    engine: str  # "espeak" | "flite" | "festival"
+    voice: str  # espeak accent ("en-gb-x-rp"), flite or festival voice name
+    variant: str  # espeak variant ("f3", "klatt"); "" for the other engines
+    identity: str  # who it sounds like; never shared between splits
+    gender: str = ""
+
+
+# ----------------------------------------------------------------------------- voices
+
+
+def check_tools() -> None:
+    missing = [t for t in ("espeak-ng", "flite", "text2wave", "sox") if shutil.which(t) is None]
+    if missing:
+        raise SynthError(f"TTS tools not found on PATH: {', '.join(missing)}; {SETUP_HINT}")
+
+
+def discover_voices() -> list[Voice]:
+    """Every usable English voice of espeak-ng, flite and festival on this machine."""
+    check_tools()
+    return _espeak_voices() + _flite_voices() + _festival_voices()
+
+
+def _espeak_voices() -> list[Voice]:
+    accents: list[str] = []
+    for line in _stdout(["espeak-ng", "--voices=en"]).splitlines()[1:]:
+        parts = line.split()
+        # MBROLA voices (file mb/...) need the non-free mbrola binary and data.
+        usable = len(parts) >= 5 and parts[1] != "variant" and not parts[4].startswith("mb/")
+        if usable and parts[1] not in accents:
+            accents.append(parts[1])
+    variants: dict[str, str] = {}  # name -> gender
+    for line in _stdout(["espeak-ng", "--voices=variant"]).splitlines()[1:]:
+        parts = line.split()
+        files = [i for i, p in enumerate(parts) if p.startswith("!v/")]
+        if not files:
+            continue
+        i = files[0]
+        if i + 1 < len(parts) and not parts[i + 1].startswith("("):
+            continue  # a file name with a space ("Mr serious") cannot be passed to -v
+        name = parts[i][3:]
+        if name not in EXCLUDED_ESPEAK_VARIANTS:
+            variants[name] = parts[2].split("/")[-1]
+    return [
+        Voice("espeak", accent, name, f"espeak:{name}", gender)
+        for name, gender in sorted(variants.items())
+        for accent in accents
+    ]
+
+
+def _flite_voices() -> list[Voice]:
+    names = _stdout(["flite", "-lv"]).split(":", 1)[-1].split()
+    return [_known_voice("flite", n) for n in sorted(names) if ("flite", n) in VOICE_IDENTITIES]
+
+
+def _festival_voices() -> list[Voice]:
+    dirs = Path("/usr/share/festival/voices").glob("*/*")
+    names = sorted({d.name for d in dirs if d.is_dir()})
+    return [_known_voice("festival", n) for n in names if ("festival", n) in VOICE_IDENTITIES]
+
+
+def _known_voice(engine: str, name: str) -> Voice:
+    identity = VOICE_IDENTITIES[(engine, name)]
+    return Voice(engine, name, "", identity, IDENTITIES.get(identity, ("", ""))[0])
+
+
+def _stdout(cmd: list[str]) -> str:
+    return subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60).stdout
+
+
+# ----------------------------------------------------------------------------- signal math
+
+
+def colored_noise(kind: str, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """(S,) float64 noise with unit RMS; power spectrum ~ 1/f^a, a = 0 white, 1 pink, 2 brown."""
+    alpha = {"white": 0.0, "pink": 1.0, "brown": 2.0}[kind]
+    spectrum = np.fft.rfft(rng.standard_normal(num_samples))
+    freqs = np.arange(spectrum.size, dtype=np.float64)
+    freqs[0] = 1.0  # DC is zeroed below; avoid division by zero
+    spectrum *= freqs ** (-alpha / 2.0)  # amplitude ~ f^(-a/2) -> power ~ f^-a
+    spectrum[0] = 0.0
+    noise = np.fft.irfft(spectrum, n=num_samples)
+    return noise / np.sqrt(np.mean(noise**2))
+
+
+def active_power(wave: np.ndarray, frame: int = 320, floor_db: float = -40.0) -> float:
+    """Mean power over frames within `floor_db` of the loudest frame (speech, not silence)."""
+    n = max(1, len(wave) // frame)
+    frames = wave[: n * frame].reshape(n, -1) if len(wave) >= frame else wave[None, :]
+    power = np.mean(frames.astype(np.float64) ** 2, axis=1)  # (n,)
+    active = power[power >= power.max() * 10 ** (floor_db / 10)]
+    return float(np.mean(active))
+
+
+def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    """speech + noise scaled so that active speech power / noise power = snr_db."""
+    noise_power = float(np.mean(noise.astype(np.float64) ** 2))
+    scale = math.sqrt(active_power(speech) / (noise_power * 10 ** (snr_db / 10)))
+    return speech + scale * noise
+
+
+def peak_normalize(wave: np.ndarray, peak_db: float) -> np.ndarray:
+    """Scale so that max |wave| = 10^(peak_db/20); raises on silence."""
+    peak = float(np.max(np.abs(wave)))
+    if peak == 0.0 or not math.isfinite(peak):
+        raise ValueError("silent or non-finite audio")
+    return wave * (10 ** (peak_db / 20) / peak)
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def tts_command(
+    voice: Voice, text: str, speed: float, pitch: float, wav: Path
+) -> tuple[list[str], str | None]:
+    """(argv, stdin) that makes `voice` read `text` into `wav` at `speed` (x default rate)."""
+    if voice.engine == "espeak":
+        argv = ["espeak-ng", "-v", f"{voice.voice}+{voice.variant}"]
+        argv += ["-s", str(round(ESPEAK_WPM * speed)), "-p", str(int(pitch))]
+        return argv + ["-w", str(wav), text], None
+    if voice.engine == "flite":
+        stretch = ["--setf", f"duration_stretch={1 / speed:.3f}"]
+        return ["flite", "-voice", voice.voice, *stretch, "-t", text, "-o", str(wav)], None
+    if voice.engine == "festival":
+        evals = [f"(voice_{voice.voice})", f"(Parameter.set 'Duration_Stretch {1 / speed:.3f})"]
+        return ["text2wave", "-eval", evals[0], "-eval", evals[1], "-o", str(wav)], text
+    raise ValueError(f"unknown engine {voice.engine!r}")
+
+
+def pitch_effect(engine: str, semitones: float) -> list[str]:
+    return [] if engine == "espeak" or semitones == 0 else ["pitch", f"{round(100 * semitones)}"]
+
+
+def sox_command(
+    src: Path, dst: Path, utt: UtterancePlan, engine: str, sample_rate: int
+) -> list[str]:
+    """TTS wav -> float32 mono wav at sample_rate with the utterance's effects."""
+    # 10 dB of headroom first: reverb and pitch shifting push peaks past full scale, and sox
+    # clips at full scale even for float output; the final level is set by peak_normalize.
+    # Resample first: flite kal is 8 kHz, and a downward pitch shift lowers the rate further,
+    # below what the 3400 Hz telephone band needs.
+    rate = ["rate", "-v", str(sample_rate)]
+    effects = ["gain", "-10", *rate, *pitch_effect(engine, utt.pitch), *utt.effects]
+    fmt = ["-e", "floating-point", "-b", "32"]
+    return ["sox", "-V1", str(src), *fmt, str(dst), *effects, "channels", "1", *rate]
+
+
+def render_utterance(
+    utt: UtterancePlan, voice: Voice, out: Path, sample_rate: int, work: Path
+) -> float:
+    """Synthesise one utterance into FLAC `out` (atomically); returns its duration in seconds."""
+    raw, processed = work / f"{utt.id}.tts.wav", work / f"{utt.id}.sox.wav"
+    try:
+        argv, stdin = tts_command(voice, utt.text, utt.speed, utt.pitch, raw)
+        _run(argv, stdin, raw)
+        _run(sox_command(raw, processed, utt, voice.engine, sample_rate), None, processed)
+        wave, sr = sf.read(processed, dtype="float64", always_2d=True)
+        wave = wave.mean(axis=1)  # (S,)
+        if sr != sample_rate or wave.size == 0:
+            raise SynthError(f"sox gave {wave.size} samples at {sr} Hz")
+        if utt.noise:
+            noise = colored_noise(utt.noise, wave.size, np.random.default_rng(utt.seed))
+            wave = mix_at_snr(wave, noise, utt.snr_db)
+        wave = peak_normalize(wave, utt.peak_db)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        sf.write(tmp, wave.astype(np.float32), sample_rate, format="FLAC", subtype="PCM_16")
+        os.replace(tmp, out)
+        return wave.size / sample_rate
+    finally:
+        raw.unlink(missing_ok=True)
+        processed.unlink(missing_ok=True)
+
+
+def _run(argv: list[str], stdin: str | None, product: Path) -> None:
+    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0 or not product.is_file() or product.stat().st_size <= 44:
+        tail = " ".join(proc.stderr.split())[-300:]
+        raise SynthError(f"{argv[0]} exited {proc.returncode} without audio: {tail}")
