@@ -7,6 +7,7 @@ without the config that made them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -105,3 +106,10 @@ def cpu_has_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed-precision context for `dtype` from `resolve_precision` (None: plain fp32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -5,7 +5,6 @@ speechswarm eval --checkpoint runs/demo/checkpoints/best.pt --manifest data/synt
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -13,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from speechswarm.build import autocast
 from speechswarm.data.dataset import Batch, SpeechDataset, make_loader
 from speechswarm.data.manifest import Utterance, read_manifest
 from speechswarm.data.sampler import BucketBatchSampler
@@ -132,7 +132,7 @@ def evaluate(
             continue
         batch = batch.to(device)
         feats, feat_lens = extractor(batch.waves, batch.wave_lens)  # (N, T, F), (N,)
-        with _autocast(device, amp_dtype):
+        with autocast(device, amp_dtype):
             log_probs, out_lens = model(feats, feat_lens)  # (N, T', V) float32
         hyps = [tokenizer.decode(ids) for ids in greedy_decode(log_probs.float(), out_lens)]
         for i, utt_id in enumerate(batch.ids):
@@ -147,12 +147,6 @@ def evaluate(
     result.seconds = time.perf_counter() - start
     model.train(was_training)
     return result
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def eval_batches(

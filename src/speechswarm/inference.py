@@ -10,7 +10,6 @@ to be re-derived from a config.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from speechswarm.build import resolve_device, resolve_precision
+from speechswarm.build import autocast, resolve_device, resolve_precision
 from speechswarm.data.audio import load_audio
 from speechswarm.data.tokenizer import tokenizer_from_dict
 from speechswarm.decode.greedy import greedy_decode
@@ -59,11 +58,7 @@ class Recognizer:
             batch[i, : len(w)] = w
         batch, wave_lens = batch.to(self.device), wave_lens.to(self.device)
         feats, feat_lens = self.extractor(batch, wave_lens)  # (N, T, F), (N,)
-        ctx = (
-            torch.autocast(self.device.type, dtype=self.amp_dtype)
-            if self.amp_dtype
-            else contextlib.nullcontext()
-        )
+        ctx = autocast(self.device, self.amp_dtype)
         with ctx:
             log_probs, out_lens = self.model(feats, feat_lens)  # (N, T', V)
         return [self.tokenizer.decode(ids) for ids in greedy_decode(log_probs.float(), out_lens)]

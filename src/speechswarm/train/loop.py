@@ -9,7 +9,6 @@ peer-to-peer) changes only the marked sync point in `train_one_epoch()`.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from speechswarm.build import autocast
 from speechswarm.config import Config, dump_yaml
 from speechswarm.data.dataset import Batch
 from speechswarm.evaluate import evaluate
@@ -216,7 +216,7 @@ def _forward_backward(run: Run, batch: Batch, scale: float) -> float | None:
         feats, feat_lens = run.extractor(waves, batch.wave_lens)  # (N, T, F), (N,) frames
         if run.spec_augment is not None:
             feats = run.spec_augment(feats, feat_lens, run.generator)
-    with _autocast(run.device, run.amp_dtype):
+    with autocast(run.device, run.amp_dtype):
         log_probs, out_lens = run.model(feats, feat_lens)  # (N, T', V) log-softmax, (N,)
     # CTC in fp32 on (T', N, V); summed over the batch then divided by N: a per-utterance loss
     # that does not shrink long transcripts as reduction="mean" (per target token) would.
@@ -330,9 +330,3 @@ def _log_window(run: Run, state: TrainState, window: _Window, bar) -> None:
         nonfinite_total=state.nonfinite_total,
     )
     bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", audio_s_per_s=f"{speed:.0f}")
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
