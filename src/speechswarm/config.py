@@ -120,7 +120,11 @@ class TrainConfig:
     eval_every: int = 0  # steps between dev evaluations; 0: once per epoch
     checkpoint_every: int = 0  # steps between checkpoints; 0: at each evaluation and at the end
     keep_last: int = 3
-    early_stop_patience: int = 0  # evaluations without dev WER improvement; 0: off
+    # The dev metric that picks best.pt and drives early stopping. WER by default (the
+    # standard); CER for young models whose WER sits near or above 100 % (many short
+    # insertions) and so cannot tell a better checkpoint from a worse one.
+    select_by: Literal["wer", "cer"] = "wer"
+    early_stop_patience: int = 0  # evaluations without improvement of select_by; 0: off
     target_wer: float = 0.0  # stop when dev WER <= this (MLPerf rule); 0: off
     max_nonfinite: int = 20  # consecutive non-finite losses before the run stops
     init_from: str = ""

@@ -327,14 +327,18 @@ def test_target_wer_stops_at_the_first_evaluation_that_reaches_it(synth_corpus, 
     assert result.best_checkpoint == result.run_dir / "checkpoints/best.pt"
 
 
-def _fake_evaluate(wers: list[float], calls: list[int]):
-    """An `evaluate` that returns the next WER of `wers` (100-word corpus)."""
+def _fake_evaluate(wers: list[float], calls: list[int], cers: list[float] | None = None):
+    """An `evaluate` that returns the next WER of `wers` (100-word corpus), CER = WER unless
+    `cers` is given."""
 
     def evaluate(*args, **kwargs) -> EvalResult:
-        wer = wers[len(calls)]
+        i = len(calls)
         calls.append(1)
-        edits = round(100 * wer)
-        return EvalResult([UtteranceScore("u", "s", "ref", "hyp", edits, 100, edits, 100)])
+        word_edits = round(100 * wers[i])
+        char_edits = round(100 * (cers or wers)[i])
+        return EvalResult(
+            [UtteranceScore("u", "s", "ref", "hyp", word_edits, 100, char_edits, 100)]
+        )
 
     return evaluate
 
@@ -356,7 +360,7 @@ def test_early_stop_after_patience_evaluations_without_improvement(
     assert result.stop_reason == "early_stop"
     assert [r["dev_wer"] for r in result.dev_history] == wers[:5]
     assert result.state.step == 5 and result.state.evals_since_best == 2
-    assert result.state.best_wer == 0.4
+    assert result.state.best_score == 0.4
     index = json.loads((result.run_dir / "checkpoints/index.json").read_text())
     assert (index["best"]["step"], index["best"]["metric"]) == (3, 0.4)
     assert_same_tensors(
@@ -478,7 +482,7 @@ def test_run_folder_holds_everything(synth_corpus, make_config, monkeypatch):
     assert index["last"]["step"] == 6
     assert [e["step"] for e in index["checkpoints"]] == [3, 6]  # keep_last=2
     best_step = index["best"]["step"]
-    assert index["best"]["metric"] == min(r["dev_wer"] for r in dev_rows)
+    assert index["best"]["metric"] == min(r[f"dev_{cfg.train.select_by}"] for r in dev_rows)
     assert_same_tensors(model_state(ckpts / "best.pt"), model_state(ckpts / f"step-{best_step}.pt"))
 
     ckpt = torch.load(ckpts / "last.pt", weights_only=True)
@@ -496,3 +500,21 @@ def test_run_folder_holds_everything(synth_corpus, make_config, monkeypatch):
     model = model_from_settings(ckpt["model_settings"])
     model.load_state_dict(ckpt["model"])  # rebuilds from the checkpoint alone
     assert model.settings()["rnn_hidden"] == 32
+
+
+def test_select_by_cer_picks_the_best_checkpoint_by_cer(synth_corpus, make_config, monkeypatch):
+    # A young model: WER only gets worse (insertions) while CER improves.
+    calls: list[int] = []
+    fake = _fake_evaluate([0.9, 1.1, 1.2], calls, cers=[0.8, 0.6, 0.5])
+    monkeypatch.setattr(loop, "evaluate", fake)
+    cfg = make_config(
+        "data.max_batch_size=6",
+        "train.epochs=3",
+        "train.select_by=cer",
+        "train.keep_last=0",
+        manifest=synth_corpus.few,
+    )
+    result = train(cfg, progress=False)
+    index = json.loads((result.run_dir / "checkpoints/index.json").read_text())
+    assert (index["best"]["step"], index["best"]["metric"]) == (3, 0.5)
+    assert result.state.best_score == 0.5

@@ -41,7 +41,7 @@ class TrainState:
     batch_in_epoch: int = 0  # batches of this epoch consumed (the sampler's resume point)
     audio_seconds: float = 0.0  # training audio seen (before speed perturbation)
     train_seconds: float = 0.0  # wall time spent in training steps, across resumes
-    best_wer: float = math.inf
+    best_score: float = math.inf  # best dev WER or CER (train.select_by) so far
     evals_since_best: int = 0
     nonfinite_in_row: int = 0
     nonfinite_total: int = 0
@@ -56,8 +56,8 @@ class TrainState:
     @classmethod
     def from_dict(cls, d: dict) -> TrainState:
         state = cls(**d)
-        if state.best_wer < 0:
-            state.best_wer = math.inf
+        if state.best_score < 0:
+            state.best_score = math.inf
         return state
 
 
@@ -269,12 +269,13 @@ def _evaluate_and_save(run: Run, state: TrainState, dev_history: list[dict]) -> 
         f"step {state.step}: dev WER {result.wer:.1%} CER {result.cer:.1%} "
         f"({result.utterances} utts, {result.seconds:.0f} s)"
     )
-    if result.wer < state.best_wer:
-        state.best_wer = result.wer
+    score = result.wer if cfg.select_by == "wer" else result.cer
+    if score < state.best_score:
+        state.best_score = score
         state.evals_since_best = 0
     else:
         state.evals_since_best += 1
-    run.checkpoints.save(make_checkpoint_state(run, state), step=state.step, metric=result.wer)
+    run.checkpoints.save(make_checkpoint_state(run, state), step=state.step, metric=score)
     if cfg.target_wer and result.wer <= cfg.target_wer:
         return "target_wer"
     if cfg.early_stop_patience and state.evals_since_best >= cfg.early_stop_patience:
