@@ -268,13 +268,12 @@ class ShardStream:
     epoch skips the batches already consumed, which repeats the same order because shard
     shuffling is seeded by (seed, epoch)."""
 
-    def __init__(self, loader, batches: ShardBatches, estimated_batches: int) -> None:
-        self.loader, self.batches, self.estimated_batches = loader, batches, estimated_batches
+    def __init__(self, loader, estimated_batches: int) -> None:
+        self.loader, self.estimated_batches = loader, estimated_batches
         self.epoch, self.start_batch = 0, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
-        self.batches.set_epoch(epoch)
+        self.epoch, self.start_batch = epoch, start_batch  # shard order: Run.dataset_set_epoch
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "start_batch": self.start_batch}
@@ -315,7 +314,7 @@ def _shard_source(cfg: Config, tokenizer: Tokenizer, log) -> tuple:
     )
     return (
         batches,
-        ShardStream(loader, batches, estimate),
+        ShardStream(loader, estimate),
         index["total_duration"] / 3600,
         index["num_utts"],
     )
