@@ -8,9 +8,13 @@ speechswarm train --config tiny train.out_dir=runs/mine
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
+
+# Command groups that live beside the code they drive; each module has `add_parser(sub)`.
+COMMAND_MODULES = ("speechswarm.train.cli",)
 
 PREPARE_FORMATS = ("librispeech", "ljspeech", "userlibri", "commonvoice", "csv", "nemo", "clients")
 
@@ -111,18 +115,6 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=2)
     s.set_defaults(func=_shard)
 
-    s = sub.add_parser("train", help="train a model (see configs: tiny, small, mlperf-ds2, ...)")
-    s.add_argument("--config", default="tiny", help="preset name or YAML file")
-    s.add_argument(
-        "--resume", default=None, help="checkpoint to resume, or 'auto' for the run's last"
-    )
-    s.add_argument(
-        "--init-from", default=None, help="initialise weights from a checkpoint (fine-tuning)"
-    )
-    s.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
-    s.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.lr=3e-4")
-    s.set_defaults(func=_train)
-
     s = sub.add_parser("eval", help="WER/CER of a checkpoint on a manifest")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--manifest", required=True)
@@ -146,6 +138,9 @@ def _parser() -> argparse.ArgumentParser:
         "--minutes", type=float, default=None, help="training time budget (default: the demo's)"
     )
     s.set_defaults(func=_demo)
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
     return p
 
 
@@ -210,23 +205,6 @@ def _shard(args) -> int:
     print(
         f"shards: {len(paths)} files, {index['num_utts']:,} utts -> {args.out}"
         + (f", {skipped:,} skipped (unreadable audio; listed in shards.json)" if skipped else "")
-    )
-    return 0
-
-
-def _train(args) -> int:
-    from speechswarm.config import load_config
-    from speechswarm.train.loop import train
-
-    overrides = list(args.overrides)
-    if args.device:
-        overrides.append(f"train.device={args.device}")
-    if args.init_from:
-        overrides.append(f"train.init_from={args.init_from}")
-    cfg = load_config(args.config, overrides)
-    result = train(cfg, resume=args.resume)
-    print(
-        f"stopped: {result.stop_reason}; run folder {result.run_dir}; best checkpoint {result.best_checkpoint}"
     )
     return 0
 
