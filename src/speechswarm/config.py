@@ -19,6 +19,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from speechswarm.p2p.config import P2PConfig
+
 PRESET_DIR = Path(__file__).parent / "configs"
 
 
@@ -141,6 +143,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    p2p: P2PConfig = field(default_factory=P2PConfig)
 
 
 def preset_names() -> list[str]:

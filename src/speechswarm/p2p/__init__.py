@@ -1,0 +1,1 @@
+"""Peer-to-peer training of speech recognizers: agents with their own data, gossip averaging."""
