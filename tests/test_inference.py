@@ -96,3 +96,21 @@ def test_the_checkpoint_alone_rebuilds_the_recognizer(asr, overfit_run):
     assert asr.extractor.num_features == 161  # spectrogram, 20 ms window at 16 kHz
     assert asr.model.settings()["rnn_hidden"] == cfg.model.rnn_hidden
     assert not asr.model.training
+
+
+def test_beam_decoder_option_reads_like_greedy_on_memorised_audio(overfit_run, utts, tmp_path):
+    """A model that knows its 6 utterances by heart: prefix beam search (no LM) agrees
+    with greedy decoding, and an LM of exactly these sentences keeps every word."""
+    from speechswarm.decode import DecoderOptions
+    from speechswarm.decode.lm import build_lm
+    from speechswarm.inference import load
+    from speechswarm.metrics import wer
+
+    paths = [u.audio for u in utts]
+    greedy = speechswarm.load(overfit_run.checkpoint).transcribe_batch(paths)
+    beam = load(overfit_run.checkpoint, decoder=DecoderOptions("beam"))
+    assert cer(greedy, beam.transcribe_batch(paths)) < 0.02
+    build_lm([u.text.split() for u in utts], 3, tmp_path / "lm.arpa")
+    with_lm = load(overfit_run.checkpoint, decoder=DecoderOptions("beam", lm=tmp_path / "lm.arpa"))
+    refs = [u.text for u in utts]
+    assert wer(refs, with_lm.transcribe_batch(paths)) <= wer(refs, greedy)

@@ -7,8 +7,11 @@ Python entry point for a trained model.
 __version__ = "0.1.0"
 
 
-def load(path, *, device: str = "auto", precision: str = "auto"):
-    """Load a trained checkpoint; see `speechswarm.inference.Recognizer.transcribe`."""
+def load(path, *, device: str = "auto", precision: str = "auto", decoder=None):
+    """Load a trained checkpoint; see `speechswarm.inference.Recognizer.transcribe`.
+
+    `decoder`: None (greedy) or a `speechswarm.decode.DecoderOptions` (beam search, LM).
+    """
     from speechswarm.inference import load as _load
 
-    return _load(path, device=device, precision=precision)
+    return _load(path, device=device, precision=precision, decoder=decoder)

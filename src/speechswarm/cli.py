@@ -3,6 +3,9 @@
 speechswarm --help
 speechswarm synth --out data/synth --hours 1
 speechswarm train --config tiny train.out_dir=runs/mine
+speechswarm lm build --manifest data/synth/train.jsonl --order 3 --out lm.arpa
+speechswarm export --checkpoint runs/mine/checkpoints/best.pt --out model.onnx --check
+speechswarm transcribe --onnx model.onnx --decoder beam --lm lm.arpa a.flac b.flac
 """
 
 from __future__ import annotations
@@ -39,11 +42,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _is_user_error(e: Exception) -> bool:
-    # Imported here, not at the top: `speechswarm --help` should not wait for torch.
+    # Imported here, not at the top: `speechswarm --help` should not wait for torch. A
+    # CheckpointError exists only once torch is loaded; `transcribe --onnx` never loads it.
     from speechswarm.data.audio import AudioError
-    from speechswarm.train.checkpoint import CheckpointError
 
-    return isinstance(e, (FileNotFoundError, ValueError, RuntimeError, CheckpointError, AudioError))
+    kinds: tuple[type, ...] = (FileNotFoundError, ValueError, RuntimeError, AudioError)
+    if "speechswarm.train.checkpoint" in sys.modules:
+        kinds += (sys.modules["speechswarm.train.checkpoint"].CheckpointError,)
+    return isinstance(e, kinds)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -115,21 +121,73 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=2)
     s.set_defaults(func=_shard)
 
-    s = sub.add_parser("eval", help="WER/CER of a checkpoint on a manifest")
-    s.add_argument("--checkpoint", required=True)
+    s = sub.add_parser("eval", help="WER/CER of a checkpoint (or ONNX model) on a manifest")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a checkpoint (PyTorch)")
+    src.add_argument("--onnx", help="a model from `speechswarm export` (onnxruntime)")
     s.add_argument("--manifest", required=True)
     s.add_argument("--device", default="auto")
     s.add_argument("--batch-seconds", type=float, default=160.0)
     s.add_argument("--worst", type=int, default=5, help="how many worst utterances to show")
     s.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_decoder_args(s)
     s.set_defaults(func=_eval)
 
-    s = sub.add_parser("transcribe", help="transcribe audio files with a checkpoint")
-    s.add_argument("--checkpoint", required=True)
+    s = sub.add_parser("transcribe", help="transcribe audio files with a checkpoint or ONNX model")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a checkpoint (PyTorch)")
+    src.add_argument("--onnx", help="a model from `speechswarm export` (onnxruntime, no torch)")
     s.add_argument("files", nargs="+")
-    s.add_argument("--device", default="auto")
+    s.add_argument("--device", default="auto", help="PyTorch device (checkpoints only)")
+    s.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default: the library's own)"
+    )
     s.add_argument("--json", action="store_true", help="one JSON object per line")
+    _add_decoder_args(s)
     s.set_defaults(func=_transcribe)
+
+    s = sub.add_parser("lm", help="n-gram language models for beam search")
+    lsub = s.add_subparsers(dest="action", required=True)
+    t = lsub.add_parser("build", help="estimate a Kneser-Ney word n-gram LM (ARPA)")
+    text = t.add_mutually_exclusive_group(required=True)
+    text.add_argument("--text", help="a text file, one sentence per line (normalised here)")
+    text.add_argument("--manifest", help="a manifest whose transcripts are the text")
+    t.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="MANIFEST",
+        help="drop sentences that are transcripts of this manifest (e.g. the test set); repeatable",
+    )
+    t.add_argument("--order", type=int, default=3)
+    t.add_argument("--out", required=True, help="ARPA file to write (lm.arpa)")
+    t.set_defaults(func=_lm_build)
+
+    s = sub.add_parser("tune-lm", help="grid-search the LM weight (alpha) and word bonus (beta)")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--manifest", required=True, help="a dev manifest (not the test set)")
+    s.add_argument("--lm", required=True)
+    s.add_argument("--lexicon", default=None, help="word list for a binary KenLM file")
+    s.add_argument("--alphas", default="0,0.25,0.5,0.75,1,1.5", help="comma-separated")
+    s.add_argument("--betas", default="-1,0,1,2,3", help="comma-separated")
+    s.add_argument("--beam-size", type=int, default=DecoderDefaults.beam_size)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=_tune_lm)
+
+    s = sub.add_parser("export", help="export a checkpoint to ONNX (waveform in, log-probs out)")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--out", required=True, help="model.onnx")
+    s.add_argument(
+        "--check", action="store_true", help="compare onnxruntime with PyTorch on random batches"
+    )
+    s.add_argument(
+        "--quantize",
+        choices=("int8",),
+        default=None,
+        help="also write OUT with .int8.onnx: dynamic int8 weights",
+    )
+    s.set_defaults(func=_export)
 
     s = sub.add_parser("demo", help="synthesise, train, evaluate on unseen voices, transcribe")
     s.add_argument("--out", default="runs/demo")
@@ -142,6 +200,44 @@ def _parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)
     return p
+
+
+class DecoderDefaults:
+    # = speechswarm.decode.DecoderOptions' defaults; repeated so `--help` imports nothing.
+    beam_size, alpha, beta = 64, 0.5, 1.0
+
+
+def _add_decoder_args(s: argparse.ArgumentParser) -> None:
+    g = s.add_argument_group("decoding")
+    g.add_argument(
+        "--decoder",
+        choices=("greedy", "beam"),
+        default=None,
+        help="greedy (default) or beam search; --lm implies beam",
+    )
+    g.add_argument("--lm", default=None, help="word n-gram LM (ARPA, from `speechswarm lm build`)")
+    g.add_argument("--lexicon", default=None, help="word list, needed with a binary KenLM file")
+    g.add_argument("--beam-size", type=int, default=DecoderDefaults.beam_size)
+    g.add_argument(
+        "--alpha", type=float, default=DecoderDefaults.alpha, help="LM weight (tune-lm finds it)"
+    )
+    g.add_argument("--beta", type=float, default=DecoderDefaults.beta, help="bonus per word")
+
+
+def _decoder_options(args):
+    from speechswarm.decode import DecoderOptions
+
+    kind = args.decoder or ("beam" if args.lm else "greedy")
+    if args.lm and kind == "greedy":
+        raise ValueError("--lm needs beam search: drop --decoder greedy or use --decoder beam")
+    return DecoderOptions(
+        kind,
+        lm=args.lm,
+        lexicon=args.lexicon,
+        beam_size=args.beam_size,
+        alpha=args.alpha,
+        beta=args.beta,
+    )
 
 
 def _synth(args) -> int:
@@ -210,11 +306,18 @@ def _shard(args) -> int:
 
 
 def _eval(args) -> int:
-    from speechswarm.evaluate import evaluate_checkpoint, format_report
+    from speechswarm.evaluate import evaluate_checkpoint, evaluate_onnx, format_report
 
-    result = evaluate_checkpoint(
-        args.checkpoint, args.manifest, device=args.device, batch_seconds=args.batch_seconds
-    )
+    if args.onnx:
+        result = evaluate_onnx(args.onnx, args.manifest, decoder=_decoder_options(args))
+    else:
+        result = evaluate_checkpoint(
+            args.checkpoint,
+            args.manifest,
+            device=args.device,
+            batch_seconds=args.batch_seconds,
+            decoder=_decoder_options(args),
+        )
     if args.json:
         print(json.dumps(result.to_json(worst=args.worst)))
     else:
@@ -223,14 +326,31 @@ def _eval(args) -> int:
 
 
 def _transcribe(args) -> int:
-    from speechswarm.data.audio import AudioError
-    from speechswarm.inference import load
+    import time
 
-    asr = load(args.checkpoint, device=args.device)
-    failed = 0
+    from speechswarm.data.audio import AudioError, load_audio
+
+    options = _decoder_options(args)
+    if args.onnx:  # onnxruntime only: nothing on this path imports torch
+        from speechswarm.onnx_runtime import OnnxRecognizer
+
+        asr = OnnxRecognizer(args.onnx, decoder=options, threads=args.threads or 0)
+        engine = f"onnxruntime, threads={args.threads or 'default'}"
+    else:
+        from speechswarm.inference import load
+
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        asr = load(args.checkpoint, device=args.device, decoder=options)
+        engine = f"PyTorch on {asr.device}"
+    failed, audio_seconds, busy = 0, 0.0, 0.0
     for path in args.files:
+        start = time.perf_counter()
         try:
-            text = asr.transcribe(path)
+            wave = load_audio(path, asr.sample_rate)
+            text = asr.transcribe(wave)
         except AudioError as e:
             failed += 1
             line = {"file": path, "error": str(e)} if args.json else f"{path}\tERROR: {e}"
@@ -239,8 +359,127 @@ def _transcribe(args) -> int:
                 file=sys.stdout if args.json else sys.stderr,
             )
             continue
+        busy += time.perf_counter() - start
+        audio_seconds += len(wave) / asr.sample_rate
         print(json.dumps({"file": path, "text": text}) if args.json else f"{path}\t{text}")
+    done = len(args.files) - failed
+    if done:
+        print(
+            f"transcribed {done} file(s), {audio_seconds:.1f} s of audio in {busy:.2f} s: "
+            f"real-time factor {busy / max(audio_seconds, 1e-9):.4f} ({engine}, "
+            f"{options.kind} decoding)",
+            file=sys.stderr,
+        )
     return 1 if failed == len(args.files) else 0
+
+
+def _lm_build(args) -> int:
+    import time
+
+    from speechswarm.data.manifest import read_manifest
+    from speechswarm.data.text import normalize_text
+    from speechswarm.decode.lm import build_lm, lm_sentences
+
+    if args.manifest:
+        texts = [u.text for u in read_manifest(args.manifest)]
+        source = args.manifest
+    else:
+        path = Path(args.text)
+        if not path.is_file():
+            raise FileNotFoundError(f"lm build: text file {path} does not exist")
+        texts = [normalize_text(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        source = args.text
+    exclude = [u.text for m in args.exclude for u in read_manifest(m)]
+    sentences, dropped = lm_sentences(texts, exclude)
+    start = time.perf_counter()
+    model = build_lm(sentences, args.order, args.out)
+    sizes = ", ".join(f"{len(level):,} {n}-grams" for n, level in enumerate(model.log10_probs, 1))
+    print(
+        f"lm: order {args.order} from {len(sentences):,} sentences of {source}"
+        + (f" ({dropped:,} excluded)" if dropped else "")
+        + f": {sizes} -> {args.out} ({time.perf_counter() - start:.1f} s)"
+    )
+    if model.fallback_orders:
+        print(
+            f"lm: orders {list(model.fallback_orders)} had too little text for estimated "
+            "discounts; used 0.5/1/1.5 (more text gives a better model)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _tune_lm(args) -> int:
+    from speechswarm.evaluate import tune_lm
+
+    def floats(text: str, name: str) -> list[float]:
+        try:
+            return [float(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"--{name} must be comma-separated numbers, got {text!r}") from None
+
+    def progress(done, total, p):
+        print(
+            f"  [{done}/{total}] alpha {p.alpha:g} beta {p.beta:g}: WER {p.wer:.2%} CER {p.cer:.2%}",
+            file=sys.stderr,
+        )
+
+    points = tune_lm(
+        args.checkpoint,
+        args.manifest,
+        args.lm,
+        alphas=floats(args.alphas, "alphas"),
+        betas=floats(args.betas, "betas"),
+        beam_size=args.beam_size,
+        lexicon=args.lexicon,
+        device=args.device,
+        progress=None if args.json else progress,
+    )
+    base, best = points[0], points[1]
+    if args.json:
+        print(
+            json.dumps(
+                {"greedy": vars(base), "best": vars(best), "grid": [vars(p) for p in points[1:]]}
+            )
+        )
+        return 0
+    print(f"greedy:            WER {base.wer:.2%}  CER {base.cer:.2%}")
+    print(
+        f"best beam + LM:    WER {best.wer:.2%}  CER {best.cer:.2%}  (alpha {best.alpha:g}, beta {best.beta:g})"
+    )
+    print(f"use: --decoder beam --lm {args.lm} --alpha {best.alpha:g} --beta {best.beta:g}")
+    return 0
+
+
+def _export(args) -> int:
+    import time
+
+    from speechswarm.export import PARITY_BOUND, check_parity, export_onnx, quantize_int8
+
+    start = time.perf_counter()
+    out = export_onnx(args.checkpoint, args.out)
+    print(
+        f"export: {args.checkpoint} -> {out} ({out.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - start:.1f} s)"
+    )
+    paths = [out]
+    if args.quantize:
+        q = quantize_int8(out, out.with_suffix(".int8.onnx"))
+        print(f"export: int8 dynamic quantisation -> {q} ({q.stat().st_size / 1e6:.1f} MB)")
+        paths.append(q)
+    if not args.check:
+        return 0
+    status = 0
+    for path in paths:
+        r = check_parity(path, args.checkpoint)
+        verdict = "ok" if r.ok else "FAILED"
+        if path != out:  # int8 weights move log-probs by design: its cost is WER (eval --onnx)
+            verdict = "int8, not bounded; measure its WER with `speechswarm eval --onnx`"
+        print(
+            f"check {path.name}: onnxruntime vs PyTorch on {r.utterances} random utterances in "
+            f"{r.batches} batches: max |log-prob diff| {r.max_abs_diff:.2e} (bound "
+            f"{PARITY_BOUND:.0e}), lengths {'equal' if r.lengths_match else 'DIFFER'}: {verdict}"
+        )
+        status |= int(not r.ok and path == out)
+    return status
 
 
 def _demo(args) -> int:

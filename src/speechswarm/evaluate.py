@@ -1,15 +1,19 @@
 """Decode a data set with a model and score it: corpus WER/CER, per speaker, worst utterances.
 
 speechswarm eval --checkpoint runs/demo/checkpoints/best.pt --manifest data/synth/test.jsonl
+speechswarm eval --checkpoint best.pt --manifest test.jsonl --decoder beam --lm lm.arpa
+speechswarm tune-lm --checkpoint best.pt --manifest dev.jsonl --lm lm.arpa
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 
 from speechswarm.build import autocast
@@ -17,6 +21,7 @@ from speechswarm.data.dataset import Batch, SpeechDataset, make_loader
 from speechswarm.data.manifest import Utterance, read_manifest
 from speechswarm.data.sampler import BucketBatchSampler
 from speechswarm.data.tokenizer import Tokenizer
+from speechswarm.decode import Decoder, DecoderOptions
 from speechswarm.decode.greedy import greedy_decode
 from speechswarm.metrics import edit_distance
 
@@ -116,8 +121,9 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     speakers: dict[str, str] | None = None,
     references: dict[str, str] | None = None,
+    decoder: Decoder | None = None,
 ) -> EvalResult:
-    """Greedy-decode every batch and score it against its references.
+    """Decode every batch (greedy unless `decoder` is given) and score it against its references.
 
     `references` maps utterance id to its reference text (the manifest's text; decoding the
     token ids instead would hide unknown-token losses of a subword tokenizer).
@@ -134,7 +140,11 @@ def evaluate(
         feats, feat_lens = extractor(batch.waves, batch.wave_lens)  # (N, T, F), (N,)
         with autocast(device, amp_dtype):
             log_probs, out_lens = model(feats, feat_lens)  # (N, T', V) float32
-        hyps = [tokenizer.decode(ids) for ids in greedy_decode(log_probs.float(), out_lens)]
+        if decoder is None:
+            ids = greedy_decode(log_probs.float(), out_lens)
+        else:
+            ids = decoder.decode(log_probs.float(), out_lens)
+        hyps = [tokenizer.decode(x) for x in ids]
         for i, utt_id in enumerate(batch.ids):
             ref = (
                 references[utt_id]
@@ -172,12 +182,17 @@ def eval_batches(
 
 
 def evaluate_checkpoint(
-    checkpoint: str, manifest: str, *, device: str = "auto", batch_seconds: float = 160.0
+    checkpoint: str,
+    manifest: str,
+    *,
+    device: str = "auto",
+    batch_seconds: float = 160.0,
+    decoder: DecoderOptions | None = None,
 ) -> EvalResult:
     """Score a checkpoint on every utterance of a manifest (unreadable audio is counted, not fatal)."""
     from speechswarm.inference import load
 
-    asr = load(checkpoint, device=device)
+    asr = load(checkpoint, device=device, decoder=decoder)
     utts = read_manifest(manifest)
     batches = eval_batches(utts, asr.tokenizer, asr.sample_rate, max_batch_seconds=batch_seconds)
     return evaluate(
@@ -189,7 +204,42 @@ def evaluate_checkpoint(
         amp_dtype=asr.amp_dtype,
         speakers={u.id: u.speaker for u in utts},
         references={u.id: u.text for u in utts},
+        decoder=asr.decoder,
     )
+
+
+def evaluate_onnx(
+    onnx_path: str,
+    manifest: str,
+    *,
+    decoder: DecoderOptions | None = None,
+    batch_size: int = 16,
+    threads: int = 0,
+) -> EvalResult:
+    """Score an exported ONNX model (onnxruntime) on a manifest, batches of similar length;
+    unreadable audio is counted as skipped, as in `evaluate_checkpoint`."""
+    from speechswarm.data.audio import AudioError, load_audio
+    from speechswarm.onnx_runtime import OnnxRecognizer
+
+    asr = OnnxRecognizer(onnx_path, decoder=decoder, threads=threads)
+    utts = sorted(read_manifest(manifest), key=lambda u: u.duration)
+    result = EvalResult()
+    start = time.perf_counter()
+    for first in range(0, len(utts), batch_size):
+        chunk, waves = [], []
+        for u in utts[first : first + batch_size]:
+            try:
+                waves.append(load_audio(u.audio, asr.sample_rate, u.offset, u.duration))
+                chunk.append(u)
+            except AudioError:
+                result.skipped += 1
+        if not chunk:
+            continue
+        for u, hyp in zip(chunk, asr.transcribe_batch(waves), strict=True):
+            result.scores.append(score_utterance(u.id, u.speaker, u.text, hyp))
+        result.audio_seconds += sum(len(w) for w in waves) / asr.sample_rate
+    result.seconds = time.perf_counter() - start
+    return result
 
 
 def format_report(result: EvalResult, worst: int = 5) -> str:
@@ -209,3 +259,105 @@ def format_report(result: EvalResult, worst: int = 5) -> str:
         for s in result.worst(worst):
             lines += [f"  {s.id}  CER {s.cer:.0%}", f"    ref: {s.ref}", f"    hyp: {s.hyp}"]
     return "\n".join(lines)
+
+
+# ---- LM weight tuning ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TunePoint:
+    alpha: float | None  # None: greedy, no LM (the baseline)
+    beta: float | None
+    wer: float
+    cer: float
+
+
+@torch.no_grad()
+def collect_log_probs(
+    model: torch.nn.Module,
+    extractor: torch.nn.Module,
+    batches: Iterable[Batch],
+    *,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+) -> list[tuple[str, np.ndarray]]:
+    """(utterance id, log_probs (T', V) float32 numpy) for every utterance: the model runs
+    once, and every decoder setting reuses its outputs."""
+    model.eval()
+    out = []
+    for batch in batches:
+        if not batch.ids:
+            continue
+        batch = batch.to(device)
+        feats, feat_lens = extractor(batch.waves, batch.wave_lens)  # (N, T, F), (N,)
+        with autocast(device, amp_dtype):
+            log_probs, out_lens = model(feats, feat_lens)  # (N, T', V)
+        log_probs = log_probs.float().cpu().numpy()
+        for i, n in enumerate(out_lens.tolist()):
+            out.append((batch.ids[i], log_probs[i, :n]))
+    return out
+
+
+def score_decoder(
+    outputs: Sequence[tuple[str, np.ndarray]],
+    decoder: Decoder,
+    tokenizer: Tokenizer,
+    references: dict[str, str],
+    speakers: dict[str, str] | None = None,
+) -> EvalResult:
+    """Decode collected outputs one utterance at a time and score them."""
+    result = EvalResult()
+    start = time.perf_counter()
+    for utt_id, log_probs in outputs:
+        ids = decoder.decode(log_probs[None], np.array([len(log_probs)]))[0]
+        speaker = (speakers or {}).get(utt_id, "")
+        result.scores.append(
+            score_utterance(utt_id, speaker, references[utt_id], tokenizer.decode(ids))
+        )
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def tune_lm(
+    checkpoint: str,
+    manifest: str,
+    lm: str,
+    *,
+    alphas: Sequence[float],
+    betas: Sequence[float],
+    beam_size: int = 64,
+    lexicon: str | None = None,
+    device: str = "auto",
+    batch_seconds: float = 160.0,
+    progress=None,
+) -> list[TunePoint]:
+    """Grid-search the LM weight alpha and word bonus beta on a (dev) manifest by WER.
+
+    Returns the greedy baseline first, then every grid point, best (lowest WER, then CER)
+    first. `progress(done, total, point)` is called after each point.
+    """
+    from speechswarm.decode import GreedyDecoder
+    from speechswarm.decode.beam import BeamDecoder
+    from speechswarm.inference import load
+
+    asr = load(checkpoint, device=device)
+    utts = read_manifest(manifest)
+    batches = eval_batches(utts, asr.tokenizer, asr.sample_rate, max_batch_seconds=batch_seconds)
+    outputs = collect_log_probs(
+        asr.model, asr.extractor, batches, device=asr.device, amp_dtype=asr.amp_dtype
+    )
+    refs = {u.id: u.text for u in utts}
+    base = score_decoder(outputs, GreedyDecoder(), asr.tokenizer, refs)
+    beam = BeamDecoder(
+        asr.tokenizer.tokens,
+        DecoderOptions("beam", lm=lm, lexicon=lexicon, beam_size=beam_size),
+    )
+    grid = list(itertools.product(alphas, betas))
+    points = []
+    for done, (alpha, beta) in enumerate(grid, start=1):
+        r = score_decoder(outputs, beam.with_weights(alpha, beta), asr.tokenizer, refs)
+        points.append(TunePoint(alpha, beta, r.wer, r.cer))
+        if progress:
+            progress(done, len(grid), points[-1])
+    points.sort(key=lambda p: (p.wer, p.cer))
+    return [TunePoint(None, None, base.wer, base.cer), *points]

@@ -3,6 +3,7 @@
     import speechswarm
     asr = speechswarm.load("runs/demo/checkpoints/best.pt")
     print(asr.transcribe("hello.wav"))
+    asr = speechswarm.load("best.pt", decoder=DecoderOptions("beam", lm="lm.arpa"))
 
 The checkpoint carries the model settings, feature settings and vocabulary, so nothing has
 to be re-derived from a config.
@@ -20,7 +21,7 @@ import torch
 from speechswarm.build import autocast, resolve_device, resolve_precision
 from speechswarm.data.audio import load_audio
 from speechswarm.data.tokenizer import tokenizer_from_dict
-from speechswarm.decode.greedy import greedy_decode
+from speechswarm.decode import DecoderOptions, make_decoder
 from speechswarm.features import FeatureExtractor
 from speechswarm.model import model_from_settings
 from speechswarm.train.checkpoint import load_checkpoint
@@ -31,7 +32,14 @@ AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
 class Recognizer:
     """A trained model with its features and vocabulary, ready to transcribe."""
 
-    def __init__(self, checkpoint: dict, *, device: str = "auto", precision: str = "auto") -> None:
+    def __init__(
+        self,
+        checkpoint: dict,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        decoder: DecoderOptions | None = None,
+    ) -> None:
         self.device = resolve_device(device)
         self.amp_dtype = resolve_precision(precision, self.device)
         self.tokenizer = tokenizer_from_dict(checkpoint["tokenizer"])
@@ -42,6 +50,7 @@ class Recognizer:
         self.model.load_state_dict(checkpoint["model"])
         self.model.to(self.device).eval()
         self.sample_rate = self.extractor.sample_rate
+        self.decoder = make_decoder(decoder or DecoderOptions(), self.tokenizer.tokens)
 
     def transcribe(self, audio: AudioInput, sample_rate: int | None = None) -> str:
         """Text for one file path or one mono waveform (float, [-1, 1], at `sample_rate`)."""
@@ -61,7 +70,8 @@ class Recognizer:
         ctx = autocast(self.device, self.amp_dtype)
         with ctx:
             log_probs, out_lens = self.model(feats, feat_lens)  # (N, T', V)
-        return [self.tokenizer.decode(ids) for ids in greedy_decode(log_probs.float(), out_lens)]
+        hyps = self.decoder.decode(log_probs.float(), out_lens)
+        return [self.tokenizer.decode(ids) for ids in hyps]
 
     def _as_wave(self, audio: AudioInput, sample_rate: int | None) -> torch.Tensor:
         if isinstance(audio, (str, os.PathLike)):
@@ -81,6 +91,15 @@ class Recognizer:
         return torch.from_numpy(np.ascontiguousarray(wave))
 
 
-def load(path: str | os.PathLike, *, device: str = "auto", precision: str = "auto") -> Recognizer:
-    """Load a checkpoint written by `speechswarm train` for transcription."""
-    return Recognizer(load_checkpoint(Path(path)), device=device, precision=precision)
+def load(
+    path: str | os.PathLike,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    decoder: DecoderOptions | None = None,
+) -> Recognizer:
+    """Load a checkpoint written by `speechswarm train` for transcription (greedy decoding
+    unless `decoder` says otherwise)."""
+    return Recognizer(
+        load_checkpoint(Path(path)), device=device, precision=precision, decoder=decoder
+    )

@@ -10,8 +10,10 @@ is exact for the best path, not for the best label sequence (beam search sums pa
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # annotations only: the ONNX runtime path imports this without torch
+    import torch
 
 
 def ctc_collapse(ids: Iterable[int], blank: int = 0) -> list[int]:

@@ -1,0 +1,299 @@
+"""Word n-gram language models: interpolated modified Kneser-Ney estimation, ARPA files.
+
+    speechswarm lm build --manifest data/synth/train.jsonl --order 3 --out lm.arpa
+
+KenLM's estimator (`lmplz`) is not on PyPI (the `kenlm` package only queries), so the ARPA
+file is estimated here, the way `lmplz` does it (Chen & Goodman 1998; Heafield et al. 2013):
+
+- Each sentence is `<s> w1 .. wk </s>`. The highest order uses raw counts; lower orders use
+  *adjusted* counts, the number of distinct words seen before the n-gram (its continuation
+  count), except for n-grams that start with `<s>`, which nothing can precede (raw counts).
+- Each order n has three discounts from its count-of-counts t1..t4 (of adjusted counts):
+  Y = t1 / (t1 + 2 t2), D1 = 1 - 2Y t2/t1, D2 = 2 - 3Y t3/t2, D3+ = 3 - 4Y t4/t3. On a text
+  too small for them (a t_k of 0, or a D outside (0, k]) the fallback 0.5, 1, 1.5 is used,
+  as `lmplz --discount_fallback` does.
+- p(w | h) = (a(hw) - D(a(hw))) / a(h.) + gamma(h) p(w | h'), with
+  gamma(h) = (D1 N1(h.) + D2 N2(h.) + D3+ N3+(h.)) / a(h.) and h' = h without its first word;
+  unigrams interpolate with the uniform distribution over the vocabulary (`</s>` and `<unk>`
+  included, `<s>` never predicted). So every context's distribution sums to exactly 1.
+- The ARPA file holds log10 p(w | h) of every seen n-gram and log10 gamma(h) as the backoff
+  of every context; an unseen n-gram backs off: p(w | h) = gamma(h) p(w | h').
+
+A binary KenLM file (`.bin`) needs KenLM's `build_binary`, which PyPI does not ship: write
+ARPA and convert it where KenLM is built (`build_binary lm.arpa lm.bin`); the decoder reads
+both.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+BOS, EOS, UNK = "<s>", "</s>", "<unk>"
+FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)
+NO_PROB = -99.0  # log10 "probability" of <s>, which the model never predicts (lmplz writes -99)
+
+NGram = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class NGramModel:
+    """An estimated back-off model: per order n (1-based, index n - 1), n-gram -> log10 p and
+    context -> log10 backoff. `discounts[n - 1]` = (D1, D2, D3+) used at order n."""
+
+    order: int
+    log10_probs: tuple[dict[NGram, float], ...]
+    log10_backoffs: tuple[dict[NGram, float], ...]
+    discounts: tuple[tuple[float, float, float], ...]
+    fallback_orders: tuple[int, ...] = ()  # orders whose discounts fell back to the defaults
+
+    @property
+    def vocabulary(self) -> list[str]:
+        """Every word the model knows (unigrams), `<s>`, `</s>` and `<unk>` included."""
+        return [g[0] for g in self.log10_probs[0]]
+
+    def log10_prob(self, word: str, context: Sequence[str] = ()) -> float:
+        """log10 p(word | context) with back-off; unknown words score as `<unk>`.
+
+        Only the last `order - 1` context words matter.
+        """
+        unigrams = self.log10_probs[0]
+        word = word if (word,) in unigrams else UNK
+        context = tuple(w if (w,) in unigrams else UNK for w in context)
+        context = context[max(0, len(context) - self.order + 1) :] if self.order > 1 else ()
+        backoff = 0.0
+        for start in range(len(context) + 1):
+            h = context[start:]
+            p = self.log10_probs[len(h)].get((*h, word))
+            if p is not None:
+                return backoff + p
+            backoff += self.log10_backoffs[len(h) - 1].get(h, 0.0) if h else 0.0
+        raise AssertionError("unreachable: every vocabulary word has a unigram")
+
+    def sentence_log10_prob(self, words: Sequence[str]) -> float:
+        """log10 p(<s> words </s>): the sum of each word's (and </s>'s) conditional."""
+        history: list[str] = [BOS]
+        total = 0.0
+        for w in [*words, EOS]:
+            total += self.log10_prob(w, history)
+            history.append(w)
+        return total
+
+
+def count_ngrams(sentences: Iterable[Sequence[str]], order: int) -> list[Counter[NGram]]:
+    """Raw counts of every n-gram, n = 1..order, of `<s> words </s>` per sentence.
+
+    counts[n - 1][ngram]; the unigram `<s>` is counted once per sentence like any word.
+    """
+    if order < 1:
+        raise ValueError(f"lm: order must be >= 1, got {order}")
+    counts: list[Counter[NGram]] = [Counter() for _ in range(order)]
+    for words in sentences:
+        seq = (BOS, *words, EOS)
+        for n in range(1, order + 1):
+            c = counts[n - 1]
+            for i in range(len(seq) - n + 1):
+                c[seq[i : i + n]] += 1
+    return counts
+
+
+def adjusted_counts(raw: list[Counter[NGram]]) -> list[Counter[NGram]]:
+    """Kneser-Ney counts: raw for the highest order and for n-grams starting with `<s>`;
+    otherwise the number of distinct words seen immediately before the n-gram."""
+    order = len(raw)
+    adjusted = [Counter() for _ in range(order)]
+    adjusted[-1] = Counter(raw[-1])
+    for n in range(order - 1, 0, -1):  # orders n = order-1 .. 1 (index n - 1)
+        continuation: Counter[NGram] = Counter()
+        for longer in raw[n]:  # (n+1)-grams: one distinct left word each
+            continuation[longer[1:]] += 1
+        for gram, c in raw[n - 1].items():
+            adjusted[n - 1][gram] = c if gram[0] == BOS else continuation[gram]
+    return adjusted
+
+
+def discounts(counts: Counter[NGram]) -> tuple[tuple[float, float, float], bool]:
+    """(D1, D2, D3+) from the count-of-counts of one order, and whether the fallback was used.
+
+    Y = t1 / (t1 + 2 t2); Dk = k - (k + 1) Y t_{k+1} / t_k (Chen & Goodman, eq. 26).
+    """
+    t = Counter(c for c in counts.values() if c <= 4)  # t_k: n-grams seen exactly k times
+    t1, t2, t3, t4 = (t[k] for k in (1, 2, 3, 4))
+    if min(t1, t2, t3, t4) == 0:
+        return FALLBACK_DISCOUNTS, True
+    y = t1 / (t1 + 2 * t2)
+    d = (1 - 2 * y * t2 / t1, 2 - 3 * y * t3 / t2, 3 - 4 * y * t4 / t3)
+    if not all(0 < dk <= k for k, dk in enumerate(d, start=1)):
+        return FALLBACK_DISCOUNTS, True
+    return d, False
+
+
+def kneser_ney(raw: list[Counter[NGram]]) -> NGramModel:
+    """Interpolated modified Kneser-Ney from `count_ngrams` output (see the module docstring)."""
+    order = len(raw)
+    adjusted = adjusted_counts(raw)
+    vocab = sorted(({g[0] for g in raw[0]} | {EOS, UNK}) - {BOS})  # what can be predicted
+    ds, fallbacks = [], []
+    for n in range(1, order + 1):
+        d, fell_back = discounts(adjusted[n - 1])
+        ds.append(d)
+        if fell_back:
+            fallbacks.append(n)
+    probs: list[dict[NGram, float]] = [dict() for _ in range(order)]  # linear, then log10
+    gammas: list[dict[NGram, float]] = [dict() for _ in range(order)]  # contexts of order n-1
+    for n in range(1, order + 1):
+        d1, d2, d3 = ds[n - 1]
+        by_context: dict[NGram, list[tuple[str, int]]] = defaultdict(list)
+        for gram, a in adjusted[n - 1].items():
+            if gram != (BOS,):  # <s> is never predicted
+                by_context[gram[:-1]].append((gram[-1], a))
+        for h, followers in by_context.items():
+            total = sum(a for _, a in followers)
+            kinds = Counter(min(a, 3) for _, a in followers)
+            gamma = (d1 * kinds[1] + d2 * kinds[2] + d3 * kinds[3]) / total
+            gammas[n - 1][h] = gamma
+            for w, a in followers:
+                discounted = (a - (d1, d2, d3)[min(a, 3) - 1]) / total
+                lower = 1.0 / len(vocab) if n == 1 else probs[n - 2][(*h[1:], w)]
+                probs[n - 1][(*h, w)] = discounted + gamma * lower
+        if n == 1:  # words seen only in contexts (none besides <s>) and <unk>: uniform share
+            uniform = gammas[0][()] / len(vocab)
+            for w in vocab:
+                probs[0].setdefault((w,), uniform)
+    log_probs = tuple({g: math.log10(p) for g, p in level.items()} for level in probs)
+    log_probs[0][(BOS,)] = NO_PROB
+    # The backoff of context h (an (n-1)-gram) is gamma(h) of order n, stored with h.
+    log_backoffs = tuple(
+        {h: math.log10(g) for h, g in gammas[n].items() if g > 0} for n in range(1, order)
+    ) + ({},)
+    return NGramModel(order, log_probs, log_backoffs, tuple(ds), tuple(fallbacks))
+
+
+def write_arpa(model: NGramModel, path: str | os.PathLike) -> Path:
+    """Write the model as an ARPA text file (written to a temporary name, then renamed)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\\data\\\n")
+        for n, level in enumerate(model.log10_probs, start=1):
+            f.write(f"ngram {n}={len(level)}\n")
+        for n, level in enumerate(model.log10_probs, start=1):
+            f.write(f"\n\\{n}-grams:\n")
+            backoffs = model.log10_backoffs[n - 1]
+            for gram in sorted(level):
+                line = f"{level[gram]:.7g}\t{' '.join(gram)}"
+                if n < model.order and gram in backoffs:
+                    line += f"\t{backoffs[gram]:.7g}"
+                f.write(line + "\n")
+        f.write("\n\\end\\\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_arpa(path: str | os.PathLike) -> NGramModel:
+    """Read an ARPA file (ours or any other tool's); errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"language model {path} does not exist; build one with "
+            "`speechswarm lm build --manifest TRAIN.jsonl --out lm.arpa`"
+        )
+    probs: list[dict[NGram, float]] = []
+    backoffs: list[dict[NGram, float]] = []
+    section = 0
+    with open(path, encoding="utf-8", errors="strict") as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.strip()
+            if not line or line.startswith("ngram ") or line == "\\data\\":
+                continue
+            if line == "\\end\\":
+                break
+            if line.startswith("\\") and line.endswith("-grams:"):
+                section = int(line[1:].split("-")[0])
+                probs.append({})
+                backoffs.append({})
+                continue
+            parts = line.split()
+            if (
+                section == 0
+                or len(parts) not in (section + 1, section + 2)
+                or not _is_number(parts[0])
+            ):
+                raise ValueError(
+                    f"language model {path}, line {lineno}: not an ARPA n-gram line "
+                    f"({line[:60]!r}); is this an ARPA file? (binary KenLM files have no text)"
+                )
+            gram = tuple(parts[1 : section + 1])
+            probs[-1][gram] = float(parts[0])
+            if len(parts) == section + 2 and _is_number(parts[-1]):
+                backoffs[-1][gram] = float(parts[-1])
+    if not probs:
+        raise ValueError(f"language model {path}: no \\1-grams: section; not an ARPA file")
+    return NGramModel(len(probs), tuple(probs), tuple(backoffs), discounts=())
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def arpa_words(path: str | os.PathLike) -> list[str]:
+    """The unigram words of an ARPA file (without `<s>`, `</s>`, `<unk>`), in file order.
+
+    Reads only the 1-gram section, so it is fast on large files.
+    """
+    words, in_unigrams = [], False
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line == "\\1-grams:":
+                in_unigrams = True
+            elif in_unigrams and line.startswith("\\"):
+                break
+            elif in_unigrams and line:
+                word = line.split()[1]
+                if word not in (BOS, EOS, UNK):
+                    words.append(word)
+    if not in_unigrams:
+        raise ValueError(f"language model {path}: no \\1-grams: section; not an ARPA file")
+    return words
+
+
+def lm_sentences(texts: Iterable[str], exclude: Iterable[str] = ()) -> tuple[list[list[str]], int]:
+    """Word lists of the non-empty texts, minus any whose normalised text is in `exclude`
+    (e.g. test sentences, so an LM cannot memorise them); returns (sentences, excluded)."""
+    banned = {" ".join(t.split()) for t in exclude}
+    out, dropped = [], 0
+    for t in texts:
+        words = t.split()
+        if not words:
+            continue
+        if " ".join(words) in banned:
+            dropped += 1
+            continue
+        out.append(words)
+    return out, dropped
+
+
+def build_lm(sentences: Sequence[Sequence[str]], order: int, out: str | os.PathLike) -> NGramModel:
+    """Estimate an order-`order` model from word lists and write it as ARPA to `out`."""
+    out = Path(out)
+    if out.suffix == ".bin":
+        raise ValueError(
+            f"lm build: cannot write {out}: binary KenLM files need KenLM's build_binary, "
+            "which PyPI does not ship; write lm.arpa (the decoder reads ARPA) and convert it "
+            "with `build_binary lm.arpa lm.bin` where KenLM is built"
+        )
+    if not sentences:
+        raise ValueError("lm build: no sentences to estimate from (empty text?)")
+    model = kneser_ney(count_ngrams(sentences, order))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_arpa(model, out)
+    return model
