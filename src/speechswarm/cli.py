@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 # Command groups that live beside the code they drive; each module has `add_parser(sub)`.
-COMMAND_MODULES = ("speechswarm.train.cli",)
+COMMAND_MODULES = ("speechswarm.train.cli", "speechswarm.distributed.cli")
 
 PREPARE_FORMATS = ("librispeech", "ljspeech", "userlibri", "commonvoice", "csv", "nemo", "clients")
 

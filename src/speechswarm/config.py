@@ -132,6 +132,14 @@ class TrainConfig:
     init_from: str = ""
     freeze: tuple[str, ...] = ()  # module-name prefixes whose parameters stay fixed
     dev_max_utterances: int = 0  # 0: all dev utterances at each evaluation
+    # DDP (torchrun / --nproc). Ranks normalise with their own batch's statistics unless
+    # sync_batchnorm: set it when per-rank batches are small (a few utterances per GPU) and
+    # training is worse than on one device with the same global batch. Costs two small
+    # all-reduces per BatchNorm layer and step.
+    sync_batchnorm: bool = False
+    # Minutes a collective waits for a slow rank before the run fails. Rank 0 evaluates the
+    # dev set while the others wait: raise it if a long evaluation ends in a timeout error.
+    dist_timeout_min: float = 30.0
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,9 @@
-"""`speechswarm train`: one run from a preset or YAML config plus key=value overrides."""
+"""`speechswarm train`: one run from a preset or YAML config plus key=value overrides.
+
+speechswarm train --config tiny optim.lr=1e-3
+speechswarm train --nproc 2 --config tiny          # DDP, 2 processes (torchrun inside)
+speechswarm train --hogwild 2 --config tiny        # Hogwild, 2 CPU workers
+"""
 
 from __future__ import annotations
 
@@ -13,22 +18,81 @@ def add_parser(sub) -> None:
         "--init-from", default=None, help="initialise weights from a checkpoint (fine-tuning)"
     )
     s.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    s.add_argument(
+        "--nproc",
+        type=int,
+        default=0,
+        help="DDP: launch N worker processes on this machine through torch's elastic launcher "
+        "(= torchrun --standalone --nproc-per-node N); one per GPU, or CPU processes with gloo",
+    )
+    s.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        help="with --nproc: restart the worker group up to N times after a worker fails; "
+        "it resumes from the last checkpoint (set train.checkpoint_every)",
+    )
+    s.add_argument(
+        "--hogwild",
+        type=int,
+        default=0,
+        help="Hogwild: N CPU worker processes update one shared-memory model, each on its own "
+        "share of the data (docs/distributed.md says when that helps)",
+    )
     s.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.lr=3e-4")
     s.set_defaults(func=_train)
 
 
 def _train(args) -> int:
     from speechswarm.config import load_config
-    from speechswarm.train.loop import train
 
+    _check_modes(args)
     overrides = list(args.overrides)
     if args.device:
         overrides.append(f"train.device={args.device}")
     if args.init_from:
         overrides.append(f"train.init_from={args.init_from}")
-    cfg = load_config(args.config, overrides)
-    result = train(cfg, resume=args.resume)
-    print(
-        f"stopped: {result.stop_reason}; run folder {result.run_dir}; best checkpoint {result.best_checkpoint}"
-    )
+    cfg = load_config(args.config, overrides)  # fails here, once, before any process starts
+    if args.nproc > 1:
+        from speechswarm.distributed.launch import launch
+
+        worker = [
+            "train",
+            "--config",
+            args.config,
+            *(["--resume", args.resume] * bool(args.resume)),
+        ]
+        return launch(worker + overrides, args.nproc, args.max_restarts)
+    if args.hogwild:
+        from speechswarm.distributed.hogwild import train_hogwild
+
+        result = train_hogwild(cfg, workers=args.hogwild, resume=args.resume)
+    else:
+        from speechswarm.train.loop import train
+
+        result = train(cfg, resume=args.resume)
+    if _is_main():
+        print(
+            f"stopped: {result.stop_reason}; run folder {result.run_dir}; "
+            f"best checkpoint {result.best_checkpoint}"
+        )
     return 0
+
+
+def _check_modes(args) -> None:
+    if args.nproc < 0 or args.hogwild < 0 or args.max_restarts < 0:
+        raise ValueError("--nproc, --hogwild and --max-restarts take counts >= 0")
+    if args.nproc > 1 and args.hogwild:
+        raise ValueError(
+            "--nproc (DDP) and --hogwild are two ways to use several processes; pick one"
+        )
+    if args.max_restarts and args.nproc <= 1:
+        raise ValueError(
+            "--max-restarts needs --nproc N (N >= 2); under torchrun use its own --max-restarts"
+        )
+
+
+def _is_main() -> bool:
+    from speechswarm.distributed.ddp import dist_env
+
+    return dist_env().is_main

@@ -4,7 +4,10 @@
 
 `train()` sets a run up (data, model, optimizer, checkpoints), then alternates
 `train_one_epoch()` and `evaluate()` until a stop rule fires. Distribution (DDP, Hogwild,
-peer-to-peer) changes only the marked sync point in `train_one_epoch()`.
+peer-to-peer) changes only what `run.sync` (a `distributed.sync.Synchronizer`) does: at the
+marked sync point in `train_one_epoch()`, and where every process must take the same branch
+(`run.sync.agree`). Under torchrun (`torchrun --nproc_per_node=2 -m speechswarm train ...`)
+`train()` joins the process group itself; only rank 0 logs, evaluates and saves.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from tqdm import tqdm
 from speechswarm.build import autocast
 from speechswarm.config import Config, dump_yaml
 from speechswarm.data.dataset import Batch
+from speechswarm.distributed import ddp
 from speechswarm.evaluate import evaluate
 from speechswarm.report import MetricsLogger
 from speechswarm.train.checkpoint import load_checkpoint
@@ -83,19 +87,42 @@ def train(
     `should_stop(state)` is asked after every step (interruptions, embedding in other loops):
     when it returns True the run saves a checkpoint and returns; resuming from it continues
     as if it had never stopped.
+
+    In a torchrun worker (WORLD_SIZE > 1) this is DDP: the process group is joined here and
+    left on return. When torchrun restarts a failed worker group (--max-restarts), the new
+    workers resume from the run's last checkpoint unless `resume` names one.
     """
     if resume and resume != "auto" and not Path(resume).is_file():
         # Before setup: a typo should not cost a corpus validation or leave a run folder.
         raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
-    run = setup_run(cfg, progress=progress)
+    env = ddp.dist_env()
+    if env.restart_count and not resume:
+        resume = "auto"  # a restarted worker group continues from the last checkpoint
+    created = False
+    if env.is_distributed:
+        created = ddp.init_distributed(
+            env, ddp.worker_device(cfg.train.device, env), cfg.train.dist_timeout_min
+        )
+    try:
+        result = _train(cfg, env, resume, should_stop, progress and env.is_main)
+    except BaseException:
+        ddp.shutdown(created, wait_for_all=False)  # the others fail on their own; no barrier
+        raise
+    ddp.shutdown(created, wait_for_all=True)
+    return result
+
+
+def _train(cfg: Config, env, resume, should_stop, progress: bool) -> TrainResult:
+    run = setup_run(cfg, progress=progress, env=env)
     state = TrainState()
     rng_to_restore = None
-    checkpoint_path = _resume_path(run, resume)
+    checkpoint_path = resume_path(run, resume)
     if checkpoint_path is not None:
         rng_to_restore = _restore(run, state, checkpoint_path)
         run.log.info(f"resumed from {checkpoint_path} at step {state.step}, epoch {state.epoch}")
-    run.metrics = MetricsLogger(run.dir, resume_step=state.step if checkpoint_path else None)
-    (run.dir / "config.yaml").write_text(dump_yaml(cfg))
+    if run.sync.is_main:
+        run.metrics = MetricsLogger(run.dir, resume_step=state.step if checkpoint_path else None)
+        (run.dir / "config.yaml").write_text(dump_yaml(cfg))
 
     started = time.perf_counter()
     dev_history = run.dev_history
@@ -109,14 +136,15 @@ def train(
             break
         state.epoch += 1  # before evaluating, so its checkpoint resumes at the next epoch
         state.batch_in_epoch = 0
-        stop_reason = _evaluate_and_save(run, state, dev_history)
+        stop_reason = evaluate_and_save(run, state, dev_history)
         if stop_reason:
             break
-    if stop_reason in ("max_steps", "time_budget") and not _evaluated_at(dev_history, state.step):
-        _evaluate_and_save(run, state, dev_history)  # score the final weights: best.pt exists
-    if run.checkpoints.last_saved_step != state.step:
-        run.checkpoints.save(make_checkpoint_state(run, state), step=state.step)
-    run.finish(state, stop_reason, dev_history)
+    if stop_reason in ("max_steps", "time_budget") and run.last_eval_step != state.step:
+        evaluate_and_save(run, state, dev_history)  # score the final weights: best.pt exists
+    if run.last_save_step != state.step:
+        save(run, state)
+    if run.sync.is_main:
+        run.finish(state, stop_reason, dev_history)
     return TrainResult(run.dir, stop_reason, state, run.checkpoints.best_path(), dev_history)
 
 
@@ -130,7 +158,7 @@ def train_one_epoch(
 ) -> str:
     """Train on this epoch's remaining batches; return why it stopped ("" at epoch end)."""
     cfg = run.cfg.train
-    model, optimizer = run.model, run.optimizer
+    model, optimizer, sync = run.model, run.optimizer, run.sync
     run.sampler.set_epoch(state.epoch, state.batch_in_epoch)
     run.dataset_set_epoch(state.epoch)
     batches = iter(run.loader)  # starts the workers; they draw nothing from the global RNG
@@ -142,7 +170,7 @@ def train_one_epoch(
         batches,
         total=total,
         desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
-        disable=not progress,
+        disable=not (progress and sync.is_main),
         leave=False,
     )
     window = _Window()
@@ -153,11 +181,16 @@ def train_one_epoch(
         window.wait += t0 - ready  # time the model sat idle waiting on data
         state.batch_in_epoch += 1
         state.skipped_utterances += batch.skipped
-        if not batch.ids:
+        with run.grad_sync(accumulated + 1 == run.accumulate):  # DDP: all-reduce on the last
+            loss = _forward(run, batch) if batch.ids else None
+            flag = "empty" if loss is None else "" if torch.isfinite(loss) else "nonfinite"
+            flag = sync.agree(flag)  # skip a batch everywhere or nowhere
+            if not flag:
+                run.backward(loss * (1.0 / run.accumulate))
+        if flag == "empty":
             ready = time.perf_counter()
             continue
-        loss = _forward_backward(run, batch, scale=1.0 / run.cfg.optim.accumulate)
-        if loss is None:  # non-finite: drop this batch's gradients, count, maybe give up
+        if flag:  # non-finite: drop this batch's gradients, count, maybe give up
             ready = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             accumulated = 0
@@ -171,12 +204,14 @@ def train_one_epoch(
             continue
         state.nonfinite_in_row = 0
         accumulated += 1
-        if accumulated == run.cfg.optim.accumulate:
+        loss = float(loss.detach())
+        if accumulated == run.accumulate:
             grad_norm = run.optimizer_step()
             accumulated = 0
+            state.step += 1
             # ---- sync point: DDP has all-reduced gradients inside backward(); Hogwild and
             # ---- peer-to-peer synchronizers act here, after the local step.
-            state.step += 1
+            sync.after_step(model, state)
             window.add(loss, grad_norm)
         audio = float(batch.wave_lens.sum()) / run.sample_rate
         now = time.perf_counter()
@@ -188,7 +223,7 @@ def train_one_epoch(
         if state.step and accumulated == 0 and state.step % cfg.log_every == 0:
             _log_window(run, state, window, bar)
             window = _Window()
-        reason = _stop_reason(run, state, started, should_stop)
+        reason = sync.agree(_stop_reason(run, state, started, should_stop))
         if reason:
             return reason
         if (
@@ -197,17 +232,17 @@ def train_one_epoch(
             and state.step % cfg.eval_every == 0
             and state.batch_in_epoch < total
         ):
-            reason = _evaluate_and_save(run, state, run.dev_history)
+            reason = evaluate_and_save(run, state, run.dev_history)
             if reason:
                 return reason
         elif cfg.checkpoint_every and accumulated == 0 and state.step % cfg.checkpoint_every == 0:
-            run.checkpoints.save(make_checkpoint_state(run, state), step=state.step)
+            save(run, state)
         ready = time.perf_counter()  # evaluation and saving are not data wait
     return ""
 
 
-def _forward_backward(run: Run, batch: Batch, scale: float) -> float | None:
-    """Features, augmentation, forward, CTC loss, backward. Returns the loss, or None if not finite."""
+def _forward(run: Run, batch: Batch) -> torch.Tensor:
+    """Features, augmentation, forward, CTC loss: the per-utterance loss, a () tensor."""
     batch = batch.to(run.device)
     with torch.no_grad():
         waves = batch.waves
@@ -217,19 +252,12 @@ def _forward_backward(run: Run, batch: Batch, scale: float) -> float | None:
         if run.spec_augment is not None:
             feats = run.spec_augment(feats, feat_lens, run.generator)
     with autocast(run.device, run.amp_dtype):
-        log_probs, out_lens = run.model(feats, feat_lens)  # (N, T', V) log-softmax, (N,)
+        # (N, T', V) log-softmax, (N,); through the DDP wrapper when there is one
+        log_probs, out_lens = (run.forward_model or run.model)(feats, feat_lens)
     # CTC in fp32 on (T', N, V); summed over the batch then divided by N: a per-utterance loss
     # that does not shrink long transcripts as reduction="mean" (per target token) would.
     loss = run.ctc(log_probs.float().transpose(0, 1), batch.tokens, out_lens, batch.token_lens)
-    loss = loss / len(batch.ids)
-    if not torch.isfinite(loss):
-        return None
-    run.backward(loss * scale)
-    return float(loss.detach())
-
-
-def _evaluated_at(dev_history: list[dict], step: int) -> bool:
-    return bool(dev_history) and dev_history[-1]["step"] == step
+    return loss / len(batch.ids)
 
 
 def _stop_reason(run: Run, state: TrainState, started: float, should_stop) -> str:
@@ -243,8 +271,27 @@ def _stop_reason(run: Run, state: TrainState, started: float, should_stop) -> st
     return ""
 
 
-def _evaluate_and_save(run: Run, state: TrainState, dev_history: list[dict]) -> str:
-    """Score the dev set, log it, checkpoint (tracking the best), apply the stop rules."""
+def save(run: Run, state: TrainState, metric: float | None = None) -> None:
+    """Checkpoint the run (every process calls it; the main process writes)."""
+    ckpt = make_checkpoint_state(run, state)
+    if ckpt is not None:
+        run.checkpoints.save(ckpt, step=state.step, metric=metric)
+    run.last_save_step = state.step
+
+
+def evaluate_and_save(run: Run, state: TrainState, dev_history: list[dict]) -> str:
+    """Score the dev set, log it, checkpoint (tracking the best), apply the stop rules.
+
+    Every process calls it; the main one evaluates while the others wait in `save`."""
+    run.last_eval_step = state.step
+    reason, score = "", None
+    if run.sync.is_main:
+        reason, score = _evaluate(run, state, dev_history)
+    save(run, state, metric=score)
+    return run.sync.agree(reason)
+
+
+def _evaluate(run: Run, state: TrainState, dev_history: list[dict]) -> tuple[str, float]:
     cfg = run.cfg.train
     result = evaluate(
         run.model,
@@ -275,15 +322,14 @@ def _evaluate_and_save(run: Run, state: TrainState, dev_history: list[dict]) -> 
         state.evals_since_best = 0
     else:
         state.evals_since_best += 1
-    run.checkpoints.save(make_checkpoint_state(run, state), step=state.step, metric=score)
     if cfg.target_wer and result.wer <= cfg.target_wer:
-        return "target_wer"
+        return "target_wer", score
     if cfg.early_stop_patience and state.evals_since_best >= cfg.early_stop_patience:
-        return "early_stop"
-    return ""
+        return "early_stop", score
+    return "", score
 
 
-def _resume_path(run: Run, resume: str | None) -> Path | None:
+def resume_path(run: Run, resume: str | None) -> Path | None:
     if not resume:
         return None
     if resume == "auto":
@@ -292,11 +338,18 @@ def _resume_path(run: Run, resume: str | None) -> Path | None:
 
 
 def _restore(run: Run, state: TrainState, path: Path) -> dict:
+    """Load a checkpoint into the run and `state`; returns the RNG state to restore."""
     ckpt = load_checkpoint(path)
-    run.load_state(ckpt)
+    rng = run.load_state(ckpt)
     restored = TrainState.from_dict(ckpt["train_state"])
     vars(state).update(vars(restored))
-    return ckpt["rng"]
+    saved_world = int(ckpt.get("world_size", 1))
+    if saved_world != run.env.world_size and state.batch_in_epoch:
+        # Batches are dealt to ranks in turn: the same share of the epoch is done.
+        state.batch_in_epoch = state.batch_in_epoch * saved_world // run.env.world_size
+    run.last_eval_step = run.dev_history[-1]["step"] if run.dev_history else None
+    run.last_save_step = state.step
+    return rng
 
 
 class _Window:
@@ -315,19 +368,34 @@ class _Window:
 
 
 def _log_window(run: Run, state: TrainState, window: _Window, bar) -> None:
-    if not window.losses:
+    """Log the window's mean loss and throughput, summed over processes under DDP."""
+    parts = run.sync.gather(
+        (sum(window.losses), len(window.losses), max(window.grad_norms, default=0.0),
+         window.audio, window.seconds, window.wait)
+    )  # fmt: skip
+    if parts is None or run.metrics is None:
         return
-    loss = sum(window.losses) / len(window.losses)
+    loss_sum, count, grad_norm, audio, seconds, wait = (
+        sum(p[0] for p in parts),
+        sum(p[1] for p in parts),
+        max(p[2] for p in parts),
+        sum(p[3] for p in parts),
+        max(p[4] for p in parts),  # processes run side by side: wall time is the longest
+        max(p[5] for p in parts),
+    )
+    if not count:
+        return
+    loss = loss_sum / count
     lr = run.optimizer.param_groups[0]["lr"]
-    speed = window.audio / max(window.seconds, 1e-9)
+    speed = audio / max(seconds, 1e-9)
     run.metrics.log(
         state.step,
         epoch=state.epoch,
         train_loss=loss,
         lr=lr,
-        grad_norm=max(window.grad_norms),
+        grad_norm=grad_norm,
         audio_seconds_per_second=speed,
-        data_wait_fraction=window.wait / max(window.seconds, 1e-9),
+        data_wait_fraction=wait / max(seconds, 1e-9),
         nonfinite_total=state.nonfinite_total,
     )
     bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", audio_s_per_s=f"{speed:.0f}")

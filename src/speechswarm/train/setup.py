@@ -1,11 +1,14 @@
 """Everything a training run holds, built once from a Config: data, model, optimizer, outputs.
 
 The loop in `train/loop.py` reads these objects; this module owns how they are made, saved
-into a checkpoint and restored from one.
+into a checkpoint and restored from one. Under DDP (`setup_run(cfg, env=dist_env())` in a
+torchrun worker) it also gives each rank its share of the data, its seed offset, the
+DDP-wrapped model and the synchronizer; only rank 0 writes logs and reports.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -32,6 +35,9 @@ from speechswarm.data.sampler import BucketBatchSampler
 from speechswarm.data.shards import ShardBatches, ShardDataset
 from speechswarm.data.tokenizer import Tokenizer
 from speechswarm.data.validate import validate_utterances
+from speechswarm.distributed import ddp
+from speechswarm.distributed.sync import LocalSync, Synchronizer
+from speechswarm.distributed.syncbn import convert_sync_batchnorm
 from speechswarm.evaluate import eval_batches
 from speechswarm.features import FeatureExtractor, compute_global_stats
 from speechswarm.model import DeepSpeech2
@@ -70,6 +76,15 @@ class Run:
         default_factory=lambda: torch.nn.CTCLoss(blank=0, reduction="sum", zero_infinity=True)
     )
     dev_history: list[dict] = field(default_factory=list)
+    env: ddp.DistEnv = field(default_factory=ddp.DistEnv)
+    sync: Synchronizer = field(default_factory=LocalSync)
+    # What the loop calls for the forward pass: the DistributedDataParallel wrapper under DDP,
+    # else `model` itself. Checkpoints always hold the unwrapped `model`.
+    forward_model: torch.nn.Module | None = None
+    accumulate: int = 1  # micro-batches per optimizer step on this process
+    last_eval_step: int | None = None  # step of the latest dev evaluation (every rank knows it)
+    last_save_step: int | None = None  # step of the latest checkpoint (every rank knows it)
+    checkpoint_extra: dict = field(default_factory=dict)  # more keys for checkpoints (Hogwild)
 
     @property
     def sample_rate(self) -> int:
@@ -97,6 +112,13 @@ class Run:
             num_workers=min(data.num_workers, 2),
         )
 
+    def grad_sync(self, enabled: bool):
+        """Context for one micro-batch's forward+backward: under DDP, `enabled=False` keeps the
+        gradients local (accumulation micro-batches before the last one); no-op otherwise."""
+        if enabled or self.forward_model is None or self.forward_model is self.model:
+            return contextlib.nullcontext()
+        return self.forward_model.no_sync()
+
     def backward(self, loss: torch.Tensor) -> None:
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -119,15 +141,34 @@ class Run:
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
 
-    def load_state(self, ckpt: dict) -> None:
+    def load_state(self, ckpt: dict) -> dict:
+        """Restore weights, optimizer, schedule, augmentation generator and dev history;
+        returns the global RNG state to restore once the loader has started (this rank's
+        own under DDP when the checkpoint has one for it)."""
         check_compatible(ckpt, self)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
-        self.generator.set_state(ckpt["generator"])
         self.dev_history[:] = ckpt.get("dev_history", [])
+        ranks = ckpt.get("rank_rng") or []
+        saved_world = int(ckpt.get("world_size", 1))
+        if self.env.world_size == 1 or len(ranks) == self.env.world_size:
+            mine = ranks[self.env.rank] if ranks else ckpt
+            self.generator.set_state(mine["generator"])
+            return mine["rng"]
+        # Another world size: the data deal differs anyway; give each rank fresh draws.
+        self.log.warning(
+            f"checkpoint was saved by {saved_world} process(es), resuming with "
+            f"{self.env.world_size}: random draws (augmentation, dropout) restart per rank"
+        )
+        step = int(ckpt["train_state"]["step"])
+        seed_everything(self.cfg.train.seed + step, self.env.rank)
+        self.generator.manual_seed(
+            self.cfg.train.seed + 1 + step + RANK_SEED_STRIDE * self.env.rank
+        )
+        return capture_rng_state()
 
     def finish(self, state, stop_reason: str, dev_history: list[dict]) -> None:
         self.metrics.close()
@@ -153,14 +194,25 @@ class Run:
         self.log.info(f"run finished ({stop_reason}); summary in {self.dir / 'summary.md'}")
 
 
-def setup_run(cfg: Config, *, progress: bool = True) -> Run:
+RANK_SEED_STRIDE = 1_000_003  # seed offset between ranks' augmentation generators
+
+
+def setup_run(cfg: Config, *, progress: bool = True, env: ddp.DistEnv | None = None) -> Run:
+    """Build a run. `env`: this process' place in a torchrun job (None: one process); under
+    DDP the process group must already be initialised (`ddp.init_distributed`)."""
+    env = env or ddp.DistEnv()
     run_dir = Path(cfg.train.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    log = _logger(run_dir)
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
-    seed_everything(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
+    log = _logger(run_dir, env)
+    _set_threads(cfg.train.num_threads, env)
+    seed_everything(cfg.train.seed, env.rank)
+    device = ddp.worker_device(cfg.train.device, env) if env.is_distributed else None
+    device = device or resolve_device(cfg.train.device)
+    if env.is_distributed and not torch.distributed.is_initialized():
+        raise RuntimeError("setup_run under DDP: call ddp.init_distributed(env, device) first")
+    if cfg.train.sync_batchnorm and not env.is_distributed:
+        log.info("train.sync_batchnorm has no effect in a single process")
+    sync = ddp.DDPSync(env, device) if env.is_distributed else LocalSync()
     amp_dtype = resolve_precision(cfg.train.precision, device)
     tokenizer = build_tokenizer(cfg.tokenizer)
     extractor = build_features(cfg.features, cfg.data.sample_rate).to(device)
@@ -169,18 +221,23 @@ def setup_run(cfg: Config, *, progress: bool = True) -> Run:
         init_from_checkpoint(model, cfg.train.init_from, tokenizer, log)
     _freeze(model, cfg.train.freeze, log)
     model.to(device)
+    if cfg.train.sync_batchnorm and env.is_distributed:
+        convert_sync_batchnorm(model, device)
+    accumulate = per_rank_accumulate(cfg.optim.accumulate, env.world_size)
 
     dev_utts = load_training_utterances(
-        cfg, cfg.data.dev_manifest, tokenizer, model, run_dir, log, progress
+        cfg, cfg.data.dev_manifest, tokenizer, model, run_dir, log, progress, env
     )
     if cfg.train.dev_max_utterances:
         dev_utts = dev_utts[: cfg.train.dev_max_utterances]
     if cfg.data.shards:
-        dataset, sampler, hours, num_utts = _shard_source(cfg, tokenizer, log)
+        dataset, sampler, hours, num_utts = _shard_source(cfg, tokenizer, log, env)
+        if env.is_distributed:
+            sampler.agree = sync.agree  # every rank stops its epoch when the first runs dry
         loader = sampler
     else:
         train_utts = load_training_utterances(
-            cfg, cfg.data.train_manifest, tokenizer, model, run_dir, log, progress
+            cfg, cfg.data.train_manifest, tokenizer, model, run_dir, log, progress, env
         )
         if cfg.features.normalize == "global" and extractor.mean is None:
             extractor = _with_global_stats(extractor, train_utts, cfg, device, log)
@@ -191,13 +248,7 @@ def setup_run(cfg: Config, *, progress: bool = True) -> Run:
             speed_factors=cfg.data.speed_factors,
             seed=cfg.train.seed,
         )
-        sampler = BucketBatchSampler(
-            [u.duration for u in train_utts],
-            cfg.data.max_batch_seconds,
-            max_batch_size=cfg.data.max_batch_size,
-            sortagrad=cfg.data.sortagrad,
-            seed=cfg.train.seed,
-        )
+        sampler = make_sampler(cfg, [u.duration for u in train_utts], env.rank, env.world_size)
         loader = make_loader(
             dataset,
             sampler,
@@ -215,7 +266,7 @@ def setup_run(cfg: Config, *, progress: bool = True) -> Run:
         nesterov=cfg.optim.nesterov,
         betas=cfg.optim.betas,
     )
-    steps_per_epoch = max(1, math.ceil(len(sampler) / cfg.optim.accumulate))
+    steps_per_epoch = max(1, math.ceil(len(sampler) / accumulate))
     total_steps = steps_per_epoch * cfg.train.epochs
     if cfg.train.max_steps:
         total_steps = min(total_steps, cfg.train.max_steps)
@@ -231,13 +282,23 @@ def setup_run(cfg: Config, *, progress: bool = True) -> Run:
         pct_start=cfg.optim.pct_start,
     )
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    generator = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(cfg.train.seed + 1 + RANK_SEED_STRIDE * env.rank)
     wave_augment, spec_augment = build_augment(cfg.augment, cfg.data.sample_rate)
+    forward_model = ddp.wrap_model(model, device) if env.is_distributed else model
+    checkpoints = CheckpointManager(run_dir / "checkpoints", keep_last=cfg.train.keep_last)
     log.info(
         f"training on {hours:.2f} h ({num_utts:,} utts), dev {len(dev_utts):,} utts; "
         f"model {model.num_params() / 1e6:.2f} M params; device {device}, "
         f"precision {amp_dtype or torch.float32}; {len(sampler)} batches/epoch"
+        + (" per rank" if env.is_distributed else "")
     )
+    if env.is_distributed:
+        log.info(
+            f"DDP: {env.world_size} processes ({ddp.choose_backend(device)}), "
+            f"{accumulate} micro-batch(es) per rank and step, "
+            f"sync_batchnorm={cfg.train.sync_batchnorm}"
+        )
     return Run(
         cfg=cfg,
         dir=run_dir,
@@ -257,9 +318,54 @@ def setup_run(cfg: Config, *, progress: bool = True) -> Run:
         generator=generator,
         wave_augment=wave_augment,
         spec_augment=spec_augment,
-        checkpoints=CheckpointManager(run_dir / "checkpoints", keep_last=cfg.train.keep_last),
+        checkpoints=checkpoints,
         train_hours=hours,
+        last_save_step=checkpoints.last_saved_step,
+        env=env,
+        sync=sync,
+        forward_model=forward_model,
+        accumulate=accumulate,
     )
+
+
+def make_sampler(
+    cfg: Config, durations: list[float], rank: int = 0, world_size: int = 1
+) -> BucketBatchSampler:
+    """The training sampler for process `rank` of `world_size` (DDP ranks, Hogwild workers)."""
+    return BucketBatchSampler(
+        durations,
+        cfg.data.max_batch_seconds,
+        max_batch_size=cfg.data.max_batch_size,
+        sortagrad=cfg.data.sortagrad,
+        seed=cfg.train.seed,  # the same in every process: one deal of one batch order
+        rank=rank,
+        world_size=world_size,
+    )
+
+
+def per_rank_accumulate(accumulate: int, world_size: int) -> int:
+    """Micro-batches each rank accumulates per optimizer step, so that `optim.accumulate`
+    means the same global batch at any world size (as nanoGPT does): accumulate=8 is 8
+    micro-batches on one process, 4 on each of 2 ranks. accumulate=1 with W ranks cannot be
+    divided: each rank steps after every batch (a global batch W times larger)."""
+    if accumulate < 1:
+        raise ValueError(f"optim.accumulate must be >= 1, got {accumulate}")
+    if accumulate == 1:
+        return 1
+    if accumulate % world_size:
+        raise ValueError(
+            f"optim.accumulate={accumulate} is not divisible by the {world_size} processes: "
+            f"use a multiple of {world_size} (it counts micro-batches across all of them)"
+        )
+    return accumulate // world_size
+
+
+def _set_threads(num_threads: int, env: ddp.DistEnv) -> None:
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    elif env.is_distributed:  # N processes x all-core pools would oversubscribe the node
+        per_process = max(1, (os.cpu_count() or 1) // max(1, env.local_world_size))
+        torch.set_num_threads(per_process)
 
 
 class ShardStream:
@@ -271,6 +377,9 @@ class ShardStream:
     def __init__(self, loader, estimated_batches: int) -> None:
         self.loader, self.estimated_batches = loader, estimated_batches
         self.epoch, self.start_batch = 0, 0
+        # Under DDP, the synchronizer's agree(): ranks' streams hold different batch counts,
+        # and a rank that stopped early would leave the others waiting in all-reduce.
+        self.agree = None
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch  # shard order: Run.dataset_set_epoch
@@ -282,10 +391,20 @@ class ShardStream:
         return max(1, self.estimated_batches - self.start_batch)
 
     def __iter__(self):
-        return itertools.islice(iter(self.loader), self.start_batch, None)
+        batches = itertools.islice(iter(self.loader), self.start_batch, None)
+        return batches if self.agree is None else self._while_all_have_data(batches)
+
+    def _while_all_have_data(self, batches):
+        """Yield until any rank runs out: ranks stay in step (a few batches of the others'
+        shards skip this epoch; equal-sized shards keep that to the last partial batch)."""
+        for batch in batches:
+            if self.agree("") != "":
+                return
+            yield batch
+        self.agree("epochs")
 
 
-def _shard_source(cfg: Config, tokenizer: Tokenizer, log) -> tuple:
+def _shard_source(cfg: Config, tokenizer: Tokenizer, log, env: ddp.DistEnv) -> tuple:
     """(dataset, stream, hours, utterances) for data.shards (written by `speechswarm shard`)."""
     if cfg.features.normalize == "global":
         raise ValueError(
@@ -297,7 +416,14 @@ def _shard_source(cfg: Config, tokenizer: Tokenizer, log) -> tuple:
             f"data.shards: {index_path} not found; write shards with `speechswarm shard`"
         )
     index = json.loads(index_path.read_text())
-    samples = ShardDataset(cfg.data.shards, tokenizer, cfg.data.sample_rate, seed=cfg.train.seed)
+    samples = ShardDataset(
+        cfg.data.shards,
+        tokenizer,
+        cfg.data.sample_rate,
+        rank=env.rank,
+        world_size=env.world_size,
+        seed=cfg.train.seed,
+    )
     batches = ShardBatches(
         samples, cfg.data.max_batch_seconds, max_batch_size=cfg.data.max_batch_size
     )
@@ -309,6 +435,7 @@ def _shard_source(cfg: Config, tokenizer: Tokenizer, log) -> tuple:
         math.ceil(index["total_duration"] * 1.05 / cfg.data.max_batch_seconds),
         math.ceil(index["num_utts"] / cfg.data.max_batch_size),
     )
+    estimate = max(1, estimate // env.world_size)
     log.info(
         f"streaming {len(samples.shards)} shards from {cfg.data.shards} (~{estimate} batches/epoch)"
     )
@@ -320,8 +447,14 @@ def _shard_source(cfg: Config, tokenizer: Tokenizer, log) -> tuple:
     )
 
 
-def make_checkpoint_state(run: Run, state) -> dict:
-    """Everything needed to resume training or to rebuild the model for inference."""
+def make_checkpoint_state(run: Run, state) -> dict | None:
+    """Everything needed to resume training or to rebuild the model for inference.
+
+    Every process calls it (under DDP it gathers each rank's RNG states); the main process
+    gets the dict, the others None."""
+    per_rank = run.sync.gather({"rng": capture_rng_state(), "generator": run.generator.get_state()})
+    if not run.sync.is_main:
+        return None
     return {
         "format": CHECKPOINT_FORMAT,
         "speechswarm_version": speechswarm.__version__,
@@ -334,10 +467,13 @@ def make_checkpoint_state(run: Run, state) -> dict:
         "scheduler": run.scheduler.state_dict(),
         "scaler": run.scaler.state_dict() if run.scaler is not None else {},
         "sampler": run.sampler.state_dict(),
-        "generator": run.generator.get_state(),
-        "rng": capture_rng_state(),
+        "generator": per_rank[0]["generator"],
+        "rng": per_rank[0]["rng"],
+        "rank_rng": per_rank if run.env.is_distributed else [],
+        "world_size": run.env.world_size,
         "train_state": state.to_dict(),
         "dev_history": list(run.dev_history),
+        **run.checkpoint_extra,
     }
 
 
@@ -356,13 +492,26 @@ def check_compatible(ckpt: dict, run: Run) -> None:
 
 
 def load_training_utterances(
-    cfg, manifest: str, tokenizer, model, run_dir: Path, log, progress: bool
+    cfg,
+    manifest: str,
+    tokenizer,
+    model,
+    run_dir: Path,
+    log,
+    progress: bool,
+    env: ddp.DistEnv | None = None,
 ) -> list[Utterance]:
-    """Read a manifest, drop over-long utterances and (if configured) invalid ones, with a report."""
+    """Read a manifest, drop over-long utterances and (if configured) invalid ones, with a report.
+
+    Under DDP rank 0 validates and writes the report; the others keep the utterances it kept
+    (every rank must hold the same list for the sampler's deal to be one partition)."""
     utts = read_manifest(manifest)
     too_long = [u for u in utts if u.duration > cfg.data.max_duration]
     utts = [u for u in utts if u.duration <= cfg.data.max_duration]
     name = Path(manifest).stem
+    if env is not None and env.is_distributed and not env.is_main:
+        kept = set(ddp.broadcast_from_main(None))
+        return [u for u in utts if u.id in kept]
     if cfg.data.validate:
         report = validate_utterances(
             utts,
@@ -380,6 +529,8 @@ def load_training_utterances(
         log.info(
             f"{name}: skipped {len(too_long)} utterances longer than data.max_duration={cfg.data.max_duration} s"
         )
+    if env is not None and env.is_distributed:
+        ddp.broadcast_from_main([u.id for u in utts])  # before raising: no rank left waiting
     if not utts:
         raise ValueError(
             f"{manifest}: no usable utterances left (see {run_dir}/data_report_{name}.json)"
@@ -442,7 +593,18 @@ def _with_global_stats(extractor, utts, cfg, device, log):
     return FeatureExtractor.from_settings(settings).to(device)
 
 
-def _logger(run_dir: Path) -> logging.Logger:
+def _logger(run_dir: Path, env: ddp.DistEnv) -> logging.Logger:
+    """The run's logger: train.log and the console on the main process; under DDP the other
+    ranks print only warnings and errors, prefixed with their rank."""
+    if not env.is_main:
+        log = logging.getLogger(f"speechswarm.run.{run_dir}.rank{env.rank}")
+        log.setLevel(logging.WARNING)
+        log.propagate = False
+        if not log.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter(f"%(asctime)s [rank {env.rank}] %(message)s"))
+            log.addHandler(handler)
+        return log
     log = logging.getLogger(f"speechswarm.run.{run_dir}")
     log.setLevel(logging.INFO)
     log.propagate = False
