@@ -161,3 +161,42 @@ def test_untokenizable_transcript_names_the_utterance(corpus):
     ds = SpeechDataset([utts[0].with_(text="hi 2")], CharTokenizer(), SR)
     with pytest.raises(ValueError, match="utterance a: .*speechswarm validate"):
         ds[0]
+
+
+def test_dataset_applies_the_factor_the_sampler_batched_on(corpus):
+    utts, _ = corpus
+    factors = (0.9, 1.0, 1.1)
+    ds = SpeechDataset(utts * 20, CharTokenizer(), SR, speed_factors=factors, seed=7)
+    sampler = BucketBatchSampler([u.duration for u in ds.utts], 1.0, speed_factors=factors, seed=7)
+    for epoch in (0, 1, 2):
+        ds.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        got = np.array([u.duration / ds.speed_factor(i) for i, u in enumerate(ds.utts)])
+        np.testing.assert_allclose(got, sampler.epoch_durations(), rtol=1e-12)
+
+
+def test_loaded_batches_pad_under_five_percent_with_speed_perturbation(tmp_path):
+    """The real path: files -> speed perturbation -> collate. Padded share of the samples of
+    one shuffled epoch, batching on perturbed durations vs on manifest durations."""
+    rng = np.random.default_rng(0)
+    utts = []
+    for k, n in enumerate(rng.integers(1600, 9600, 150)):  # 0.1-0.6 s
+        _write(tmp_path / f"u{k}.wav", int(n), k)
+        utts.append(Utterance(f"u{k}", str(tmp_path / f"u{k}.wav"), int(n) / SR, "a"))
+    factors = (0.9, 1.0, 1.1)
+
+    def loaded_padding(speed_factors) -> float:
+        ds = SpeechDataset(utts, CharTokenizer(), SR, speed_factors=factors, seed=2)
+        sampler = BucketBatchSampler(
+            [u.duration for u in utts], 3.0, speed_factors=speed_factors, seed=2
+        )
+        sampler.set_epoch(1)
+        ds.set_epoch(1)
+        used = occupied = 0
+        for batch in make_loader(ds, sampler, num_workers=0):
+            used += int(batch.wave_lens.sum())
+            occupied += batch.waves.numel()
+        return 1 - used / occupied
+
+    assert loaded_padding(factors) <= 0.05
+    assert loaded_padding(()) > 0.08  # batches on manifest durations, perturbed afterwards

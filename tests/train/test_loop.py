@@ -98,14 +98,14 @@ def test_overfit_a_few_utterances(overfit_run):
 # To regenerate after an intended change: run this test; the failure message prints the new
 # values; paste them here and say in the commit why they moved.
 GOLDEN_LOSSES = [
-    87.56246948242188,
-    150.2981719970703,
-    132.66973876953125,
-    69.39610290527344,
-    64.92793273925781,
-    108.37146759033203,
-    60.595855712890625,
-    105.36549377441406,
+    87.5624771118164,
+    150.29812622070312,
+    132.669921875,
+    69.39608001708984,
+    64.92791748046875,
+    108.37141418457031,
+    106.2896728515625,
+    59.43642807006836,
 ]
 
 

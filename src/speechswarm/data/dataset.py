@@ -1,7 +1,10 @@
 """Manifest utterances to padded batches: `SpeechDataset`, `collate`, `Batch`, `make_loader`.
 
-    dataset = SpeechDataset(utts, tokenizer, 16000, speed_factors=(0.9, 1.0, 1.1))
-    loader = make_loader(dataset, BucketBatchSampler([u.duration for u in utts], 160.0))
+    factors = (0.9, 1.0, 1.1)
+    dataset = SpeechDataset(utts, tokenizer, 16000, speed_factors=factors, seed=seed)
+    sampler = BucketBatchSampler([u.duration for u in utts], 160.0, speed_factors=factors,
+                                 seed=seed)   # batches on the perturbed durations: same draw
+    loader = make_loader(dataset, sampler)
     for epoch in range(epochs):
         loader.batch_sampler.set_epoch(epoch); dataset.set_epoch(epoch)
         for batch in loader: batch = batch.to(device)   # waves (N, S), tokens (N, L)
@@ -30,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from speechswarm.augment import speed_perturb
 from speechswarm.data.audio import AudioError, load_audio
 from speechswarm.data.manifest import Utterance
+from speechswarm.data.sampler import epoch_speed_factors
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +100,11 @@ def collate(samples: Sequence[Sample | None]) -> Batch:
 class SpeechDataset(Dataset):
     """Map-style dataset over manifest utterances; `ds[i] -> Sample | None`.
 
-    speed_factors: e.g. (0.9, 1.0, 1.1); utterance i in epoch e gets the factor drawn from
-    (seed, e, i), so results do not depend on which loader worker loads it; the wave is
-    resampled by `augment.speed_perturb` (soxr; tempo and pitch change together).
+    speed_factors: e.g. (0.9, 1.0, 1.1); utterance i in epoch e gets factor i of
+    `sampler.epoch_speed_factors(len(utts), speed_factors, seed, e)`, so results do not
+    depend on which loader worker loads it, and a `BucketBatchSampler` given the same factors
+    and seed batches on exactly the durations this dataset delivers. The wave is resampled
+    by `augment.speed_perturb` (soxr; tempo and pitch change together).
     """
 
     def __init__(
@@ -119,6 +125,7 @@ class SpeechDataset(Dataset):
         # In shared memory so persistent DataLoader workers (copies of this object made
         # at the first epoch) still see set_epoch() calls made in the main process.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._factors: tuple[int, np.ndarray] | None = None  # (epoch, factors), per process
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch[0] = int(epoch)
@@ -134,8 +141,11 @@ class SpeechDataset(Dataset):
         """The speed factor of utterance `index` in the current epoch (1.0 without factors)."""
         if not self.speed_factors:
             return 1.0
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        return self.speed_factors[int(rng.integers(len(self.speed_factors)))]
+        epoch = self.epoch
+        if self._factors is None or self._factors[0] != epoch:
+            draw = epoch_speed_factors(len(self.utts), self.speed_factors, self.seed, epoch)
+            self._factors = (epoch, draw)
+        return float(self._factors[1][index])
 
     def __getitem__(self, index: int) -> Sample | None:
         utt = self.utts[index]

@@ -1,17 +1,29 @@
-"""Duration-bucketed, rank-aware batch sampler: small padding, SortaGrad, exact resume.
+"""Length-sorted, rank-aware batch sampler: small padding, SortaGrad, exact resume.
 
     sampler = BucketBatchSampler([u.duration for u in utts], max_batch_seconds=160,
+                                 speed_factors=(0.9, 1.0, 1.1), seed=seed,
                                  rank=rank, world_size=world_size)
     for epoch in range(epochs):
         sampler.set_epoch(epoch)              # or set_epoch(epoch, start_batch=k) to resume
         for indices in sampler: ...
 
 How an epoch's batches are made (`epoch_batches`, a pure function of the arguments):
-1. Order utterances by duration. In a shuffled epoch, cut that order into `num_buckets`
-   equal-count buckets and shuffle within each: neighbours in length trade places, so batch
-   membership changes from epoch to epoch while padding stays small (auto `num_buckets` makes
-   a bucket about one batch's worth; measured on 2,000 lognormal or uniform 1-15 s durations:
-   0.4-0.9% padding with 60 s batches, 1.2-3.4% with 160 s batches).
+0. With speed perturbation, every utterance's factor for the epoch is drawn first
+   (`epoch_speed_factors(n, factors, seed, epoch)`, the same draw `SpeechDataset` applies) and
+   batches form on the perturbed durations `duration / factor`: what the loader will really
+   deliver. Batching on manifest durations and perturbing afterwards padded 8-15 % of the
+   loaded frames (a 0.9x item lands beside 1.1x neighbours of equal manifest length);
+   batching after the draw keeps it as low as without perturbation.
+1. Order utterances by duration; in a shuffled epoch, by a jittered duration
+   `duration * exp(u)`, u ~ U(-jitter, +jitter) drawn from (seed, epoch) ("semi-sorted"
+   batching): utterances within a few percent of each other's length trade places, so batch
+   membership changes from epoch to epoch while a batch's lengths stay within ~2 x jitter.
+   Measured (padded share of frames, shuffled epochs, jitter 0.02, 160 s / 48 batches):
+   2,000 lognormal (median 6 s) durations 2.7 %; 2,000 LibriSpeech-like (13 +- 3 s) 1.7 %;
+   the 1,445-utterance demo corpus (mean 3 s) 3.9-4.1 %, with or without speed factors. The
+   equal-count bucket shuffle this replaced padded 3.3 / 0.6 / 5.4 % there and kept more
+   co-batched pairs together into the next epoch (51-65 % against 15-59 %). Speed
+   perturbation adds variety of its own: each epoch's factors reorder the lengths.
 2. Pack greedily along that order: a batch's cost is its padded audio,
    `max(durations) * len(batch) <= max_batch_seconds` (what memory sees), and at most
    `max_batch_size` utterances. An utterance longer than `max_batch_seconds` on its own
@@ -36,6 +48,25 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+
+# Entropy tag of the speed-factor draw: (seed, epoch, tag) is a stream independent of the
+# (seed, epoch) stream that jitters the sort and shuffles the batches.
+_SPEED_STREAM = 1
+
+
+def epoch_speed_factors(
+    num_utts: int, speed_factors: Sequence[float], seed: int, epoch: int
+) -> np.ndarray:
+    """(num_utts,) float64: utterance i's speed factor in `epoch`, uniform over `speed_factors`
+    from (seed, epoch); all ones without factors. One vectorised draw per epoch (~1 ms per
+    100k utterances), shared by the sampler (which batches on duration / factor) and
+    `SpeechDataset` (which resamples the wave by it), so both agree in every process."""
+    if not len(speed_factors):
+        return np.ones(num_utts)
+    rng = np.random.default_rng([int(seed), int(epoch), _SPEED_STREAM])
+    return np.asarray(speed_factors, dtype=np.float64)[
+        rng.integers(len(speed_factors), size=num_utts)
+    ]
 
 
 def pack_batches(
@@ -78,16 +109,6 @@ def padding_fraction(
     return 0.0 if occupied == 0 else 1.0 - used / occupied
 
 
-def auto_num_buckets(
-    durations: Sequence[float] | np.ndarray,
-    max_batch_seconds: float,
-    max_batch_size: int | None = None,
-) -> int:
-    """One bucket per batch of the length-sorted packing: a bucket is one batch's worth."""
-    order = np.argsort(np.asarray(durations), kind="stable")
-    return max(1, len(pack_batches(order, durations, max_batch_seconds, max_batch_size)))
-
-
 def epoch_batches(
     durations: np.ndarray,
     max_batch_seconds: float,
@@ -95,7 +116,7 @@ def epoch_batches(
     epoch: int,
     seed: int,
     max_batch_size: int | None,
-    num_buckets: int,
+    jitter: float,
     shuffle: bool,
     sortagrad: bool,
     world_size: int,
@@ -104,10 +125,11 @@ def epoch_batches(
     """All ranks' batches of one epoch, in the order they are dealt out (see module doc)."""
     ascending = not shuffle or (sortagrad and epoch == 0)
     rng = np.random.default_rng([seed, epoch])
-    order = np.argsort(durations, kind="stable")  # ties by index: deterministic
-    if not ascending:
-        buckets = np.array_split(order, min(num_buckets, len(order)))
-        order = np.concatenate([rng.permutation(b) for b in buckets])
+    if ascending:
+        order = np.argsort(durations, kind="stable")  # ties by index: deterministic
+    else:  # semi-sorted: neighbours within ~jitter of each other's length trade places
+        noise = np.exp(rng.uniform(-jitter, jitter, len(durations)))
+        order = np.argsort(durations * noise, kind="stable")
     batches = pack_batches(order, durations, max_batch_seconds, max_batch_size)
     dropping = drop_last and len(batches) >= world_size
     if not dropping:
@@ -144,8 +166,11 @@ class BucketBatchSampler:
     """Yields lists of utterance indices for this rank; see the module docstring.
 
     durations: seconds per utterance (manifest order). max_batch_seconds: bound on the padded
-    cost max(duration) * batch size. num_buckets: None picks `auto_num_buckets`; 1 shuffles
-    the whole corpus before packing (most variety, most padding). Raises ValueError when
+    cost max(duration) * batch size. jitter: relative length noise of the shuffled epochs'
+    sort (0 = the same batches every epoch, only their order shuffled; larger = more variety
+    and more padding, about +1 point of padding per +0.01). speed_factors: the
+    dataset's speed perturbation factors (pass the same factors and seed as `SpeechDataset`):
+    batches then form on the perturbed durations of each epoch. Raises ValueError when
     there are fewer utterances than ranks: some rank would get no batch at all.
     """
 
@@ -155,23 +180,27 @@ class BucketBatchSampler:
         max_batch_seconds: float,
         *,
         max_batch_size: int | None = None,
-        num_buckets: int | None = None,
+        jitter: float = 0.02,
         shuffle: bool = True,
         sortagrad: bool = True,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = False,
+        speed_factors: Sequence[float] = (),
     ):
         self.durations = np.asarray(durations, dtype=np.float64)
         _check_arguments(self.durations, max_batch_seconds, max_batch_size, rank, world_size)
-        if num_buckets is not None and num_buckets < 1:
-            raise ValueError(f"num_buckets must be >= 1 or None (auto), got {num_buckets}")
+        if not 0.0 <= jitter < 1.0:
+            raise ValueError(f"jitter must be in [0, 1) (relative length noise), got {jitter}")
+        if any(not f > 0 for f in speed_factors):
+            raise ValueError(
+                f"speed_factors must all be > 0 (e.g. 0.9, 1.0, 1.1), got {tuple(speed_factors)}"
+            )
+        self.speed_factors = tuple(float(f) for f in speed_factors)
         self.max_batch_seconds = float(max_batch_seconds)
         self.max_batch_size = max_batch_size
-        self.num_buckets = num_buckets or auto_num_buckets(
-            self.durations, max_batch_seconds, max_batch_size
-        )
+        self.jitter = float(jitter)
         self.shuffle, self.sortagrad, self.seed = shuffle, sortagrad, int(seed)
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.epoch, self.start_batch = 0, 0
@@ -184,17 +213,25 @@ class BucketBatchSampler:
             raise ValueError(f"start_batch must be >= 0, got {start_batch}")
         self.epoch, self.start_batch = int(epoch), int(start_batch)
 
+    def epoch_durations(self) -> np.ndarray:
+        """(num_utts,) seconds each utterance lasts in the current epoch, after its speed
+        factor: what the batches are packed on (the manifest durations without factors)."""
+        factors = epoch_speed_factors(
+            len(self.durations), self.speed_factors, self.seed, self.epoch
+        )
+        return self.durations / factors
+
     def rank_batches(self) -> list[list[int]]:
         """This rank's batches of the current epoch, all of them (ignores start_batch)."""
         key = (self.epoch, self.seed)
         if self._cache is None or self._cache[0] != key:
             batches = epoch_batches(
-                self.durations,
+                self.epoch_durations(),
                 self.max_batch_seconds,
                 epoch=self.epoch,
                 seed=self.seed,
                 max_batch_size=self.max_batch_size,
-                num_buckets=self.num_buckets,
+                jitter=self.jitter,
                 shuffle=self.shuffle,
                 sortagrad=self.sortagrad,
                 world_size=self.world_size,

@@ -338,6 +338,8 @@ def make_sampler(
         max_batch_size=cfg.data.max_batch_size,
         sortagrad=cfg.data.sortagrad,
         seed=cfg.train.seed,  # the same in every process: one deal of one batch order
+        # batches form on the perturbed lengths SpeechDataset(seed=cfg.train.seed) delivers
+        speed_factors=cfg.data.speed_factors,
         rank=rank,
         world_size=world_size,
     )

@@ -1,0 +1,1 @@
+"""Speed benchmarks: `speechswarm bench train|transcribe` (see benchmark/train.py, transcribe.py)."""

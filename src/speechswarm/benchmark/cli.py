@@ -1,0 +1,76 @@
+"""`speechswarm bench train|transcribe`: speed measured against a plain PyTorch loop.
+
+    speechswarm bench train --config small [--json] [--quick] [section.key=value ...]
+    speechswarm bench transcribe [--config tiny | --checkpoint C] [--json]
+
+Human-readable tables go to stdout; with --json, stdout holds exactly one JSON object and
+progress lines stay on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+
+
+def add_parser(sub) -> None:
+    s = sub.add_parser("bench", help="measure training and transcription speed")
+    bsub = s.add_subparsers(dest="bench", required=True, metavar="{train,transcribe}")
+
+    t = bsub.add_parser(
+        "train",
+        help="speechswarm's training loop against a plain PyTorch loop, interleaved",
+    )
+    t.add_argument("--config", default="small", help="preset name or YAML file (default: small)")
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    t.add_argument("--rounds", type=int, default=None, help="alternations (default 2; quick 1)")
+    t.add_argument("--steps", type=int, default=None, help="steps per loop per round (default 2)")
+    t.add_argument(
+        "--quick", action="store_true", help="short synthetic utterances, small GEMM: seconds"
+    )
+    t.add_argument("--json", action="store_true", help="print one JSON object")
+    t.add_argument("overrides", nargs="*", help="section.key=value config overrides")
+    t.set_defaults(func=_bench_train)
+
+    r = bsub.add_parser("transcribe", help="real-time factor of greedy transcription")
+    r.add_argument("--config", default="tiny", help="preset whose model to time (untrained)")
+    r.add_argument("--checkpoint", default=None, help="time this trained model instead")
+    r.add_argument("--seconds", type=float, default=120.0, help="audio to transcribe (s)")
+    r.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one core)")
+    r.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    r.add_argument("--repeats", type=int, default=2, help="timed passes; the best is kept")
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.add_argument("overrides", nargs="*", help="section.key=value overrides of --config")
+    r.set_defaults(func=_bench_transcribe)
+
+
+def _bench_train(args) -> int:
+    from speechswarm.benchmark.train import format_train_report, run_train_bench
+
+    result = run_train_bench(
+        args.config,
+        args.overrides,
+        rounds=args.rounds,
+        steps=args.steps,
+        quick=args.quick,
+        device=args.device,
+    )
+    print(json.dumps(result) if args.json else format_train_report(result))
+    return 0
+
+
+def _bench_transcribe(args) -> int:
+    from speechswarm.benchmark.transcribe import format_transcribe_report, run_transcribe_bench
+
+    result = run_transcribe_bench(
+        args.config,
+        args.overrides,
+        checkpoint=args.checkpoint,
+        seconds=args.seconds,
+        batch_sizes=args.batch_sizes,
+        threads=args.threads,
+        repeats=args.repeats,
+        device=args.device,
+    )
+    print(json.dumps(result) if args.json else format_transcribe_report(result))
+    return 0
