@@ -17,7 +17,12 @@ import sys
 from pathlib import Path
 
 # Command groups that live beside the code they drive; each module has `add_parser(sub)`.
-COMMAND_MODULES = ("speechswarm.train.cli", "speechswarm.distributed.cli")
+COMMAND_MODULES = (
+    "speechswarm.train.cli",
+    "speechswarm.distributed.cli",
+    "speechswarm.p2p.cli",
+    "speechswarm.benchmark.cli",
+)
 
 PREPARE_FORMATS = ("librispeech", "ljspeech", "userlibri", "commonvoice", "csv", "nemo", "clients")
 

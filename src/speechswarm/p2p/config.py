@@ -1,8 +1,10 @@
-"""The `p2p:` section of a config: how agents are formed, connected and averaged.
+"""The `p2p:` section of a config: how agents are formed, connected, trained and averaged.
 
-    speechswarm p2p --config p2p-ds2 p2p.agents=8 p2p.topology=ring
+    speechswarm p2p --config p2p-tiny p2p.agents=8 p2p.topology=ring p2p.rounds=10
 
-Values only (frozen dataclass); `speechswarm.config` validates types and keys once.
+Values only (frozen dataclass); `speechswarm.config` validates types and keys once, and
+`check_p2p` below checks the ranges and combinations. The model, features, optimizer and
+data settings of each agent come from the other sections of the same config.
 """
 
 from __future__ import annotations
@@ -10,11 +12,122 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+ALGORITHMS = ("gossip", "async", "fedavg", "central", "local")
+TOPOLOGIES = (
+    "complete",
+    "ring",
+    "regular",
+    "directed",
+    "erdos_renyi",
+    "torus",
+    "grid",
+    "clustered",
+)
+
 
 @dataclass(frozen=True)
 class P2PConfig:
+    # ---- agents and their data
     agents: int = 8
-    partition: Literal["speaker", "book", "iid", "dirichlet"] = "speaker"
-    topology: str = "ring"
+    # speaker: whole speakers per agent; book: one agent per (speaker, book/chapter) group,
+    # UserLibri style; client: the manifest's `client` field (a --clients hook, UserLibri);
+    # iid: utterances dealt at random; dirichlet: each speaker's utterances spread over
+    # agents with Dirichlet(dirichlet_alpha) shares (small alpha: very non-IID).
+    partition: Literal["speaker", "book", "client", "iid", "dirichlet"] = "speaker"
+    dirichlet_alpha: float = 0.5
+    test_fraction: float = 0.3  # of each agent's utterances (the seed: 70/30 train/test)
+    dev_fraction: float = 0.0
+    clients: str = ""  # module:function hook returning load_clients_data()-style splits
+    global_test_max: int = 100  # utterances of data.test_manifest scored per agent; 0: all
+    # ---- who talks to whom
+    topology: Literal[
+        "complete", "ring", "regular", "directed", "erdos_renyi", "torus", "grid", "clustered"
+    ] = "ring"
+    degree: int = 3  # regular / directed: neighbours per agent
+    edge_prob: float = 0.3  # erdos_renyi
+    clusters: int = 2  # clustered: complete groups joined in a ring by single edges
+    redraw_every: int = 0  # rounds between fresh random topologies; 0: never
+    # ---- how they learn
+    algorithm: Literal["gossip", "async", "fedavg", "central", "local"] = "gossip"
+    # Several runs compared in one command, each "algorithm" or "algorithm/topology",
+    # e.g. [gossip/ring, gossip/regular, central, local, fedavg]; empty: just the one above.
+    runs: tuple[str, ...] = ()
     rounds: int = 10
+    local_epochs: int = 1  # per round (the seed); used when local_steps is 0
+    local_steps: int = 0  # optimizer steps per agent per round; 0: local_epochs instead
+    weights: Literal["data_size", "uniform"] = "data_size"
+    aggregation: Literal["mean", "median", "trimmed_mean"] = "mean"
+    trim_fraction: float = 0.2  # trimmed_mean: share cut at each end per coordinate
+    # Batch-norm running statistics after averaging: averaged like weights, kept local
+    # (FedBN-style), or re-estimated on bn_batches local batches.
+    bn_stats: Literal["average", "local", "recompute"] = "average"
+    bn_batches: int = 4
+    fedavg_fraction: float = 1.0  # share of agents the virtual server asks each round
+    # ---- messages
+    compression: Literal["none", "fp16", "int8"] = "none"
+    validate: bool = True  # reject received weights: wrong shapes, NaN/Inf, norm out of bounds
+    max_norm_ratio: float = 5.0  # reject if |received| / |own| is above this or below 1/this
+    # ---- planted faults (robustness experiments): these agents send corrupted weights
+    faulty_agents: tuple[int, ...] = ()
+    fault: Literal["nan", "inf", "scale", "noise"] = "nan"
+    fault_scale: float = 1000.0
+    # ---- execution
+    workers: int = 0  # 0: all agents in this process; N: a pool of N processes
+    eval_every: int = 1  # rounds between evaluations (the last round is always scored)
+    checkpoint_every: int = 1  # rounds between simulation checkpoints
     seed: int = 0
+
+
+def parse_run(spec: str, default_topology: str) -> tuple[str, str]:
+    """ "gossip/ring" -> ("gossip", "ring"); "central" -> ("central", default_topology)."""
+    algorithm, _, topology = spec.partition("/")
+    topology = topology or default_topology
+    if algorithm not in ALGORITHMS:
+        raise ValueError(
+            f"p2p.runs: {spec!r}: unknown algorithm {algorithm!r}; choose from {', '.join(ALGORITHMS)}"
+        )
+    if topology not in TOPOLOGIES:
+        raise ValueError(
+            f"p2p.runs: {spec!r}: unknown topology {topology!r}; choose from {', '.join(TOPOLOGIES)}"
+        )
+    return algorithm, topology
+
+
+def run_name(algorithm: str, topology: str) -> str:
+    """Folder name of one run: topology matters only where agents talk to neighbours."""
+    return f"{algorithm}-{topology}" if algorithm in ("gossip", "async") else algorithm
+
+
+def check_p2p(cfg: P2PConfig) -> None:
+    """Ranges and combinations the types cannot express; errors name the key."""
+    if cfg.agents < 1:
+        raise ValueError(f"p2p.agents must be >= 1, got {cfg.agents}")
+    if cfg.rounds < 1:
+        raise ValueError(f"p2p.rounds must be >= 1, got {cfg.rounds}")
+    if cfg.local_steps < 0 or cfg.local_epochs < 0 or not (cfg.local_steps or cfg.local_epochs):
+        raise ValueError("set p2p.local_steps > 0 or p2p.local_epochs > 0 (work per round)")
+    if not 0.0 < cfg.test_fraction < 1.0 or not 0.0 <= cfg.dev_fraction < 1.0:
+        raise ValueError("p2p.test_fraction must be in (0, 1) and p2p.dev_fraction in [0, 1)")
+    if cfg.test_fraction + cfg.dev_fraction >= 1.0:
+        raise ValueError("p2p.test_fraction + p2p.dev_fraction must leave training data (< 1)")
+    if cfg.dirichlet_alpha <= 0:
+        raise ValueError(f"p2p.dirichlet_alpha must be > 0, got {cfg.dirichlet_alpha}")
+    if not 0.0 <= cfg.trim_fraction < 0.5:
+        raise ValueError(f"p2p.trim_fraction must be in [0, 0.5), got {cfg.trim_fraction}")
+    if cfg.max_norm_ratio <= 1.0:
+        raise ValueError(f"p2p.max_norm_ratio must be > 1, got {cfg.max_norm_ratio}")
+    if not 0.0 < cfg.fedavg_fraction <= 1.0:
+        raise ValueError(f"p2p.fedavg_fraction must be in (0, 1], got {cfg.fedavg_fraction}")
+    for key in ("workers", "redraw_every", "global_test_max"):
+        if getattr(cfg, key) < 0:
+            raise ValueError(f"p2p.{key} must be >= 0, got {getattr(cfg, key)}")
+    for key in ("eval_every", "checkpoint_every", "degree", "clusters", "bn_batches"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"p2p.{key} must be >= 1, got {getattr(cfg, key)}")
+    if not 0.0 < cfg.edge_prob <= 1.0:
+        raise ValueError(f"p2p.edge_prob must be in (0, 1], got {cfg.edge_prob}")
+    bad = [a for a in cfg.faulty_agents if not 0 <= a < cfg.agents]
+    if bad:
+        raise ValueError(f"p2p.faulty_agents: {bad} are not agent numbers 0..{cfg.agents - 1}")
+    for spec in cfg.runs:
+        parse_run(spec, cfg.topology)

@@ -1,0 +1,230 @@
+"""`speechswarm p2p`: agents from a corpus, one or several runs, a comparison report.
+
+    speechswarm p2p --config p2p-tiny                      # the README experiment
+    speechswarm p2p --config p2p-tiny --resume             # continue after an interruption
+    speechswarm p2p --config p2p-ds2 --clients my.py:load_clients_data p2p.topology=regular
+
+`run_experiment(cfg)` splits the training manifest (or a clients hook's data) into agents,
+writes their manifests to `<out>/agents/`, runs each of `p2p.runs` (default: just
+`p2p.algorithm` on `p2p.topology`) into `<out>/<run>/`, then draws the comparison plots and
+writes `<out>/report.md` and `<out>/summary.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from speechswarm.build import build_features, build_model, build_tokenizer
+from speechswarm.config import Config, dump_yaml
+from speechswarm.data.manifest import Utterance, read_manifest, write_manifest
+from speechswarm.p2p.config import check_p2p, parse_run, run_name
+from speechswarm.p2p.partition import Agent, agents_from_splits, partition, split_agents
+from speechswarm.p2p.report import (
+    plot_agents,
+    plot_comparison,
+    read_rows,
+    report_markdown,
+    summarize,
+)
+from speechswarm.p2p.simulate import simulate_run
+
+log = logging.getLogger("speechswarm.p2p")
+
+
+def make_agents(cfg: Config, out_dir: Path, clients: str = "") -> list[Agent]:
+    """The agents of this config: a clients hook's data, or the training manifest split."""
+    p = cfg.p2p
+    spec = clients or p.clients
+    if spec:
+        from speechswarm.data.clients import clients_from_hook, load_hook
+
+        try:
+            hook = load_hook(spec)
+        except (ImportError, AttributeError, TypeError) as e:
+            raise ValueError(str(e)) from e
+        splits = clients_from_hook(hook(), out_dir / "clients", sample_rate=cfg.data.sample_rate)
+        return agents_from_splits(splits, p.test_fraction, p.seed)
+    utts = usable_utterances(cfg, cfg.data.train_manifest, out_dir)
+    groups = partition(utts, p.partition, p.agents, seed=p.seed, alpha=p.dirichlet_alpha)
+    return split_agents(groups, p.test_fraction, p.dev_fraction, seed=p.seed)
+
+
+def usable_utterances(cfg: Config, manifest: str, out_dir: Path) -> list[Utterance]:
+    """A manifest's utterances without over-long ones and (data.validate) broken ones."""
+    if not Path(manifest).is_file():
+        raise FileNotFoundError(
+            f"{manifest} does not exist (data.train_manifest / data.test_manifest); make the "
+            "built-in corpus with `speechswarm synth --out data/synth` or point the key at yours"
+        )
+    utts = [u for u in read_manifest(manifest) if u.duration <= cfg.data.max_duration]
+    if not cfg.data.validate:
+        return utts
+    from speechswarm.data.validate import validate_utterances
+
+    tokenizer = build_tokenizer(cfg.tokenizer)
+    extractor = build_features(cfg.features, cfg.data.sample_rate)
+    model = build_model(cfg.model, extractor.num_features, len(tokenizer))
+    report = validate_utterances(
+        utts,
+        tokenizer,
+        sample_rate=cfg.data.sample_rate,
+        frames_per_second=1000.0 / cfg.features.hop_ms,
+        time_reduction=model.time_reduction,
+        workers=max(1, os.cpu_count() or 1),
+    )
+    report.write(out_dir / f"data_report_{Path(manifest).stem}.json")
+    log.info(f"{Path(manifest).name}: {report.summary()}")
+    if not report.ok:
+        raise ValueError(f"{manifest}: no usable utterances (see {out_dir}/data_report_*.json)")
+    return report.ok
+
+
+def write_agents(agents: list[Agent], out_dir: Path) -> list[dict]:
+    rows = []
+    for a in agents:
+        folder = out_dir / "agents" / a.name
+        for split in ("train", "dev", "test"):
+            write_manifest(folder / f"{split}.jsonl", getattr(a, split))
+        rows.append(a.summary())
+    (out_dir / "agents.json").write_text(json.dumps(rows, indent=1) + "\n")
+    return rows
+
+
+def run_experiment(
+    cfg: Config,
+    *,
+    resume: bool = False,
+    clients: str = "",
+    should_stop: Callable[[int], bool] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run every configured run; returns {"dir", "runs": [summary...], "report", "stopped"}."""
+    check_p2p(cfg.p2p)
+    specs = [parse_run(s, cfg.p2p.topology) for s in cfg.p2p.runs] or [
+        (cfg.p2p.algorithm, cfg.p2p.topology)
+    ]
+    out = Path(cfg.train.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _log_to(out / "p2p.log", progress)
+    (out / "config.yaml").write_text(dump_yaml(cfg))
+    agents = make_agents(cfg, out, clients)
+    agent_rows = write_agents(agents, out)
+    global_test = []
+    if cfg.data.test_manifest and Path(cfg.data.test_manifest).is_file():
+        global_test = usable_utterances(cfg, cfg.data.test_manifest, out)
+    log.info(
+        f"{len(agents)} agents ({cfg.p2p.partition if not (clients or cfg.p2p.clients) else 'clients'}): "
+        f"{sum(len(a.train) for a in agents):,} train / {sum(len(a.test) for a in agents):,} "
+        f"test utts; global test {min(len(global_test), cfg.p2p.global_test_max or 10**9)} utts"
+    )
+    stopped = False
+    summaries = []
+    for algorithm, topology in specs:
+        name = run_name(algorithm, topology)
+        result = simulate_run(
+            cfg,
+            algorithm,
+            topology,
+            agents,
+            global_test,
+            out / name,
+            resume=resume,
+            should_stop=should_stop,
+            on_round=_print_round if progress else None,
+        )
+        rows = read_rows(out / name / "metrics.jsonl")
+        plot_agents(rows, out / name / "agents_wer_cer.png")
+        summary = summarize(rows)
+        summary.update(algorithm=algorithm, topology=topology, stop_reason=result["stop_reason"])
+        (out / name / "summary.json").write_text(json.dumps(_plain(summary), indent=1) + "\n")
+        summaries.append(summary)
+        if result["stop_reason"] == "interrupted":
+            stopped = True
+            break
+    runs = {s["run"]: read_rows(out / s["run"] / "metrics.jsonl") for s in summaries}
+    plot_comparison(runs, out / "plots")
+    notes = [
+        f"{len(agents)} agents, partition `{cfg.p2p.partition}`, {cfg.p2p.rounds} rounds of "
+        + (
+            f"{cfg.p2p.local_steps} local steps"
+            if cfg.p2p.local_steps
+            else f"{cfg.p2p.local_epochs} local epoch(s)"
+        )
+        + f", weights `{cfg.p2p.weights}`, aggregation `{cfg.p2p.aggregation}`, compression "
+        f"`{cfg.p2p.compression}`, batch-norm statistics `{cfg.p2p.bn_stats}`."
+    ]
+    report = out / "report.md"
+    report.write_text(report_markdown(summaries, agent_rows, notes, out))
+    (out / "summary.json").write_text(json.dumps(_plain(summaries), indent=1) + "\n")
+    if progress:
+        for s in summaries:
+            print(_summary_line(s))
+        print(f"report: {report}")
+    return {"dir": out, "runs": summaries, "report": report, "stopped": stopped}
+
+
+def _plain(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.1f} %"
+
+
+def _print_round(name: str, round_index: int, rows: list[dict]) -> None:
+    cers = [r["own_cer"] for r in rows if r.get("own_cer") is not None]
+    losses = [
+        r["train_loss"]
+        for r in rows
+        if r.get("train_loss") is not None and math.isfinite(r["train_loss"])
+    ]
+    text = f"{name} round {round_index}: loss {sum(losses) / max(len(losses), 1):.1f}"
+    if cers:
+        glob = [r["global_cer"] for r in rows if r.get("global_cer") is not None]
+        text += (
+            f", agents' CER {_pct(sum(cers) / len(cers))} ({_pct(min(cers))}-{_pct(max(cers))})"
+            f", global CER {_pct(sum(glob) / max(len(glob), 1))}"
+        )
+    sent = sum(r["bytes_sent"] for r in rows)
+    rejected = sum(r["rejected"] for r in rows)
+    text += f", {sent / 1e6:,.1f} MB sent" + (f", {rejected} rejected" if rejected else "")
+    text += f", {rows[0]['wall_time']:.0f} s"
+    print(text, flush=True)
+
+
+def _summary_line(s: dict) -> str:
+    return (
+        f"{s['run']}: agents' WER {_pct(s.get('own_wer_mean'))} CER {_pct(s.get('own_cer_mean'))} "
+        f"(CER {_pct(s.get('own_cer_min'))}-{_pct(s.get('own_cer_max'))}), global CER "
+        f"{_pct(s.get('global_cer_mean'))}; {s.get('total_steps', 0):,} steps, "
+        f"{s.get('bytes', 0) / 1e6:,.1f} MB sent, {s.get('rejected', 0)} rejected"
+    )
+
+
+def _log_to(path: Path, progress: bool) -> None:
+    logger = logging.getLogger("speechswarm.p2p")
+    logger.setLevel(logging.INFO)
+    for h in list(logger.handlers):
+        if getattr(h, "_p2p", False):
+            logger.removeHandler(h)
+            h.close()
+    fh = logging.FileHandler(path, encoding="utf-8")
+    fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    handlers = [fh]
+    if progress:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    for h in handlers:
+        h._p2p = True
+        logger.addHandler(h)

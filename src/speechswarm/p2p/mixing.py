@@ -1,0 +1,285 @@
+"""The math of model exchange, pure: mixing matrices, averaging, robust aggregation,
+validation of received weights and message compression. No transport, no training.
+
+    W = pull_matrix(adj, sizes)                      # (n, n), rows sum to 1
+    new_i = average_states([w_j for j in peers], W[i, peers], keep_from=peers.index(i))
+
+A "state" is a model state dict: name -> tensor. Floating tensors are averaged; integer
+tensors (BatchNorm's `num_batches_tracked`) are not averages of anything and are copied
+from the state named by `keep_from` (the receiver's own).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+State = dict[str, torch.Tensor]
+
+
+# ----------------------------------------------------------------------------- mixing weights
+
+
+def pull_matrix(adj: np.ndarray, sizes: Sequence[float] | None = None) -> np.ndarray:
+    """Row-stochastic mixing matrix of synchronous pull-gossip (the P2P seed's rule).
+
+    Agent i averages itself and the agents it pulls from (`adj[i, j]`), weighting each by
+    its training-set size: W[i, j] = s_j / sum_{k in {i} U N(i)} s_k. `sizes=None` gives
+    uniform weights 1 / (|N(i)| + 1). Rows sum to 1; W is doubly stochastic only when every
+    neighbourhood has the same total size (e.g. uniform weights on a regular graph).
+    """
+    adj = np.asarray(adj, dtype=bool)
+    n = len(adj)
+    s = np.ones(n) if sizes is None else np.asarray(sizes, dtype=np.float64)
+    if s.shape != (n,) or np.any(s <= 0):
+        raise ValueError(f"sizes must be {n} positive numbers, got {list(s)}")
+    mask = adj | np.eye(n, dtype=bool)
+    w = mask * s[None, :]
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def data_size_weights(sizes: Sequence[float]) -> np.ndarray:
+    """FedAvg's weights: s_k / sum(s)."""
+    s = np.asarray(sizes, dtype=np.float64)
+    if np.any(s <= 0):
+        raise ValueError(f"data sizes must be positive, got {list(s)}")
+    return s / s.sum()
+
+
+def second_eigenvalue(w: np.ndarray) -> float:
+    """Modulus of the second-largest eigenvalue of W: how fast gossip mixes (0 = at once,
+    near 1 = slowly; consensus error shrinks roughly by this factor per round)."""
+    ev = np.sort(np.abs(np.linalg.eigvals(np.asarray(w, dtype=np.float64))))[::-1]
+    return float(ev[1]) if len(ev) > 1 else 0.0
+
+
+def stationary_weights(w: np.ndarray) -> np.ndarray:
+    """pi with pi W = pi, sum(pi) = 1: repeated pull-gossip without training converges to
+    sum_j pi_j x_j for every agent (for a connected graph)."""
+    vals, vecs = np.linalg.eig(np.asarray(w, dtype=np.float64).T)
+    v = np.real(vecs[:, np.argmin(np.abs(vals - 1.0))])
+    return v / v.sum()
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+
+def _check_same_layout(states: Sequence[State]) -> None:
+    if not states:
+        raise ValueError("nothing to average: no states")
+    keys = list(states[0])
+    for k, s in enumerate(states[1:], start=1):
+        if list(s) != keys:
+            raise ValueError(f"state {k} has different keys from state 0")
+        for name in keys:
+            if s[name].shape != states[0][name].shape:
+                raise ValueError(
+                    f"state {k}: {name} has shape {tuple(s[name].shape)}, "
+                    f"state 0 has {tuple(states[0][name].shape)}"
+                )
+
+
+def average_states(
+    states: Sequence[State], weights: Sequence[float] | None = None, keep_from: int = 0
+) -> State:
+    """sum_k weights[k] * states[k] per floating tensor (weights renormalised to sum 1;
+    None: the plain mean), accumulated in float64 in the given order, returned in each
+    tensor's dtype. Integer tensors are copied from states[keep_from]."""
+    _check_same_layout(states)
+    w = np.ones(len(states)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (len(states),) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(f"weights must be {len(states)} non-negative numbers, got {list(w)}")
+    w = w / w.sum()
+    out: State = {}
+    for name, ref in states[keep_from].items():
+        if not ref.is_floating_point():
+            out[name] = ref.clone()
+            continue
+        acc = torch.zeros(ref.shape, dtype=torch.float64)
+        for wk, s in zip(w, states, strict=True):
+            acc += float(wk) * s[name].double()
+        out[name] = acc.to(ref.dtype)
+    return out
+
+
+def median_states(states: Sequence[State], keep_from: int = 0) -> State:
+    """Coordinate-wise median (unweighted; for an even count the mean of the two middle
+    values). Tolerates up to half minus one arbitrary states."""
+    _check_same_layout(states)
+    out: State = {}
+    for name, ref in states[keep_from].items():
+        if not ref.is_floating_point():
+            out[name] = ref.clone()
+            continue
+        stacked = torch.stack([s[name].double() for s in states])  # (K, ...)
+        out[name] = (
+            torch.quantile(stacked.reshape(len(states), -1), 0.5, dim=0)
+            .reshape(ref.shape)
+            .to(ref.dtype)
+        )
+    return out
+
+
+def trimmed_mean_states(states: Sequence[State], trim: float, keep_from: int = 0) -> State:
+    """Coordinate-wise trimmed mean: per coordinate, drop the floor(trim * K) smallest and
+    largest values and average the rest (unweighted). trim=0 is the plain mean."""
+    _check_same_layout(states)
+    k = len(states)
+    cut = int(math.floor(trim * k))
+    if k - 2 * cut < 1:
+        raise ValueError(f"trim_fraction {trim} removes all of {k} values")
+    out: State = {}
+    for name, ref in states[keep_from].items():
+        if not ref.is_floating_point():
+            out[name] = ref.clone()
+            continue
+        stacked = torch.stack([s[name].double() for s in states])  # (K, ...)
+        kept = torch.sort(stacked, dim=0).values[cut : k - cut]
+        out[name] = kept.mean(dim=0).to(ref.dtype)
+    return out
+
+
+def aggregate(
+    states: Sequence[State],
+    weights: Sequence[float] | None,
+    *,
+    method: str = "mean",
+    trim: float = 0.2,
+    keep_from: int = 0,
+) -> State:
+    """`mean` (weighted), `median` or `trimmed_mean` (both unweighted: robustness needs
+    every state to count once, or a large liar would dominate)."""
+    if method == "mean":
+        return average_states(states, weights, keep_from)
+    if method == "median":
+        return median_states(states, keep_from)
+    if method == "trimmed_mean":
+        return trimmed_mean_states(states, trim, keep_from)
+    raise ValueError(f"unknown aggregation {method!r}: mean, median or trimmed_mean")
+
+
+def keep_local(mixed: State, own: State, names: Sequence[str]) -> State:
+    """`mixed` with the tensors `names` (e.g. BatchNorm running statistics) taken from `own`."""
+    out = dict(mixed)
+    for name in names:
+        out[name] = own[name].clone()
+    return out
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def state_norm(state: State) -> float:
+    """L2 norm over all floating tensors (float64 sum of squares)."""
+    total = 0.0
+    for t in state.values():
+        if t.is_floating_point():
+            total += float(t.double().pow(2).sum())
+    return math.sqrt(total)
+
+
+def check_received(received: State, own: State, max_norm_ratio: float) -> str:
+    """Why a received state must be rejected ("" if it is acceptable).
+
+    Reasons: `keys` (different tensor names), `shape`, `dtype`, `nonfinite` (NaN or Inf
+    anywhere), `norm` (|received| / |own| above max_norm_ratio or below its inverse: an
+    agent that diverged or scales its weights to dominate the average).
+    """
+    if set(received) != set(own):
+        return "keys"
+    for name, t in own.items():
+        r = received[name]
+        if not isinstance(r, torch.Tensor) or r.shape != t.shape:
+            return "shape"
+        if r.is_floating_point() != t.is_floating_point():
+            return "dtype"
+        if r.is_floating_point() and not bool(torch.isfinite(r).all()):
+            return "nonfinite"
+    own_norm, norm = state_norm(own), state_norm(received)
+    if own_norm > 0 and not (1.0 / max_norm_ratio <= norm / own_norm <= max_norm_ratio):
+        return "norm"
+    return ""
+
+
+# ----------------------------------------------------------------------------- compression
+
+
+def compress(state: State, kind: str) -> tuple[dict, int]:
+    """A message payload for `state` and its size in bytes on the wire.
+
+    `none`: tensors as they are (4 bytes per fp32 value). `fp16`: floats as float16 (2
+    bytes). `int8`: each floating tensor as int8 codes q = round(x / scale) with one fp32
+    scale = max|x| / 127 per tensor (1 byte per value + 4 per tensor); error <= scale / 2.
+    Integer tensors travel unchanged. Non-finite values survive fp16 (NaN stays NaN) and
+    make int8's scale non-finite, so validation still sees them after decompression.
+    """
+    payload: dict = {"kind": kind, "tensors": {}}
+    nbytes = 0
+    for name, t in state.items():
+        if not t.is_floating_point() or kind == "none":
+            payload["tensors"][name] = t.clone()
+            nbytes += t.numel() * t.element_size()
+        elif kind == "fp16":
+            payload["tensors"][name] = (t.to(torch.float16), t.dtype)
+            nbytes += t.numel() * 2
+        elif kind == "int8":
+            scale = float(t.abs().max()) / 127.0 if t.numel() else 0.0
+            if math.isfinite(scale) and scale > 0:
+                q = torch.round(t / scale).clamp(-127, 127).to(torch.int8)
+            else:
+                q = torch.zeros(t.shape, dtype=torch.int8)
+            payload["tensors"][name] = (q, scale, t.dtype)
+            nbytes += t.numel() + 4
+        else:
+            raise ValueError(f"unknown compression {kind!r}: none, fp16 or int8")
+    return payload, nbytes
+
+
+def decompress(payload: dict) -> State:
+    """The state a receiver reconstructs from `compress`'s payload."""
+    out: State = {}
+    for name, item in payload["tensors"].items():
+        if isinstance(item, torch.Tensor):
+            out[name] = item.clone()
+        elif len(item) == 2:
+            half, dtype = item
+            out[name] = half.to(dtype)
+        else:
+            q, scale, dtype = item
+            if math.isfinite(scale):
+                out[name] = q.to(dtype) * scale
+            else:
+                out[name] = torch.full(q.shape, float("nan"), dtype=dtype)
+    return out
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+def corrupt(state: State, fault: str, scale: float, generator: torch.Generator) -> State:
+    """What a faulty agent sends instead of its weights (robustness experiments).
+
+    `nan` / `inf`: one value of every floating tensor replaced; `scale`: all floats times
+    `scale`; `noise`: Gaussian noise with `scale` times each tensor's own std added.
+    """
+    out: State = {}
+    for name, t in state.items():
+        if not t.is_floating_point():
+            out[name] = t.clone()
+            continue
+        x = t.clone()
+        if fault in ("nan", "inf"):
+            if x.numel():
+                x.view(-1)[0] = float("nan") if fault == "nan" else float("inf")
+        elif fault == "scale":
+            x = x * scale
+        elif fault == "noise":
+            std = float(t.std()) if t.numel() > 1 else 1.0
+            x = x + scale * max(std, 1e-3) * torch.randn(t.shape, generator=generator)
+        else:
+            raise ValueError(f"unknown fault {fault!r}: nan, inf, scale or noise")
+        out[name] = x
+    return out

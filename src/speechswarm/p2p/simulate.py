@@ -1,0 +1,414 @@
+"""Peer-to-peer training simulated on one machine: rounds of local training and exchange.
+
+    speechswarm p2p --config p2p-tiny p2p.runs=[gossip/ring,central,local]
+
+`simulate_run(cfg, algorithm, topology, agents, global_test, run_dir)` runs one algorithm:
+- `gossip`: synchronous pull-gossip (the P2P seed): every agent trains one round of local
+  work, then replaces its weights by the data-size-weighted average of its own and its
+  in-neighbours' (`mixing.pull_matrix`);
+- `async`: pairwise gossip: `agents` times per round a random agent trains, then it and a
+  random neighbour both take the 50/50 average;
+- `fedavg`: a virtual server sends the global model, agents train, the server averages;
+- `central`: one model on the union of the agents' training data, the same total steps;
+- `local`: agents train alone (no messages).
+Every round writes one JSONL row per agent (train loss, WER/CER on its own test split and
+the global test set, messages and bytes, time) and, every `p2p.checkpoint_every` rounds, a
+checkpoint of the whole simulation from which `--resume` continues exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from speechswarm.config import Config, to_dict
+from speechswarm.data.manifest import Utterance
+from speechswarm.p2p import mixing
+from speechswarm.p2p.config import run_name
+from speechswarm.p2p.local import (
+    InlineExecutor,
+    PoolExecutor,
+    Workspace,
+    derive_seed,
+    snapshot,
+)
+from speechswarm.p2p.partition import Agent
+from speechswarm.p2p.report import MetricsFile, draw_topology
+from speechswarm.p2p.sync import Counters, GossipNode, Mailbox, MixSettings
+from speechswarm.p2p.topology import describe, topology_for_round
+from speechswarm.train.checkpoint import load_checkpoint, save_checkpoint
+
+log = logging.getLogger("speechswarm.p2p")
+CENTRAL = 1_000_000  # trainer id of the central model (agents are 0..n-1)
+CHECKPOINT_FORMAT = 1
+
+
+class Simulation:
+    """The state of one run: agents' states, counters, round; one method per algorithm."""
+
+    def __init__(self, cfg: Config, algorithm: str, topology: str, agents: list[Agent], run_dir):
+        self.cfg, self.p = cfg, cfg.p2p
+        self.algorithm, self.topology = algorithm, topology
+        self.agents = agents
+        self.n = len(agents)
+        self.run_dir = Path(run_dir)
+        self.sizes = [float(len(a.train)) if self.p.weights == "data_size" else 1.0 for a in agents]
+        self.states: dict[int, dict] = {}
+        self.global_model: dict = {}
+        self.counters = {k: Counters() for k in range(self.n)}
+        self.round = 0  # rounds completed
+        self.wall_time = 0.0
+        self.workspace: Workspace | None = None
+        self.executor = None
+
+    @property
+    def trainers(self) -> list[int]:
+        return [CENTRAL] if self.algorithm == "central" else list(range(self.n))
+
+    # ------------------------------------------------------------------ set-up
+
+    def open(self, global_test: list[Utterance]) -> None:
+        p = self.p
+        trainers = {k: a.train for k, a in enumerate(self.agents)}
+        work = {k: (p.local_steps, p.local_epochs) for k in range(self.n)}
+        if self.algorithm == "central":  # the union, with the agents' combined work per round
+            trainers = {CENTRAL: tuple(u for a in self.agents for u in a.train)}
+            work = {CENTRAL: (p.local_steps * self.n, p.local_epochs)}
+        tests = {f"agent{k}": list(a.test) for k, a in enumerate(self.agents)}
+        tests["global"] = list(global_test[: p.global_test_max or None])
+        self.workspace = Workspace(self.cfg, trainers, tests, work)
+        if p.workers:
+            self.executor = PoolExecutor(p.workers, self.cfg, trainers, tests, work)
+        else:
+            self.executor = InlineExecutor(self.workspace)
+        for k in self.trainers:
+            self.states[k] = self.workspace.initial_state(k)
+        self.global_model = snapshot(self.states[self.trainers[0]]["model"])
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.close()
+
+    def settings(self, agent: int) -> MixSettings:
+        p = self.p
+        keep = tuple(self.workspace.bn_names) if p.bn_stats == "local" else ()
+        return MixSettings(
+            aggregation=p.aggregation,
+            trim_fraction=p.trim_fraction,
+            compression=p.compression,
+            validate=p.validate,
+            max_norm_ratio=p.max_norm_ratio,
+            keep_local=keep,
+            fault=p.fault if agent in p.faulty_agents else "",
+            fault_scale=p.fault_scale,
+        )
+
+    def nodes(self, transport) -> dict[int, GossipNode]:
+        return {
+            k: GossipNode(
+                k,
+                transport,
+                self.settings(k),
+                self.counters,
+                torch.Generator().manual_seed(derive_seed(self.p.seed, k, self.round, 6)),
+            )
+            for k in range(self.n)
+        }
+
+    def adjacency(self) -> np.ndarray:
+        p = self.p
+        return topology_for_round(
+            self.topology,
+            self.n,
+            self.round,
+            redraw_every=p.redraw_every,
+            seed=p.seed,
+            degree=p.degree,
+            edge_prob=p.edge_prob,
+            clusters=p.clusters,
+        )
+
+    # ------------------------------------------------------------------ one round
+
+    def train(self, trainers: list[int]) -> dict[int, dict]:
+        """Local work of `trainers` (in parallel with a pool); returns their stats."""
+        results = self.executor.map("train", [(k, self.states[k], self.round) for k in trainers])
+        stats = {}
+        for k, (state, st) in zip(trainers, results, strict=True):
+            self.states[k] = state
+            stats[k] = st
+        return stats
+
+    def recompute_bn(self, agents: list[int]) -> None:
+        if self.p.bn_stats != "recompute" or not agents:
+            return
+        calls = [(k, self.states[k]["model"], self.round) for k in agents]
+        for k, model in zip(agents, self.executor.map("recompute_bn", calls), strict=True):
+            self.states[k]["model"] = model
+
+    def round_gossip(self) -> dict[int, dict]:
+        stats = self.train(self.trainers)
+        adj = self.adjacency()
+        nodes = self.nodes(Mailbox())
+        for k, node in nodes.items():  # k is pulled by every j with adj[j, k]
+            node.publish(self.states[k]["model"], np.flatnonzero(adj[:, k]).tolist(), self.round)
+        for k, node in nodes.items():
+            # Row k of mixing.pull_matrix(adj, sizes), unnormalised: weight ~ data size. The
+            # node renormalises over the peers it accepted (a rejected one drops out).
+            weights = {j: self.sizes[j] for j in range(self.n) if j == k or adj[k, j]}
+            self.states[k]["model"] = node.mix(self.states[k]["model"], weights, self.round)
+        self.recompute_bn(list(range(self.n)))
+        return stats
+
+    def round_async(self) -> dict[int, dict]:
+        adj = self.adjacency()
+        rng = np.random.default_rng(derive_seed(self.p.seed, self.round, 5))
+        nodes = self.nodes(Mailbox())
+        stats: dict[int, list[dict]] = {}
+        for _ in range(self.n):
+            i = int(rng.integers(self.n))
+            stats.setdefault(i, []).append(self.train([i])[i])
+            peers = np.flatnonzero(adj[i] | adj[:, i])
+            if not len(peers):
+                continue
+            j = int(rng.choice(peers))
+            own_i, own_j = self.states[i]["model"], self.states[j]["model"]
+            nodes[i].publish(own_i, [j], self.round)
+            nodes[j].publish(own_j, [i], self.round)
+            half = {i: 0.5, j: 0.5}
+            self.states[i]["model"] = nodes[i].mix(own_i, half, self.round)
+            self.states[j]["model"] = nodes[j].mix(own_j, half, self.round)
+            self.recompute_bn([i, j])
+        return {k: _merge_stats(v) for k, v in stats.items()}
+
+    def round_fedavg(self) -> dict[int, dict]:
+        p = self.p
+        rng = np.random.default_rng(derive_seed(p.seed, self.round, 7))
+        count = max(1, round(p.fedavg_fraction * self.n))
+        chosen = sorted(rng.choice(self.n, size=count, replace=False).tolist())
+        server = Mailbox()
+        down, nbytes = mixing.compress(self.global_model, p.compression)
+        for k in chosen:  # the server sends the global model; agents adopt it
+            received = mixing.decompress(down)
+            self.states[k]["model"] = self.adopt(received, self.states[k]["model"])
+            self.counters[k].msgs_recv += 1
+            self.counters[k].bytes_recv += nbytes
+        stats = self.train(chosen)
+        nodes = self.nodes(server)
+        for k in chosen:
+            nodes[k].publish(self.states[k]["model"], [-1], self.round)
+        server_node = GossipNode(-1, server, self.settings(-1), {**self.counters, -1: Counters()})
+        accepted = server_node.receive_valid(self.global_model)
+        if accepted:
+            order = sorted(accepted)
+            self.global_model = mixing.aggregate(
+                [accepted[k] for k in order],
+                [self.sizes[k] for k in order],
+                method=p.aggregation,
+                trim=p.trim_fraction,
+            )
+        for k in range(self.n):  # for scoring: every agent holds the new global model
+            self.states[k]["model"] = self.adopt(self.global_model, self.states[k]["model"])
+        self.recompute_bn(list(range(self.n)))
+        return stats
+
+    def adopt(self, received: dict, own: dict) -> dict:
+        new = {k: v.clone() for k, v in received.items()}
+        if self.p.bn_stats == "local":
+            new = mixing.keep_local(new, own, self.workspace.bn_names)
+        return new
+
+    def run_round(self) -> dict[int, dict]:
+        if self.algorithm == "gossip":
+            return self.round_gossip()
+        if self.algorithm == "async":
+            return self.round_async()
+        if self.algorithm == "fedavg":
+            return self.round_fedavg()
+        return self.train(self.trainers)  # central, local
+
+    # ------------------------------------------------------------------ scoring
+
+    def model_of(self, agent: int) -> dict:
+        return self.states[CENTRAL if self.algorithm == "central" else agent]["model"]
+
+    def evaluate(self) -> dict[int, dict]:
+        """WER/CER of each agent's model on its own test split and on the global test set;
+        identical models (central, fedavg) are scored on the global set once."""
+        calls = [(self.model_of(k), f"agent{k}") for k in range(self.n)]
+        shared = self.algorithm == "central" or all(
+            _same_state(self.model_of(k), self.model_of(0)) for k in range(1, self.n)
+        )
+        global_agents = [0] if shared else list(range(self.n))
+        calls += [(self.model_of(k), "global") for k in global_agents]
+        results = self.executor.map("evaluate", calls)
+        own, glob = results[: self.n], results[self.n :]
+        out = {}
+        for k in range(self.n):
+            g = glob[0] if shared else glob[k]
+            out[k] = {
+                "own_wer": own[k][0],
+                "own_cer": own[k][1],
+                "global_wer": g[0],
+                "global_cer": g[1],
+            }
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def fingerprint(self) -> list[str]:
+        return [f"{a.name}:{len(a.train)}:{a.train[0].id}:{a.test[0].id}" for a in self.agents]
+
+    def save(self, path: Path) -> None:
+        save_checkpoint(
+            path,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "algorithm": self.algorithm,
+                "topology": self.topology,
+                "round": self.round,
+                "wall_time": self.wall_time,
+                "states": {str(k): v for k, v in self.states.items()},
+                "global_model": self.global_model,
+                "counters": {str(k): c.to_dict() for k, c in self.counters.items()},
+                "agents": self.fingerprint(),
+                "config": to_dict(self.cfg),
+            },
+        )
+
+    def load(self, path: Path) -> None:
+        ckpt = load_checkpoint(path)
+        if ckpt.get("agents") != self.fingerprint():
+            raise ValueError(
+                f"cannot resume from {path}: its agents' data differ from this config's "
+                "(partition, seed or manifest changed); resume with the run's config.yaml"
+            )
+        self.round = int(ckpt["round"])
+        self.wall_time = float(ckpt["wall_time"])
+        self.states = {int(k): v for k, v in ckpt["states"].items()}
+        self.global_model = ckpt["global_model"]
+        self.counters = {int(k): Counters.from_dict(v) for k, v in ckpt["counters"].items()}
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    return a is b or all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _merge_stats(items: list[dict]) -> dict:
+    losses = [s["loss"] for s in items if math.isfinite(s["loss"])]
+    return {
+        "loss": sum(losses) / len(losses) if losses else math.nan,
+        "steps": sum(s["steps"] for s in items),
+        "audio_seconds": sum(s["audio_seconds"] for s in items),
+        "seconds": sum(s["seconds"] for s in items),
+        "nonfinite": sum(s["nonfinite"] for s in items),
+    }
+
+
+# ---------------------------------------------------------------------- driver
+
+
+def simulate_run(
+    cfg: Config,
+    algorithm: str,
+    topology: str,
+    agents: list[Agent],
+    global_test: list[Utterance],
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    should_stop: Callable[[int], bool] | None = None,
+    on_round: Callable[[str, int, list[dict]], None] | None = None,
+) -> dict:
+    """Run (or resume) one algorithm; returns {"name", "stop_reason", "round", "rows"}.
+
+    `should_stop(rounds_done)` is asked after each round: True saves a checkpoint and
+    returns (stop_reason "interrupted"). `on_round(name, round, rows)` sees each round's rows.
+    """
+    run_dir = Path(run_dir)
+    name = run_name(algorithm, topology)
+    ckpt_path = run_dir / "checkpoint.pt"
+    if ckpt_path.exists() and not resume:
+        raise ValueError(
+            f"{run_dir} already holds a simulation (checkpoint.pt); pass --resume to continue "
+            "it or choose another train.out_dir"
+        )
+    sim = Simulation(cfg, algorithm, topology, agents, run_dir)
+    try:
+        sim.open(global_test)
+        if resume and ckpt_path.exists():
+            sim.load(ckpt_path)
+            log.info(f"{name}: resumed after round {sim.round}")
+        metrics = MetricsFile(run_dir / "metrics.jsonl", keep_rounds=sim.round)
+        if sim.algorithm in ("gossip", "async"):
+            _write_topology(sim, run_dir)
+        stop_reason = "rounds"
+        while sim.round < cfg.p2p.rounds:
+            start = time.perf_counter()
+            stats = sim.run_round()
+            sim.round += 1
+            last = sim.round == cfg.p2p.rounds
+            scores = sim.evaluate() if last or sim.round % cfg.p2p.eval_every == 0 else {}
+            sim.wall_time += time.perf_counter() - start
+            rows = _rows(sim, name, stats, scores)
+            metrics.write(rows)
+            if on_round is not None:
+                on_round(name, sim.round, rows)
+            stopping = should_stop is not None and should_stop(sim.round)
+            if last or stopping or sim.round % cfg.p2p.checkpoint_every == 0:
+                sim.save(ckpt_path)
+            if stopping and not last:
+                stop_reason = "interrupted"
+                break
+        return {"name": name, "stop_reason": stop_reason, "round": sim.round, "dir": run_dir}
+    finally:
+        sim.close()
+
+
+def _rows(sim: Simulation, name: str, stats: dict[int, dict], scores: dict[int, dict]) -> list:
+    rows = []
+    for k in range(sim.n):
+        st = stats.get(CENTRAL if sim.algorithm == "central" else k, {})
+        c = sim.counters[k]
+        state = sim.states[CENTRAL if sim.algorithm == "central" else k]
+        row = {
+            "run": name,
+            "round": sim.round,
+            "agent": k,
+            "train_loss": st.get("loss", math.nan),
+            "local_steps": st.get("steps", 0),
+            "steps": state["steps"],
+            "train_seconds": round(st.get("seconds", 0.0), 3),
+            "msgs_sent": c.msgs_sent,
+            "msgs_recv": c.msgs_recv,
+            "bytes_sent": c.bytes_sent,
+            "bytes_recv": c.bytes_recv,
+            "rejected": c.rejected,
+            "rejected_by_peers": c.rejected_by_peers,
+            "wall_time": round(sim.wall_time, 3),
+        }
+        row.update(scores.get(k, {}))
+        rows.append(row)
+    return rows
+
+
+def _write_topology(sim: Simulation, run_dir: Path) -> None:
+    adj = sim.adjacency()
+    w = mixing.pull_matrix(adj, sim.sizes)
+    info = {
+        "topology": sim.topology,
+        "description": describe(adj),
+        "second_eigenvalue": mixing.second_eigenvalue(w),
+        "adjacency": adj.astype(int).tolist(),
+        "redraw_every": sim.p.redraw_every,
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "topology.json").write_text(json.dumps(info, indent=1) + "\n")
+    draw_topology(adj, run_dir / "topology.png", title=f"{sim.topology}: {info['description']}")

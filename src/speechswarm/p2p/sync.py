@@ -1,0 +1,157 @@
+"""One agent's side of model exchange: send its weights, check and average what arrives.
+
+    node = GossipNode(agent=3, transport=mailbox, settings=MixSettings(...), counters=c)
+    node.publish(state, receivers=[2, 4], round_index=r)    # what peers will pull
+    new_state = node.mix(state, weights={2: .3, 3: .4, 4: .3}, round_index=r)
+    node.step(model, receivers, weights, r)   # both, on a module: the loop's sync point
+
+The math (weights, averaging, validation, compression) lives in `mixing.py`; the transport
+is anything with `send(to, message)` and `receive(agent)`. `Mailbox` is the in-memory one
+the one-process simulation uses: a synchronous round publishes every agent's weights, then
+every agent mixes. A networked transport whose `receive` waits for its peers makes `step()`
+usable inside a real training loop, after the optimizer step.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import torch
+
+from speechswarm.p2p import mixing
+from speechswarm.p2p.mixing import State
+
+
+@dataclass(frozen=True)
+class Message:
+    sender: int
+    round_index: int
+    payload: dict  # mixing.compress output
+    nbytes: int
+
+
+class Mailbox:
+    """In-memory transport: a message waits in the receiver's box until it reads it."""
+
+    def __init__(self) -> None:
+        self.boxes: dict[int, list[Message]] = defaultdict(list)
+
+    def send(self, to: int, message: Message) -> None:
+        self.boxes[to].append(message)
+
+    def receive(self, agent: int) -> list[Message]:
+        return self.boxes.pop(agent, [])
+
+
+@dataclass(frozen=True)
+class MixSettings:
+    aggregation: str = "mean"  # mean | median | trimmed_mean
+    trim_fraction: float = 0.2
+    compression: str = "none"  # none | fp16 | int8
+    validate: bool = True
+    max_norm_ratio: float = 5.0
+    keep_local: tuple[str, ...] = ()  # tensor names never averaged (BatchNorm stats, bn=local)
+    fault: str = ""  # "" for an honest agent; else what it sends (mixing.corrupt)
+    fault_scale: float = 1000.0
+
+
+@dataclass
+class Counters:
+    """Per-agent message accounting (cumulative over the run)."""
+
+    msgs_sent: int = 0
+    bytes_sent: int = 0
+    msgs_recv: int = 0
+    bytes_recv: int = 0
+    rejected: int = 0  # messages this agent refused
+    rejected_by_peers: int = 0  # this agent's messages that others refused
+    reasons: Counter = field(default_factory=Counter)
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in vars(self).items() if k != "reasons"}
+        d["reasons"] = dict(self.reasons)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Counters:
+        d = dict(d)
+        reasons = Counter(d.pop("reasons", {}))
+        return cls(**d, reasons=reasons)
+
+
+class GossipNode:
+    """Agent `agent`'s exchange logic; `counters` maps agent -> Counters (shared by all
+    nodes of a simulation, so a rejection is also charged to its sender)."""
+
+    def __init__(
+        self,
+        agent: int,
+        transport,
+        settings: MixSettings,
+        counters: dict[int, Counters],
+        generator: torch.Generator | None = None,
+    ):
+        self.agent = agent
+        self.transport = transport
+        self.settings = settings
+        self.counters = counters
+        self.generator = generator or torch.Generator().manual_seed(agent)
+
+    def publish(self, state: State, receivers, round_index: int) -> None:
+        """Send `state` (compressed; corrupted if this agent is faulty) to each receiver."""
+        s = self.settings
+        if s.fault:
+            state = mixing.corrupt(state, s.fault, s.fault_scale, self.generator)
+        payload, nbytes = mixing.compress(state, s.compression)
+        mine = self.counters[self.agent]
+        for to in receivers:
+            self.transport.send(to, Message(self.agent, round_index, payload, nbytes))
+            mine.msgs_sent += 1
+            mine.bytes_sent += nbytes
+
+    def receive_valid(self, own: State) -> dict[int, State]:
+        """Decompressed states of this round's messages that pass validation, by sender."""
+        accepted: dict[int, State] = {}
+        mine = self.counters[self.agent]
+        for msg in self.transport.receive(self.agent):
+            mine.msgs_recv += 1
+            mine.bytes_recv += msg.nbytes
+            state = mixing.decompress(msg.payload)
+            reason = (
+                mixing.check_received(state, own, self.settings.max_norm_ratio)
+                if self.settings.validate
+                else ""
+            )
+            if reason:
+                mine.rejected += 1
+                mine.reasons[reason] += 1
+                if msg.sender in self.counters:
+                    self.counters[msg.sender].rejected_by_peers += 1
+                continue
+            accepted[msg.sender] = state
+        return accepted
+
+    def mix(self, own: State, weights: dict[int, float], round_index: int) -> State:
+        """Aggregate own state with the accepted received ones, in agent order, with
+        `weights` (agent -> weight, own included; renormalised over who is left)."""
+        accepted = self.receive_valid(own)
+        accepted[self.agent] = own
+        order = sorted(accepted)
+        s = self.settings
+        mixed = mixing.aggregate(
+            [accepted[k] for k in order],
+            [weights[k] for k in order],
+            method=s.aggregation,
+            trim=s.trim_fraction,
+            keep_from=order.index(self.agent),
+        )
+        return mixing.keep_local(mixed, own, s.keep_local) if s.keep_local else mixed
+
+    def step(self, model: torch.nn.Module, receivers, weights: dict[int, float], round_index: int):
+        """Publish this model's weights, mix what arrived, load the result into `model`:
+        what a training loop calls at its sync point (the transport's `receive` must
+        return this round's messages, e.g. by waiting for them)."""
+        own = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.publish(own, receivers, round_index)
+        model.load_state_dict(self.mix(own, weights, round_index))

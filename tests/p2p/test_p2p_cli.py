@@ -1,0 +1,101 @@
+"""`speechswarm p2p` as a user types it: several runs, the report, the plots, --resume.
+
+.venv/bin/python -m pytest tests/p2p/test_p2p_cli.py -q
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from speechswarm.config import ConfigError, load_config
+from speechswarm.p2p import cli
+from speechswarm.p2p.config import check_p2p
+from speechswarm.p2p.experiment import run_experiment
+from speechswarm.p2p.report import read_rows
+
+
+def main(argv: list[str]) -> int:
+    """What `speechswarm` does with its subcommands (src/speechswarm/cli.py)."""
+    parser = argparse.ArgumentParser(prog="speechswarm")
+    sub = parser.add_subparsers(dest="command")
+    cli.add_parser(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_runs_compares_and_reports(tone_speakers, tmp_path, one_torch_thread, capsys):
+    out = tmp_path / "exp"
+    argv = [
+        "p2p",
+        "--config",
+        "p2p-tiny",
+        f"data.train_manifest={tone_speakers}",
+        f"data.test_manifest={tone_speakers}",
+        "data.validate=false",
+        "data.max_batch_size=2",
+        "model.conv_channels=[4,4]",
+        "model.rnn_hidden=32",
+        "model.rnn_layers=1",
+        "train.precision=fp32",
+        f"train.out_dir={out}",
+        "p2p.agents=4",
+        "p2p.rounds=2",
+        "p2p.local_steps=1",
+        "p2p.degree=2",
+        "p2p.global_test_max=4",
+        "p2p.runs=[gossip/ring,gossip/regular,central,local,fedavg]",
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "gossip-ring round 2:" in printed and f"report: {out / 'report.md'}" in printed
+    report = (out / "report.md").read_text()
+    for name in ("gossip-ring", "gossip-regular", "central", "local", "fedavg"):
+        assert f"| {name} |" in report
+        rows = read_rows(out / name / "metrics.jsonl")
+        assert len(rows) == 2 * 4  # one row per agent per round
+        assert all(r.get("own_cer") is not None for r in rows)  # eval_every=1 in p2p-tiny
+    summaries = json.loads((out / "summary.json").read_text())
+    steps = {s["run"]: s["total_steps"] for s in summaries}
+    assert steps["central"] == steps["gossip-ring"] == steps["local"] == 4 * 1 * 2
+    assert "+0.0 pts | 1.00x" in report  # central against itself
+    for png in (
+        "plots/compare_rounds.png",
+        "plots/compare_bytes.png",
+        "gossip-ring/topology.png",
+        "gossip-regular/topology.png",
+        "local/agents_wer_cer.png",
+    ):
+        assert (out / png).stat().st_size > 5000, png
+    assert len(list((out / "agents").glob("*/train.jsonl"))) == 4
+
+    # Again without --resume: refused with a hint; with --resume: finished runs are kept.
+    with pytest.raises(ValueError, match="--resume"):
+        main(argv)
+    assert main([*argv[:1], "--resume", *argv[1:]]) == 0
+    assert len(read_rows(out / "central" / "metrics.jsonl")) == 8
+
+
+def test_bad_settings_fail_with_the_key_named():
+    with pytest.raises(ConfigError, match="p2p.topology"):
+        load_config("p2p-tiny", ["p2p.topology=star"])
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config("p2p-tiny", ["p2p.nodes=3"])
+    for override, key in (
+        ("p2p.runs=[gossip/star]", "star"),
+        ("p2p.runs=[gosip]", "gosip"),
+        ("p2p.faulty_agents=[9]", "p2p.faulty_agents"),
+        ("p2p.local_steps=-1", "p2p.local_steps"),
+        ("p2p.local_epochs=0", "p2p.local_steps"),  # and local_steps is 0: no work at all
+        ("p2p.trim_fraction=0.5", "p2p.trim_fraction"),
+    ):
+        with pytest.raises(ValueError, match=key):
+            check_p2p(load_config("p2p-tiny", [override]).p2p)
+
+
+def test_missing_manifest_is_explained(tmp_path):
+    cfg = load_config("p2p-tiny", [f"train.out_dir={tmp_path}", "data.train_manifest=nope.jsonl"])
+    with pytest.raises(FileNotFoundError, match="speechswarm synth"):
+        run_experiment(cfg, progress=False)

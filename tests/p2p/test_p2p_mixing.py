@@ -1,0 +1,169 @@
+"""The pure exchange math against hand-computed answers: mixing weights, averaging, robust
+aggregation, validation, compression, consensus.
+
+    .venv/bin/python -m pytest tests/p2p/test_p2p_mixing.py -q
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from speechswarm.p2p import mixing
+from speechswarm.p2p.topology import complete, ring
+
+
+def state(*values: float, count: int = 7) -> dict:
+    """A tiny state dict: one 2-element weight, one scalar bias, an int counter."""
+    return {
+        "w": torch.tensor(values[:2], dtype=torch.float32),
+        "b": torch.tensor(values[2], dtype=torch.float32),
+        "n": torch.tensor(count, dtype=torch.int64),
+    }
+
+
+def test_pull_matrix_data_size_weights_by_hand():
+    # path 0 - 1 - 2 with 1, 2 and 3 training utterances
+    adj = np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]], dtype=bool)
+    w = mixing.pull_matrix(adj, [1, 2, 3])
+    expected = np.array([[1 / 3, 2 / 3, 0], [1 / 6, 2 / 6, 3 / 6], [0, 2 / 5, 3 / 5]])
+    np.testing.assert_allclose(w, expected)
+    np.testing.assert_allclose(w.sum(axis=1), 1.0)
+
+
+def test_pull_matrix_uniform_ring_is_doubly_stochastic():
+    w = mixing.pull_matrix(ring(5))
+    np.testing.assert_allclose(w.sum(axis=1), 1.0)
+    np.testing.assert_allclose(w.sum(axis=0), 1.0)
+    assert w[0, 0] == w[0, 1] == w[0, 4] == pytest.approx(1 / 3) and w[0, 2] == 0
+
+
+def test_pull_matrix_directed_uses_in_neighbours_only():
+    adj = np.zeros((3, 3), dtype=bool)
+    adj[0, 1] = True  # 0 pulls from 1; nobody pulls from 0
+    w = mixing.pull_matrix(adj, [1, 3, 1])
+    np.testing.assert_allclose(w, [[0.25, 0.75, 0], [0, 1, 0], [0, 0, 1]])
+
+
+def test_pull_matrix_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="positive"):
+        mixing.pull_matrix(ring(3), [1, 0, 2])
+
+
+def test_data_size_weights():
+    np.testing.assert_allclose(mixing.data_size_weights([1, 3]), [0.25, 0.75])
+
+
+def test_average_equals_analytic_weighted_mean():
+    a, b, c = state(1, 2, 3, count=1), state(4, 8, -3, count=2), state(0, -1, 6, count=3)
+    out = mixing.average_states([a, b, c], [1, 2, 3], keep_from=1)
+    # (1*a + 2*b + 3*c) / 6
+    torch.testing.assert_close(out["w"], torch.tensor([9 / 6, 15 / 6]))
+    assert out["b"].item() == pytest.approx((3 - 6 + 18) / 6)
+    assert out["n"].item() == 2  # integer tensors come from keep_from, never averaged
+    assert out["w"].dtype == torch.float32
+
+
+def test_average_unweighted_is_the_mean():
+    out = mixing.average_states([state(1, 2, 3), state(3, 4, 5)])
+    torch.testing.assert_close(out["w"], torch.tensor([2.0, 3.0]))
+
+
+def test_average_refuses_mismatched_states():
+    bad = {"w": torch.zeros(3), "b": torch.tensor(0.0), "n": torch.tensor(1)}
+    with pytest.raises(ValueError, match="shape"):
+        mixing.average_states([state(1, 2, 3), bad])
+
+
+def test_median_and_trimmed_mean_by_hand():
+    states = [state(1, 10, 0), state(2, 20, 0), state(100, -50, 0)]
+    med = mixing.median_states(states)
+    torch.testing.assert_close(med["w"], torch.tensor([2.0, 10.0]))
+    five = [state(v, v, v) for v in (1, 2, 3, 4, 100)]
+    tm = mixing.trimmed_mean_states(five, trim=0.2)  # drop 1 and 100 per coordinate
+    torch.testing.assert_close(tm["w"], torch.tensor([3.0, 3.0]))
+    assert mixing.aggregate(five, None, method="trimmed_mean", trim=0.0)["b"].item() == 22.0
+
+
+def test_median_ignores_one_liar_among_three():
+    honest = [state(1, 1, 1), state(1.2, 0.8, 1)]
+    liar = state(1e6, -1e6, 1e6)
+    out = mixing.aggregate([*honest, liar], [1, 1, 1], method="median")
+    assert out["w"].abs().max() < 2
+
+
+def test_check_received_reasons():
+    own = state(1, 2, 3)
+    assert mixing.check_received(state(1.5, 2, 3), own, 5.0) == ""
+    assert mixing.check_received(state(math.nan, 2, 3), own, 5.0) == "nonfinite"
+    assert mixing.check_received(state(1, math.inf, 3), own, 5.0) == "nonfinite"
+    assert mixing.check_received(state(100, 200, 300), own, 5.0) == "norm"
+    assert mixing.check_received(state(0.01, 0.02, 0.03), own, 5.0) == "norm"
+    wrong_shape = dict(own, w=torch.zeros(3))
+    assert mixing.check_received(wrong_shape, own, 5.0) == "shape"
+    assert mixing.check_received({"w": own["w"]}, own, 5.0) == "keys"
+
+
+def test_compression_sizes_and_errors():
+    torch.manual_seed(0)
+    s = {"a": torch.randn(100), "b": torch.randn(3, 5), "n": torch.tensor(4)}
+    payload, nbytes = mixing.compress(s, "none")
+    assert nbytes == 4 * 115 + 8
+    payload, nbytes = mixing.compress(s, "fp16")
+    assert nbytes == 2 * 115 + 8
+    back = mixing.decompress(payload)
+    assert back["a"].dtype == torch.float32
+    assert (back["a"] - s["a"]).abs().max() < 2e-3
+    payload, nbytes = mixing.compress(s, "int8")
+    assert nbytes == 115 + 2 * 4 + 8  # 1 byte per value + one fp32 scale per float tensor
+    back = mixing.decompress(payload)
+    scale = s["a"].abs().max() / 127
+    assert (back["a"] - s["a"]).abs().max() <= scale / 2 + 1e-7
+    assert back["n"].item() == 4
+
+
+def test_compressed_nan_is_still_caught():
+    own = state(1, 2, 3)
+    for kind in ("fp16", "int8"):
+        payload, _ = mixing.compress(state(math.nan, 2, 3), kind)
+        assert mixing.check_received(mixing.decompress(payload), own, 5.0) == "nonfinite"
+
+
+def test_corrupt_faults():
+    s = state(1, 2, 3)
+    g = torch.Generator().manual_seed(0)
+    assert torch.isnan(mixing.corrupt(s, "nan", 0, g)["w"]).any()
+    assert mixing.corrupt(s, "scale", 10, g)["b"].item() == 30
+    assert mixing.corrupt(s, "nan", 0, g)["n"].item() == 7
+
+
+def test_second_eigenvalue_by_hand():
+    assert mixing.second_eigenvalue(mixing.pull_matrix(complete(5))) == pytest.approx(0, abs=1e-12)
+    # ring of 4, uniform: circulant (1/3)(1 + 2 cos(2 pi k / 4)): 1, 1/3, -1/3, 1/3
+    assert mixing.second_eigenvalue(mixing.pull_matrix(ring(4))) == pytest.approx(1 / 3)
+
+
+def test_ring_consensus_converges_to_the_stationary_mean():
+    """Gossip without training: every agent converges to pi . x (the plain mean when
+    weights are uniform), and the spread shrinks every few rounds."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 3))
+    for sizes, target in ((None, x.mean(axis=0)), ([1, 2, 3, 4, 5, 6, 7, 8], None)):
+        w = mixing.pull_matrix(ring(8), sizes)
+        pi = mixing.stationary_weights(w)
+        assert pi @ w == pytest.approx(pi)
+        expected = pi @ x if target is None else target
+        states = [{"v": torch.tensor(row, dtype=torch.float64)} for row in x]
+        spreads = []
+        for _ in range(300):
+            states = [
+                mixing.average_states(states, w[i]) for i in range(8)
+            ]  # one synchronous round
+            stacked = torch.stack([s["v"] for s in states]).numpy()
+            spreads.append(np.ptp(stacked, axis=0).max())
+        np.testing.assert_allclose(stacked, np.tile(expected, (8, 1)), atol=1e-8)
+        assert spreads[-1] < 1e-8 < spreads[0]
+        assert all(b <= a + 1e-12 for a, b in zip(spreads[::10], spreads[10::10], strict=False))

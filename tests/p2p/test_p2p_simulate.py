@@ -1,0 +1,205 @@
+"""Simulated peer-to-peer training end to end, against independent answers: a gossip round
+equals the analytic mix of locally trained models, complete gossip equals FedAvg, resume is
+exact, poisoned agents are rejected, robust aggregation, message accounting, process pool.
+
+    .venv/bin/python -m pytest tests/p2p/test_p2p_simulate.py -q
+
+Agents: tests/p2p/conftest.py's 24 tone utterances by 6 speakers, split by speaker into 4
+agents with 6, 6, 3 and 3 training utterances; 2 local steps (batches of 2) per round.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from speechswarm.data.manifest import read_manifest
+from speechswarm.p2p import mixing
+from speechswarm.p2p.experiment import make_agents
+from speechswarm.p2p.report import read_rows
+from speechswarm.p2p.simulate import CENTRAL, simulate_run
+from speechswarm.p2p.topology import make_topology
+from speechswarm.train.checkpoint import load_checkpoint
+
+TIMING = ("train_seconds", "wall_time")
+
+
+def run(cfg, algorithm, topology="ring", **kw):
+    out = cfg.train.out_dir
+    agents = make_agents(cfg, out_dir=Path(out))
+    test = read_manifest(cfg.data.test_manifest)
+    result = simulate_run(cfg, algorithm, topology, agents, test, f"{out}/{algorithm}", **kw)
+    ckpt = load_checkpoint(result["dir"] / "checkpoint.pt")
+    rows = read_rows(result["dir"] / "metrics.jsonl")
+    return agents, ckpt, rows, result
+
+
+def models(ckpt) -> dict[int, dict]:
+    return {int(k): v["model"] for k, v in ckpt["states"].items()}
+
+
+def floats(state: dict) -> dict:
+    return {k: v for k, v in state.items() if v.is_floating_point()}
+
+
+def assert_equal_states(a: dict, b: dict) -> None:
+    assert sorted(a) == sorted(b)
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"tensors differ: {different[:5]}"
+
+
+def test_agents_are_split_by_speaker(p2p_config):
+    cfg = p2p_config("split")
+    agents = make_agents(cfg, out_dir=Path(cfg.train.out_dir))
+    assert [len(a.train) for a in agents] == [6, 6, 3, 3]
+    assert [len(a.test) for a in agents] == [2, 2, 1, 1]
+
+
+def test_one_gossip_round_is_the_weighted_mean_of_local_models(p2p_config):
+    """Local training is seeded per (agent, round), so a 1-round `local` run gives the
+    models that gossip mixes; W from the ring and data sizes, mixed here by hand."""
+    agents, local, _, _ = run(p2p_config("local", "p2p.rounds=1"), "local")
+    _, gossip, rows, _ = run(p2p_config("gossip", "p2p.rounds=1"), "gossip", "ring")
+    sizes = [len(a.train) for a in agents]  # 6, 6, 3, 3
+    w = mixing.pull_matrix(make_topology("ring", 4), sizes)
+    assert w[0].tolist() == pytest.approx([6 / 15, 6 / 15, 0, 3 / 15])
+    trained, mixed = models(local), models(gossip)
+    for i in range(4):
+        for name, t in floats(mixed[i]).items():
+            by_hand = sum(w[i, j] * trained[j][name].double() for j in range(4))
+            torch.testing.assert_close(t.double(), by_hand, rtol=0, atol=1e-6)
+        # BatchNorm's batch counter is the agent's own, not averaged
+        assert torch.equal(
+            mixed[i]["out_norm.num_batches_tracked"], trained[i]["out_norm.num_batches_tracked"]
+        )
+    # ring of 4: each agent sends its model to 2 peers and hears from 2
+    assert [r["msgs_sent"] for r in rows] == [2, 2, 2, 2]
+    numel = sum(t.numel() * t.element_size() for t in mixed[0].values())
+    assert rows[0]["bytes_sent"] == 2 * numel
+
+
+def test_complete_gossip_equals_fedavg(p2p_config):
+    _, gossip, _, _ = run(p2p_config("g"), "gossip", "complete")
+    _, fedavg, rows, _ = run(p2p_config("f"), "fedavg")
+    for state in models(gossip).values():
+        assert_equal_states(floats(state), floats(fedavg["global_model"]))
+    # FedAvg: one upload and one download per agent per round
+    assert [(r["msgs_sent"], r["msgs_recv"]) for r in rows if r["round"] == 2] == [(2, 2)] * 4
+
+
+@pytest.mark.parametrize("algorithm", ["gossip", "async"])
+def test_resume_after_interruption_is_exact(p2p_config, algorithm):
+    overrides = ("p2p.rounds=3", "p2p.eval_every=1", "p2p.topology=regular", "p2p.degree=2")
+    _, straight, rows_a, _ = run(p2p_config("a", *overrides), algorithm, "regular")
+    cfg = p2p_config("b", *overrides)
+    _, _, _, first = run(cfg, algorithm, "regular", should_stop=lambda done: done == 1)
+    assert first["stop_reason"] == "interrupted" and first["round"] == 1
+    with pytest.raises(ValueError, match="--resume"):
+        run(cfg, algorithm, "regular")
+    _, resumed, rows_b, _ = run(cfg, algorithm, "regular", resume=True)
+    for k in straight["states"]:
+        assert_equal_states(straight["states"][k]["model"], resumed["states"][k]["model"])
+        opt_a, opt_b = straight["states"][k]["optimizer"], resumed["states"][k]["optimizer"]
+        for p in opt_a["state"]:
+            assert_equal_states(opt_a["state"][p], opt_b["state"][p])
+        assert straight["states"][k]["epoch"] == resumed["states"][k]["epoch"]
+    strip = [{k: v for k, v in r.items() if k not in TIMING} for r in rows_a]
+    assert strip == [{k: v for k, v in r.items() if k not in TIMING} for r in rows_b]
+    assert len(rows_b) == 3 * 4
+
+
+def test_poisoned_agent_is_rejected_by_its_neighbours(p2p_config):
+    """Agent 1 sends NaN weights. Its ring neighbours 0 and 2 reject it every round and stay
+    finite; agent 3, not its neighbour, never sees it. Without validation NaN spreads."""
+    _, ckpt, rows, _ = run(p2p_config("v", "p2p.faulty_agents=[1]"), "gossip", "ring")
+    last = {r["agent"]: r for r in rows if r["round"] == 2}
+    assert [last[k]["rejected"] for k in range(4)] == [2, 0, 2, 0]
+    assert last[1]["rejected_by_peers"] == 4
+    for k, state in models(ckpt).items():
+        assert all(torch.isfinite(t).all() for t in floats(state).values()), k
+    assert all(math.isfinite(last[k]["own_cer"]) for k in (0, 2, 3))
+
+    _, ckpt, _, _ = run(
+        p2p_config("nv", "p2p.faulty_agents=[1]", "p2p.validate=false"), "gossip", "ring"
+    )
+    poisoned = {
+        k: any(torch.isnan(t).any() for t in floats(s).values()) for k, s in models(ckpt).items()
+    }
+    assert poisoned[0] and poisoned[2]
+
+
+def test_scaled_agent_rejected_by_norm_and_outvoted_by_median(p2p_config):
+    scaled = ("p2p.faulty_agents=[1]", "p2p.fault=scale", "p2p.fault_scale=1000")
+    _, clean, _, _ = run(p2p_config("clean"), "gossip", "ring")
+    norm = {k: mixing.state_norm(s) for k, s in models(clean).items()}
+    _, ckpt, rows, _ = run(p2p_config("norm", *scaled), "gossip", "ring")
+    assert {r["agent"]: r["rejected"] for r in rows if r["round"] == 2}[0] == 2
+    _, ckpt, _, _ = run(
+        p2p_config("med", *scaled, "p2p.validate=false", "p2p.aggregation=median"), "gossip", "ring"
+    )
+    for k in (0, 2):
+        assert mixing.state_norm(models(ckpt)[k]) < 1.5 * norm[k]
+    _, ckpt, _, _ = run(p2p_config("mean", *scaled, "p2p.validate=false"), "gossip", "ring")
+    assert mixing.state_norm(models(ckpt)[0]) > 50 * norm[0]  # the plain mean is hijacked
+
+
+def test_central_trains_the_union_with_the_same_total_steps(p2p_config):
+    _, ckpt, rows, _ = run(p2p_config("c"), "central")
+    assert list(ckpt["states"]) == [str(CENTRAL)]
+    assert ckpt["states"][str(CENTRAL)]["steps"] == 4 * 2 * 2  # agents x local steps x rounds
+    assert len(rows) == 8 and all(r["msgs_sent"] == 0 for r in rows)
+    assert len({r["global_cer"] for r in rows if r["round"] == 2}) == 1  # one model
+
+
+def test_local_and_async_message_counts(p2p_config):
+    _, ckpt, rows, _ = run(p2p_config("l"), "local")
+    assert sum(r["msgs_sent"] for r in rows if r["round"] == 2) == 0
+    assert [s["steps"] for s in ckpt["states"].values()] == [4, 4, 4, 4]
+    _, ckpt, rows, _ = run(p2p_config("a"), "async", "ring")
+    # per round: 4 activations, each one pair exchanging two messages
+    assert sum(r["msgs_sent"] for r in rows if r["round"] == 2) == 2 * 4 * 2
+    assert sum(s["steps"] for s in ckpt["states"].values()) == 4 * 2 * 2
+
+
+def test_int8_compression_counts_bytes(p2p_config):
+    _, ckpt, rows, _ = run(
+        p2p_config("q", "p2p.compression=int8", "p2p.rounds=1"), "gossip", "ring"
+    )
+    state = models(ckpt)[0]
+    per_message = sum(
+        t.numel() + 4 if t.is_floating_point() else t.numel() * t.element_size()
+        for t in state.values()
+    )
+    assert rows[0]["bytes_sent"] == 2 * per_message
+
+
+def test_local_batchnorm_statistics_are_kept(p2p_config):
+    _, local, _, _ = run(p2p_config("l", "p2p.rounds=1"), "local")
+    _, gossip, _, _ = run(p2p_config("g", "p2p.rounds=1", "p2p.bn_stats=local"), "gossip", "ring")
+    a, b = models(local)[0], models(gossip)[0]
+    assert torch.equal(a["out_norm.running_mean"], b["out_norm.running_mean"])
+    assert not torch.equal(a["classifier.weight"], b["classifier.weight"])  # weights mixed
+
+
+def test_recomputed_batchnorm_statistics_differ_from_averaged(p2p_config):
+    _, avg, _, _ = run(p2p_config("avg", "p2p.rounds=1"), "gossip", "ring")
+    _, rec, _, _ = run(
+        p2p_config("rec", "p2p.rounds=1", "p2p.bn_stats=recompute"), "gossip", "ring"
+    )
+    a, b = models(avg)[0], models(rec)[0]
+    weights = [k for k in a if "running" not in k and a[k].is_floating_point()]
+    assert all(torch.equal(a[k], b[k]) for k in weights)
+    assert not torch.equal(a["out_norm.running_var"], b["out_norm.running_var"])
+    assert np.isfinite(b["out_norm.running_var"].numpy()).all()
+
+
+@pytest.mark.slow  # spawning 2 workers imports torch twice (~10 s)
+def test_process_pool_gives_the_same_weights(p2p_config):
+    _, inline, _, _ = run(p2p_config("inline", "p2p.rounds=1"), "gossip", "ring")
+    _, pooled, _, _ = run(p2p_config("pool", "p2p.rounds=1", "p2p.workers=2"), "gossip", "ring")
+    for k in inline["states"]:
+        assert_equal_states(inline["states"][k]["model"], pooled["states"][k]["model"])
