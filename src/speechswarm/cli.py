@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "speechswarm.train.cli",
     "speechswarm.distributed.cli",
     "speechswarm.p2p.cli",
+    "speechswarm.p2p.net.cli",
     "speechswarm.benchmark.cli",
 )
 

@@ -1,0 +1,287 @@
+"""hivemind's DecentralizedAverager with a door and a meter: members only, bytes counted.
+
+    averager = GatedAverager(tensors, dht, gate=Gate(secret=...), prefix="run", start=True,
+                             target_group_size=2, min_matchmaking_time=1.0, request_timeout=0.5)
+    averager.step(weight=120.0, gather=averager.gather_info(step=40), timeout=10.0)
+
+Every way in is checked with `auth.Gate` against the libp2p-authenticated peer ID:
+- `rpc_join_group` (a follower asks this leader for a place): refused with PROTOCOL_VIOLATION
+  unless the follower's ID and tag pass;
+- `_aggregate_with_group` (a group was formed, before any tensor is sent): every member's ID
+  and gathered tag must pass, or this peer leaves the round (a stranger leader is caught here);
+- `rpc_download_state` (a newcomer loads the model): the requester's membership record in the
+  run's DHT (`<prefix>_members`, subkey = peer ID, value = tag) must pass;
+- `_load_state_from_peers` (this peer is the newcomer): only members are asked for a state.
+All-reduce parts themselves are accepted by hivemind only from the group's members.
+
+Bytes are measured on the all-reduce streams (serialized protobuf messages, both directions,
+after compression) and on state downloads served, into counters shared with the host process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import multiprocessing as mp
+import random
+import threading
+from typing import AsyncIterator  # noqa: UP035 (hivemind reads typing.AsyncIterator hints)
+
+import numpy as np
+import torch
+from hivemind.averaging import DecentralizedAverager
+from hivemind.averaging.allreduce import AllReduceRunner
+from hivemind.averaging.matchmaking import MatchmakingException
+from hivemind.compression import deserialize_torch_tensor
+from hivemind.compression.quantization import Quantization
+from hivemind.p2p import P2PContext, PeerID
+from hivemind.proto import averaging_pb2
+from hivemind.utils.asyncio import aiter_with_timeout
+from hivemind.utils.serializer import MSGPackSerializer
+from hivemind.utils.streaming import combine_from_streaming
+from hivemind.utils.timed_storage import ValueWithExpiration
+
+from speechswarm.p2p.net.auth import Gate
+
+
+def _extract_8bit(self, serialized_tensor):
+    """hivemind 1.1.12's Quantization.extract with one fix: it calls int() on a 1-element
+    array, which NumPy 2.x refuses ("only 0-dimensional arrays can be converted"), so every
+    8-bit message failed to decode. Same wire format, same result."""
+    buffer = serialized_tensor.buffer
+    codebook_size = int(np.frombuffer(buffer, count=1, dtype=np.int64)[0])
+    codebook = np.frombuffer(buffer, offset=8, count=codebook_size, dtype=self.codebook_dtype)
+    quantized = np.frombuffer(buffer, offset=8 + codebook.nbytes, dtype=self.indices_dtype)
+    quantized = torch.as_tensor(quantized, dtype=torch.int64).reshape(tuple(serialized_tensor.size))
+    codebook = torch.as_tensor(codebook).to(dtype=getattr(torch, serialized_tensor.dtype))
+    return codebook[quantized].requires_grad_(serialized_tensor.requires_grad)
+
+
+Quantization.extract = _extract_8bit  # every process that imports this module decodes 8-bit
+
+COUNTERS = ("bytes_sent", "bytes_recv", "state_bytes_sent", "rejected_joins", "rejected_groups",
+            "rejected_downloads", "rejected_donors")  # fmt: skip
+logger = logging.getLogger("speechswarm.p2p.net")
+
+
+def gathered_tag(raw: bytes) -> bytes | None:
+    """The member tag inside a peer's serialized gather data (hivemind packs
+    [bandwidth, mode, user_bytes] with msgpack; user_bytes is our {"tag": ...}); None when
+    absent or malformed. msgpack only: nothing from the network is unpickled."""
+    try:
+        _, _, user = MSGPackSerializer.loads(raw)
+        info = MSGPackSerializer.loads(user)
+        tag = info.get("tag") if isinstance(info, dict) else None
+        return tag if isinstance(tag, bytes) else None
+    except Exception:  # any malformed input is simply "no tag"
+        return None
+
+
+async def _counted(stream, counter, lock):
+    async for msg in stream:
+        with lock:
+            counter.value += msg.ByteSize()
+        yield msg
+
+
+class _CountingStub:
+    """A peer stub whose all-reduce streams add their message sizes to the counters."""
+
+    def __init__(self, stub, counters, lock):
+        self._stub, self._counters, self._lock = stub, counters, lock
+
+    async def rpc_aggregate_part(self, inputs):
+        sent, recv = self._counters["bytes_sent"], self._counters["bytes_recv"]
+        stream = await self._stub.rpc_aggregate_part(_counted(inputs, sent, self._lock))
+        return _counted(stream, recv, self._lock)
+
+
+class CountingRunner(AllReduceRunner):
+    """AllReduceRunner that meters both the parts it sends and those it serves."""
+
+    def __init__(self, *args, counters, lock, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._counters, self._lock = counters, lock
+
+    def _get_peer_stub(self, peer):
+        return _CountingStub(super()._get_peer_stub(peer), self._counters, self._lock)
+
+    async def rpc_aggregate_part(
+        self, stream: AsyncIterator[averaging_pb2.AveragingData], context: P2PContext
+    ) -> AsyncIterator[averaging_pb2.AveragingData]:
+        recv, sent = self._counters["bytes_recv"], self._counters["bytes_sent"]
+        async for msg in super().rpc_aggregate_part(_counted(stream, recv, self._lock), context):
+            with self._lock:
+                sent.value += msg.ByteSize()
+            yield msg
+
+
+class GatedAverager(DecentralizedAverager):
+    """See the module docstring. `gate`: who may take part. The state offered to newcomers
+    is what the host last passed to `share_state` (a consistent snapshot, not tensors the
+    training loop is changing)."""
+
+    def __init__(self, averaged_tensors, dht, *, gate: Gate, **kwargs):
+        self.gate = gate
+        self.counters = {name: mp.Value(ctypes.c_double, 0.0, lock=False) for name in COUNTERS}
+        self._counter_lock = mp.Lock()
+        self._state_lock = threading.Lock()
+        self._shared_state: tuple[dict, list] | None = None
+        super().__init__(averaged_tensors, dht, **kwargs)
+
+    # ------------------------------------------------------------------ host side
+
+    def counter(self, name: str) -> float:
+        with self._counter_lock:
+            return float(self.counters[name].value)
+
+    def gather_info(self, **extra) -> dict:
+        """What this peer tells its group (msgpack-able): its member tag plus `extra`."""
+        return {"tag": self.gate.tag(self.peer_id.to_bytes()), **extra}
+
+    def share_state(self, metadata: dict, tensors: list) -> None:
+        """Offer (metadata, tensors) to peers that call load_state_from_peers."""
+        with self._state_lock:
+            self._shared_state = (dict(metadata), [t.detach().clone() for t in tensors])
+        if not self.allow_state_sharing:
+            self.allow_state_sharing = True  # declare as a donor only once there is a state
+
+    def get_current_state(self):
+        with self._state_lock:
+            if self._shared_state is None:
+                return super().get_current_state()
+            metadata, tensors = self._shared_state
+            return metadata, tensors, None
+
+    # ------------------------------------------------------------------ averager process
+
+    def _add(self, name: str, value: float) -> None:
+        with self._counter_lock:
+            self.counters[name].value += value
+
+    async def rpc_join_group(
+        self, request: averaging_pb2.JoinRequest, context: P2PContext
+    ) -> AsyncIterator[averaging_pb2.MessageFromLeader]:
+        if not self.gate.allows(context.remote_id.to_bytes(), gathered_tag(request.gather)):
+            self._add("rejected_joins", 1)
+            yield averaging_pb2.MessageFromLeader(code=averaging_pb2.PROTOCOL_VIOLATION)
+            return
+        async for response in super().rpc_join_group(request, context):
+            yield response
+
+    async def _aggregate_with_group(self, group_info, min_vector_size, **kwargs):
+        for peer_id, raw in zip(group_info.peer_ids, group_info.gathered, strict=True):
+            if peer_id != self.peer_id and not self.gate.allows(
+                peer_id.to_bytes(), gathered_tag(raw)
+            ):
+                self._add("rejected_groups", 1)
+                raise MatchmakingException(f"{peer_id} is not a member of this run; leaving group")
+        return await super()._aggregate_with_group(group_info, min_vector_size, **kwargs)
+
+    async def _run_allreduce_inplace_(self, tensors, group_info, group_id=None, **kwargs):
+        # hivemind's method with CountingRunner in place of AllReduceRunner
+        group_id = group_info.group_id if group_id is None else group_id
+        runner = CountingRunner(
+            p2p=self._p2p,
+            servicer_type=type(self),
+            prefix=self.prefix,
+            tensors=tensors,
+            group_id=group_id,
+            ordered_peer_ids=group_info.peer_ids,
+            counters=self.counters,
+            lock=self._counter_lock,
+            **kwargs,
+        )
+        assert group_id in self._running_groups, f"group {group_id} was not registered"
+        self._running_groups[group_id].set_result(runner)
+        async for tensor, update in _zip(tensors, runner):
+            tensor.add_(update, alpha=self._averaging_alpha)
+        self._state_updated.set()
+
+    async def rpc_download_state(
+        self, request: averaging_pb2.DownloadRequest, context: P2PContext
+    ) -> AsyncIterator[averaging_pb2.DownloadData]:
+        if self.gate.secret or self.gate.allowed:
+            tag = await self._member_tag(context.remote_id.to_bytes())
+            if not self.gate.allows(context.remote_id.to_bytes(), tag):
+                self._add("rejected_downloads", 1)
+                return
+        async for message in super().rpc_download_state(request, context):
+            self._add("state_bytes_sent", message.ByteSize())
+            yield message
+
+    async def _load_state_from_peers(self, future, timeout=None):
+        # hivemind's method, with donors limited to members of the run: on an open DHT
+        # (allow-list mode) anyone can declare itself a donor.
+        timeout = timeout or self.next_chunk_timeout or self.request_timeout
+        try:
+            key = f"{self._matchmaking.group_key_manager.prefix}.all_averagers"
+            found = await self.dht.get(key, latest=True, return_future=True)
+            donors = found.value if found is not None and isinstance(found.value, dict) else {}
+            ranked = sorted(
+                (
+                    (float(v.value), random.random(), PeerID(p))
+                    for p, v in donors.items()
+                    if isinstance(v, ValueWithExpiration) and isinstance(v.value, (float, int))
+                ),
+                reverse=True,
+            )
+            for _, _, peer in ranked:
+                if peer == self.peer_id:
+                    continue
+                if not self.gate.allows(peer.to_bytes(), await self._member_tag(peer.to_bytes())):
+                    self._add("rejected_donors", 1)
+                    continue
+                state = await self._download_state(peer, timeout)
+                if state is not None:
+                    future.set_result(state)
+                    return
+        finally:
+            if not future.done():
+                future.set_result(None)
+
+    async def _download_state(self, peer, timeout: float):
+        """(metadata, tensors) from `peer`, or None; metadata msgpack, tensors protobuf."""
+        try:
+            stub = self.get_stub(self._p2p, peer, namespace=self.prefix)
+            stream = await stub.rpc_download_state(averaging_pb2.DownloadRequest())
+            metadata, tensors, parts = None, [], []
+            async for message in aiter_with_timeout(stream, timeout=timeout):
+                if message.metadata:
+                    metadata = self.serializer.loads(message.metadata)
+                if message.tensor_part.dtype and parts:
+                    tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
+                    parts = []
+                parts.append(message.tensor_part)
+            if parts:
+                tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
+            return (metadata, tensors) if metadata else None
+        except Exception as e:  # a donor that fails: try the next one
+            logger.info(f"could not download the state from {peer}: {e!r}")
+            return None
+
+    async def _member_tag(self, peer_id: bytes) -> bytes | None:
+        if not self.gate.secret:
+            return None
+        try:
+            found = await asyncio.wait_for(
+                self.dht.get(members_key(self.prefix), latest=True, return_future=True), 5.0
+            )
+        except Exception:
+            return None
+        if found is None or not isinstance(found.value, dict):
+            return None
+        item = found.value.get(peer_id)
+        return item.value if isinstance(item, ValueWithExpiration) else None
+
+
+def members_key(prefix: str) -> str:
+    """DHT key of the run's membership records (subkey: peer ID bytes, value: member tag)."""
+    return f"{prefix}_members"
+
+
+async def _zip(tensors, runner):
+    iterator = runner.__aiter__()
+    for tensor in tensors:
+        yield tensor, await iterator.__anext__()

@@ -1,0 +1,451 @@
+"""One peer of a networked run: trains on its own data, averages weights with live peers.
+
+    speechswarm peer --config p2p-tiny --data mine.jsonl --out runs/me
+    speechswarm peer --config p2p-tiny --data mine.jsonl --initial-peers /ip4/10.0.0.5/tcp/4100/p2p/12D3...
+
+`run_peer()` builds the ordinary training run (`train.setup.setup_run`), joins the run's
+hivemind DHT, and trains through the ordinary loop (`train.loop.train_one_epoch`) with a
+`HivemindSync` at the loop's sync point: every `every` local steps it averages the model's
+floating tensors with whichever peers are looking for a group at that moment (hivemind
+`DecentralizedAverager`, groups of up to `group_size`, weights = training-set sizes), checks
+the result (`p2p.mixing.check_received`: names, shapes, dtypes, finite, norm bound) and only
+then loads it into the model. A round that finds no group, times out or fails the check
+leaves the model as it was: training goes on locally. A peer that joins with
+`--initial-peers` first downloads the current weights from a live peer.
+
+Writes to `--out`: `address.txt` (how others join), `rounds.jsonl` (one row per averaging
+attempt), `metrics.jsonl` (the loop's training log), `summary.json` (own-test WER/CER,
+rounds joined, group sizes, bytes, averaging vs training time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from speechswarm.config import Config
+from speechswarm.data.manifest import read_manifest, write_manifest
+from speechswarm.p2p import mixing
+from speechswarm.p2p.local import batchnorm_stat_names
+from speechswarm.p2p.net.auth import Gate, run_secret_authorizer
+from speechswarm.p2p.net.settings import NetSettings
+
+
+def hivemind_compression(kind: str):
+    """hivemind codec for `kind`. int8: tensors of 1,024+ values as 8-bit codes (hivemind's
+    Uniform8BitQuantization: 256 bins over +-3 std, a 256-entry codebook each), smaller ones
+    (biases, norms: a tiny share of the bytes, and a 1-value tensor has no std) uncompressed."""
+    from hivemind.compression import (
+        Float16Compression,
+        NoCompression,
+        SizeAdaptiveCompression,
+        Uniform8BitQuantization,
+    )
+
+    import speechswarm.p2p.net.averager  # noqa: F401 (its 8-bit decoding fix)
+
+    if kind == "int8":
+        return SizeAdaptiveCompression(1024, NoCompression(), Uniform8BitQuantization())
+    return {"none": NoCompression, "fp16": Float16Compression}[kind]()
+
+
+def averaged_names(model: torch.nn.Module, bn_stats: str) -> list[str]:
+    """State-dict names that peers average: floating tensors, minus BatchNorm statistics
+    when p2p.bn_stats is `local` (FedBN-style)."""
+    skip = set(batchnorm_stat_names(model)) if bn_stats == "local" else set()
+    return [k for k, v in model.state_dict().items() if v.is_floating_point() and k not in skip]
+
+
+class HivemindSync:
+    """A `distributed.sync.Synchronizer` that averages through a GatedAverager every
+    `every` steps; the other three methods answer as LocalSync (each peer is its own main)."""
+
+    is_main = True
+
+    def __init__(self, averager, names, *, every, weight, settings, p2p, rounds_path, log):
+        self.averager, self.names, self.every, self.weight = averager, names, every, weight
+        self.settings, self.p2p, self.log = settings, p2p, log
+        self.rounds_path = Path(rounds_path)
+        self.rounds_path.write_text("")
+        self.started = time.perf_counter()
+        self.round = 0
+        self.joined = 0
+        self.averaging_seconds = 0.0
+        self.group_sizes: list[int] = []
+        self.reasons: dict[str, int] = {}
+
+    def agree(self, flag: str) -> str:
+        return flag
+
+    def gather(self, obj):
+        return [obj]
+
+    def after_step(self, model: torch.nn.Module, state) -> None:
+        if state.step % self.every:
+            return
+        self.average(model, state.step)
+
+    def own_state(self, model) -> dict:
+        sd = model.state_dict()
+        return {k: sd[k].detach().clone() for k in self.names}
+
+    def average(self, model: torch.nn.Module, step: int) -> dict:
+        """One averaging attempt; returns (and logs) its row."""
+        start = time.perf_counter()
+        own = self.own_state(model)
+        sent0, recv0 = self.averager.counter("bytes_sent"), self.averager.counter("bytes_recv")
+        with self.averager.get_tensors() as buffers:
+            for buf, name in zip(buffers, self.names, strict=True):
+                buf.copy_(own[name])
+        reason, peers = "", {}
+        try:
+            peers = self.averager.step(
+                weight=self.weight,
+                gather=self.averager.gather_info(step=step),
+                timeout=self.settings.timeout_s,
+            )
+            if peers is None:
+                reason = "no group"
+        except Exception as e:  # hivemind raises several kinds for a failed round
+            reason = "timeout" if "imeout" in type(e).__name__ + str(e) else "failed"
+            self.log.info(f"averaging at step {step} failed: {type(e).__name__}: {e}")
+        group = len(peers) if peers else 1
+        if not reason:
+            with self.averager.get_tensors() as buffers:
+                received = {n: b.clone() for n, b in zip(self.names, buffers, strict=True)}
+            if self.p2p.validate:
+                reason = mixing.check_received(received, own, self.p2p.max_norm_ratio)
+            if not reason:
+                model.load_state_dict({**model.state_dict(), **received})
+                self.joined += 1
+                self.group_sizes.append(group)
+        self.reasons[reason or "ok"] = self.reasons.get(reason or "ok", 0) + 1
+        shared = self.share(model, step)
+        seconds = time.perf_counter() - start
+        self.averaging_seconds += seconds
+        self.round += 1
+        row = {
+            "round": self.round,
+            "step": step,
+            "ok": not reason,
+            "reason": reason,
+            "group_size": group if not reason else 1,
+            "seconds": round(seconds, 3),
+            "time": round(time.perf_counter() - self.started, 3),
+            "bytes_sent": int(self.averager.counter("bytes_sent") - sent0),
+            "bytes_recv": int(self.averager.counter("bytes_recv") - recv0),
+            "state_sum": shared,
+        }
+        with open(self.rounds_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        return row
+
+    def share(self, model, step: int) -> float:
+        """Offer the current weights to newcomers (a snapshot, consistent across tensors);
+        returns their `state_sum` (a checksum: a newcomer logs the same for what it loaded)."""
+        own = self.own_state(model)
+        tensors = [own[n] for n in self.names]
+        self.averager.share_state({"step": step, "round": self.round}, tensors)
+        return state_sum(tensors)
+
+
+def state_sum(tensors) -> float:
+    """Sum of all values in float64, in order: equal sums identify the same weights here."""
+    return float(sum(float(t.double().sum()) for t in tensors))
+
+
+def load_from_peers(averager, model, names, p2p, timeout: float, log) -> dict:
+    """Download a live peer's weights; load them if they pass validation. Returns
+    {"loaded": bool, "from_step": int | None, "reason": str}."""
+    result = averager.load_state_from_peers(timeout=timeout)
+    if result is None:
+        return {"loaded": False, "from_step": None, "reason": "no peer shared its state"}
+    metadata, tensors = result
+    own = {k: v.detach().clone() for k, v in model.state_dict().items() if k in names}
+    if not isinstance(metadata, dict) or len(tensors) != len(names):
+        return {"loaded": False, "from_step": None, "reason": "keys"}
+    received = {n: t for n, t in zip(names, tensors, strict=True)}
+    reason = mixing.check_received(received, own, p2p.max_norm_ratio) if p2p.validate else ""
+    if reason and reason != "norm":  # a trained model may differ in norm from a fresh one
+        log.info(f"state from peers rejected: {reason}")
+        return {"loaded": False, "from_step": None, "reason": reason}
+    model.load_state_dict({**model.state_dict(), **received})
+    step = metadata.get("step")
+    log.info(f"loaded the current weights from a peer (its step {step})")
+    return {
+        "loaded": True,
+        "from_step": step if isinstance(step, int) else None,
+        "reason": "",
+        "state_sum": state_sum(tensors),
+    }
+
+
+def start_dht(settings: NetSettings, gate: Gate, initial_peers, identity: str):
+    import hivemind
+
+    kwargs = {}
+    if gate.secret:
+        kwargs["authorizer"] = run_secret_authorizer(gate.secret)
+    if settings.announce:
+        kwargs["announce_maddrs"] = [settings.announce]
+    try:
+        return hivemind.DHT(
+            initial_peers=list(initial_peers) or None,
+            host_maddrs=[f"/ip4/{settings.host}/tcp/{settings.port}"],
+            identity_path=identity or None,
+            start=True,
+            **kwargs,
+        )
+    except Exception as e:
+        hint = (
+            "check --initial-peers (a peer's printed address) and, in a closed run, that this "
+            "peer has the same run secret ($SPEECHSWARM_RUN_SECRET or --secret-file)"
+        )
+        raise RuntimeError(f"could not join the run's DHT: {e}; {hint}") from e
+
+
+def _split(data: str, test: str, cfg: Config, out: Path) -> tuple[Path, Path]:
+    """(train manifest, own test manifest): `test` as given, else p2p.test_fraction of data."""
+    from speechswarm.p2p.partition import split_agents
+
+    for path, flag in ((data, "--data"), (test, "--test")):
+        if path and not Path(path).is_file():
+            raise FileNotFoundError(f"{flag} {path}: no such manifest")
+    if test:
+        return Path(data), Path(test)
+    agent = split_agents([read_manifest(data)], cfg.p2p.test_fraction, 0.0, seed=cfg.p2p.seed)[0]
+    write_manifest(out / "train.jsonl", agent.train)
+    write_manifest(out / "test.jsonl", agent.test)
+    return out / "train.jsonl", out / "test.jsonl"
+
+
+def peer_config(cfg: Config, train: Path, test: Path, out: Path, every: int) -> Config:
+    """The peer's training config: its own data, p2p.rounds rounds of `every` steps."""
+    rounds_steps = cfg.p2p.rounds * every
+    return dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, train_manifest=str(train), dev_manifest=str(test)),
+        train=dataclasses.replace(
+            cfg.train,
+            out_dir=str(out),
+            max_steps=rounds_steps,
+            epochs=max(cfg.train.epochs, 10**6),
+            eval_every=0,
+            checkpoint_every=0,
+            log_every=max(1, min(cfg.train.log_every, every)),
+        ),
+    )
+
+
+def steps_per_round(cfg: Config, settings: NetSettings, batches_per_epoch: int) -> int:
+    if settings.every:
+        return settings.every
+    if cfg.p2p.local_steps:
+        return cfg.p2p.local_steps
+    return max(1, cfg.p2p.local_epochs * batches_per_epoch)
+
+
+def run_peer(
+    cfg: Config,
+    data: str,
+    out: str,
+    *,
+    test: str = "",
+    global_test: str = "",
+    initial_peers: tuple[str, ...] = (),
+    settings: NetSettings | None = None,
+    gate: Gate | None = None,
+    identity: str = "",
+    prefix: str = "speechswarm",
+    progress: bool = True,
+) -> dict:
+    """Train one peer to p2p.rounds averaging rounds; returns (and writes) its summary."""
+    from speechswarm.train.loop import TrainState, save, train_one_epoch
+    from speechswarm.train.setup import setup_run
+
+    settings = settings or NetSettings()
+    gate = gate or Gate()
+    settings.check()
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train_path, test_path = _split(data, test, cfg, out_dir)
+    probe = peer_config(cfg, train_path, test_path, out_dir, 1)
+    run = setup_run(probe, progress=progress)
+    every = steps_per_round(cfg, settings, len(run.sampler))
+    if every != 1:
+        run = setup_run(peer_config(cfg, train_path, test_path, out_dir, every), progress=progress)
+    names = averaged_names(run.model, cfg.p2p.bn_stats)
+    weight = float(len(run.sampler.durations)) if cfg.p2p.weights == "data_size" else 1.0
+    dht = start_dht(settings, gate, initial_peers, identity)
+    averager = None
+    try:
+        averager = _start_averager(run.model, names, dht, gate, settings, prefix)
+        address = _announce(dht, gate, prefix, out_dir)
+        sd = run.model.state_dict()
+        averager.share_state({"step": 0, "round": 0}, [sd[n] for n in names])
+        present = wait_for_peers(dht, prefix, settings.wait_peers, settings.wait_s, run.log)
+        joined = {"loaded": False, "from_step": None, "reason": "first peer"}
+        if initial_peers and settings.load_state:
+            joined = load_from_peers(
+                averager, run.model, names, cfg.p2p, settings.timeout_s, run.log
+            )
+        sync = HivemindSync(
+            averager, names, every=every, weight=weight, settings=settings, p2p=cfg.p2p,
+            rounds_path=out_dir / "rounds.jsonl", log=run.log,
+        )  # fmt: skip
+        sync.share(run.model, 0)
+        run = dataclasses.replace(run, sync=sync)
+        from speechswarm.report import MetricsLogger
+
+        run.metrics = MetricsLogger(out_dir, tensorboard=False)
+        state, started, reason = TrainState(), time.perf_counter(), ""
+        while not reason:
+            reason = train_one_epoch(run, state, started, None, None, progress)
+            if not reason:
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        wall = time.perf_counter() - started
+        save(run, state)  # checkpoints/: the peer's final model, for eval, transcribe, export
+        scores = _score(run, test_path, global_test)
+        summary = _summary(run, state, sync, averager, joined, scores, wall, address, every)
+        summary["peers_at_start"] = present
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        print(summary_line(summary), flush=True)
+        return summary
+    finally:
+        if averager is not None:
+            averager.shutdown()
+        dht.shutdown()
+
+
+def _start_averager(model, names, dht, gate, settings, prefix):
+    from speechswarm.p2p.net.averager import GatedAverager
+
+    sd = model.state_dict()
+    return GatedAverager(
+        [sd[n].detach().clone().float() for n in names],
+        dht,
+        gate=gate,
+        prefix=prefix,
+        start=True,
+        target_group_size=settings.group_size,
+        min_group_size=2,
+        min_matchmaking_time=settings.matchmaking_s,
+        request_timeout=max(0.1, settings.matchmaking_s / 3),
+        allreduce_timeout=settings.timeout_s,
+        next_chunk_timeout=settings.chunk_timeout_s,
+        compression=hivemind_compression(settings.compression),
+        declare_state_period=10.0,
+        allow_state_sharing=False,  # on at the first share_state: no donor without a state
+    )
+
+
+def _announce(dht, gate: Gate, prefix: str, out_dir: Path) -> list[str]:
+    """Publish this peer's membership record; print and write its address."""
+    from hivemind.utils.timed_storage import get_dht_time
+
+    from speechswarm.p2p.net.averager import members_key
+
+    peer = dht.peer_id.to_bytes()
+    expiry = get_dht_time() + 24 * 3600
+    if gate.secret:
+        dht.store(members_key(prefix), gate.tag(peer), expiry, subkey=peer)
+    dht.store(f"{prefix}_present", True, expiry, subkey=peer)
+    addresses = [str(a) for a in dht.get_visible_maddrs()]
+    (out_dir / "address.txt").write_text("\n".join(addresses) + "\n")
+    print(f"peer {dht.peer_id.to_base58()} listening; others join with:", flush=True)
+    for a in addresses:
+        print(f"  --initial-peers {a}", flush=True)
+    return addresses
+
+
+def wait_for_peers(dht, prefix: str, count: int, timeout: float, log) -> int:
+    """Block until `count` peers have announced themselves (or `timeout` s); returns how many."""
+    deadline = time.monotonic() + timeout
+    seen = 1
+    while count > 1:
+        found = dht.get(f"{prefix}_present", latest=True)
+        seen = len(found.value) if found is not None and isinstance(found.value, dict) else 1
+        if seen >= count or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    if count > 1:
+        log.info(f"{seen} of {count} peers present; training starts")
+    return seen
+
+
+def _score(run, test_path: Path, global_test: str) -> dict:
+    from speechswarm.evaluate import eval_batches, evaluate
+
+    out = {}
+    for key, path in (("own", test_path), ("global", global_test)):
+        if not path:
+            continue
+        utts = read_manifest(path)
+        if not utts:
+            continue
+        data = run.cfg.data
+        result = evaluate(
+            run.model,
+            run.extractor,
+            eval_batches(
+                utts,
+                run.tokenizer,
+                data.sample_rate,
+                max_batch_seconds=data.max_batch_seconds,
+                max_batch_size=data.max_batch_size,
+                num_workers=0,
+            ),
+            run.tokenizer,
+            device=run.device,
+            amp_dtype=run.amp_dtype,
+            references={u.id: u.text for u in utts},
+        )
+        out[f"{key}_wer"], out[f"{key}_cer"] = result.wer, result.cer
+    return out
+
+
+def _summary(run, state, sync, averager, joined, scores, wall, address, every) -> dict:
+    losses = [r["train_loss"] for r in run.metrics.read() if r.get("train_loss") is not None]
+    tail = losses[-max(1, every) :]
+    sizes = sync.group_sizes
+    return {
+        "peer_id": averager.peer_id.to_base58(),
+        "address": address,
+        "steps": state.step,
+        "train_loss": sum(tail) / len(tail) if tail else math.nan,
+        **scores,
+        "rounds": sync.round,
+        "rounds_joined": sync.joined,
+        "round_outcomes": sync.reasons,
+        "mean_group_size": sum(sizes) / len(sizes) if sizes else 0.0,
+        "bytes_sent": int(averager.counter("bytes_sent")),
+        "bytes_recv": int(averager.counter("bytes_recv")),
+        "state_bytes_sent": int(averager.counter("state_bytes_sent")),
+        "rejected_joins": int(averager.counter("rejected_joins")),
+        "rejected_groups": int(averager.counter("rejected_groups")),
+        "rejected_downloads": int(averager.counter("rejected_downloads")),
+        "loaded_state": joined,
+        "averaging_seconds": round(sync.averaging_seconds, 3),
+        "training_seconds": round(state.train_seconds - sync.averaging_seconds, 3),
+        "wall_time": round(wall, 3),
+        "train_utts": len(run.sampler.durations),
+    }
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.1f} %"
+
+
+def summary_line(s: dict) -> str:
+    return (
+        f"peer {s['peer_id'][-8:]}: {s['steps']} steps, own WER {_pct(s.get('own_wer'))} CER "
+        f"{_pct(s.get('own_cer'))}; joined {s['rounds_joined']}/{s['rounds']} rounds (mean group "
+        f"{s['mean_group_size']:.1f}), {s['bytes_sent'] / 1e6:.2f} MB sent, "
+        f"{s['bytes_recv'] / 1e6:.2f} MB received; {s['averaging_seconds']:.1f} s averaging, "
+        f"{s['training_seconds']:.1f} s training"
+    )

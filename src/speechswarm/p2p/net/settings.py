@@ -1,0 +1,52 @@
+"""Network settings of a peer: plain values, importable without torch or hivemind (the CLI
+builds its arguments from them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+COMPRESSIONS = ("none", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class NetSettings:
+    """Network knobs, each with the symptom that says when to change it (docs/p2p-network.md).
+
+    Defaults suit loopback and a LAN; over the internet raise the times."""
+
+    group_size: int = 2  # peers per averaging group; 2 = pairwise gossip
+    every: int = 0  # local steps between averaging rounds; 0: p2p.local_steps (or epochs)
+    # Seconds a leader waits for followers. Symptom to raise it: rounds.jsonl shows many
+    # "no group" rounds or group sizes below group_size while all peers are alive.
+    matchmaking_s: float = 1.0
+    # Seconds one averaging round may take in all, matchmaking included; then the peer gives
+    # up and trains on. Symptom to raise it: "timeout" rounds on a slow link with big models.
+    timeout_s: float = 15.0
+    # Seconds without the next chunk from a group member before it is dropped from the round
+    # (a stalled or killed peer). Symptom to raise it: healthy peers get dropped on slow links.
+    chunk_timeout_s: float = 5.0
+    compression: str = "none"  # none | fp16 | int8 (hivemind Uniform8BitQuantization)
+    load_state: bool = True  # with --initial-peers: start from a live peer's weights
+    # Before training, wait until this many peers (itself included) have joined the run's
+    # DHT, at most wait_s seconds: peers that start together average from the first round.
+    wait_peers: int = 0
+    wait_s: float = 120.0
+    host: str = "127.0.0.1"  # address to listen on (0.0.0.0: all interfaces)
+    port: int = 0  # 0: any free port
+    announce: str = ""  # public address to announce (behind NAT or a container)
+
+    def check(self) -> None:
+        if self.group_size < 2:
+            raise ValueError(f"--group-size must be >= 2, got {self.group_size}")
+        if self.every < 0:
+            raise ValueError(f"--every must be >= 0, got {self.every}")
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"--compression {self.compression!r}: choose none, fp16 or int8")
+        for key in ("matchmaking_s", "timeout_s", "chunk_timeout_s"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"--{key.replace('_', '-')} must be > 0")
+        if self.timeout_s <= self.matchmaking_s:
+            raise ValueError(
+                f"--timeout-s ({self.timeout_s}) must exceed --matchmaking-s "
+                f"({self.matchmaking_s}): a round needs time to average after forming a group"
+            )

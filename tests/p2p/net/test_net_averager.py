@@ -1,0 +1,166 @@
+"""GatedAverager on loopback, in one process: weighted averages, a closed DHT, strangers
+refused, compression's bytes.
+
+    .venv/bin/python -m pytest tests/p2p/net/test_net_averager.py -q
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+pytest.importorskip("hivemind")
+
+import hivemind  # noqa: E402
+
+from speechswarm.p2p.net.auth import Gate, ensure_identity, run_secret_authorizer  # noqa: E402
+from speechswarm.p2p.net.averager import GatedAverager  # noqa: E402
+from speechswarm.p2p.net.peer import hivemind_compression  # noqa: E402
+
+SECRET = b"0123456789abcdef0123"
+HOST = ["/ip4/127.0.0.1/tcp/0"]
+
+
+def _dht(initial=(), secret=b"", identity=None):
+    kwargs = {"authorizer": run_secret_authorizer(secret)} if secret else {}
+    return hivemind.DHT(
+        initial_peers=list(initial) or None,
+        host_maddrs=HOST,
+        start=True,
+        identity_path=identity,
+        **kwargs,
+    )
+
+
+def _averager(tensors, dht, gate, compression="none", group=2):
+    return GatedAverager(
+        tensors,
+        dht,
+        gate=gate,
+        prefix="test",
+        start=True,
+        target_group_size=group,
+        min_matchmaking_time=1.0,
+        request_timeout=0.3,
+        allreduce_timeout=10.0,
+        next_chunk_timeout=2.0,
+        compression=hivemind_compression(compression),
+    )
+
+
+def _step_all(averagers, weights, timeout=10.0):
+    results = {}
+
+    def run(k):
+        a = averagers[k]
+        try:
+            results[k] = a.step(weight=weights[k], gather=a.gather_info(), timeout=timeout)
+        except Exception as e:  # a refused peer's step fails: record it
+            results[k] = e
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(averagers))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout + 20)
+    return results
+
+
+def _close(*things):
+    for t in things:
+        t.shutdown()
+
+
+def test_members_average_by_weight_and_bytes_are_metered():
+    gate = Gate(secret=SECRET)
+    d0 = _dht(secret=SECRET)
+    d1 = _dht([str(a) for a in d0.get_visible_maddrs()], secret=SECRET)
+    n = 5000
+    a0 = _averager([torch.zeros(n), torch.full((3,), 2.0)], d0, gate)
+    a1 = _averager([torch.ones(n), torch.full((3,), 6.0)], d1, gate)
+    try:
+        results = _step_all([a0, a1], [1.0, 3.0])
+        assert all(isinstance(r, dict) and len(r) == 2 for r in results.values()), results
+        for a in (a0, a1):
+            with a.get_tensors() as (big, small):
+                # weighted mean by hand: (1*0 + 3*1) / 4 and (1*2 + 3*6) / 4
+                assert torch.allclose(big, torch.full((n,), 0.75))
+                assert torch.allclose(small, torch.full((3,), 5.0))
+        # butterfly all-reduce: each peer sends its half of the other's part (~2.5k floats)
+        # and returns the averaged half (~2.5k floats): about 4 bytes x 5k values each way
+        for a in (a0, a1):
+            assert 0.9 * 4 * n < a.counter("bytes_sent") < 1.2 * 4 * n + 2000
+            assert 0.9 * 4 * n < a.counter("bytes_recv") < 1.2 * 4 * n + 2000
+    finally:
+        _close(a0, a1, d0, d1)
+
+
+def test_int8_compression_quarters_the_bytes_and_stays_close():
+    gate = Gate()
+    d0 = _dht()
+    d1 = _dht([str(a) for a in d0.get_visible_maddrs()])
+    n = 20000
+    x0 = torch.linspace(-1, 1, n)
+    x1 = torch.linspace(1, -1, n) * 0.5
+    a0 = _averager([x0.clone()], d0, gate, compression="int8")
+    a1 = _averager([x1.clone()], d1, gate, compression="int8")
+    try:
+        results = _step_all([a0, a1], [1.0, 1.0])
+        assert all(isinstance(r, dict) for r in results.values()), results
+        with a0.get_tensors() as (got,):
+            err = (got - (x0 + x1) / 2).abs().max()
+            assert err < 0.05  # 8-bit codes: a few hundredths on values in [-1, 1]
+        sent = a0.counter("bytes_sent")
+        assert 0.9 * n < sent < 1.4 * n + 4000, sent  # ~1 byte per value instead of 4
+    finally:
+        _close(a0, a1, d0, d1)
+
+
+def test_a_peer_without_the_run_secret_cannot_join_the_dht():
+    d0 = _dht(secret=SECRET)
+    address = [str(a) for a in d0.get_visible_maddrs()]
+    try:
+        with pytest.raises(RuntimeError, match="bootstrap failed"):
+            _dht(address, secret=b"a wrong secret 0123456789")
+        with pytest.raises(RuntimeError, match="bootstrap failed"):
+            _dht(address)  # no secret at all
+    finally:
+        d0.shutdown()
+
+
+def test_allow_list_refuses_a_strangers_tensors_and_state_downloads(tmp_path):
+    from hivemind.p2p import PeerID
+
+    keys = [str(tmp_path / f"m{k}.key") for k in range(2)]
+    members = frozenset(PeerID.from_base58(ensure_identity(k)).to_bytes() for k in keys)
+    gate = Gate(allowed=members)
+    d0 = _dht(identity=keys[0])
+    addr = [str(a) for a in d0.get_visible_maddrs()]
+    d1 = _dht(addr, identity=keys[1])
+    ds = _dht(addr)  # the stranger: reaches the (open) DHT, but is not on the list
+    m0 = _averager([torch.zeros(100)], d0, gate, group=3)
+    m1 = _averager([torch.ones(100)], d1, gate, group=3)
+    stranger = _averager([torch.full((100,), 1e6)], ds, gate, group=3)
+    try:
+        m0.share_state({"step": 7}, [torch.zeros(100)])
+        _step_all([m0, m1, stranger], [1.0, 1.0, 1.0], timeout=12.0)
+        for a in (m0, m1):
+            with a.get_tensors() as (t,):
+                assert float(t.max()) < 2.0, "the stranger's values reached a member"
+        # members leave any group the stranger leads before sending a byte: its "average" is
+        # its own tensor (hivemind drops senders that never arrive), nothing of theirs
+        with stranger.get_tensors() as (t,):
+            assert torch.equal(t, torch.full((100,), 1e6))
+        assert stranger.counter("bytes_recv") == 0
+        refused = sum(a.counter("rejected_joins") + a.counter("rejected_groups") for a in (m0, m1))
+        assert refused >= 1
+        assert stranger.load_state_from_peers(timeout=5.0) is None
+        assert m0.counter("rejected_downloads") >= 1
+        # a member downloads from a member, never from the stranger (which, with hivemind's
+        # default allow_state_sharing, declares itself a donor on the open DHT)
+        got = m1.load_state_from_peers(timeout=5.0)
+        assert got is not None and got[0]["step"] == 7 and torch.equal(got[1][0], torch.zeros(100))
+    finally:
+        _close(m0, m1, stranger, d0, d1, ds)

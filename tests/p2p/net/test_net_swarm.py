@@ -1,0 +1,177 @@
+"""Peers as real processes on loopback: the swarm command, and faults (a peer killed, a peer
+joining late, a peer frozen), each with 3 tiny peers and bounded in time.
+
+    .venv/bin/python -m pytest tests/p2p/net/test_net_swarm.py -q
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("hivemind")
+
+from speechswarm.config import dump_yaml  # noqa: E402
+from speechswarm.p2p.experiment import make_agents, write_agents  # noqa: E402
+from speechswarm.p2p.net.peer import NetSettings  # noqa: E402
+from speechswarm.p2p.net.swarm import PeerProcess, peer_args, peer_env  # noqa: E402
+
+pytestmark = pytest.mark.slow  # each test starts 3 Python processes with torch and p2pd
+
+# Loopback timings: a frozen peer costs the others at most ~TIMEOUT seconds per round.
+FAST = NetSettings(group_size=3, matchmaking_s=0.5, timeout_s=4.0, chunk_timeout_s=2.0)
+SECRET = "0123456789abcdef0123"
+
+
+@pytest.fixture
+def swarm_setup(p2p_config, tmp_path):
+    """(config file, agent folders) for 3 agents of the tone corpus, `rounds` rounds of 2 steps."""
+
+    def make(rounds: int):
+        cfg = p2p_config("swarm", "p2p.agents=3", f"p2p.rounds={rounds}", "p2p.local_steps=2")
+        out = Path(cfg.train.out_dir)
+        agents = make_agents(cfg, out)
+        write_agents(agents, out)
+        config = out / "config.yaml"
+        config.write_text(dump_yaml(cfg))
+        return config, [out / "agents" / a.name for a in agents]
+
+    return make
+
+
+def _start(config, agent_dir, out, settings, initial=()):
+    return PeerProcess(peer_args(config, agent_dir, out, settings, initial=initial), out, peer_env(SECRET))  # fmt: skip
+
+
+def _wait_rounds(peer: PeerProcess, count: int, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(peer.rounds()) < count:
+        assert peer.proc.poll() is None, peer.log_path.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"no {count} rounds in {timeout} s"
+        time.sleep(0.2)
+
+
+def _finish(peers, timeout=120.0) -> list[int]:
+    try:
+        return [p.wait(timeout) for p in peers]
+    finally:
+        for p in peers:
+            if p.proc.poll() is None:
+                p.kill()
+
+
+def _weights(peer_dir: Path) -> dict:
+    ckpt = torch.load(peer_dir / "checkpoints" / "last.pt", weights_only=True)
+    return ckpt["model"]
+
+
+def test_swarm_command_trains_averages_and_reports(p2p_config, tmp_path):
+    from speechswarm.p2p.net.cli import main
+
+    cfg = p2p_config("cli", "p2p.agents=3", "p2p.rounds=3", "p2p.local_steps=2")
+    config = tmp_path / "cli.yaml"
+    config.write_text(dump_yaml(cfg))
+    out = tmp_path / "swarm-out"
+    started = time.monotonic()
+    code = main(["swarm", "--config", str(config), "--out", str(out), "--group-size", "3",
+                 "--matchmaking-s", "0.5", "--timeout-s", "4"])  # fmt: skip
+    assert code == 0, (out / "swarm" / "peer0" / "peer.log").read_text()[-3000:]
+    assert time.monotonic() - started < 150
+    report = (out / "report.md").read_text()
+    assert "| swarm |" in report and "## Peers" in report
+    rows = [json.loads(x) for x in (out / "swarm" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 9 and {r["agent"] for r in rows} == {0, 1, 2}
+    assert all(r["steps"] == 2 * r["round"] for r in rows)
+    last = [r for r in rows if r["round"] == 3]
+    assert all(r["own_cer"] >= 0.0 and r["global_cer"] is not None for r in last)
+    peers = json.loads((out / "summary.json").read_text())["peers"]
+    assert all(p["steps"] == 6 and p["rounds"] == 3 and p["rounds_joined"] >= 1 for p in peers)
+    assert all(p["bytes_sent"] > 0 and p["bytes_recv"] > 0 for p in peers)
+    # peers whose last round averaged in one group of 3 end with the same weights
+    finals = [json.loads(x) for x in (out / "swarm" / "peer0" / "rounds.jsonl").read_text().splitlines()][-1]  # fmt: skip
+    if finals["ok"] and finals["group_size"] == 3:
+        w = [_weights(out / "swarm" / f"peer{k}") for k in range(3)]
+        for name, t in w[0].items():
+            if t.is_floating_point():
+                assert torch.allclose(t, w[1][name], atol=1e-5) and torch.allclose(t, w[2][name], atol=1e-5)  # fmt: skip
+
+
+def test_a_killed_peer_leaves_the_others_averaging_in_pairs(swarm_setup, tmp_path):
+    config, agents = swarm_setup(rounds=12)
+    settings = dataclasses.replace(FAST, wait_peers=3)
+    p0 = _start(config, agents[0], tmp_path / "p0", settings)
+    addr = p0.address()
+    rest = [_start(config, agents[k], tmp_path / f"p{k}", settings, [addr]) for k in (1, 2)]
+    peers = [p0, *rest]
+    try:
+        _wait_rounds(rest[1], 2)
+        killed_after = len(p0.rounds())
+        rest[1].kill()
+        codes = _finish(peers[:2])
+    finally:
+        for p in peers:
+            p.kill()
+    assert codes == [0, 0]
+    for p in peers[:2]:
+        rounds = p.rounds()
+        assert len(rounds) == 12 and p.summary()["steps"] == 24  # all rounds, all steps
+        later = rounds[killed_after + 1 :]
+        assert any(r["ok"] and r["group_size"] == 2 for r in later), later
+        assert all(r["group_size"] <= 2 for r in later[2:])  # the dead peer is gone
+
+
+def test_a_late_peer_first_loads_the_current_weights(swarm_setup, tmp_path):
+    from speechswarm.config import load_config
+
+    config, agents = swarm_setup(rounds=40)  # the first two run on while the third starts
+    short = tmp_path / "late.yaml"  # the late peer does 3 rounds
+    short.write_text(dump_yaml(load_config(str(config), ["p2p.rounds=3"])))
+    settings = dataclasses.replace(FAST, wait_peers=2)
+    p0 = _start(config, agents[0], tmp_path / "p0", settings)
+    p1 = _start(config, agents[1], tmp_path / "p1", settings, [p0.address()])
+    peers = [p0, p1]
+    try:
+        _wait_rounds(p0, 2)
+        p2 = _start(short, agents[2], tmp_path / "p2", FAST, [p0.address()])
+        peers.append(p2)
+        codes = _finish(peers)
+    finally:
+        for p in peers:
+            p.kill()
+    assert codes == [0, 0, 0], p2.log_path.read_text()[-2000:]
+    loaded = p2.summary()["loaded_state"]
+    assert loaded["loaded"] and loaded["from_step"] >= 4, loaded
+    # the weights it loaded are exactly a donor's shared weights at that step
+    shared = {(r["step"], r["state_sum"]) for p in (p0, p1) for r in p.rounds()}
+    assert (loaded["from_step"], loaded["state_sum"]) in shared
+    assert p2.summary()["rounds_joined"] >= 1  # and it then averaged with them
+
+
+def test_a_frozen_peer_times_out_and_the_others_train_on(swarm_setup, tmp_path):
+    config, agents = swarm_setup(rounds=10)
+    settings = dataclasses.replace(FAST, wait_peers=3)
+    p0 = _start(config, agents[0], tmp_path / "p0", settings)
+    addr = p0.address()
+    rest = [_start(config, agents[k], tmp_path / f"p{k}", settings, [addr]) for k in (1, 2)]
+    peers = [p0, *rest]
+    try:
+        _wait_rounds(rest[1], 2)
+        frozen_at = time.monotonic()
+        rest[1].pause()  # SIGSTOP to its process group: Python and its p2pd daemon
+        codes = _finish(peers[:2], timeout=100.0)
+        healthy_seconds = time.monotonic() - frozen_at
+    finally:
+        for p in peers:
+            p.kill()
+    assert codes == [0, 0]
+    assert healthy_seconds < 100
+    for p in peers[:2]:
+        rounds = p.rounds()
+        assert len(rounds) == 10 and p.summary()["steps"] == 20
+        assert all(r["seconds"] <= FAST.timeout_s + 3.0 for r in rounds[3:])  # bounded waits
+        assert any(r["ok"] and r["group_size"] == 2 for r in rounds[3:])
