@@ -203,6 +203,21 @@ def test_eval_prints_a_per_speaker_table(overfit_run, mixed_manifest, eval_json,
     assert "worst 5 utterances (by CER):" in out
 
 
+@pytest.mark.slow  # needs overfit_run (~25 s)
+def test_eval_precision_reaches_the_model(overfit_run, mixed_manifest, tmp_path, one_torch_thread):
+    args = ("eval", "--checkpoint", overfit_run.checkpoint, "--manifest", mixed_manifest)
+    proc = cli(*args, "--precision", "fp32", "--json", "--worst", "100", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    hyps = {w["id"]: w["hyp"] for w in json.loads(proc.stdout)["worst"]}
+    # fp32 pads a batch without changing an utterance's outputs: the API, one file at a time
+    asr = speechswarm.load(overfit_run.checkpoint, precision="fp32")
+    assert hyps == {
+        u.id: " ".join(asr.transcribe(u.audio).split()) for u in read_manifest(mixed_manifest)
+    }
+    proc = cli(*args, "--precision", "fp16", cwd=tmp_path)  # fp16 autocast is CUDA-only
+    assert_clean_failure(proc, "eval", "precision fp16 needs a CUDA device")
+
+
 def test_eval_of_a_missing_checkpoint(synth_corpus, tmp_path):
     proc = cli("eval", "--checkpoint", "nope.pt", "--manifest", synth_corpus.few, cwd=tmp_path)
     assert_clean_failure(proc, "eval", "checkpoint nope.pt: no such file")
@@ -257,3 +272,81 @@ def test_transcribe_exits_1_when_every_file_fails(overfit_run, good_and_corrupt,
     assert "Traceback" not in proc.stderr
     assert "corrupt.flac\tERROR:" in proc.stderr and "missing.flac\tERROR:" in proc.stderr
     assert "missing_file" in proc.stderr
+
+
+class LengthRecognizer:
+    """Stands in for a Recognizer: 'transcribes' a wave as its sample count; records batches."""
+
+    sample_rate = 16000
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+
+    def transcribe_batch(self, waves):
+        self.batches.append([len(w) for w in waves])
+        return [str(len(w)) for w in waves]
+
+
+def test_transcribe_files_batches_by_length_and_answers_in_the_given_order(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from speechswarm.cli import transcribe_files
+
+    seconds = [0.5, 0.2, 0.9, 0.1, 0.7]
+    paths = []
+    for i, s in enumerate(seconds):
+        paths.append(str(tmp_path / f"{i}.flac"))
+        sf.write(paths[-1], np.zeros(int(s * 16000), np.float32), 16000, format="FLAC")
+    corrupt = tmp_path / "corrupt.flac"
+    corrupt.write_bytes(b"fLaC" + bytes(range(256)) * 4)
+    given = [paths[0], str(tmp_path / "missing.flac"), *paths[1:3], str(corrupt), *paths[3:]]
+    asr = LengthRecognizer()
+    rows = list(transcribe_files(asr, given, batch_size=2))
+    assert [r[0] for r in rows] == given
+    samples = [int(s * 16000) for s in seconds]
+    # shortest first, two at a time: 0.1 s + 0.2 s, 0.5 s + 0.7 s, then 0.9 s
+    assert asr.batches == [[1600, 3200], [8000, 11200], [14400]]
+    texts = {path: text for path, text, _, error in rows if error is None}
+    assert texts == {p: str(n) for p, n in zip(paths, samples, strict=True)}
+    for _, text, secs, error in rows:
+        if error is None:
+            assert secs == pytest.approx(int(text) / 16000)
+    errors = {path: error.reason for path, _, _, error in rows if error is not None}
+    assert errors == {given[1]: "missing_file", str(corrupt): "unreadable_audio"}
+    # Nothing readable: every error still comes out, in order.
+    assert [r[0] for r in transcribe_files(asr, [given[1], str(corrupt)], 4)] == [
+        given[1],
+        str(corrupt),
+    ]
+
+
+@pytest.mark.slow  # needs overfit_run (~25 s)
+def test_transcribe_in_batches_keeps_order_and_takes_a_precision(
+    overfit_run, good_and_corrupt, tmp_path, one_torch_thread
+):
+    files = [u.audio for u in read_manifest(overfit_run.manifest)][::-1]  # not by length
+    files.insert(2, str(good_and_corrupt[1]))
+    asr = speechswarm.load(overfit_run.checkpoint, precision="fp32")
+    expected = {f: asr.transcribe(f) for f in files if f != str(good_and_corrupt[1])}
+    proc = cli(
+        "transcribe", "--checkpoint", overfit_run.checkpoint, "--precision", "fp32",
+        "--batch-size", "4", "--json", *files, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert [r["file"] for r in rows] == files
+    assert "unreadable_audio" in rows[2]["error"]
+    # in fp32 a batch pads, but eval-mode outputs do not depend on neighbours
+    assert {r["file"]: r["text"] for r in rows if "text" in r} == expected
+    assert "PyTorch on cpu, fp32" in proc.stderr and "batches of <= 4" in proc.stderr
+
+
+def test_precision_is_for_checkpoints_only(tmp_path):
+    proc = cli("transcribe", "--onnx", "m.onnx", "--precision", "bf16", "x.wav", cwd=tmp_path)
+    assert_clean_failure(proc, "transcribe", "--precision applies to --checkpoint")
+    proc = cli("eval", "--onnx", "m.onnx", "--manifest", "m.jsonl", "--precision", "fp32",
+               cwd=tmp_path)  # fmt: skip
+    assert_clean_failure(proc, "eval", "--precision applies to --checkpoint")
+    proc = cli("transcribe", "--checkpoint", "c.pt", "--batch-size", "0", "x.wav", cwd=tmp_path)
+    assert_clean_failure(proc, "transcribe", "--batch-size must be >= 1")

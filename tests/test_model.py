@@ -162,6 +162,54 @@ def test_packed_and_padded_recurrent_paths_agree_with_gradients(overrides):
         torch.testing.assert_close(g_packed, g_padded, atol=1e-4, rtol=1e-4)
 
 
+def _profile(fn) -> dict[str, int]:
+    """Op name -> calls while `fn()` runs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key: e.count for e in prof.key_averages()}
+
+
+@pytest.mark.parametrize("rnn_type", ["gru", "lstm"])
+def test_padded_path_casts_recurrent_weights_once_under_autocast(rnn_type):
+    """Unpadded utterances: the padded per-direction path is the bidirectional module itself,
+    bit for bit in fp32 and within bf16 rounding under autocast. There, in inference, it
+    casts the weights once per call, not once per time step (inference_mode has no cast
+    cache), and projects the input with one GEMM, not T batched ones on copies of it."""
+    from speechswarm.model import _run_rnn_padded
+
+    torch.manual_seed(0)
+    cls = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[rnn_type]
+    rnn = cls(12, 16, bidirectional=True, batch_first=True)
+    twin = cls(12, 16, batch_first=True, device="meta")
+
+    def run(x):
+        return _run_rnn_padded(rnn, twin, x, torch.ones(x.shape[:2], dtype=torch.bool))
+
+    x = torch.randn(3, 60, 12)
+    with torch.inference_mode():
+        assert torch.equal(run(x), rnn(x)[0])  # fp32: untouched
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            x16 = x.bfloat16()  # as the model feeds it: conv output under autocast
+            ours, theirs = run(x16), rnn(x16)[0]
+            assert ours.dtype == theirs.dtype == torch.bfloat16
+            torch.testing.assert_close(ours.float(), theirs.float(), atol=2e-2, rtol=2e-2)
+            ops = {t: _profile(lambda t=t: run(x16[:, :t])) for t in (20, 60)}
+    casts = [ops[t].get("aten::_to_copy", 0) for t in (20, 60)]
+    assert casts[0] == casts[1] <= 12  # 4 tensors per direction (+ the input), not per step
+    assert "aten::bmm" not in ops[60]
+    # Training under autocast: the same gradients as the module's own (autocast caches casts).
+    grads = []
+    for fn in (run, lambda x: rnn(x)[0]):
+        rnn.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fn(x).float().square().sum().backward()
+        grads.append([p.grad.clone() for p in rnn.parameters()])
+    for ours, theirs in zip(*grads, strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-2, rtol=2e-2)
+
+
 def test_lookahead_sees_exactly_the_promised_future():
     torch.manual_seed(0)
     model = DeepSpeech2(

@@ -133,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--onnx", help="a model from `speechswarm export` (onnxruntime)")
     s.add_argument("--manifest", required=True)
     s.add_argument("--device", default="auto")
+    _add_precision_arg(s)
     s.add_argument("--batch-seconds", type=float, default=160.0)
     s.add_argument("--worst", type=int, default=5, help="how many worst utterances to show")
     s.add_argument("--json", action="store_true", help="print one JSON object")
@@ -145,8 +146,15 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--onnx", help="a model from `speechswarm export` (onnxruntime, no torch)")
     s.add_argument("files", nargs="+")
     s.add_argument("--device", default="auto", help="PyTorch device (checkpoints only)")
+    _add_precision_arg(s)
     s.add_argument(
         "--threads", type=int, default=None, help="CPU threads (default: the library's own)"
+    )
+    s.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="files per batch, grouped by length (output keeps the order given)",
     )
     s.add_argument("--json", action="store_true", help="one JSON object per line")
     _add_decoder_args(s)
@@ -211,6 +219,20 @@ def _parser() -> argparse.ArgumentParser:
 class DecoderDefaults:
     # = speechswarm.decode.DecoderOptions' defaults; repeated so `--help` imports nothing.
     beam_size, alpha, beta = 64, 0.5, 1.0
+
+
+def _add_precision_arg(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default="auto",
+        help="PyTorch arithmetic (checkpoints only): auto = bf16 where the CPU or GPU has it",
+    )
+
+
+def _check_onnx_precision(args) -> None:
+    if args.onnx and args.precision != "auto":
+        raise ValueError("--precision applies to --checkpoint; ONNX models run in fp32")
 
 
 def _add_decoder_args(s: argparse.ArgumentParser) -> None:
@@ -314,6 +336,7 @@ def _shard(args) -> int:
 def _eval(args) -> int:
     from speechswarm.evaluate import evaluate_checkpoint, evaluate_onnx, format_report
 
+    _check_onnx_precision(args)
     if args.onnx:
         result = evaluate_onnx(args.onnx, args.manifest, decoder=_decoder_options(args))
     else:
@@ -321,6 +344,7 @@ def _eval(args) -> int:
             args.checkpoint,
             args.manifest,
             device=args.device,
+            precision=args.precision,
             batch_seconds=args.batch_seconds,
             decoder=_decoder_options(args),
         )
@@ -334,8 +358,9 @@ def _eval(args) -> int:
 def _transcribe(args) -> int:
     import time
 
-    from speechswarm.data.audio import AudioError, load_audio
-
+    _check_onnx_precision(args)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     options = _decoder_options(args)
     if args.onnx:  # onnxruntime only: nothing on this path imports torch
         from speechswarm.onnx_runtime import OnnxRecognizer
@@ -349,34 +374,67 @@ def _transcribe(args) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        asr = load(args.checkpoint, device=args.device, decoder=options)
-        engine = f"PyTorch on {asr.device}"
-    failed, audio_seconds, busy = 0, 0.0, 0.0
-    for path in args.files:
-        start = time.perf_counter()
-        try:
-            wave = load_audio(path, asr.sample_rate)
-            text = asr.transcribe(wave)
-        except AudioError as e:
+        asr = load(args.checkpoint, device=args.device, precision=args.precision, decoder=options)
+        engine = f"PyTorch on {asr.device}, {asr.precision}"
+    failed, audio_seconds, start = 0, 0.0, time.perf_counter()
+    for path, text, seconds, error in transcribe_files(asr, args.files, args.batch_size):
+        if error is not None:
             failed += 1
-            line = {"file": path, "error": str(e)} if args.json else f"{path}\tERROR: {e}"
+            line = {"file": path, "error": str(error)} if args.json else f"{path}\tERROR: {error}"
             print(
                 json.dumps(line) if args.json else line,
                 file=sys.stdout if args.json else sys.stderr,
             )
             continue
-        busy += time.perf_counter() - start
-        audio_seconds += len(wave) / asr.sample_rate
+        audio_seconds += seconds
         print(json.dumps({"file": path, "text": text}) if args.json else f"{path}\t{text}")
+    busy = time.perf_counter() - start
     done = len(args.files) - failed
     if done:
         print(
             f"transcribed {done} file(s), {audio_seconds:.1f} s of audio in {busy:.2f} s: "
             f"real-time factor {busy / max(audio_seconds, 1e-9):.4f} ({engine}, "
-            f"{options.kind} decoding)",
+            f"{options.kind} decoding, batches of <= {args.batch_size})",
             file=sys.stderr,
         )
     return 1 if failed == len(args.files) else 0
+
+
+def transcribe_files(asr, paths: list[str], batch_size: int):
+    """Yield (path, text, audio seconds, error) for each of `paths`, in their order.
+
+    `asr`: a `Recognizer` or `OnnxRecognizer`. Files are sorted by length (from their
+    headers) and transcribed `batch_size` at a time, so a batch pads little; a result is
+    yielded as soon as every earlier path has one. A file that cannot be read yields its
+    AudioError (and None text) instead of stopping the others."""
+    from speechswarm.data.audio import AudioError, audio_info, load_audio
+
+    results: dict[int, tuple] = {}
+    lengths: dict[int, float] = {}
+    for i, path in enumerate(paths):
+        try:
+            rate, frames, _ = audio_info(path)
+            lengths[i] = frames / rate
+        except AudioError as e:
+            results[i] = (path, None, 0.0, e)
+    order = sorted(lengths, key=lengths.__getitem__)
+    emitted = 0
+    for first in range(0, len(order), batch_size):
+        group, waves = [], []
+        for i in order[first : first + batch_size]:
+            try:
+                waves.append(load_audio(paths[i], asr.sample_rate))
+                group.append(i)
+            except AudioError as e:  # a header that reads, samples that do not
+                results[i] = (paths[i], None, 0.0, e)
+        texts = asr.transcribe_batch(waves) if waves else []
+        for i, wave, text in zip(group, waves, texts, strict=True):
+            results[i] = (paths[i], text, len(wave) / asr.sample_rate, None)
+        while emitted in results:
+            yield results.pop(emitted)
+            emitted += 1
+    for i in sorted(results):  # left when no file's header could be read
+        yield results[i]
 
 
 def _lm_build(args) -> int:

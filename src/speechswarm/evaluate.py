@@ -186,13 +186,14 @@ def evaluate_checkpoint(
     manifest: str,
     *,
     device: str = "auto",
+    precision: str = "auto",
     batch_seconds: float = 160.0,
     decoder: DecoderOptions | None = None,
 ) -> EvalResult:
     """Score a checkpoint on every utterance of a manifest (unreadable audio is counted, not fatal)."""
     from speechswarm.inference import load
 
-    asr = load(checkpoint, device=device, decoder=decoder)
+    asr = load(checkpoint, device=device, precision=precision, decoder=decoder)
     utts = read_manifest(manifest)
     batches = eval_batches(utts, asr.tokenizer, asr.sample_rate, max_batch_seconds=batch_seconds)
     return evaluate(

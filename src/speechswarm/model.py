@@ -177,17 +177,36 @@ def _run_rnn_padded(
     forward direction is causal, so padding after the end cannot reach valid outputs; the
     backward direction runs on each utterance reversed within its length, so its padding
     also comes last.
+
+    Under autocast the weights are cast to its dtype here, once per call: autocast's cast
+    cache is off under `torch.inference_mode`, so transcription re-cast them at every step.
+    Without grad the input is laid out time-major first: for a weight that does not require
+    grad, `matmul` runs a batch-first input projection as T GEMMs on T copies of the weight.
     """
     names = [n for n, _ in twin.named_parameters()]  # weight_ih_l0, weight_hh_l0, biases
-    out, _ = functional_call(twin, {n: getattr(rnn, n) for n in names}, (x,))
+    dtype = torch.get_autocast_dtype(x.device.type)
+    cast = torch.is_autocast_enabled(x.device.type)
+    layout = _time_major if cast and not torch.is_grad_enabled() else lambda t: t
+
+    def weights(suffix: str = "") -> dict[str, torch.Tensor]:
+        ws = {n: getattr(rnn, n + suffix) for n in names}
+        return {n: w.to(dtype) for n, w in ws.items()} if cast else ws
+
+    out, _ = functional_call(twin, weights(), (layout(x),))
     if rnn.bidirectional:
         t = torch.arange(x.shape[1], device=x.device)[None, :]  # (1, T)
         lens = mask.sum(1, keepdim=True)  # (N, 1)
         rev = torch.where(t < lens, lens - 1 - t, t)  # (N, T), its own inverse
         x_rev = x.gather(1, rev[..., None].expand_as(x))
-        back, _ = functional_call(twin, {n: getattr(rnn, n + "_reverse") for n in names}, (x_rev,))
+        back, _ = functional_call(twin, weights("_reverse"), (layout(x_rev),))
         out = torch.cat([out, back.gather(1, rev[..., None].expand_as(back))], dim=-1)
     return out.masked_fill(~mask[..., None], 0.0)
+
+
+def _time_major(x: torch.Tensor) -> torch.Tensor:
+    """(N, T, D) -> the same (N, T, D) values stored as (T, N, D): a batch-first RNN's
+    input projection is then one matrix product over all N * T frames."""
+    return x.transpose(0, 1).contiguous().transpose(0, 1)
 
 
 class DeepSpeech2(nn.Module):

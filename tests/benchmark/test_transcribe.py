@@ -40,7 +40,8 @@ class FakeRecognizer:
 def test_time_transcription_groups_files_and_warms_up_once():
     fake = FakeRecognizer()
     files = [f"f{i}" for i in range(5)]
-    assert time_transcription(fake, files, batch_size=2, repeats=2) >= 0
+    wall, cpu = time_transcription(fake, files, batch_size=2, repeats=2)
+    assert wall >= 0 and cpu >= 0
     groups = [["f0", "f1"], ["f2", "f3"], ["f4"]]
     assert fake.calls == [groups[0]] + groups + groups  # warm-up, then two timed passes
 
@@ -72,9 +73,11 @@ def test_run_reports_consistent_rates(monkeypatch, capsys):
     for x in r["results"]:
         assert x["rtf"] == pytest.approx(x["seconds"] / r["audio_seconds"])
         assert x["x_real_time"] == pytest.approx(1 / x["rtf"])
+        assert x["x_real_time_cpu"] == pytest.approx(r["audio_seconds"] / x["cpu_seconds"])
+        assert 0 < x["cpu_seconds"] <= x["seconds"] + 1e-3  # one thread: CPU <= wall
     assert r["best"] == max(r["results"], key=lambda x: x["x_real_time"])
     text = format_transcribe_report(r)
-    assert f"best: {r['best']['x_real_time']:.0f}x real time" in text
+    assert f"best: {r['best']['x_real_time']:.0f}x real time, " in text
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):

@@ -53,3 +53,12 @@ def gemm_gflops(
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def gemm_peaks(device: torch.device, n: int, repeats: int) -> dict[str, float]:
+    """Best fp32 and half-precision GEMM GFLOP/s now ("bf16" is fp16 on GPUs without bf16)."""
+    half = "bf16" if device.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16"
+    return {
+        "fp32": gemm_gflops("fp32", device=device, n=n, repeats=repeats),
+        "bf16": gemm_gflops(half, device=device, n=n, repeats=repeats),
+    }

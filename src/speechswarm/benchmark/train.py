@@ -31,15 +31,11 @@ of PLAN_UTTERANCES lengths of the same distribution), data-wait share, and peak 
 from __future__ import annotations
 
 import copy
-import datetime
 import gc
 import math
 import os
-import platform
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -54,12 +50,14 @@ from speechswarm.benchmark.corpus import (
     short_durations,
     write_bench_corpus,
 )
-from speechswarm.benchmark.gemm import gemm_gflops
+from speechswarm.benchmark.gemm import gemm_peaks
+from speechswarm.benchmark.measure import PeakMemory, environment
 from speechswarm.config import load_config
 from speechswarm.data.dataset import Batch, SpeechDataset, collate
 from speechswarm.data.manifest import read_manifest
 from speechswarm.data.sampler import BucketBatchSampler, epoch_speed_factors, padding_fraction
-from speechswarm.train.optim import build_optimizer
+from speechswarm.train.loop import TrainState, forward_loss, train_one_epoch
+from speechswarm.train.setup import clip_and_step, make_optimizer, setup_run
 
 BENCH_EPOCH = 1  # a shuffled epoch, as most of a run is (epoch 0 may be SortaGrad-sorted)
 TRAIN_FLOPS_PER_FORWARD = 3.0
@@ -132,45 +130,6 @@ class _Recorder:
             yield batch
 
 
-class _PeakMemory:
-    """Context manager: peak resident set size of this process (bytes), sampled every 20 ms
-    from /proc/self/statm (falls back to getrusage's lifetime peak elsewhere), and on CUDA
-    `torch.cuda.max_memory_allocated` over the block."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.rss, self.cuda = device, 0, 0
-        self._stop = threading.Event()
-
-    def __enter__(self) -> _PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        self.rss = _rss_bytes()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.02):
-            self.rss = max(self.rss, _rss_bytes())
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.rss = max(self.rss, _rss_bytes())
-        if self.device.type == "cuda":
-            self.cuda = int(torch.cuda.max_memory_allocated(self.device))
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-
-
 # ----------------------------------------------------------------------------- the reference
 
 
@@ -184,15 +143,7 @@ class ReferenceLoop:
         cfg = run.cfg
         self.run = run
         self.model = copy.deepcopy(run.model)
-        self.optimizer = build_optimizer(
-            self.model.named_parameters(),
-            name=cfg.optim.name,
-            lr=cfg.optim.lr,
-            weight_decay=cfg.optim.weight_decay,
-            momentum=cfg.optim.momentum,
-            nesterov=cfg.optim.nesterov,
-            betas=cfg.optim.betas,
-        )
+        self.optimizer = make_optimizer(cfg, self.model)
         self.dataset = SpeechDataset(
             utts,
             run.tokenizer,
@@ -214,22 +165,20 @@ class ReferenceLoop:
         t0 = time.perf_counter()
         batch = next(self.batches)
         t1 = time.perf_counter()
-        batch = batch.to(device)
         self.model.train()
-        with torch.no_grad():
-            waves = batch.waves
-            if run.wave_augment is not None:
-                waves = run.wave_augment(waves, batch.wave_lens, self.generator)
-            feats, feat_lens = run.extractor(waves, batch.wave_lens)  # (N, T, F), (N,)
-            if run.spec_augment is not None:
-                feats = run.spec_augment(feats, feat_lens, self.generator)
-        log_probs, out_lens = self.model(feats, feat_lens)  # (N, T', V), (N,)
-        loss = self.ctc(log_probs.transpose(0, 1), batch.tokens, out_lens, batch.token_lens)
-        (loss / len(batch.ids)).backward()
-        clip = run.cfg.optim.grad_clip or math.inf  # 0 means no clipping, as in the loop
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        loss = forward_loss(
+            self.model,
+            run.extractor,
+            self.ctc,
+            batch,
+            device=device,
+            amp_dtype=None,  # fp32
+            generator=self.generator,
+            wave_augment=run.wave_augment,
+            spec_augment=run.spec_augment,
+        )
+        loss.backward()
+        clip_and_step(self.model, self.optimizer, None, None, run.cfg.optim.grad_clip)
         float(loss.detach())  # waits for the device, so the step's time is all in
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -257,8 +206,6 @@ def reference_epoch_padding(
 
 def speechswarm_block(run, state, stats: LoopStats, steps: int) -> None:
     """`steps` optimizer steps of the real training loop, timed as one block."""
-    from speechswarm.train.loop import train_one_epoch
-
     stop_at = state.step + steps
     steps_before = state.step
     t0 = time.perf_counter()
@@ -312,8 +259,6 @@ def run_train_bench(
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """Run the benchmark (see the module docstring) and return its results as a dict."""
-    from speechswarm.train.setup import setup_run
-
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     rounds = (1 if quick else 2) if rounds is None else rounds
     steps = (1 if quick else 2) if steps is None else steps
@@ -389,8 +334,6 @@ def epoch_plan(sampler, durations: np.ndarray, cfg) -> tuple[float, float, int]:
 
 
 def _measure(run, utts, plan_durations, rounds: int, steps: int, quick: bool, log) -> dict:
-    from speechswarm.train.loop import TrainState
-
     cfg, device = run.cfg, run.device
     precision = str(run.amp_dtype or torch.float32).replace("torch.", "")
     speed_aware = tuple(getattr(run.sampler, "speed_factors", ())) == cfg.data.speed_factors
@@ -408,7 +351,7 @@ def _measure(run, utts, plan_durations, rounds: int, steps: int, quick: bool, lo
     loader = run.loader
     state = TrainState(epoch=BENCH_EPOCH)
     gemm_n, gemm_repeats = (256, 2) if quick else (2048, 5)
-    peaks = _gemm_peaks(device, gemm_n, gemm_repeats)
+    peaks = gemm_peaks(device, gemm_n, gemm_repeats)
     log(
         f"bench: {run.model.describe()}; {torch.get_num_threads()} threads; GEMM peak "
         f"fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s"
@@ -419,19 +362,19 @@ def _measure(run, utts, plan_durations, rounds: int, steps: int, quick: bool, lo
     # speechswarm loop's alone (a process's heap rarely shrinks, so later peaks mix both).
     warmup = LoopStats("warm-up", "", "")
     run.loader = _Recorder(loader, warmup, frames_of, run.sample_rate)
-    with _PeakMemory(device) as mem:
+    with PeakMemory(device) as mem:
         speechswarm_block(run, state, warmup, 1)
     ours.peak_rss_bytes, ours.peak_cuda_bytes = mem.rss, mem.cuda
     reference = ReferenceLoop(run, utts, batch_size)
     reference.step(None)
     run.loader = _Recorder(loader, ours, frames_of, run.sample_rate)
     for r in range(rounds):
-        with _PeakMemory(device) as mem:
+        with PeakMemory(device) as mem:
             before = (ref.audio, ref.seconds)
             for _ in range(steps):
                 reference.step(ref)
         _block_done(ref, before, mem)
-        with _PeakMemory(device) as mem:
+        with PeakMemory(device) as mem:
             before = (ours.audio, ours.seconds)
             speechswarm_block(run, state, ours, steps)
         _block_done(ours, before, mem, rss=False)  # RSS: the warm-up's, measured alone
@@ -440,7 +383,7 @@ def _measure(run, utts, plan_durations, rounds: int, steps: int, quick: bool, lo
             f"{ours.block_speeds[-1]:.1f} audio s/s"
         )
     run.loader = loader
-    after = _gemm_peaks(device, gemm_n, gemm_repeats)
+    after = gemm_peaks(device, gemm_n, gemm_repeats)
     peaks = {k: max(peaks[k], after[k]) for k in peaks}
     flops = TRAIN_FLOPS_PER_FORWARD * run.model.flops_per_second(1000.0 / cfg.features.hop_ms)
     return {
@@ -463,48 +406,13 @@ def _measure(run, utts, plan_durations, rounds: int, steps: int, quick: bool, lo
 
 
 def _block_done(
-    stats: LoopStats, before: tuple[float, float], mem: _PeakMemory, rss: bool = True
+    stats: LoopStats, before: tuple[float, float], mem: PeakMemory, rss: bool = True
 ) -> None:
     audio, seconds = stats.audio - before[0], stats.seconds - before[1]
     stats.block_speeds.append(audio / max(seconds, 1e-12))
     if rss:
         stats.peak_rss_bytes = max(stats.peak_rss_bytes, mem.rss)
     stats.peak_cuda_bytes = max(stats.peak_cuda_bytes, mem.cuda)  # per block: exact
-
-
-def _gemm_peaks(device: torch.device, n: int, repeats: int) -> dict[str, float]:
-    half = "bf16" if device.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16"
-    return {
-        "fp32": gemm_gflops("fp32", device=device, n=n, repeats=repeats),
-        "bf16": gemm_gflops(half, device=device, n=n, repeats=repeats),
-    }
-
-
-def environment() -> dict:
-    """Date, commit, machine: what a results table needs beside the numbers."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
-    return {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "commit": commit or "unknown",
-        "machine": f"{os.cpu_count()} cores, {cpu}" + (f", {gpu}" if gpu else ""),
-        "torch": torch.__version__,
-    }
 
 
 def format_train_report(r: dict) -> str:

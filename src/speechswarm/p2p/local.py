@@ -13,7 +13,7 @@ runs here, in a worker process or after a resume. `Executor`s run a list of such
 in this process or in a pool of worker processes, each with its own Workspace.
 
 The per-batch path (features, augmentation, forward, CTC, backward, clip, step) is the
-one of `speechswarm.train.loop`, re-stated here because that loop drives a `Run`.
+training loop's own: `train.loop.forward_loss` and `train.setup.clip_and_step`.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ from speechswarm.data.dataset import SpeechDataset, collate
 from speechswarm.data.manifest import Utterance
 from speechswarm.data.sampler import BucketBatchSampler
 from speechswarm.evaluate import eval_batches, evaluate
-from speechswarm.train.optim import build_optimizer, build_scheduler
+from speechswarm.train.loop import forward_loss
+from speechswarm.train.setup import clip_and_step, make_optimizer, make_scheduler
 
 AgentState = dict  # {"model", "optimizer", "scheduler", "epoch", "batch", "steps", "nonfinite"}
 
@@ -104,15 +105,7 @@ class Workspace:
         torch.manual_seed(self.seed)  # every agent starts from the same initial weights
         self.model = build_model(cfg.model, self.extractor.num_features, len(self.tokenizer))
         self.model.to(self.device)
-        self.optimizer = build_optimizer(
-            self.model.named_parameters(),
-            name=cfg.optim.name,
-            lr=cfg.optim.lr,
-            weight_decay=cfg.optim.weight_decay,
-            momentum=cfg.optim.momentum,
-            nesterov=cfg.optim.nesterov,
-            betas=cfg.optim.betas,
-        )
+        self.optimizer = make_optimizer(cfg, self.model)
         self.blank_optimizer = snapshot(self.optimizer.state_dict())
         self.ctc = torch.nn.CTCLoss(blank=0, reduction="sum", zero_infinity=True)
         self.wave_augment, self.spec_augment = build_augment(cfg.augment, self.sample_rate)
@@ -158,15 +151,8 @@ class Workspace:
     def _scheduler(self, trainer: int):
         cfg = self.cfg
         per_round = self.steps_per_round(trainer)
-        return build_scheduler(
-            self.optimizer,
-            name=cfg.optim.schedule,
-            total_steps=max(2, per_round * cfg.p2p.rounds),
-            warmup_steps=cfg.optim.warmup_steps,
-            steps_per_epoch=max(1, per_round),
-            anneal_factor=cfg.optim.anneal_factor,
-            min_factor=cfg.optim.min_factor,
-            pct_start=cfg.optim.pct_start,
+        return make_scheduler(
+            cfg, self.optimizer, max(2, per_round * cfg.p2p.rounds), max(1, per_round)
         )
 
     def initial_state(self, trainer: int) -> AgentState:
@@ -244,28 +230,24 @@ class Workspace:
         return new_state, stats
 
     def _step(self, batch, generator, scheduler) -> float | None:
-        """Features, augmentation, forward, CTC, backward, clip, step; None if not finite."""
-        batch = batch.to(self.device)
-        with torch.no_grad():
-            waves = batch.waves
-            if self.wave_augment is not None:
-                waves = self.wave_augment(waves, batch.wave_lens, generator)
-            feats, feat_lens = self.extractor(waves, batch.wave_lens)  # (N, T, F), (N,)
-            if self.spec_augment is not None:
-                feats = self.spec_augment(feats, feat_lens, generator)
-        with autocast(self.device, self.amp_dtype):
-            log_probs, out_lens = self.model(feats, feat_lens)  # (N, T', V), (N,)
-        loss = self.ctc(log_probs.float().transpose(0, 1), batch.tokens, out_lens, batch.token_lens)
-        loss = loss / len(batch.ids)  # per utterance, as the training loop
+        """The training loop's step: `forward_loss`, backward, `clip_and_step`; returns the
+        loss, or None (and no step) if it is not finite."""
+        loss = forward_loss(
+            self.model,
+            self.extractor,
+            self.ctc,
+            batch,
+            device=self.device,
+            amp_dtype=self.amp_dtype,
+            generator=generator,
+            wave_augment=self.wave_augment,
+            spec_augment=self.spec_augment,
+        )
         self.optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             return None
         loss.backward()
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip or math.inf)
-        self.optimizer.step()
-        scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        clip_and_step(self.model, self.optimizer, scheduler, None, self.cfg.optim.grad_clip)
         return float(loss.detach())
 
     @torch.no_grad()

@@ -242,21 +242,50 @@ def train_one_epoch(
 
 
 def _forward(run: Run, batch: Batch) -> torch.Tensor:
-    """Features, augmentation, forward, CTC loss: the per-utterance loss, a () tensor."""
-    batch = batch.to(run.device)
+    """The loop's per-batch loss (through the DDP wrapper when there is one)."""
+    return forward_loss(
+        run.forward_model or run.model,
+        run.extractor,
+        run.ctc,
+        batch,
+        device=run.device,
+        amp_dtype=run.amp_dtype,
+        generator=run.generator,
+        wave_augment=run.wave_augment,
+        spec_augment=run.spec_augment,
+    )
+
+
+def forward_loss(
+    model: torch.nn.Module,
+    extractor: torch.nn.Module,
+    ctc: Callable,
+    batch: Batch,
+    *,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    generator: torch.Generator | None = None,
+    wave_augment: Callable | None = None,
+    spec_augment: Callable | None = None,
+) -> torch.Tensor:
+    """Features, augmentation, forward, CTC loss: the per-utterance loss, a () tensor.
+
+    The one per-batch path of every trainer (this loop, Hogwild, peer-to-peer agents, the
+    benchmark). `ctc`: `nn.CTCLoss(blank=0, reduction="sum")`; the augmenters draw from
+    `generator`; `amp_dtype` from `build.resolve_precision` (None: fp32)."""
+    batch = batch.to(device)
     with torch.no_grad():
         waves = batch.waves
-        if run.wave_augment is not None:
-            waves = run.wave_augment(waves, batch.wave_lens, run.generator)
-        feats, feat_lens = run.extractor(waves, batch.wave_lens)  # (N, T, F), (N,) frames
-        if run.spec_augment is not None:
-            feats = run.spec_augment(feats, feat_lens, run.generator)
-    with autocast(run.device, run.amp_dtype):
-        # (N, T', V) log-softmax, (N,); through the DDP wrapper when there is one
-        log_probs, out_lens = (run.forward_model or run.model)(feats, feat_lens)
+        if wave_augment is not None:
+            waves = wave_augment(waves, batch.wave_lens, generator)
+        feats, feat_lens = extractor(waves, batch.wave_lens)  # (N, T, F), (N,) frames
+        if spec_augment is not None:
+            feats = spec_augment(feats, feat_lens, generator)
+    with autocast(device, amp_dtype):
+        log_probs, out_lens = model(feats, feat_lens)  # (N, T', V) log-softmax, (N,)
     # CTC in fp32 on (T', N, V); summed over the batch then divided by N: a per-utterance loss
     # that does not shrink long transcripts as reduction="mean" (per target token) would.
-    loss = run.ctc(log_probs.float().transpose(0, 1), batch.tokens, out_lens, batch.token_lens)
+    loss = ctc(log_probs.float().transpose(0, 1), batch.tokens, out_lens, batch.token_lens)
     return loss / len(batch.ids)
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -178,13 +179,71 @@ def lr_factor(
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, **schedule
+    optimizer: torch.optim.Optimizer,
+    *,
+    time_budget_s: float = 0.0,
+    clock: Callable[[], float] = time.perf_counter,
+    **schedule,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR applying `lr_factor(step, **schedule)` to every param group.
 
     The schedule's shape comes from the arguments, not from the state dict: `state_dict()`
     holds only the step count (`last_epoch`) and last LRs, so a resumed run continues at
     the saved step on the schedule built from its (possibly edited) config.
+
+    `time_budget_s` > 0 with a schedule that has an end ("onecycle", "cosine"): the run
+    may stop on time before `total_steps`, so the schedule runs on whichever comes first,
+    steps or time (`budget_step`): "train for 12 minutes" anneals within 12 minutes on a
+    slow machine and still follows the step schedule on a fast one.
     """
     lr_factor(0, **schedule)  # validate now, not at the first step
+    if time_budget_s > 0 and schedule.get("name") in ("onecycle", "cosine"):
+        return BudgetedLR(optimizer, time_budget_s, clock, schedule)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_factor, **schedule))
+
+
+def budget_step(step: int, lead: int, elapsed_s: float, budget_s: float, total_steps: int) -> int:
+    """Position on a `total_steps` schedule at optimizer step `step` after `elapsed_s` of a
+    `budget_s` time budget: the further of the step count (plus the `lead` the schedule had
+    already taken over it) and the budget's elapsed fraction of the schedule.
+
+    budget_step(10, 0, 30, 60, 100) == 50 (half the time gone, schedule half done);
+    budget_step(80, 0, 30, 60, 100) == 80 (the steps are ahead of the clock).
+    """
+    by_time = int(total_steps * min(1.0, max(0.0, elapsed_s) / budget_s))
+    return max(step + lead, by_time)
+
+
+class BudgetedLR(torch.optim.lr_scheduler.LambdaLR):
+    """LambdaLR on `budget_step`: schedule position = max(steps, elapsed share of the budget).
+
+    The clock starts when the scheduler is built (with the run). `lead` (how far the
+    schedule runs ahead of the step count) is kept in the state dict, so a resumed run
+    continues from the position it had reached; its new time budget (the loop's budget
+    restarts on resume) only ever moves the position further.
+    """
+
+    def __init__(self, optimizer, budget_s: float, clock: Callable[[], float], schedule: dict):
+        self._budget_s = budget_s
+        self._clock = clock
+        self._started = clock()
+        self._schedule = schedule
+        self.lead = 0
+        super().__init__(optimizer, self._factor)
+
+    def _factor(self, step: int) -> float:
+        elapsed = self._clock() - self._started
+        position = budget_step(
+            step, self.lead, elapsed, self._budget_s, self._schedule["total_steps"]
+        )
+        self.lead = position - step
+        return lr_factor(position, **self._schedule)
+
+    def state_dict(self) -> dict:
+        # Plain values only: checkpoints load weights-only (no functions, no config objects).
+        return {
+            k: v for k, v in super().state_dict().items() if not k.startswith("_") or k in _LR_STATE
+        }
+
+
+_LR_STATE = ("_last_lr", "_step_count", "_get_lr_called_within_step", "_is_initial")

@@ -9,8 +9,6 @@ DDP-wrapped model and the synchronizer; only rank 0 writes logs and reports.
 from __future__ import annotations
 
 import contextlib
-import itertools
-import json
 import logging
 import math
 import os
@@ -32,7 +30,6 @@ from speechswarm.config import Config, to_dict
 from speechswarm.data.dataset import SpeechDataset, make_loader
 from speechswarm.data.manifest import Utterance, read_manifest, total_hours
 from speechswarm.data.sampler import BucketBatchSampler
-from speechswarm.data.shards import ShardBatches, ShardDataset
 from speechswarm.data.tokenizer import Tokenizer
 from speechswarm.data.validate import validate_utterances
 from speechswarm.distributed import ddp
@@ -45,6 +42,7 @@ from speechswarm.report import MetricsLogger, plot_run, write_summary
 from speechswarm.train.checkpoint import CheckpointManager, load_checkpoint
 from speechswarm.train.optim import build_optimizer, build_scheduler
 from speechswarm.train.rng import capture_rng_state, seed_everything
+from speechswarm.train.shard_stream import ShardStream, shard_source
 
 CHECKPOINT_FORMAT = 1
 
@@ -127,19 +125,9 @@ class Run:
 
     def optimizer_step(self) -> float:
         """Clip, step, schedule, zero; returns the gradient norm before clipping."""
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        clip = self.cfg.optim.grad_clip or math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm
+        return clip_and_step(
+            self.model, self.optimizer, self.scheduler, self.scaler, self.cfg.optim.grad_clip
+        )
 
     def load_state(self, ckpt: dict) -> dict:
         """Restore weights, optimizer, schedule, augmentation generator and dev history;
@@ -194,6 +182,31 @@ class Run:
         self.log.info(f"run finished ({stop_reason}); summary in {self.dir / 'summary.md'}")
 
 
+def clip_and_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    scaler: torch.amp.GradScaler | None,
+    grad_clip: float,
+) -> float:
+    """After backward: unscale (fp16), clip the trainable parameters' gradient norm to
+    `grad_clip` (0: no clipping), step the optimizer and the schedule, zero the gradients.
+    Returns the gradient norm before clipping. Every trainer's step (loop, p2p, bench)."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip or math.inf))
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
 RANK_SEED_STRIDE = 1_000_003  # seed offset between ranks' augmentation generators
 
 
@@ -231,7 +244,7 @@ def setup_run(cfg: Config, *, progress: bool = True, env: ddp.DistEnv | None = N
     if cfg.train.dev_max_utterances:
         dev_utts = dev_utts[: cfg.train.dev_max_utterances]
     if cfg.data.shards:
-        dataset, sampler, hours, num_utts = _shard_source(cfg, tokenizer, log, env)
+        dataset, sampler, hours, num_utts = shard_source(cfg, tokenizer, log, env)
         if env.is_distributed:
             sampler.agree = sync.agree  # every rank stops its epoch when the first runs dry
         loader = sampler
@@ -257,29 +270,15 @@ def setup_run(cfg: Config, *, progress: bool = True, env: ddp.DistEnv | None = N
             pin_memory=device.type == "cuda",
         )
         hours, num_utts = total_hours(train_utts), len(train_utts)
-    optimizer = build_optimizer(
-        model.named_parameters(),
-        name=cfg.optim.name,
-        lr=cfg.optim.lr,
-        weight_decay=cfg.optim.weight_decay,
-        momentum=cfg.optim.momentum,
-        nesterov=cfg.optim.nesterov,
-        betas=cfg.optim.betas,
-    )
+    optimizer = make_optimizer(cfg, model)
     steps_per_epoch = max(1, math.ceil(len(sampler) / accumulate))
     total_steps = steps_per_epoch * cfg.train.epochs
     if cfg.train.max_steps:
         total_steps = min(total_steps, cfg.train.max_steps)
     total_steps = max(total_steps, 2)  # one-cycle needs a rise and a fall
-    scheduler = build_scheduler(
-        optimizer,
-        name=cfg.optim.schedule,
-        total_steps=total_steps,
-        warmup_steps=cfg.optim.warmup_steps,
-        steps_per_epoch=steps_per_epoch,
-        anneal_factor=cfg.optim.anneal_factor,
-        min_factor=cfg.optim.min_factor,
-        pct_start=cfg.optim.pct_start,
+    # A time-budgeted run anneals within its budget even where steps are slower than planned.
+    scheduler = make_scheduler(
+        cfg, optimizer, total_steps, steps_per_epoch, time_budget_s=cfg.train.time_budget_min * 60
     )
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     generator = torch.Generator(device=device)
@@ -345,6 +344,43 @@ def make_sampler(
     )
 
 
+def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimizer `cfg.optim` describes, over `model`'s trainable parameters."""
+    o = cfg.optim
+    return build_optimizer(
+        model.named_parameters(),
+        name=o.name,
+        lr=o.lr,
+        weight_decay=o.weight_decay,
+        momentum=o.momentum,
+        nesterov=o.nesterov,
+        betas=o.betas,
+    )
+
+
+def make_scheduler(
+    cfg: Config,
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    time_budget_s: float = 0.0,
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule `cfg.optim` describes, for a run of `total_steps`; with
+    `time_budget_s`, an ending schedule also ends when the budget does (`build_scheduler`)."""
+    o = cfg.optim
+    return build_scheduler(
+        optimizer,
+        time_budget_s=time_budget_s,
+        name=o.schedule,
+        total_steps=total_steps,
+        warmup_steps=o.warmup_steps,
+        steps_per_epoch=steps_per_epoch,
+        anneal_factor=o.anneal_factor,
+        min_factor=o.min_factor,
+        pct_start=o.pct_start,
+    )
+
+
 def per_rank_accumulate(accumulate: int, world_size: int) -> int:
     """Micro-batches each rank accumulates per optimizer step, so that `optim.accumulate`
     means the same global batch at any world size (as nanoGPT does): accumulate=8 is 8
@@ -368,85 +404,6 @@ def _set_threads(num_threads: int, env: ddp.DistEnv) -> None:
     elif env.is_distributed:  # N processes x all-core pools would oversubscribe the node
         per_process = max(1, (os.cpu_count() or 1) // max(1, env.local_world_size))
         torch.set_num_threads(per_process)
-
-
-class ShardStream:
-    """Streaming from TAR shards, in the sampler's role for the loop: epochs, resume point,
-    length. The batch count is an estimate (the stream batches what it reads); a resumed
-    epoch skips the batches already consumed, which repeats the same order because shard
-    shuffling is seeded by (seed, epoch)."""
-
-    def __init__(self, loader, estimated_batches: int) -> None:
-        self.loader, self.estimated_batches = loader, estimated_batches
-        self.epoch, self.start_batch = 0, 0
-        # Under DDP, the synchronizer's agree(): ranks' streams hold different batch counts,
-        # and a rank that stopped early would leave the others waiting in all-reduce.
-        self.agree = None
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch  # shard order: Run.dataset_set_epoch
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "start_batch": self.start_batch}
-
-    def __len__(self) -> int:
-        return max(1, self.estimated_batches - self.start_batch)
-
-    def __iter__(self):
-        batches = itertools.islice(iter(self.loader), self.start_batch, None)
-        return batches if self.agree is None else self._while_all_have_data(batches)
-
-    def _while_all_have_data(self, batches):
-        """Yield until any rank runs out: ranks stay in step (a few batches of the others'
-        shards skip this epoch; equal-sized shards keep that to the last partial batch)."""
-        for batch in batches:
-            if self.agree("") != "":
-                return
-            yield batch
-        self.agree("epochs")
-
-
-def _shard_source(cfg: Config, tokenizer: Tokenizer, log, env: ddp.DistEnv) -> tuple:
-    """(dataset, stream, hours, utterances) for data.shards (written by `speechswarm shard`)."""
-    if cfg.features.normalize == "global":
-        raise ValueError(
-            "features.normalize=global needs a manifest; with data.shards use 'utterance'"
-        )
-    index_path = Path(cfg.data.shards) / "shards.json"
-    if not index_path.is_file():
-        raise FileNotFoundError(
-            f"data.shards: {index_path} not found; write shards with `speechswarm shard`"
-        )
-    index = json.loads(index_path.read_text())
-    samples = ShardDataset(
-        cfg.data.shards,
-        tokenizer,
-        cfg.data.sample_rate,
-        rank=env.rank,
-        world_size=env.world_size,
-        seed=cfg.train.seed,
-    )
-    batches = ShardBatches(
-        samples, cfg.data.max_batch_seconds, max_batch_size=cfg.data.max_batch_size
-    )
-    loader = make_loader(
-        batches, None, num_workers=cfg.data.num_workers, prefetch_factor=cfg.data.prefetch_factor
-    )
-    # Padded batches hold a little less than max_batch_seconds of audio: ~5 % slack.
-    estimate = max(
-        math.ceil(index["total_duration"] * 1.05 / cfg.data.max_batch_seconds),
-        math.ceil(index["num_utts"] / cfg.data.max_batch_size),
-    )
-    estimate = max(1, estimate // env.world_size)
-    log.info(
-        f"streaming {len(samples.shards)} shards from {cfg.data.shards} (~{estimate} batches/epoch)"
-    )
-    return (
-        batches,
-        ShardStream(loader, estimate),
-        index["total_duration"] / 3600,
-        index["num_utts"],
-    )
 
 
 def make_checkpoint_state(run: Run, state) -> dict | None:

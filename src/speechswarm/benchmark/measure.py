@@ -1,0 +1,85 @@
+"""What a benchmark reports beside its speeds: peak memory while a block runs, and the
+machine, commit and date the numbers belong to.
+
+    from speechswarm.benchmark.measure import PeakMemory, environment
+    with PeakMemory(torch.device("cpu")) as mem:
+        work()
+    print(mem.rss / 2**30, "GiB;", environment())
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+import threading
+from pathlib import Path
+
+import torch
+
+
+class PeakMemory:
+    """Context manager: peak resident set size of this process (bytes), sampled every 20 ms
+    from /proc/self/statm (falls back to getrusage's lifetime peak elsewhere), and on CUDA
+    `torch.cuda.max_memory_allocated` over the block."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.rss, self.cuda = device, 0, 0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.rss = rss_bytes()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.rss = max(self.rss, rss_bytes())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.rss = max(self.rss, rss_bytes())
+        if self.device.type == "cuda":
+            self.cuda = int(torch.cuda.max_memory_allocated(self.device))
+
+
+def rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def environment() -> dict:
+    """Date, commit, machine: what a results table needs beside the numbers."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "commit": commit or "unknown",
+        "machine": f"{os.cpu_count()} cores, {cpu}" + (f", {gpu}" if gpu else ""),
+        "torch": torch.__version__,
+    }
