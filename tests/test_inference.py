@@ -93,7 +93,7 @@ def test_the_checkpoint_alone_rebuilds_the_recognizer(asr, overfit_run):
     """Features, vocabulary and model come from the checkpoint, not from a config."""
     cfg = overfit_run.config
     assert asr.tokenizer.tokens[1:] == list(cfg.tokenizer.alphabet)
-    assert asr.extractor.num_features == 161  # spectrogram, 20 ms window at 16 kHz
+    assert asr.extractor.num_features == 161  # the spectrogram front-end of the overfit model
     assert asr.model.settings()["rnn_hidden"] == cfg.model.rnn_hidden
     assert not asr.model.training
 

@@ -29,7 +29,11 @@ PREPARE_FORMATS = ("librispeech", "ljspeech", "userlibri", "commonvoice", "csv",
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+    return run(_parser(), argv)
+
+
+def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse `argv`, call the chosen command; user errors become one line and exit code 1."""
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

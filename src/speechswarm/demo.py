@@ -1,6 +1,6 @@
 """The main job on the built-in corpus: synthesise, train, test on unseen voices, transcribe.
 
-    make demo          (or: speechswarm demo --out runs/demo --minutes 12)
+    make demo          (or: speechswarm demo --out runs/demo --minutes 15)
 
 Test voices and test sentences never occur in training, so the WER/CER printed at the end
 measure generalisation to new speakers and new text, not memorisation.
@@ -21,7 +21,7 @@ from speechswarm.evaluate import EvalResult, evaluate_checkpoint, format_report
 from speechswarm.train.loop import train
 
 DEMO_PRESET = "tiny"
-DEMO_MINUTES = 12.0
+DEMO_MINUTES = 15.0
 
 
 def run_demo(

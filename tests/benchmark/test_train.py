@@ -23,7 +23,7 @@ from speechswarm.benchmark.train import (
     reference_epoch_padding,
     utterances_needed,
 )
-from speechswarm.build import build_model, cpu_has_bf16
+from speechswarm.build import build_features, build_model, cpu_has_bf16
 from speechswarm.config import load_config
 from speechswarm.data.sampler import BucketBatchSampler, epoch_speed_factors, padding_fraction
 
@@ -134,7 +134,8 @@ def test_speechswarm_trained_on_the_samplers_batches(bench):
 
 def test_derived_numbers_follow_from_the_measurements(bench):
     cfg = load_config("tiny", OVERRIDES)
-    model = build_model(cfg.model, 161, 29)
+    num_features = build_features(cfg.features, cfg.data.sample_rate).num_features
+    model = build_model(cfg.model, num_features, 29)
     train_gflop = 3 * model.flops_per_second(1000.0 / cfg.features.hop_ms) / 1e9
     assert bench["train_gflop_per_audio_second"] == pytest.approx(train_gflop)
     peak = bench["gemm_gflops"]["bf16"]

@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from speechswarm.build import build_features, build_model, build_tokenizer
 from speechswarm.config import Config, dump_yaml
-from speechswarm.data.manifest import Utterance, read_manifest, write_manifest
+from speechswarm.data.manifest import Utterance, write_manifest
 from speechswarm.p2p.config import check_p2p, parse_run, run_name
 from speechswarm.p2p.partition import Agent, agents_from_splits, partition, split_agents
 from speechswarm.p2p.report import (
@@ -62,27 +61,12 @@ def usable_utterances(cfg: Config, manifest: str, out_dir: Path) -> list[Utteran
             f"{manifest} does not exist (data.train_manifest / data.test_manifest); make the "
             "built-in corpus with `speechswarm synth --out data/synth` or point the key at yours"
         )
-    utts = [u for u in read_manifest(manifest) if u.duration <= cfg.data.max_duration]
-    if not cfg.data.validate:
-        return utts
-    from speechswarm.data.validate import validate_utterances
+    from speechswarm.train.setup import load_training_utterances
 
     tokenizer = build_tokenizer(cfg.tokenizer)
     extractor = build_features(cfg.features, cfg.data.sample_rate)
     model = build_model(cfg.model, extractor.num_features, len(tokenizer))
-    report = validate_utterances(
-        utts,
-        tokenizer,
-        sample_rate=cfg.data.sample_rate,
-        frames_per_second=1000.0 / cfg.features.hop_ms,
-        time_reduction=model.time_reduction,
-        workers=max(1, os.cpu_count() or 1),
-    )
-    report.write(out_dir / f"data_report_{Path(manifest).stem}.json")
-    log.info(f"{Path(manifest).name}: {report.summary()}")
-    if not report.ok:
-        raise ValueError(f"{manifest}: no usable utterances (see {out_dir}/data_report_*.json)")
-    return report.ok
+    return load_training_utterances(cfg, manifest, tokenizer, model, out_dir, log, progress=False)
 
 
 def write_agents(agents: list[Agent], out_dir: Path) -> list[dict]:

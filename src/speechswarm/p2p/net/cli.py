@@ -146,20 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="speechswarm", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_parser(sub)
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:
-        if not cli._is_user_error(e):
-            raise
-        print(f"speechswarm {args.command}: error: {e}", file=sys.stderr)
-        return 1
+    return cli.run(parser, argv)
 
 
 if __name__ == "__main__":
