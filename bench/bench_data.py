@@ -45,6 +45,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 from bench_features import best_seconds, speechlike_batch  # noqa: E402
 
+from speechswarm.benchmark.corpus import speechlike_wave  # noqa: E402
 from speechswarm.build import build_augment, build_features, build_model  # noqa: E402
 from speechswarm.config import load_config  # noqa: E402
 from speechswarm.data.audio import load_audio  # noqa: E402
@@ -63,25 +64,13 @@ WORDS = ["the", "cat", "of", "and", "to", "in", "is", "it", "that", "was", "he",
 # ----------------------------------------------------------------------------- corpus
 
 
-def speechlike(seconds: float, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
-    """(S,) float32 in [-1, 1]: a 100-200 Hz voice with 8 harmonics, gated by a ~4 Hz
-    syllable envelope, plus noise 30 dB down; FLAC compresses it to roughly half, like speech."""
-    t = np.arange(int(seconds * sample_rate)) / sample_rate
-    f0 = rng.uniform(100, 200) * (1 + 0.05 * np.sin(2 * np.pi * 0.7 * t))
-    phase = 2 * np.pi * np.cumsum(f0) / sample_rate
-    voice = sum(np.sin(k * phase) / k for k in range(1, 9))
-    envelope = np.clip(np.sin(2 * np.pi * rng.uniform(3, 5) * t + rng.uniform(0, 6)), 0, None)
-    wave = voice * envelope + 0.03 * rng.standard_normal(len(t))
-    return (0.5 * wave / np.abs(wave).max()).astype(np.float32)
-
-
 def make_corpus(folder: Path, args) -> tuple[list[Utterance], list[Path]]:
     """(utterances at 16 kHz, paths of the 22.05 kHz copies of the first few)."""
     rng = np.random.default_rng(0)
     utts, resample_paths = [], []
     for i in range(args.utts):
         seconds = round(float(rng.uniform(args.min_seconds, args.max_seconds)), 2)
-        wave = speechlike(seconds, SAMPLE_RATE, rng)
+        wave = speechlike_wave(seconds, SAMPLE_RATE, rng)
         path = folder / f"utt{i:04d}.flac"
         sf.write(path, wave, SAMPLE_RATE, subtype="PCM_16")
         words = rng.choice(WORDS, size=max(1, int(seconds * 2.5)))  # ~2.5 words/s
@@ -89,7 +78,7 @@ def make_corpus(folder: Path, args) -> tuple[list[Utterance], list[Path]]:
         if i < args.resample_utts:
             other = folder / f"utt{i:04d}_22k.flac"
             sf.write(
-                other, speechlike(seconds, RESAMPLE_FROM, rng), RESAMPLE_FROM, subtype="PCM_16"
+                other, speechlike_wave(seconds, RESAMPLE_FROM, rng), RESAMPLE_FROM, subtype="PCM_16"
             )
             resample_paths.append(other)
     return utts, resample_paths

@@ -101,12 +101,17 @@ def test_swarm_command_trains_averages_and_reports(p2p_config, tmp_path):
                 assert torch.allclose(t, w[1][name], atol=1e-5) and torch.allclose(t, w[2][name], atol=1e-5)  # fmt: skip
 
 
-def test_a_killed_peer_leaves_the_others_averaging_in_pairs(swarm_setup, tmp_path):
-    config, agents = swarm_setup(rounds=12)
+def _three_peers(config, agents, tmp_path):
+    """Peer 0 first, then peers 1 and 2 joining through its address; all wait for 3."""
     settings = dataclasses.replace(FAST, wait_peers=3)
     p0 = _start(config, agents[0], tmp_path / "p0", settings)
     addr = p0.address()
-    rest = [_start(config, agents[k], tmp_path / f"p{k}", settings, [addr]) for k in (1, 2)]
+    return p0, [_start(config, agents[k], tmp_path / f"p{k}", settings, [addr]) for k in (1, 2)]
+
+
+def test_a_killed_peer_leaves_the_others_averaging_in_pairs(swarm_setup, tmp_path):
+    config, agents = swarm_setup(rounds=12)
+    p0, rest = _three_peers(config, agents, tmp_path)
     peers = [p0, *rest]
     try:
         _wait_rounds(rest[1], 2)
@@ -154,10 +159,7 @@ def test_a_late_peer_first_loads_the_current_weights(swarm_setup, tmp_path):
 
 def test_a_frozen_peer_times_out_and_the_others_train_on(swarm_setup, tmp_path):
     config, agents = swarm_setup(rounds=10)
-    settings = dataclasses.replace(FAST, wait_peers=3)
-    p0 = _start(config, agents[0], tmp_path / "p0", settings)
-    addr = p0.address()
-    rest = [_start(config, agents[k], tmp_path / f"p{k}", settings, [addr]) for k in (1, 2)]
+    p0, rest = _three_peers(config, agents, tmp_path)
     peers = [p0, *rest]
     try:
         _wait_rounds(rest[1], 2)
