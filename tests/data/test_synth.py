@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +209,12 @@ def test_failures_are_retried_once_then_reported(corpus, text_file, tmp_path, mo
         return real(voice, text, speed, pitch, wav)
 
     monkeypatch.setattr(tts, "tts_command", flaky)  # looked up by tts.render_utterance
+    real_script = tts.festival_script  # festival batches: as if festival failed on these texts
+
+    def without_failing(voice, items):
+        return real_script(voice, [item for item in items if item[0] not in failing])
+
+    monkeypatch.setattr(tts, "festival_script", without_failing)
     result = synth.synthesize_corpus(tmp_path / "c", text_file=text_file, **TINY)
     failed = {uid for uid, _ in result.failures}
     assert len(failed) == 2 and sorted(calls) == sorted(list(failing) * 2)  # each tried twice
@@ -217,6 +224,42 @@ def test_failures_are_retried_once_then_reported(corpus, text_file, tmp_path, mo
     listed = {uid for utts in _transcripts(result.out_dir).values() for uid in utts}
     assert listed.isdisjoint(failed)  # no transcript without audio
     assert sum(result.utterances.values()) == len(listed)
+
+
+@pytest.mark.skipif(shutil.which("festival") is None, reason="festival is not installed")
+def test_failure_inside_festival_batch_falls_back_and_is_counted(tmp_path, monkeypatch):
+    spk = synth.Speaker(1, 11, "train", tts.Voice("festival", "kal_diphone", "", "kal"), 1.0, 0.0)
+    # "" makes `festival -b` crash (no wavs after it) and text2wave write no audio.
+    texts = ["the cat sat down", "we walked to the river", "", "birds sing in the morning"]
+    utts = [synth._draw_utterance(f"1-11-{i:04d}", spk, t, seed=0) for i, t in enumerate(texts)]
+    paths = {u.id: tmp_path / f"{u.id}.flac" for u in utts}
+    one_by_one: list[str] = []
+    real = tts.render_utterance
+
+    def counted(utt, *args):
+        one_by_one.append(utt.text)
+        return real(utt, *args)
+
+    monkeypatch.setattr(tts, "render_utterance", counted)
+    failures = synth._render_all(utts, {1: spk}, paths, 16000, 1, progress=False)
+    assert [uid for uid, _ in failures] == [utts[2].id]
+    assert "text2wave exited 0 without audio" in failures[0][1]
+    assert one_by_one.count("") == 2  # the usual retry
+    assert texts[0] not in one_by_one and texts[3] in one_by_one  # batch kept, then fell back
+    assert all(synth.is_valid_flac(paths[u.id], 16000) for u in utts if u.text)
+    assert not paths[utts[2].id].exists()
+
+
+def test_jobs_batch_festival_by_voice():
+    voices = [tts.Voice("festival", "kal_diphone", "", "kal"), tts.Voice("flite", "kal", "", "kal"),
+              tts.Voice("festival", "ked_diphone", "", "ked")]  # fmt: skip
+    speakers = {i: synth.Speaker(i, 10 * i + 1, "train", v, 1.0, 0.0) for i, v in enumerate(voices)}
+    todo = [synth._draw_utterance(f"{i % 3}-0-{i:04d}", speakers[i % 3], "a b c", 0)
+            for i in range(3 * synth.FESTIVAL_BATCH + 3)]  # fmt: skip
+    jobs = synth._jobs(todo, speakers)
+    assert [len(j) for j in jobs] == [synth.FESTIVAL_BATCH, 1, synth.FESTIVAL_BATCH, 1] + [1] * 33
+    assert all(len({speakers[u.speaker].voice for u in j}) == 1 for j in jobs)
+    assert sorted(u.id for j in jobs for u in j) == sorted(u.id for u in todo)
 
 
 def test_interrupted_write_leaves_no_flac(voices, tmp_path, monkeypatch):

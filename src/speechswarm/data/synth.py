@@ -32,7 +32,6 @@ import json
 import math
 import os
 import random
-import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -50,7 +49,7 @@ from speechswarm.data.tts import (
     Voice,
     discover_voices,
     pitch_effect,
-    render_utterance,
+    render_group,
 )
 from speechswarm.data.tts import check_tools as check_tools  # re-exported: callers check here
 
@@ -66,6 +65,7 @@ EVAL_VARIANT_FRACTION = 0.15  # of espeak-ng variants (per gender) held out for 
 SECONDS_PER_WORD = 0.245  # least squares over 242 utterances: 0.57 s + 0.24 s/word
 SECONDS_PER_UTTERANCE = 0.55  # leading/trailing silence
 SPEC_VERSION = 1  # bump when rendering changes, so old caches are detected as different
+FESTIVAL_BATCH = 32  # festival utterances per process (one voice): start-up is paid once per batch
 
 # Per-utterance effect probabilities (seeded); see _draw_utterance for the ranges.
 EFFECT_PROBS = {"tempo": 0.3, "reverb": 0.3, "telephone": 0.15, "noise": 0.5, "gain": 0.3}
@@ -395,39 +395,48 @@ def _claim(out_dir: Path, spec_hash: str, params: dict) -> None:
 
 
 def _render_all(todo, speakers, paths, sample_rate, workers, progress) -> list[tuple[str, str]]:
-    """Render `todo` on `workers` threads (each drives TTS/sox subprocesses); (id, reason) failures."""
+    """Render `todo` on `workers` threads (each drives TTS/sox subprocesses); (id, reason) failures.
+    A job is one utterance, or a batch of festival ones (_jobs); the bar counts utterances."""
     failures: list[tuple[str, str]] = []
     audio_s = 0.0
     with (
         tempfile.TemporaryDirectory(prefix="speechswarm-synth-") as work,
         ThreadPoolExecutor(workers) as pool,
     ):
-        job = (_render_with_retry, sample_rate, Path(work))
-        futures = {pool.submit(*job, u, speakers[u.speaker].voice, paths[u.id]): u for u in todo}
+        futures = {
+            pool.submit(render_group, job, speakers[job[0].speaker].voice,
+                        [paths[u.id] for u in job], sample_rate, Path(work)): job
+            for job in _jobs(todo, speakers)
+        }  # fmt: skip
         try:
             with tqdm(total=len(todo), unit="utt", desc="synth", disable=not progress) as bar:
                 for fut in as_completed(futures):
-                    seconds, error = fut.result()
-                    if error:
-                        failures.append((futures[fut].id, error))
-                    audio_s += seconds
+                    for utt, (seconds, error) in zip(futures[fut], fut.result(), strict=True):
+                        if error:
+                            failures.append((utt.id, error))
+                        audio_s += seconds
                     bar.set_postfix_str(f"{audio_s / 60:.1f} min audio", refresh=False)
-                    bar.update(1)
+                    bar.update(len(futures[fut]))
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
     return sorted(failures)
 
 
-def _render_with_retry(sample_rate, work, utt, voice, out) -> tuple[float, str]:
-    """(seconds, "") on success; (0, reason) after the second failed attempt."""
-    error = ""
-    for _ in range(2):  # TTS engines fail rarely and transiently (e.g. resource limits)
-        try:
-            return render_utterance(utt, voice, out, sample_rate, work), ""
-        except (SynthError, ValueError, RuntimeError, OSError, subprocess.SubprocessError) as e:
-            error = f"{type(e).__name__}: {e}"
-    return 0.0, error
+def _jobs(todo, speakers) -> list[list[UtterancePlan]]:
+    """Festival utterances in batches of one voice (one festival process each), the others one
+    by one; batches first, as the longest jobs, so that no worker is left with one at the end."""
+    batches: dict[Voice, list[UtterancePlan]] = {}
+    singles = []
+    for u in todo:
+        voice = speakers[u.speaker].voice
+        if voice.engine == "festival":
+            batches.setdefault(voice, []).append(u)
+        else:
+            singles.append([u])
+    chunks = [b[i : i + FESTIVAL_BATCH] for b in batches.values()
+              for i in range(0, len(b), FESTIVAL_BATCH)]  # fmt: skip
+    return chunks + singles
 
 
 def _voice_counts(plan: CorpusPlan) -> dict[str, dict[str, int]]:

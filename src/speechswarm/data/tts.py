@@ -1,10 +1,11 @@
 """The TTS-engine layer of the synthetic corpus: espeak-ng, flite, festival and sox on this machine.
 
     PYTHONPATH=src python -c "from speechswarm.data.tts import discover_voices as d; print(len(d()))"
-    # used by speechswarm.data.synth (which plans the corpus and calls render_utterance)
+    # used by speechswarm.data.synth (which plans the corpus and calls render_group)
 
 Finds the usable English voices (discover_voices), builds the engine and sox command lines
-(tts_command, sox_command), renders one planned utterance to FLAC (render_utterance) and holds
+(tts_command, sox_command), renders planned utterances of one voice to FLAC (render_group: one
+by one, render_utterance, or festival ones with one process, render_festival_batch) and holds
 the signal math applied after sox (colored_noise, mix_at_snr, peak_normalize). Nothing here
 decides which voice says what: that is the plan in synth.py. Command lines and signal math
 feed the cached corpus, so a change here that alters audio needs synth.SPEC_VERSION bumped.
@@ -68,7 +69,8 @@ class Voice:
 
 
 def check_tools() -> None:
-    missing = [t for t in ("espeak-ng", "flite", "text2wave", "sox") if shutil.which(t) is None]
+    tools = ("espeak-ng", "flite", "text2wave", "festival", "sox")
+    missing = [t for t in tools if shutil.which(t) is None]
     if missing:
         raise SynthError(f"TTS tools not found on PATH: {', '.join(missing)}; {SETUP_HINT}")
 
@@ -180,9 +182,35 @@ def tts_command(
         stretch = ["--setf", f"duration_stretch={1 / speed:.3f}"]
         return ["flite", "-voice", voice.voice, *stretch, "-t", text, "-o", str(wav)], None
     if voice.engine == "festival":
-        evals = [f"(voice_{voice.voice})", f"(Parameter.set 'Duration_Stretch {1 / speed:.3f})"]
+        evals = [f"(voice_{voice.voice})", _festival_stretch(speed)]
         return ["text2wave", "-eval", evals[0], "-eval", evals[1], "-o", str(wav)], text
     raise ValueError(f"unknown engine {voice.engine!r}")
+
+
+def _festival_stretch(speed: float) -> str:
+    return f"(Parameter.set 'Duration_Stretch {1 / speed:.3f})"
+
+
+def scheme_string(text: str) -> str:
+    """`text` as a Scheme string literal: festival's reader knows only the \\ and \" escapes."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def festival_script(voice: str, items: list[tuple[str, float, Path]]) -> str:
+    """A `festival -b` script reading each (text, speed, wav) as tts_command's text2wave would.
+
+    The wavs are byte-identical to text2wave's (checked: 120 sentences x 3 voices, and all 346
+    festival utterances of the default corpus give identical FLACs): text2wave reads stdin in
+    tts mode, which for our texts (letters, spaces, apostrophes; no punctuation to split at)
+    is one Utterance Text. unwind-protect: a Scheme error skips one wav instead of ending the
+    script.
+    """
+    lines = [f"(voice_{voice})"]
+    for text, speed, wav in items:
+        utt = f"(utt.synth (Utterance Text {scheme_string(text)}))"
+        save = f"(utt.save.wave {utt} {scheme_string(str(wav))} 'riff)"
+        lines += [_festival_stretch(speed), f"(unwind-protect {save} nil)"]
+    return "\n".join(lines) + "\n"
 
 
 def pitch_effect(engine: str, semitones: float) -> list[str]:
@@ -203,15 +231,102 @@ def sox_command(
     return ["sox", "-V1", str(src), *fmt, str(dst), *effects, "channels", "1", *rate]
 
 
+# What rendering one utterance may raise when an engine or sox misbehaves (not a bug here).
+RENDER_ERRORS = (SynthError, ValueError, RuntimeError, OSError, subprocess.SubprocessError)
+
+
 def render_utterance(
     utt: UtterancePlan, voice: Voice, out: Path, sample_rate: int, work: Path
 ) -> float:
     """Synthesise one utterance into FLAC `out` (atomically); returns its duration in seconds."""
-    raw, processed = work / f"{utt.id}.tts.wav", work / f"{utt.id}.sox.wav"
+    raw = work / f"{utt.id}.tts.wav"
     try:
         argv, stdin = tts_command(voice, utt.text, utt.speed, utt.pitch, raw)
         _run(argv, stdin, raw)
-        _run(sox_command(raw, processed, utt, voice.engine, sample_rate), None, processed)
+        return finish_utterance(raw, utt, voice.engine, out, sample_rate, work)
+    finally:
+        raw.unlink(missing_ok=True)
+
+
+def render_group(
+    utts: list[UtterancePlan], voice: Voice, outs: list[Path], sample_rate: int, work: Path
+) -> list[tuple[float, str]]:
+    """Render utterances of one voice into `outs`: (seconds, "") or (0, reason) per utterance.
+
+    A festival group shares one process (render_festival_batch); what that fails, and every
+    other utterance, goes through render_utterance with one retry: one bad sentence never loses
+    the group, and each failure is reported against its own utterance.
+    """
+    seconds: list[float | None] = [None] * len(utts)
+    if voice.engine == "festival" and len(utts) > 1:
+        seconds = render_festival_batch(utts, voice, outs, sample_rate, work)
+    return [(s, "") if s is not None else _render_with_retry(u, voice, out, sample_rate, work)
+            for s, u, out in zip(seconds, utts, outs, strict=True)]  # fmt: skip
+
+
+def _render_with_retry(utt, voice, out, sample_rate, work) -> tuple[float, str]:
+    """(seconds, "") on success; (0, reason) after the second failed attempt."""
+    error = ""
+    for _ in range(2):  # TTS engines fail rarely and transiently (e.g. resource limits)
+        try:
+            return render_utterance(utt, voice, out, sample_rate, work), ""
+        except RENDER_ERRORS as e:
+            error = f"{type(e).__name__}: {e}"
+    return 0.0, error
+
+
+def render_festival_batch(
+    utts: list[UtterancePlan], voice: Voice, outs: list[Path], sample_rate: int, work: Path
+) -> list[float | None]:
+    """render_utterance for festival utterances of one voice, with ONE festival process: its
+    start-up (~0.2 s, loading the voice) costs ~10x the synthesis of a sentence. Returns seconds
+    per utterance, None where it failed: the caller renders those one by one."""
+    raws = [work / f"{u.id}.tts.wav" for u in utts]
+    try:
+        usable = _festival_wavs(utts, voice.voice, raws, work)
+        seconds: list[float | None] = []
+        for utt, raw, out, ok in zip(utts, raws, outs, usable, strict=True):
+            try:
+                seconds.append(
+                    finish_utterance(raw, utt, "festival", out, sample_rate, work) if ok else None
+                )
+            except RENDER_ERRORS:
+                seconds.append(None)
+        return seconds
+    finally:
+        for raw in raws:
+            raw.unlink(missing_ok=True)
+
+
+def _festival_wavs(
+    utts: list[UtterancePlan], voice: str, raws: list[Path], work: Path
+) -> list[bool]:
+    """Run one `festival -b` reading `utts` into `raws`; which raws are complete wavs."""
+    script = work / f"{utts[0].id}.batch.scm"
+    items = [(u.text, u.speed, raw) for u, raw in zip(utts, raws, strict=True)]
+    script.write_text(festival_script(voice, items))
+    argv = ["festival", "-b", str(script)]
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=120 + 5 * len(utts))  # fmt: skip
+        crashed = proc.returncode != 0  # e.g. a segfault (empty text does that)
+    except (OSError, subprocess.SubprocessError):
+        crashed = True
+    finally:
+        script.unlink(missing_ok=True)
+    done = [raw.is_file() and raw.stat().st_size > 44 for raw in raws]
+    if crashed and any(done):  # wavs are saved in order: only the last one may be cut short
+        done[max(i for i, ok in enumerate(done) if ok)] = False
+    return done
+
+
+def finish_utterance(
+    raw: Path, utt: UtterancePlan, engine: str, out: Path, sample_rate: int, work: Path
+) -> float:
+    """TTS wav `raw` -> sox effects, noise, peak level -> FLAC `out` (atomically); seconds."""
+    processed = work / f"{utt.id}.sox.wav"
+    try:
+        _run(sox_command(raw, processed, utt, engine, sample_rate), None, processed)
         wave, sr = sf.read(processed, dtype="float64", always_2d=True)
         wave = wave.mean(axis=1)  # (S,)
         if sr != sample_rate or wave.size == 0:
@@ -226,7 +341,6 @@ def render_utterance(
         os.replace(tmp, out)
         return wave.size / sample_rate
     finally:
-        raw.unlink(missing_ok=True)
         processed.unlink(missing_ok=True)
 
 
