@@ -134,6 +134,12 @@ def build_tiny_config(
 
 
 @pytest.fixture(scope="session")
+def tiny_overrides() -> tuple[str, ...]:
+    """QUIET + SMALL_MODEL as overrides, for code that takes them rather than a Config."""
+    return (*QUIET, *SMALL_MODEL)
+
+
+@pytest.fixture(scope="session")
 def tiny_config():
     """`build_tiny_config(out_dir, manifest, *overrides, dev=None)`, for module-scoped fixtures."""
     return build_tiny_config

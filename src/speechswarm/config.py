@@ -131,7 +131,7 @@ class TrainConfig:
     max_nonfinite: int = 20  # consecutive non-finite losses before the run stops
     init_from: str = ""
     freeze: tuple[str, ...] = ()  # module-name prefixes whose parameters stay fixed
-    dev_max_utterances: int = 0  # 0: all dev utterances at each evaluation
+    dev_max_utterances: int = 0  # 0: all dev utterances; N: N spread evenly over the manifest
     # DDP (torchrun / --nproc). Ranks normalise with their own batch's statistics unless
     # sync_batchnorm: set it when per-rank batches are small (a few utterances per GPU) and
     # training is worse than on one device with the same global batch. Costs two small

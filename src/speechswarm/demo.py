@@ -3,7 +3,10 @@
     make demo          (or: speechswarm demo --out runs/demo --minutes 15)
 
 Test voices and test sentences never occur in training, so the WER/CER printed at the end
-measure generalisation to new speakers and new text, not memorisation.
+measure generalisation to new speakers and new text, not memorisation. The test split is
+scored twice: greedy CTC decoding (the acoustic model alone) and beam search with a word
+3-gram LM estimated from the built-in text minus every dev and test sentence, its weights
+tuned on dev utterances.
 """
 
 from __future__ import annotations
@@ -17,11 +20,18 @@ from pathlib import Path
 from speechswarm.config import load_config
 from speechswarm.data.manifest import read_manifest
 from speechswarm.data.prepare import synthesize_and_prepare
-from speechswarm.evaluate import EvalResult, evaluate_checkpoint, format_report
+from speechswarm.decode import DecoderOptions
+from speechswarm.evaluate import EvalResult, evaluate_checkpoint, format_report, tune_lm
 from speechswarm.train.loop import train
 
 DEMO_PRESET = "tiny"
 DEMO_MINUTES = 15.0
+LM_ORDER = 3
+# The LM weight grid searched on dev (bench/RESULTS.md, "Round 3": alpha 1.5-2, beta 0 won).
+LM_ALPHAS = (1.0, 1.5, 2.0, 2.5, 3.0)
+LM_BETAS = (0.0, 1.0)
+LM_TUNE_UTTERANCES = 200
+LM_BEAM_SIZE = 32
 
 
 def run_demo(
@@ -29,12 +39,13 @@ def run_demo(
     data_dir: Path,
     minutes: float | None = None,
     extra_overrides: tuple[str, ...] = (),
+    hours: float | None = None,
 ) -> int:
     started = time.perf_counter()
-    print(f"[1/4] built-in corpus in {data_dir} (cached after the first run)")
-    manifests = synthesize_and_prepare(data_dir)
+    print(f"[1/5] built-in corpus in {data_dir} (cached after the first run)")
+    manifests = synthesize_and_prepare(data_dir, hours=hours)
     budget = DEMO_MINUTES if minutes is None else minutes
-    print(f"[2/4] training the '{DEMO_PRESET}' preset for up to {budget:g} min -> {out_dir}")
+    print(f"[2/5] training the '{DEMO_PRESET}' preset for up to {budget:g} min -> {out_dir}")
     cfg = load_config(
         DEMO_PRESET,
         [
@@ -51,23 +62,36 @@ def run_demo(
     if best is None:
         print("demo: training produced no checkpoint; see the log above")
         return 1
-    print(f"[3/4] evaluating {best} on the test split (voices and sentences unseen in training)")
-    test = evaluate_checkpoint(str(best), str(manifests["test"]), device=cfg.train.device)
+    device = cfg.train.device
+    print(f"[3/5] word {LM_ORDER}-gram LM from the built-in text minus dev and test sentences")
+    lm = build_demo_lm(out_dir / "lm.arpa", manifests)
+    decoder = tune_demo_lm(best, manifests["dev"], lm, device)
+    print(f"[4/5] evaluating {best} on the test split (voices and sentences unseen in training)")
+    greedy = evaluate_checkpoint(str(best), str(manifests["test"]), device=device)
+    test = evaluate_checkpoint(str(best), str(manifests["test"]), device=device, decoder=decoder)
+    print(f"greedy decoding (the acoustic model alone): WER {greedy.wer:.2%}, CER {greedy.cer:.2%}")
+    print(f"beam search + LM (alpha {decoder.alpha:g}, beta {decoder.beta:g}):")
     print(format_report(test, worst=3))
     by_engine = engine_breakdown(test, manifests["test"])
-    print("\nby TTS engine (all test voices unseen):")
+    greedy_by_engine = engine_breakdown(greedy, manifests["test"])
+    print("\nby TTS engine (all test voices unseen; CER greedy -> with LM):")
     for engine, row in by_engine.items():
         print(
-            f"  {engine:<10} {row['utterances']:>5} utts  WER {row['wer']:7.2%}  CER {row['cer']:7.2%}"
+            f"  {engine:<10} {row['utterances']:>5} utts  WER {row['wer']:7.2%}  "
+            f"CER {greedy_by_engine[engine]['cer']:7.2%} -> {row['cer']:7.2%}"
         )
 
-    print("\n[4/4] transcribing three test files with `speechswarm transcribe`:")
-    _transcribe_examples(best, manifests["test"])
+    print("\n[5/5] transcribing three test files (beam search + LM):")
+    _transcribe_examples(best, manifests["test"], decoder)
     summary = {
         "test_wer": test.wer,
         "test_cer": test.cer,
         "test_utterances": test.utterances,
+        "greedy_wer": greedy.wer,
+        "greedy_cer": greedy.cer,
+        "lm": {"path": str(lm), "order": LM_ORDER, "alpha": decoder.alpha, "beta": decoder.beta},
         "by_engine": by_engine,
+        "greedy_by_engine": greedy_by_engine,
         "train_minutes": round(result.state.train_seconds / 60, 2),
         "steps": result.state.step,
         "stop_reason": result.stop_reason,
@@ -77,13 +101,43 @@ def run_demo(
     }
     (out_dir / "demo_results.json").write_text(json.dumps(summary, indent=1))
     print(
-        f"\ndemo: test WER {test.wer:.1%}, CER {test.cer:.1%} on {test.utterances} utterances of unseen voices; "
+        f"\ndemo: {test.utterances} test utterances of unseen voices: WER {test.wer:.1%}, "
+        f"CER {test.cer:.1%} with the LM (greedy: WER {greedy.wer:.1%}, CER {greedy.cer:.1%}); "
         f"{summary['train_minutes']:.1f} min of training, {summary['wall_minutes']:.1f} min in all"
     )
     print(f"  best checkpoint: {best}")
+    print(f"  language model:  {lm} (--decoder beam --lm {lm} --alpha {decoder.alpha:g} "
+          f"--beta {decoder.beta:g})")  # fmt: skip
     print(f"  plots:           {out_dir / 'plots'}  (loss, dev WER/CER, learning rate)")
     print(f"  run summary:     {out_dir / 'summary.md'}; results: {out_dir / 'demo_results.json'}")
     return 0
+
+
+def build_demo_lm(path: Path, manifests: dict[str, Path]) -> Path:
+    """An order-LM_ORDER word LM from the built-in sentences that are not dev or test
+    transcripts (text only: the LM never sees a held-out sentence)."""
+    from speechswarm.data.sentences import load_sentences
+    from speechswarm.decode.lm import build_lm, lm_sentences
+
+    held_out = [u.text for split in ("dev", "test") for u in read_manifest(manifests[split])]
+    sentences, dropped = lm_sentences(load_sentences(), held_out)
+    build_lm(sentences, LM_ORDER, path)
+    print(f"  {len(sentences):,} sentences ({dropped:,} held-out ones left out) -> {path}")
+    return path
+
+
+def tune_demo_lm(checkpoint: Path, dev: Path, lm: Path, device: str) -> DecoderOptions:
+    """Beam search options with the LM weights that scored best on dev."""
+    points = tune_lm(str(checkpoint), str(dev), str(lm), alphas=LM_ALPHAS, betas=LM_BETAS,
+                     beam_size=LM_BEAM_SIZE, device=device,
+                     max_utterances=LM_TUNE_UTTERANCES)  # fmt: skip
+    base, best = points[0], points[1]
+    n = min(LM_TUNE_UTTERANCES, len(read_manifest(dev)))
+    print(
+        f"  tuned on {n} dev utterances: alpha {best.alpha:g}, beta {best.beta:g}"
+        f" (dev WER {base.wer:.1%} -> {best.wer:.1%}, CER {base.cer:.1%} -> {best.cer:.1%})"
+    )
+    return DecoderOptions("beam", lm=lm, beam_size=LM_BEAM_SIZE, alpha=best.alpha, beta=best.beta)
 
 
 def engine_breakdown(result: EvalResult, manifest: Path) -> dict[str, dict]:
@@ -99,10 +153,10 @@ def engine_breakdown(result: EvalResult, manifest: Path) -> dict[str, dict]:
     return rows
 
 
-def _transcribe_examples(checkpoint: Path, manifest: Path) -> None:
+def _transcribe_examples(checkpoint: Path, manifest: Path, decoder: DecoderOptions) -> None:
     from speechswarm.inference import load
 
-    asr = load(checkpoint)
+    asr = load(checkpoint, decoder=decoder)
     utts = read_manifest(manifest)
     by_engine = {}
     for u in utts:  # one example per engine where possible

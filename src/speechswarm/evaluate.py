@@ -18,7 +18,7 @@ import torch
 
 from speechswarm.build import autocast
 from speechswarm.data.dataset import Batch, SpeechDataset, make_loader
-from speechswarm.data.manifest import Utterance, read_manifest
+from speechswarm.data.manifest import Utterance, read_manifest, spread_subset
 from speechswarm.data.sampler import BucketBatchSampler
 from speechswarm.data.tokenizer import Tokenizer
 from speechswarm.decode import Decoder, DecoderOptions
@@ -330,12 +330,14 @@ def tune_lm(
     lexicon: str | None = None,
     device: str = "auto",
     batch_seconds: float = 160.0,
+    max_utterances: int = 0,
     progress=None,
 ) -> list[TunePoint]:
     """Grid-search the LM weight alpha and word bonus beta on a (dev) manifest by WER.
 
     Returns the greedy baseline first, then every grid point, best (lowest WER, then CER)
-    first. `progress(done, total, point)` is called after each point.
+    first. `max_utterances` > 0 tunes on that many utterances spread over the manifest.
+    `progress(done, total, point)` is called after each point.
     """
     from speechswarm.decode import GreedyDecoder
     from speechswarm.decode.beam import BeamDecoder
@@ -343,6 +345,7 @@ def tune_lm(
 
     asr = load(checkpoint, device=device)
     utts = read_manifest(manifest)
+    utts = spread_subset(utts, max_utterances)
     batches = eval_batches(utts, asr.tokenizer, asr.sample_rate, max_batch_seconds=batch_seconds)
     outputs = collect_log_probs(
         asr.model, asr.extractor, batches, device=asr.device, amp_dtype=asr.amp_dtype

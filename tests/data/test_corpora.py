@@ -326,3 +326,20 @@ def test_registry_dispatches_by_format_name(libri):
     assert prepare("librispeech", libri) == prepare_librispeech(libri)
     with pytest.raises(ValueError, match="unknown corpus format 'timit'; choose one of"):
         prepare("timit", libri)
+
+
+def test_spread_subset_keeps_every_part_of_a_sorted_manifest():
+    from speechswarm.data.manifest import Utterance, spread_subset
+
+    # 441 utterances sorted by voice, like the built-in dev split: 221, 132, 88
+    utts = [
+        Utterance(f"{engine}{i}", "a.flac", 1.0, "a", engine)
+        for engine, n in (("espeak", 221), ("flite", 132), ("festival", 88))
+        for i in range(n)
+    ]
+    subset = spread_subset(utts, 200)
+    assert len(subset) == 200 and len({u.id for u in subset}) == 200
+    assert [u.id for u in subset] == sorted((u.id for u in subset), key=[u.id for u in utts].index)
+    counts = {e: sum(u.speaker == e for u in subset) for e in ("espeak", "flite", "festival")}
+    assert counts == pytest.approx({"espeak": 100, "flite": 60, "festival": 40}, abs=1)
+    assert spread_subset(utts, 0) == utts and spread_subset(utts[:5], 200) == utts[:5]

@@ -121,3 +121,12 @@ def _relative_if_under(audio: Path, base_dir: Path) -> str:
         return str(audio_abs.relative_to(base_dir))
     except ValueError:
         return str(audio_abs)
+
+
+def spread_subset(utts: list[Utterance], n: int) -> list[Utterance]:
+    """At most `n` utterances taken at even intervals, in order: a capped dev set that keeps
+    every part of a manifest sorted by speaker or voice (the first n would be one voice)."""
+    if n <= 0 or len(utts) <= n:
+        return list(utts)
+    step = len(utts) / n
+    return [utts[int(i * step)] for i in range(n)]

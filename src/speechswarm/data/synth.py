@@ -54,7 +54,7 @@ from speechswarm.data.tts import (
 from speechswarm.data.tts import check_tools as check_tools  # re-exported: callers check here
 
 SPLITS = ("train", "dev", "test")
-DEFAULT_HOURS = 1.2  # train audio (+2 x 0.12 h dev/test): ~2-3 min to synthesise on 2 cores
+DEFAULT_HOURS = 3.6  # train audio (+2 x 0.36 h dev/test): ~1.5-2 min to synthesise on 2 cores
 EVAL_FRACTION = 0.1  # dev and test each hold ~10 % of the train audio ...
 MIN_EVAL_UTTERANCES = 40  # ... but never fewer utterances than this
 ENGINE_SHARES = {"espeak": 0.5, "flite": 0.3, "festival": 0.2}  # of each split's utterances

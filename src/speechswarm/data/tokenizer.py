@@ -49,7 +49,8 @@ class CharTokenizer:
 
     `encode` raises ValueError on characters outside the alphabet (a character vocabulary
     has no <unk>; normalise with `normalize_text` and validate with `out_of_alphabet`).
-    `decode` skips blanks (0), so padded id rows decode cleanly.
+    `decode` skips blanks (0), so padded id rows decode cleanly, and collapses runs of spaces
+    (CTC may emit " ", blank, " "): a transcript reads as its words joined by single spaces.
     """
 
     blank = 0
@@ -90,7 +91,7 @@ class CharTokenizer:
             if not 0 < i < len(self.tokens):
                 raise ValueError(f"CharTokenizer.decode: id {i} outside 0..{len(self) - 1}")
             chars.append(self.tokens[i])
-        return "".join(chars)
+        return " ".join("".join(chars).split())
 
     def to_dict(self) -> dict:
         return {"kind": "char", "alphabet": self.alphabet}

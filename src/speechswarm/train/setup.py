@@ -28,7 +28,7 @@ from speechswarm.build import (
 )
 from speechswarm.config import Config, to_dict
 from speechswarm.data.dataset import SpeechDataset, make_loader
-from speechswarm.data.manifest import Utterance, read_manifest, total_hours
+from speechswarm.data.manifest import Utterance, read_manifest, spread_subset, total_hours
 from speechswarm.data.sampler import BucketBatchSampler
 from speechswarm.data.tokenizer import Tokenizer
 from speechswarm.data.validate import validate_utterances
@@ -241,8 +241,7 @@ def setup_run(cfg: Config, *, progress: bool = True, env: ddp.DistEnv | None = N
     dev_utts = load_training_utterances(
         cfg, cfg.data.dev_manifest, tokenizer, model, run_dir, log, progress, env
     )
-    if cfg.train.dev_max_utterances:
-        dev_utts = dev_utts[: cfg.train.dev_max_utterances]
+    dev_utts = spread_subset(dev_utts, cfg.train.dev_max_utterances)
     if cfg.data.shards:
         dataset, sampler, hours, num_utts = shard_source(cfg, tokenizer, log, env)
         if env.is_distributed:
