@@ -11,6 +11,7 @@ with a ~30k-parameter model: each launch takes 10-20 s on 2 cores, mostly proces
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -137,8 +138,13 @@ def test_two_processes_with_batch_b_equal_one_with_batch_2b(tone_pairs, tmp_path
     """3 SGD steps: 2 ranks x 2 utterances (gloo, synchronised BatchNorm) == 1 process x 4.
 
     The 12 utterances are equally long and epoch 0 is in manifest order: the single process'
-    batch k is [4k, 4k+4), rank 0's is [4k, 4k+2) and rank 1's [4k+2, 4k+4)."""
-    steps = ("train.epochs=1", "optim.lr=0.002")
+    batch k is [4k, 4k+4), rank 0's is [4k, 4k+2) and rank 1's [4k+2, 4k+4).
+
+    GRU, not the preset's LSTM: with the LSTM the first step's loss is identical and its
+    gradient norm agrees to 1e-6 (139.81541 vs 139.81527), but SGD at these gradient norms
+    (~100) amplifies that rounding to 2e-4 in the third step's gradient norm and 3e-4 in the
+    conv weights, past this test's 2e-5; the GRU keeps the difference below it."""
+    steps = ("train.epochs=1", "optim.lr=0.002", "model.rnn_type=gru")
     one = train(
         load_config(
             "tiny", overrides_for(tone_pairs, tmp_path / "one", "data.max_batch_size=4", *steps)
@@ -207,6 +213,21 @@ def test_ranks_stream_their_own_shards_and_stop_together(tone_pairs, tmp_path):
 
 # ----------------------------------------------------------------------------- fault + resume
 
+
+def _run_group(command, env, timeout: float) -> subprocess.CompletedProcess | None:
+    """Run `command` in its own process group; None if it outlived `timeout` (then the whole
+    group, torchrun and its workers, is killed: no orphaned worker keeps a port)."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return None
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
 RESUME_RUN = ("data.max_batch_size=2", "train.epochs=2", "train.checkpoint_every=2",
               "model.dropout=0.3", "augment.freq_masks=2")  # fmt: skip  # per-rank randomness
 
@@ -215,24 +236,39 @@ RESUME_RUN = ("data.max_batch_size=2", "train.epochs=2", "train.checkpoint_every
 def test_killed_worker_is_restarted_and_resumes_exactly(tone_pairs, tmp_path):
     """torchrun --max-restarts: rank 1 is SIGKILLed after step 5 (last checkpoint: step 4);
     torchrun restarts both workers, which resume from step 4 (their own RNG states) and end
-    with the weights of a run that never failed. (2 restarts allowed: on a loaded machine a
-    restarted gloo group occasionally fails to connect once.)"""
+    with the weights of a run that never failed.
+
+    Gloo's reconnection after a restart is flaky on some machines (seen on the session-4
+    machine in 4 of 5 runs within the suite, with GRU and with LSTM, never when the test ran
+    alone): the restarted rank 0 is refused by the killed rank's old address ("Gloo
+    connectFullMesh failed") or hangs in init_process_group. torchrun may restart twice, and
+    a launch that ends in that gloo failure (or hangs past 120 s) is repeated, at most 3
+    launches, each in a fresh folder and killed with all its workers; any other failure
+    fails the test at once."""
     check_ok(
         run_cli("train", "--nproc", "2", "--config", "tiny",
                 *overrides_for(tone_pairs, tmp_path / "straight", *RESUME_RUN))
     )  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", FAULT_KILL_AT_STEP="5")
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-        "--max-restarts=2", "--monitor-interval=0.2", str(HERE / "fault_worker.py"),
-        "train", "--config", "tiny", *overrides_for(tone_pairs, tmp_path / "faulty", *RESUME_RUN),
-    ]  # fmt: skip
-    faulty = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    for attempt in range(3):
+        out = tmp_path / f"faulty{attempt}"
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+            "--max-restarts=2", "--monitor-interval=0.2", str(HERE / "fault_worker.py"),
+            "train", "--config", "tiny", *overrides_for(tone_pairs, out, *RESUME_RUN),
+            "train.dist_timeout_min=0.5",
+        ]  # fmt: skip
+        faulty = _run_group(command, env, timeout=120)
+        if faulty is not None and (
+            faulty.returncode == 0 or "connectFullMesh" not in faulty.stderr
+        ):
+            break
+    assert faulty is not None, "3 launches hung in gloo's reconnection after the restart"
     check_ok(faulty)
-    log = (tmp_path / "faulty/train.log").read_text()
+    log = (out / "train.log").read_text()
     assert "resumed from" in log and "at step 4, epoch 1" in log
     assert "exitcode: -9" in faulty.stderr  # torchrun saw rank 1 die of SIGKILL
     straight = load_checkpoint(tmp_path / "straight/checkpoints/last.pt")
-    resumed = load_checkpoint(tmp_path / "faulty/checkpoints/last.pt")
+    resumed = load_checkpoint(out / "checkpoints/last.pt")
     assert resumed["train_state"]["step"] == straight["train_state"]["step"] == 6
     assert max_difference(straight["model"], resumed["model"]) == 0.0
