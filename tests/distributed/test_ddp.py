@@ -256,7 +256,6 @@ def test_killed_worker_is_restarted_and_resumes_exactly(tone_pairs, tmp_path):
             sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
             "--max-restarts=2", "--monitor-interval=0.2", str(HERE / "fault_worker.py"),
             "train", "--config", "tiny", *overrides_for(tone_pairs, out, *RESUME_RUN),
-            "train.dist_timeout_min=0.5",
         ]  # fmt: skip
         faulty = _run_group(command, env, timeout=120)
         if faulty is not None and (

@@ -154,8 +154,8 @@ def test_allow_list_refuses_a_strangers_tensors_and_state_downloads(tmp_path):
         with stranger.get_tensors() as (t,):
             assert torch.equal(t, torch.full((100,), 1e6))
         # No tensor byte reaches the stranger (100 values: >= 100 bytes even as int8). A bare
-        # control message (AveragingData with only a code, e.g. a cancellation: 2 bytes) may,
-        # depending on timing: seen in 2 full-suite runs on the session-4 machine.
+        # control message may (an AveragingData holding only its code is 2 bytes), depending
+        # on timing: 2 bytes were seen in 2 full-suite runs on the session-4 machine.
         assert stranger.counter("bytes_recv") < 16
         refused = sum(a.counter("rejected_joins") + a.counter("rejected_groups") for a in (m0, m1))
         assert refused >= 1
