@@ -128,7 +128,7 @@ class TrainConfig:
     select_by: Literal["wer", "cer"] = "wer"
     early_stop_patience: int = 0  # evaluations without improvement of select_by; 0: off
     target_wer: float = 0.0  # stop when dev WER <= this (MLPerf rule); 0: off
-    max_nonfinite: int = 20  # consecutive non-finite losses before the run stops
+    max_nonfinite: int = 20  # consecutive non-finite losses or gradients before the run stops
     init_from: str = ""
     freeze: tuple[str, ...] = ()  # module-name prefixes whose parameters stay fixed
     dev_max_utterances: int = 0  # 0: all dev utterances; N: N spread evenly over the manifest

@@ -400,7 +400,7 @@ def test_nonfinite_losses_in_a_row_raise_training_diverged(synth_corpus, make_co
         THREE_BATCHES, "train.max_nonfinite=3", "train.epochs=5", manifest=synth_corpus.few
     )
     with pytest.raises(
-        TrainingDiverged, match=r"3 non-finite losses in a row at step 0: lower optim\.lr"
+        TrainingDiverged, match=r"3 non-finite losses or gradients in a row at step 0: lower optim\.lr"
     ):
         train(cfg, progress=False)
     assert isinstance(TrainingDiverged("x"), RuntimeError)  # the CLI prints it as one line
@@ -429,6 +429,74 @@ def test_isolated_nonfinite_losses_are_skipped_and_counted(synth_corpus, make_co
     assert [r["nonfinite_total"] for r in records] == [2, 4]
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["nonfinite_losses"] == 4
+
+
+def _poison_grads(monkeypatch, pattern: list[bool], runs: list) -> None:
+    """Make the first parameter's gradient infinite (the loss stays finite: an overflow in
+    backward) on the backward passes where `pattern` is True; `runs` receives the Run."""
+    real_setup = loop.setup_run
+
+    def setup(cfg, **kwargs):
+        run = real_setup(cfg, **kwargs)
+        calls = iter(pattern)
+        first = next(run.model.parameters())
+        first.register_hook(lambda g: g * float("inf") if next(calls) else g)
+        runs.append(run)
+        return run
+
+    monkeypatch.setattr(loop, "setup_run", setup)
+
+
+def test_nonfinite_gradients_skip_the_update(synth_corpus, make_config, monkeypatch):
+    runs: list = []
+    _poison_grads(monkeypatch, [True] * 10, runs)
+    cfg = make_config(
+        THREE_BATCHES, "train.max_nonfinite=3", "train.epochs=5", manifest=synth_corpus.few
+    )
+    with pytest.raises(TrainingDiverged, match=r"3 non-finite losses or gradients in a row"):
+        train(cfg, progress=False)
+    fresh = setup_run(
+        make_config(THREE_BATCHES, manifest=synth_corpus.few, name="fresh"), progress=False
+    )
+    # Three updates with infinite gradients were skipped: the weights (and so every later
+    # loss) are still finite and still the initial ones.
+    params = dict(runs[0].model.named_parameters())
+    for name, p in fresh.model.named_parameters():
+        assert torch.equal(p, params[name]), name
+
+
+def test_isolated_nonfinite_gradients_are_skipped_and_counted(
+    synth_corpus, make_config, monkeypatch
+):
+    runs: list = []
+    _poison_grads(monkeypatch, [True, True, False, True, True, False], runs)
+    cfg = make_config(
+        THREE_BATCHES, "train.max_nonfinite=3", "train.epochs=2", manifest=synth_corpus.few
+    )
+    result = train(cfg, progress=False)
+    assert result.stop_reason == "epochs"
+    assert result.state.step == 6  # a skipped update still counts as a step of the schedule
+    assert result.state.nonfinite_total == 4 and result.state.nonfinite_in_row == 0
+    assert all(torch.isfinite(p).all() for p in runs[0].model.parameters())
+    records = [r for r in read_metrics(result.run_dir / "metrics.jsonl") if "train_loss" in r]
+    assert all(r["grad_norm"] == r["grad_norm"] for r in records)  # only finite norms logged
+
+
+def test_clip_and_step_skips_a_nonfinite_gradient():
+    model = torch.nn.Linear(3, 2)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    model(torch.ones(1, 3)).sum().backward()
+    model.weight.grad[0, 0] = float("nan")
+    norm = train_setup.clip_and_step(model, optimizer, scheduler, None, grad_clip=1.0)
+    assert norm != norm  # NaN is returned for the caller to count
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+    assert all(p.grad is None for p in model.parameters())
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05)  # the schedule moved on
+    model(torch.ones(1, 3)).sum().backward()  # and the next finite step updates the weights
+    assert train_setup.clip_and_step(model, optimizer, scheduler, None, grad_clip=1.0) > 0
+    assert not torch.equal(model.weight, before[0])
 
 
 # ----------------------------------------------------------------------------- run folder

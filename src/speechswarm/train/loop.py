@@ -194,25 +194,22 @@ def train_one_epoch(
             ready = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             accumulated = 0
-            state.nonfinite_in_row += 1
-            state.nonfinite_total += 1
-            if state.nonfinite_in_row >= cfg.max_nonfinite:
-                raise TrainingDiverged(
-                    f"{state.nonfinite_in_row} non-finite losses in a row at step {state.step}: "
-                    "lower optim.lr, set optim.grad_clip, or use precision=fp32"
-                )
+            _count_nonfinite(state, cfg.max_nonfinite)
             continue
-        state.nonfinite_in_row = 0
         accumulated += 1
         loss = float(loss.detach())
         if accumulated == run.accumulate:
-            grad_norm = run.optimizer_step()
+            grad_norm = run.optimizer_step()  # skips the update if the gradient is not finite
             accumulated = 0
             state.step += 1
             # ---- sync point: DDP has all-reduced gradients inside backward(); Hogwild and
             # ---- peer-to-peer synchronizers act here, after the local step.
             sync.after_step(model, state)
-            window.add(loss, grad_norm)
+            if math.isfinite(grad_norm):
+                state.nonfinite_in_row = 0
+                window.add(loss, grad_norm)
+            else:
+                _count_nonfinite(state, cfg.max_nonfinite)
         audio = float(batch.wave_lens.sum()) / run.sample_rate
         now = time.perf_counter()
         state.audio_seconds += audio
@@ -379,6 +376,18 @@ def _restore(run: Run, state: TrainState, path: Path) -> dict:
     run.last_eval_step = run.dev_history[-1]["step"] if run.dev_history else None
     run.last_save_step = state.step
     return rng
+
+
+def _count_nonfinite(state: TrainState, limit: int) -> None:
+    """One more skipped batch or update (non-finite loss or gradient); stop after `limit` in a
+    row: by then the weights or the recipe are broken, and going on only burns the budget."""
+    state.nonfinite_in_row += 1
+    state.nonfinite_total += 1
+    if state.nonfinite_in_row >= limit:
+        raise TrainingDiverged(
+            f"{state.nonfinite_in_row} non-finite losses or gradients in a row at step "
+            f"{state.step}: lower optim.lr, set optim.grad_clip, or use precision=fp32"
+        )
 
 
 class _Window:

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,18 +192,25 @@ def clip_and_step(
 ) -> float:
     """After backward: unscale (fp16), clip the trainable parameters' gradient norm to
     `grad_clip` (0: no clipping), step the optimizer and the schedule, zero the gradients.
-    Returns the gradient norm before clipping. Every trainer's step (loop, p2p, bench)."""
+    Returns the gradient norm before clipping. Every trainer's step (loop, p2p, bench).
+
+    A non-finite gradient norm (a finite loss whose backward overflowed) skips the update, as
+    GradScaler does for fp16: one such step would otherwise turn every weight into NaN (seen
+    once in a bf16 `make demo` at the peak LR). The schedule still advances; callers see the
+    non-finite norm and count the skip."""
     if scaler is not None:
         scaler.unscale_(optimizer)
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip or math.inf))
     if scaler is not None:
-        scaler.step(optimizer)
+        scaler.step(optimizer)  # skips the update itself when the gradients are not finite
         scaler.update()
-    else:
+    elif math.isfinite(grad_norm):
         optimizer.step()
     if scheduler is not None:
-        scheduler.step()
+        with warnings.catch_warnings():  # torch warns when a skipped first update precedes it
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm
 
