@@ -195,9 +195,10 @@ def clip_and_step(
     Returns the gradient norm before clipping. Every trainer's step (loop, p2p, bench).
 
     A non-finite gradient norm (a finite loss whose backward overflowed) skips the update, as
-    GradScaler does for fp16: one such step would otherwise turn every weight into NaN (seen
-    once in a bf16 `make demo` at the peak LR). The schedule still advances; callers see the
-    non-finite norm and count the skip."""
+    GradScaler does for fp16: one such update turns every weight into NaN. A bf16 `make demo`
+    once ended that way at its peak LR (finite losses, then only NaN ones); which update did
+    it was not recorded, and a rerun did not repeat it. The schedule still advances; callers
+    see the non-finite norm and count the skip."""
     if scaler is not None:
         scaler.unscale_(optimizer)
     params = [p for p in model.parameters() if p.requires_grad]
