@@ -373,13 +373,24 @@ def test_early_stop_after_patience_evaluations_without_improvement(
 # ----------------------------------------------------------------------------- non-finite losses
 
 
-def _poison_ctc(monkeypatch, pattern: list[bool], runs: list) -> None:
-    """Make the CTC loss NaN (through the graph, as an overflow would) on the batches where
-    `pattern` is True; `runs` receives the Run."""
+def _patch_runs(monkeypatch, runs: list, poison) -> None:
+    """Let `poison(run)` alter every Run the loop sets up; `runs` receives the Runs."""
     real_setup = loop.setup_run
 
     def setup(cfg, **kwargs):
         run = real_setup(cfg, **kwargs)
+        poison(run)
+        runs.append(run)
+        return run
+
+    monkeypatch.setattr(loop, "setup_run", setup)
+
+
+def _poison_ctc(monkeypatch, pattern: list[bool], runs: list) -> None:
+    """Make the CTC loss NaN (through the graph, as an overflow would) on the batches where
+    `pattern` is True."""
+
+    def poison(run):
         real_ctc, calls = run.ctc, iter(pattern)
 
         def ctc(*args):
@@ -387,20 +398,34 @@ def _poison_ctc(monkeypatch, pattern: list[bool], runs: list) -> None:
             return loss * float("nan") if next(calls) else loss
 
         run.ctc = ctc
-        runs.append(run)
-        return run
 
-    monkeypatch.setattr(loop, "setup_run", setup)
+    _patch_runs(monkeypatch, runs, poison)
 
 
-def test_nonfinite_losses_in_a_row_raise_training_diverged(synth_corpus, make_config, monkeypatch):
+def _poison_grads(monkeypatch, pattern: list[bool], runs: list) -> None:
+    """Make the first parameter's gradient infinite (the loss stays finite: an overflow in
+    backward) on the backward passes where `pattern` is True."""
+
+    def poison(run):
+        calls = iter(pattern)
+        first = next(run.model.parameters())
+        first.register_hook(lambda g: g * float("inf") if next(calls) else g)
+
+    _patch_runs(monkeypatch, runs, poison)
+
+
+@pytest.mark.parametrize("poison", ["losses", "gradients"])
+def test_nonfinite_in_a_row_raise_training_diverged(poison, synth_corpus, make_config, monkeypatch):
     runs: list = []
-    _poison_ctc(monkeypatch, [True] * 10, runs)
+    # NaN losses are skipped before backward; infinite gradients (finite losses) skip the update
+    {"losses": _poison_ctc, "gradients": _poison_grads}[poison](monkeypatch, [True] * 10, runs)
+    steps = {"losses": 0, "gradients": 3}[poison]  # a skipped update is still a step
     cfg = make_config(
         THREE_BATCHES, "train.max_nonfinite=3", "train.epochs=5", manifest=synth_corpus.few
     )
     with pytest.raises(
-        TrainingDiverged, match=r"3 non-finite losses or gradients in a row at step 0: lower optim\.lr"
+        TrainingDiverged,
+        match=rf"3 non-finite losses or gradients in a row at step {steps}: lower optim\.lr",
     ):
         train(cfg, progress=False)
     assert isinstance(TrainingDiverged("x"), RuntimeError)  # the CLI prints it as one line
@@ -408,20 +433,25 @@ def test_nonfinite_losses_in_a_row_raise_training_diverged(synth_corpus, make_co
     fresh = setup_run(
         make_config(THREE_BATCHES, manifest=synth_corpus.few, name="fresh"), progress=False
     )
-    # No NaN gradient ever reached the weights: they are still the initial ones.
+    # No non-finite gradient ever reached the weights: they are still the initial ones.
     params = dict(initial.model.named_parameters())
     for name, p in fresh.model.named_parameters():
         assert torch.equal(p, params[name]), name
 
 
-def test_isolated_nonfinite_losses_are_skipped_and_counted(synth_corpus, make_config, monkeypatch):
+def _train_poisoned(poison, synth_corpus, make_config, monkeypatch):
+    """2 epochs of 3 batches, poisoned on batches 1, 2, 4, 5 (never 3 in a row)."""
     runs: list = []
-    # 6 batches: NaN, NaN, ok, NaN, NaN, ok -> never 3 in a row
-    _poison_ctc(monkeypatch, [True, True, False, True, True, False], runs)
+    poison(monkeypatch, [True, True, False, True, True, False], runs)
     cfg = make_config(
         THREE_BATCHES, "train.max_nonfinite=3", "train.epochs=2", manifest=synth_corpus.few
     )
-    result = train(cfg, progress=False)
+    return train(cfg, progress=False), runs
+
+
+def test_isolated_nonfinite_losses_are_skipped_and_counted(synth_corpus, make_config, monkeypatch):
+    # 6 batches: NaN, NaN, ok, NaN, NaN, ok -> never 3 in a row
+    result, _ = _train_poisoned(_poison_ctc, synth_corpus, make_config, monkeypatch)
     assert result.stop_reason == "epochs"
     assert result.state.step == 2  # only finite batches step
     assert result.state.nonfinite_total == 4 and result.state.nonfinite_in_row == 0
@@ -431,49 +461,10 @@ def test_isolated_nonfinite_losses_are_skipped_and_counted(synth_corpus, make_co
     assert summary["nonfinite_losses"] == 4
 
 
-def _poison_grads(monkeypatch, pattern: list[bool], runs: list) -> None:
-    """Make the first parameter's gradient infinite (the loss stays finite: an overflow in
-    backward) on the backward passes where `pattern` is True; `runs` receives the Run."""
-    real_setup = loop.setup_run
-
-    def setup(cfg, **kwargs):
-        run = real_setup(cfg, **kwargs)
-        calls = iter(pattern)
-        first = next(run.model.parameters())
-        first.register_hook(lambda g: g * float("inf") if next(calls) else g)
-        runs.append(run)
-        return run
-
-    monkeypatch.setattr(loop, "setup_run", setup)
-
-
-def test_nonfinite_gradients_skip_the_update(synth_corpus, make_config, monkeypatch):
-    runs: list = []
-    _poison_grads(monkeypatch, [True] * 10, runs)
-    cfg = make_config(
-        THREE_BATCHES, "train.max_nonfinite=3", "train.epochs=5", manifest=synth_corpus.few
-    )
-    with pytest.raises(TrainingDiverged, match=r"3 non-finite losses or gradients in a row"):
-        train(cfg, progress=False)
-    fresh = setup_run(
-        make_config(THREE_BATCHES, manifest=synth_corpus.few, name="fresh"), progress=False
-    )
-    # Three updates with infinite gradients were skipped: the weights (and so every later
-    # loss) are still finite and still the initial ones.
-    params = dict(runs[0].model.named_parameters())
-    for name, p in fresh.model.named_parameters():
-        assert torch.equal(p, params[name]), name
-
-
 def test_isolated_nonfinite_gradients_are_skipped_and_counted(
     synth_corpus, make_config, monkeypatch
 ):
-    runs: list = []
-    _poison_grads(monkeypatch, [True, True, False, True, True, False], runs)
-    cfg = make_config(
-        THREE_BATCHES, "train.max_nonfinite=3", "train.epochs=2", manifest=synth_corpus.few
-    )
-    result = train(cfg, progress=False)
+    result, runs = _train_poisoned(_poison_grads, synth_corpus, make_config, monkeypatch)
     assert result.stop_reason == "epochs"
     assert result.state.step == 6  # a skipped update still counts as a step of the schedule
     assert result.state.nonfinite_total == 4 and result.state.nonfinite_in_row == 0
