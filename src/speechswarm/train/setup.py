@@ -198,7 +198,7 @@ def clip_and_step(
     GradScaler does for fp16: one such update turns every weight into NaN. A bf16 `make demo`
     once ended that way at its peak LR (finite losses, then only NaN ones); which update did
     it was not recorded, and a rerun did not repeat it. The schedule still advances; callers
-    see the non-finite norm and count the skip."""
+    see the non-finite norm and count the skip (with fp16, GradScaler's overflow skips too)."""
     if scaler is not None:
         scaler.unscale_(optimizer)
     params = [p for p in model.parameters() if p.requires_grad]
