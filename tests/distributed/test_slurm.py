@@ -57,7 +57,8 @@ def fake_commands(bin_dir: Path, record: Path) -> None:
         "srun": 'while [[ "$1" == --* ]]; do shift; done\n'
         'for node in node1 node2; do HOSTNAME_OVERRIDE=$node "$@" & done; wait',
         "scontrol": "printf 'node1\\nnode2\\n'",
-        "torchrun": f'printf "%s\\n" "$@" > {record}.torchrun.$$',
+        "torchrun": f'printf "%s\\n" "$@" > {record}.torchrun.$$; '
+        f'echo "$TORCH_DISABLE_SHARE_RDZV_TCP_STORE" > {record}.store.$$',
         "nvidia-smi": 'echo "timestamp, index, name"; echo "2026/01/01, 0, H100"',
         "hostname": 'echo "${HOSTNAME_OVERRIDE:-node1}"',
     }
@@ -81,6 +82,8 @@ def test_two_node_script_runs_one_torchrun_per_node_with_monitoring(tmp_path):
     assert result.returncode == 0, result.stderr
     calls = [p.read_text().split("\n")[:-1] for p in tmp_path.glob("record.torchrun.*")]
     assert len(calls) == 2  # one launcher per node
+    stores = [p.read_text() for p in tmp_path.glob("record.store.*")]
+    assert stores == ["1\n", "1\n"]  # a fresh rendezvous store per restart
     args = calls[0]
     assert "--nnodes=2" in args and "--nproc-per-node=4" in args and "--max-restarts=1" in args
     assert "--rdzv-endpoint=node1:29500" in args and "--rdzv-id=4242" in args

