@@ -73,6 +73,12 @@ def test_missing_file(tmp_path):
     with pytest.raises(AudioError) as e:
         audio_info(tmp_path / "nope.wav")
     assert e.value.reason == "missing_file"
+    assert "nope.wav: missing_file (no such file); check the path" in str(e.value)
+
+
+def test_a_folder_is_named_as_one(tmp_path):
+    with pytest.raises(AudioError, match=r"missing_file \(a folder, not an audio file\)"):
+        load_audio(tmp_path, 16000)
 
 
 @pytest.mark.parametrize("fmt", ["WAV", "FLAC"])

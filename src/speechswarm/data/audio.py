@@ -24,7 +24,7 @@ import soxr
 AUDIO_REASONS = ("missing_file", "unreadable_audio", "empty_audio", "nonfinite_samples")
 
 _HINTS = {
-    "missing_file": "check the manifest's audio path (paths are relative to the manifest folder)",
+    "missing_file": "check the path (a manifest's audio paths are relative to its folder)",
     "unreadable_audio": "the file is truncated or not audio; re-download or re-encode it",
     "empty_audio": "drop the utterance or fix its offset/duration",
     "nonfinite_samples": "the file holds NaN/inf samples; re-encode it from the source",
@@ -113,6 +113,8 @@ def to_mono_rate(data: np.ndarray, file_rate: int, sample_rate: int) -> np.ndarr
 
 
 def _check_exists(path: str | os.PathLike) -> None:
+    if Path(path).is_dir():
+        raise AudioError(path, "missing_file", "a folder, not an audio file")
     if not Path(path).is_file():
         raise AudioError(path, "missing_file", "no such file")
 
