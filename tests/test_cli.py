@@ -263,6 +263,15 @@ def test_transcribe_prints_a_line_per_file_and_an_error_for_a_bad_one(
     assert rows[1]["file"] == "corrupt.flac" and "unreadable_audio" in rows[1]["error"]
     assert len(rows) == 2
 
+    # A folder: its audio files at any depth, sorted; a non-audio file in it is not picked up.
+    (tmp_path / "more" / "deeper").mkdir(parents=True)
+    shutil.copy(good_and_corrupt[0], tmp_path / "more" / "deeper" / "b.FLAC")
+    shutil.copy(good_and_corrupt[0], tmp_path / "more" / "a.flac")
+    (tmp_path / "more" / "notes.txt").write_text("not audio")
+    proc = cli("transcribe", "--checkpoint", overfit_run.checkpoint, "more", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"more/a.flac\t{expected}\nmore/deeper/b.FLAC\t{expected}\n"
+
 
 @pytest.mark.slow  # needs overfit_run (~25 s)
 def test_transcribe_exits_1_when_every_file_fails(overfit_run, good_and_corrupt, tmp_path):

@@ -148,7 +148,9 @@ def _parser() -> argparse.ArgumentParser:
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a checkpoint (PyTorch)")
     src.add_argument("--onnx", help="a model from `speechswarm export` (onnxruntime, no torch)")
-    s.add_argument("files", nargs="+")
+    s.add_argument(
+        "files", nargs="+", help="audio files, or folders (their audio files at any depth)"
+    )
     s.add_argument("--device", default="auto", help="PyTorch device (checkpoints only)")
     _add_precision_arg(s)
     s.add_argument(
@@ -380,8 +382,11 @@ def _transcribe(args) -> int:
             torch.set_num_threads(args.threads)
         asr = load(args.checkpoint, device=args.device, precision=args.precision, decoder=options)
         engine = f"PyTorch on {asr.device}, {asr.precision}"
+    from speechswarm.data.audio import expand_audio_paths
+
+    files = expand_audio_paths(args.files)
     failed, audio_seconds, start = 0, 0.0, time.perf_counter()
-    for path, text, seconds, error in transcribe_files(asr, args.files, args.batch_size):
+    for path, text, seconds, error in transcribe_files(asr, files, args.batch_size):
         if error is not None:
             failed += 1
             line = {"file": path, "error": str(error)} if args.json else f"{path}\tERROR: {error}"
@@ -393,7 +398,7 @@ def _transcribe(args) -> int:
         audio_seconds += seconds
         print(json.dumps({"file": path, "text": text}) if args.json else f"{path}\t{text}")
     busy = time.perf_counter() - start
-    done = len(args.files) - failed
+    done = len(files) - failed
     if done:
         print(
             f"transcribed {done} file(s), {audio_seconds:.1f} s of audio in {busy:.2f} s: "
@@ -401,7 +406,7 @@ def _transcribe(args) -> int:
             f"{options.kind} decoding, batches of <= {args.batch_size})",
             file=sys.stderr,
         )
-    return 1 if failed == len(args.files) else 0
+    return 1 if failed == len(files) else 0
 
 
 def transcribe_files(asr, paths: list[str], batch_size: int):

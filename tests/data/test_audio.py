@@ -9,6 +9,7 @@ import soundfile as sf
 from speechswarm.data.audio import (
     AudioError,
     audio_info,
+    expand_audio_paths,
     load_audio,
     load_audio_bytes,
     read_audio,
@@ -74,6 +75,21 @@ def test_missing_file(tmp_path):
         audio_info(tmp_path / "nope.wav")
     assert e.value.reason == "missing_file"
     assert "nope.wav: missing_file (no such file); check the path" in str(e.value)
+
+
+def test_folders_expand_to_their_audio_files(tmp_path):
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    for name in ("in/z.wav", "in/sub/a.MP3", "in/b.flac", "in/readme.txt"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "empty").mkdir()
+    given = [str(tmp_path / "x.wav"), str(tmp_path / "in"), str(tmp_path / "empty")]
+    assert expand_audio_paths(given) == [
+        str(tmp_path / "x.wav"),  # files stay as given, existing or not
+        str(tmp_path / "in/b.flac"),
+        str(tmp_path / "in/sub/a.MP3"),
+        str(tmp_path / "in/z.wav"),
+        str(tmp_path / "empty"),  # nothing inside: kept, so its error is reported
+    ]
 
 
 def test_a_folder_is_named_as_one(tmp_path):

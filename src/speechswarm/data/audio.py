@@ -38,6 +38,27 @@ _WAV_SHORT_DATA = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULT
 _UNKNOWN_WAV_SIZES = (0, 0xFFFFFFFF, 0x7FFFFFFF)
 
 
+# What `transcribe` picks up in a folder: the formats libsndfile reads (MP3 since 1.1).
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au")
+
+
+def expand_audio_paths(paths: list[str]) -> list[str]:
+    """`paths` with each folder replaced by the audio files below it (any depth, sorted by
+    path, by `AUDIO_SUFFIXES`, case-insensitive); files and folders without audio stay as
+    given, so the caller reports them."""
+    out = []
+    for path in paths:
+        if not Path(path).is_dir():
+            out.append(path)
+            continue
+        found = sorted(
+            str(f) for f in Path(path).rglob("*")
+            if f.suffix.lower() in AUDIO_SUFFIXES and f.is_file()
+        )  # fmt: skip
+        out.extend(found or [path])
+    return out
+
+
 class AudioError(Exception):
     """An audio file that cannot be used; `reason` is one of `AUDIO_REASONS`."""
 
