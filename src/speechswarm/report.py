@@ -369,6 +369,7 @@ _SUMMARY_ROWS = {
     "epochs": ("Epochs", lambda x: f"{x:g}"),
     "wall_time_s": ("Wall time", lambda x: f"{format_duration(x)} ({x:,.0f} s)"),
     "train_minutes": ("Training time", lambda x: f"{format_duration(60 * x)} ({x:,.1f} min)"),
+    "audio_seconds": ("Audio trained on", lambda x: f"{x / 3600:,.2f} h ({x:,.0f} s)"),
     "audio_sec_per_sec": ("Throughput", lambda x: f"{x:,.1f} audio s / wall s"),
     "audio_seconds_per_second": ("Throughput", lambda x: f"{x:,.1f} audio s / wall s"),
     "best_dev_wer": ("Best dev WER", _percent),
@@ -433,8 +434,8 @@ def write_summary(run_dir: str | os.PathLike, summary: dict) -> Path:
     """Write run_dir/summary.md (for people) and summary.json (for tools); returns the .md.
 
     Known keys (all optional): stop_reason, data_hours or train_hours, train_utterances,
-    steps, epochs, wall_time_s or train_minutes, audio_sec_per_sec or
-    audio_seconds_per_second, best_dev_wer, best_dev_cer, best_step, test_wer, test_cer
+    steps, epochs, wall_time_s or train_minutes, audio_seconds (all processes), audio_sec_per_sec
+    or audio_seconds_per_second, best_dev_wer, best_dev_cer, best_step, test_wer, test_cer
     (WER/CER as fractions), best_checkpoint, skipped_utterances, nonfinite_losses, plots
     (paths; those under run_dir are linked relative to it). Other keys are listed as given.
     """

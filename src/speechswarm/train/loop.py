@@ -143,8 +143,10 @@ def _train(cfg: Config, env, resume, should_stop, progress: bool) -> TrainResult
         evaluate_and_save(run, state, dev_history)  # score the final weights: best.pt exists
     if run.last_save_step != state.step:
         save(run, state)
+    # Each DDP rank counted only its own batches; the summary reports what all of them trained on.
+    audio_per_rank = run.sync.gather(state.audio_seconds)
     if run.sync.is_main:
-        run.finish(state, stop_reason, dev_history)
+        run.finish(state, stop_reason, dev_history, audio_seconds=sum(audio_per_rank))
     return TrainResult(run.dir, stop_reason, state, run.checkpoints.best_path(), dev_history)
 
 

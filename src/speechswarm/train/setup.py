@@ -159,7 +159,12 @@ class Run:
         )
         return capture_rng_state()
 
-    def finish(self, state, stop_reason: str, dev_history: list[dict]) -> None:
+    def finish(
+        self, state, stop_reason: str, dev_history: list[dict], audio_seconds: float | None = None
+    ) -> None:
+        """Close the metrics, draw the plots, write summary.md/json. `audio_seconds`: the
+        training audio of every process (default: this one's, `state.audio_seconds`)."""
+        audio_seconds = state.audio_seconds if audio_seconds is None else audio_seconds
         self.metrics.close()
         plots = plot_run(self.metrics.read(), self.dir / "plots")
         best = self.checkpoints.best_path()
@@ -169,9 +174,8 @@ class Run:
             "steps": state.step,
             "epochs": state.epoch,
             "train_minutes": round(state.train_seconds / 60, 2),
-            "audio_seconds_per_second": round(
-                state.audio_seconds / max(state.train_seconds, 1e-9), 1
-            ),
+            "audio_seconds": round(audio_seconds, 1),
+            "audio_seconds_per_second": round(audio_seconds / max(state.train_seconds, 1e-9), 1),
             "best_dev_wer": min((r["dev_wer"] for r in dev_history), default=None),
             "best_dev_cer": min((r["dev_cer"] for r in dev_history), default=None),
             "skipped_utterances": state.skipped_utterances,
