@@ -26,6 +26,8 @@ import soxr
 import torch
 from torch import Tensor
 
+from speechswarm.data.audio import audio_files_under
+
 NOISE_SUFFIXES = (".wav", ".flac")
 
 
@@ -101,7 +103,7 @@ def load_noise_bank(noise_dir: str | Path, sample_rate: int, max_seconds: float)
         raise FileNotFoundError(
             f"augment: noise_dir {root} is not a directory; fix augment.noise_dir"
         )
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in NOISE_SUFFIXES)
+    paths = audio_files_under(root, NOISE_SUFFIXES)
     if not paths:
         raise FileNotFoundError(f"augment: no .wav or .flac files under noise_dir {root}")
     chunks, total = [], 0

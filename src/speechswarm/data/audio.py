@@ -42,20 +42,21 @@ _UNKNOWN_WAV_SIZES = (0, 0xFFFFFFFF, 0x7FFFFFFF)
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au")
 
 
+def audio_files_under(root: str | os.PathLike, suffixes=AUDIO_SUFFIXES) -> list[Path]:
+    """The files below folder `root` (any depth) whose suffix is in `suffixes`
+    (case-insensitive), sorted by path."""
+    return sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in suffixes)
+
+
 def expand_audio_paths(paths: list[str]) -> list[str]:
-    """`paths` with each folder replaced by the audio files below it (any depth, sorted by
-    path, by `AUDIO_SUFFIXES`, case-insensitive); files and folders without audio stay as
-    given, so the caller reports them."""
+    """`paths` with each folder replaced by `audio_files_under` it; files, and folders
+    without audio, stay as given, so the caller reports them."""
     out = []
     for path in paths:
         if not Path(path).is_dir():
             out.append(path)
             continue
-        found = sorted(
-            str(f) for f in Path(path).rglob("*")
-            if f.suffix.lower() in AUDIO_SUFFIXES and f.is_file()
-        )  # fmt: skip
-        out.extend(found or [path])
+        out.extend([str(f) for f in audio_files_under(path) if f.is_file()] or [path])
     return out
 
 
