@@ -139,7 +139,9 @@ def _train_command(job: SlurmJob) -> list[str]:
         ]
     return [
         fresh_store,
-        'HEAD_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        # sed reads all of scontrol's output: `head -n 1` may exit first, and under pipefail
+        # scontrol's SIGPIPE (exit 141) ended the job (seen once in the two-node test).
+        'HEAD_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)',
         "srun --ntasks-per-node=1 torchrun \\",
         f'    --nnodes="$SLURM_NNODES" --nproc-per-node={job.gpus_per_node} \\',
         f'    --rdzv-id="$SLURM_JOB_ID" --rdzv-backend=c10d --rdzv-endpoint="$HEAD_NODE:{job.port}" \\',
