@@ -1,0 +1,192 @@
+// Fused GRU recurrence for CPU training (prototype): see bench/fused_gru/fused_gru.py.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <cmath>
+#include <vector>
+
+using at::Tensor;
+
+namespace {
+
+inline float to_f(float v) { return v; }
+inline float to_f(c10::BFloat16 v) { return static_cast<float>(v); }
+template <typename S> inline S from_f(float v) { return static_cast<S>(v); }
+
+inline float sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
+
+// One direction, forward. gi (T, N, 3H) = x W_ih^T + b_ih; w_hh (3H, H); b_hh (3H);
+// writes hs (T + 1, N, H) (hs[0] = 0) and saved (T, N, 4H) = [r, z, n, h W_hn^T + b_hn].
+template <typename S>
+void forward_direction(const Tensor& gi, const Tensor& w_hh, const Tensor& b_hh, Tensor& hs,
+                       Tensor& saved) {
+  const int64_t T = gi.size(0), N = gi.size(1), H = w_hh.size(1);
+  auto gh = at::empty({N, 3 * H}, gi.options());
+  auto h = at::zeros({N, H}, gi.options().dtype(at::kFloat));
+  auto w_t = w_hh.t();
+  float* __restrict__ hf = h.data_ptr<float>();
+  for (int64_t t = 0; t < T; ++t) {
+    at::addmm_out(gh, b_hh, hs[t], w_t);
+    const S* __restrict__ GH = gh.data_ptr<S>();
+    const S* __restrict__ GI = gi[t].data_ptr<S>();
+    S* __restrict__ HN = hs[t + 1].data_ptr<S>();
+    S* __restrict__ SV = saved[t].data_ptr<S>();
+    for (int64_t b = 0; b < N; ++b) {
+      const S* __restrict__ gi_ = GI + b * 3 * H;
+      const S* __restrict__ gh_ = GH + b * 3 * H;
+      S* __restrict__ sv = SV + b * 4 * H;
+      float* __restrict__ hb = hf + b * H;
+      S* __restrict__ hn_ = HN + b * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        float r = sigmoid(to_f(gi_[j]) + to_f(gh_[j]));
+        float z = sigmoid(to_f(gi_[H + j]) + to_f(gh_[H + j]));
+        float ghn = to_f(gh_[2 * H + j]);
+        float n = std::tanh(to_f(gi_[2 * H + j]) + r * ghn);
+        float hnew = n + z * (hb[j] - n);
+        sv[j] = from_f<S>(r);
+        sv[H + j] = from_f<S>(z);
+        sv[2 * H + j] = from_f<S>(n);
+        sv[3 * H + j] = from_f<S>(ghn);
+        hb[j] = hnew;
+        hn_[j] = from_f<S>(hnew);
+      }
+    }
+  }
+}
+
+// One direction, backward through the recurrence: dout (T, N, H) -> dgi, dgh (T, N, 3H),
+// the gradients of the input and hidden pre-activations (dgh before the reset gate for n).
+template <typename S>
+void backward_direction(const Tensor& dout, const Tensor& w_hh, const Tensor& hs,
+                        const Tensor& saved, Tensor& dgi, Tensor& dgh, Tensor& db_ih,
+                        Tensor& db_hh) {
+  const int64_t T = dout.size(0), N = dout.size(1), H = w_hh.size(1);
+  auto dhz = at::zeros({N, H}, dout.options().dtype(at::kFloat));
+  auto back = at::zeros({N, H}, dout.options());  // dgh[t + 1] W_hh
+  float* __restrict__ DHZ = dhz.data_ptr<float>();
+  float* __restrict__ bi_r = db_ih.data_ptr<float>();  // (3H) float sums over steps and rows
+  float* __restrict__ bi_z = bi_r + H;
+  float* __restrict__ bi_n = bi_r + 2 * H;
+  float* __restrict__ bh_n = db_hh.data_ptr<float>() + 2 * H;  // r, z parts equal db_ih's
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const S* __restrict__ DO = dout[t].data_ptr<S>();
+    const S* __restrict__ BK = back.data_ptr<S>();
+    const S* __restrict__ SV = saved[t].data_ptr<S>();
+    const S* __restrict__ HP = hs[t].data_ptr<S>();
+    S* __restrict__ DGI = dgi[t].data_ptr<S>();
+    S* __restrict__ DGH = dgh[t].data_ptr<S>();
+    for (int64_t b = 0; b < N; ++b) {
+      const S* __restrict__ sr = SV + b * 4 * H;
+      const S* __restrict__ sz = sr + H;
+      const S* __restrict__ sn = sr + 2 * H;
+      const S* __restrict__ sg = sr + 3 * H;
+      S* __restrict__ dir = DGI + b * 3 * H;
+      S* __restrict__ diz = dir + H;
+      S* __restrict__ din = dir + 2 * H;
+      S* __restrict__ dgr = DGH + b * 3 * H;
+      S* __restrict__ dgz = dgr + H;
+      S* __restrict__ dgn = dgr + 2 * H;
+      float* __restrict__ dhz_ = DHZ + b * H;
+      const S* __restrict__ bk = BK + b * H;
+      const S* __restrict__ dout_ = DO + b * H;
+      const S* __restrict__ hp = HP + b * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        float d = dhz_[j] + to_f(bk[j]) + to_f(dout_[j]);
+        float r = to_f(sr[j]), z = to_f(sz[j]), n = to_f(sn[j]), ghn = to_f(sg[j]);
+        float dan = d * (1.0f - z) * (1.0f - n * n);
+        float daz = d * (to_f(hp[j]) - n) * z * (1.0f - z);
+        float dar = dan * ghn * r * (1.0f - r);
+        dir[j] = from_f<S>(dar);
+        diz[j] = from_f<S>(daz);
+        din[j] = from_f<S>(dan);
+        dgr[j] = from_f<S>(dar);
+        dgz[j] = from_f<S>(daz);
+        dgn[j] = from_f<S>(dan * r);
+        dhz_[j] = d * z;
+        bi_r[j] += dar;
+        bi_z[j] += daz;
+        bi_n[j] += dan;
+        bh_n[j] += dan * r;
+      }
+    }
+    if (t > 0) at::mm_out(back, dgh[t], w_hh);
+  }
+}
+
+}  // namespace
+
+// Forward of D independent directions (D = 1 or 2). parallel: each direction on its own
+// thread with single-thread GEMMs (false: one after the other, GEMMs on all threads;
+// measured at N = 24 the layer ran 1.68x ATen's in parallel, 1.22x one after the other).
+// xs[i] (T, N, In) time-major, weights already in the compute dtype.
+// Returns per direction: hs (T + 1, N, H) and saved (T, N, 4H).
+std::vector<Tensor> forward(std::vector<Tensor> xs, std::vector<Tensor> w_ih,
+                            std::vector<Tensor> w_hh, std::vector<Tensor> b_ih,
+                            std::vector<Tensor> b_hh, bool parallel) {
+  const int64_t D = xs.size();
+  std::vector<Tensor> gis(D), hs(D), saved(D);
+  for (int64_t i = 0; i < D; ++i) {
+    const int64_t T = xs[i].size(0), N = xs[i].size(1), H = w_hh[i].size(1);
+    gis[i] = at::addmm(b_ih[i], xs[i].reshape({T * N, -1}), w_ih[i].t()).view({T, N, 3 * H});
+    hs[i] = at::empty({T + 1, N, H}, xs[i].options());
+    hs[i][0].zero_();
+    saved[i] = at::empty({T, N, 4 * H}, xs[i].options());
+  }
+  at::parallel_for(0, D, parallel ? 1 : D, [&](int64_t b, int64_t e) {
+    at::NoGradGuard no_grad;  // grad mode is thread-local: worker threads start with it on
+    for (int64_t i = b; i < e; ++i) {
+      AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xs[i].scalar_type(), "gru_forward", [&] {
+        forward_direction<scalar_t>(gis[i], w_hh[i], b_hh[i], hs[i], saved[i]);
+      });
+    }
+  });
+  std::vector<Tensor> out;
+  for (int64_t i = 0; i < D; ++i) { out.push_back(hs[i]); out.push_back(saved[i]); }
+  return out;
+}
+
+// Backward of `forward`: per direction {dx, dw_ih, dw_hh, db_ih, db_hh} (weights' grads in
+// the compute dtype, biases' in float).
+std::vector<Tensor> backward(std::vector<Tensor> douts, std::vector<Tensor> xs,
+                             std::vector<Tensor> w_ih, std::vector<Tensor> w_hh,
+                             std::vector<Tensor> hs, std::vector<Tensor> saved, bool parallel) {
+  const int64_t D = xs.size();
+  std::vector<Tensor> dgi(D), dgh(D), db_ih(D), db_hh(D);
+  for (int64_t i = 0; i < D; ++i) {
+    douts[i] = douts[i].to(xs[i].scalar_type()).contiguous();
+    dgi[i] = at::empty({xs[i].size(0), xs[i].size(1), 3 * w_hh[i].size(1)}, xs[i].options());
+    dgh[i] = at::empty_like(dgi[i]);
+    db_ih[i] = at::zeros({3 * w_hh[i].size(1)}, xs[i].options().dtype(at::kFloat));
+    db_hh[i] = at::zeros_like(db_ih[i]);
+  }
+  at::parallel_for(0, D, parallel ? 1 : D, [&](int64_t b, int64_t e) {
+    at::NoGradGuard no_grad;
+    for (int64_t i = b; i < e; ++i) {
+      AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xs[i].scalar_type(), "gru_backward", [&] {
+        backward_direction<scalar_t>(douts[i], w_hh[i], hs[i], saved[i], dgi[i], dgh[i],
+                                     db_ih[i], db_hh[i]);
+      });
+    }
+  });
+  std::vector<Tensor> out;
+  for (int64_t i = 0; i < D; ++i) {
+    const int64_t T = xs[i].size(0), N = xs[i].size(1), H = w_hh[i].size(1);
+    auto gi2 = dgi[i].view({T * N, 3 * H});
+    auto gh2 = dgh[i].view({T * N, 3 * H});
+    out.push_back(at::mm(gi2, w_ih[i]).view({T, N, -1}));
+    out.push_back(at::mm(gi2.t(), xs[i].reshape({T * N, -1})));
+    out.push_back(at::mm(gh2.t(), hs[i].slice(0, 0, T).reshape({T * N, H})));
+    const int64_t H2 = 2 * H;
+    db_hh[i].slice(0, 0, H2).copy_(db_ih[i].slice(0, 0, H2));
+    out.push_back(db_ih[i]);
+    out.push_back(db_hh[i]);
+  }
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward);
+  m.def("backward", &backward);
+}
