@@ -44,8 +44,8 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".a
 
 def audio_files_under(root: str | os.PathLike, suffixes=AUDIO_SUFFIXES) -> list[Path]:
     """The files below folder `root` (any depth) whose suffix is in `suffixes`
-    (case-insensitive), sorted by path."""
-    return sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in suffixes)
+    (case-insensitive), sorted by path; a folder named like an audio file is not one."""
+    return sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in suffixes and p.is_file())
 
 
 def expand_audio_paths(paths: list[str]) -> list[str]:
@@ -56,7 +56,7 @@ def expand_audio_paths(paths: list[str]) -> list[str]:
         if not Path(path).is_dir():
             out.append(path)
             continue
-        out.extend([str(f) for f in audio_files_under(path) if f.is_file()] or [path])
+        out.extend([str(f) for f in audio_files_under(path)] or [path])
     return out
 
 
