@@ -30,8 +30,11 @@ import torch
 from torch import nn
 from torch.utils.cpp_extension import load
 
+from speechswarm import model as _model
+
 HERE = Path(__file__).resolve().parent
 _ext = None
+_aten_run_rnn_padded = _model._run_rnn_padded  # `step` swaps the model's CPU RNN path
 
 
 def ext():
@@ -61,7 +64,7 @@ class FusedGRU(torch.autograd.Function):
             xs.append(x_rev.detach().to(cd).transpose(0, 1).contiguous())
         d = len(xs)
         wi, wh, bi, bh = ([w[4 * i + k].detach().to(cd) for i in range(d)] for k in range(4))
-        res = ext().forward(xs, wi, wh, bi, bh, True)
+        res = ext().forward(xs, wi, wh, bi, bh)
         hs, saved = res[0::2], res[1::2]
         ctx.save_for_backward(*xs, *wi, *wh, *hs, *saved)
         ctx.d, ctx.x_dtype, ctx.w_dtypes = d, x.dtype, [t.dtype for t in w]
@@ -73,7 +76,7 @@ class FusedGRU(torch.autograd.Function):
         d, s = ctx.d, ctx.saved_tensors
         xs, wi, wh, hs, saved = (list(s[k * d : (k + 1) * d]) for k in range(5))
         douts = [g.transpose(0, 1) for g in douts[:d]]
-        g = ext().backward(douts, xs, wi, wh, hs, saved, True)
+        g = ext().backward(douts, xs, wi, wh, hs, saved)
         dx = [g[5 * i].transpose(0, 1).to(ctx.x_dtype) for i in range(d)]
         dw = [
             t.to(dt)
@@ -163,11 +166,6 @@ def _fused_run_rnn_padded(rnn, twin, x, mask):
     if back is not None:
         out = torch.cat([out, back.gather(1, rev[..., None].expand_as(back))], dim=-1)
     return out.masked_fill(~mask[..., None], 0.0)
-
-
-from speechswarm import model as _model  # noqa: E402
-
-_aten_run_rnn_padded = _model._run_rnn_padded
 
 
 def step(rounds=3, steps=2) -> None:
