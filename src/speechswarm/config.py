@@ -117,6 +117,9 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = "auto"
     num_threads: int = 0  # 0: torch's default (all cores)
+    # CPU GRU training kernel: "auto" the fused one (speechswarm/fused_gru.py, compiled at
+    # first use) where it builds, else ATen's; "fused" fails if it does not build; "aten".
+    rnn_kernel: Literal["auto", "fused", "aten"] = "auto"
     seed: int = 0
     log_every: int = 10
     eval_every: int = 0  # steps between dev evaluations; 0: once per epoch

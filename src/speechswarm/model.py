@@ -38,6 +38,8 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from speechswarm import fused_gru
+
 _RNN_CLASSES = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}
 # Weight matrices per recurrent cell: GRU has 3 gates, LSTM 4, a plain RNN 1.
 _RNN_GATES = {"gru": 3, "lstm": 4, "rnn": 1}
@@ -194,13 +196,36 @@ def _run_rnn_padded(
 
     out, _ = functional_call(twin, weights(), (layout(x),))
     if rnn.bidirectional:
-        t = torch.arange(x.shape[1], device=x.device)[None, :]  # (1, T)
-        lens = mask.sum(1, keepdim=True)  # (N, 1)
-        rev = torch.where(t < lens, lens - 1 - t, t)  # (N, T), its own inverse
-        x_rev = x.gather(1, rev[..., None].expand_as(x))
-        back, _ = functional_call(twin, weights("_reverse"), (layout(x_rev),))
-        out = torch.cat([out, back.gather(1, rev[..., None].expand_as(back))], dim=-1)
+        rev = _reverse_index(mask)
+        back, _ = functional_call(twin, weights("_reverse"), (layout(_gather_time(x, rev)),))
+        out = torch.cat([out, _gather_time(back, rev)], dim=-1)
     return out.masked_fill(~mask[..., None], 0.0)
+
+
+def _run_gru_fused(rnn: nn.GRU, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """CPU training path of a GRU on the fused kernel (speechswarm.fused_gru), with the
+    padding handled as in `_run_rnn_padded`: x (N, T, D) -> (N, T, directions * H)."""
+    cd = fused_gru.compute_dtype(x)
+    rev = _reverse_index(mask) if rnn.bidirectional else None
+    x_rev = _gather_time(x, rev) if rev is not None else None
+    with torch.autocast("cpu", enabled=False):
+        out, back = fused_gru.gru_layer(rnn, x, x_rev, cd)
+    if back is not None:
+        out = torch.cat([out, _gather_time(back, rev)], dim=-1)
+    return out.masked_fill(~mask[..., None], 0.0)
+
+
+def _reverse_index(mask: torch.Tensor) -> torch.Tensor:
+    """(N, T) valid-frame mask -> (N, T) int64 time index that reverses each utterance
+    within its length and leaves its padding in place; the index is its own inverse."""
+    t = torch.arange(mask.shape[1], device=mask.device)[None, :]  # (1, T)
+    lens = mask.sum(1, keepdim=True)  # (N, 1)
+    return torch.where(t < lens, lens - 1 - t, t)
+
+
+def _gather_time(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x (N, T, D), index (N, T) -> (N, T, D) with out[n, t] = x[n, index[n, t]]."""
+    return x.gather(1, index[..., None].expand_as(x))
 
 
 def _time_major(x: torch.Tensor) -> torch.Tensor:
@@ -215,6 +240,9 @@ class DeepSpeech2(nn.Module):
     `rnn_packing` (attribute, not an argument: it changes speed, never results): "auto" runs
     the recurrent layers on PackedSequences on CUDA (cuDNN) and on padded, per-utterance
     reversed input elsewhere (see `_run_rnn_padded`); "packed" / "padded" force one path.
+    `rnn_kernel` (attribute, set from train.rnn_kernel): "auto" trains GRU layers on the CPU
+    with the fused kernel of `speechswarm.fused_gru` where it builds, "fused" insists on it,
+    "aten" never uses it; inference always runs ATen's GRU.
 
     Args:
         num_features: F, feature bins per frame.
@@ -235,6 +263,7 @@ class DeepSpeech2(nn.Module):
     """
 
     rnn_packing = "auto"
+    rnn_kernel = "auto"
 
     def __init__(
         self,
@@ -438,6 +467,8 @@ class DeepSpeech2(nn.Module):
         packing = self.rnn_packing
         if packing == "packed" or (packing == "auto" and x.is_cuda):
             return _run_rnn_packed(self.rnns[i], x, lens)
+        if fused_gru.applies(self.rnns[i], x, self.rnn_kernel):
+            return _run_gru_fused(self.rnns[i], x, mask)
         return _run_rnn_padded(self.rnns[i], self._twins[i], x, mask)
 
     def _check_inputs(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> torch.Tensor:

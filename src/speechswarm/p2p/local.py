@@ -19,6 +19,7 @@ training loop's own: `train.loop.forward_loss` and `train.setup.clip_and_step`.
 from __future__ import annotations
 
 import io
+import logging
 import math
 import multiprocessing
 import time
@@ -28,6 +29,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import torch
 
+from speechswarm import fused_gru
 from speechswarm.build import (
     autocast,
     build_augment,
@@ -44,6 +46,8 @@ from speechswarm.data.sampler import BucketBatchSampler
 from speechswarm.evaluate import eval_batches, evaluate
 from speechswarm.train.loop import forward_loss
 from speechswarm.train.setup import clip_and_step, make_optimizer, make_scheduler
+
+log = logging.getLogger("speechswarm.p2p")
 
 AgentState = dict  # {"model", "optimizer", "scheduler", "epoch", "batch", "steps", "nonfinite"}
 
@@ -105,6 +109,7 @@ class Workspace:
         torch.manual_seed(self.seed)  # every agent starts from the same initial weights
         self.model = build_model(cfg.model, self.extractor.num_features, len(self.tokenizer))
         self.model.to(self.device)
+        fused_gru.prepare(self.model, cfg.train.rnn_kernel, self.device, log)
         self.optimizer = make_optimizer(cfg, self.model)
         self.blank_optimizer = snapshot(self.optimizer.state_dict())
         self.ctc = torch.nn.CTCLoss(blank=0, reduction="sum", zero_infinity=True)

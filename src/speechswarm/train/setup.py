@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 import speechswarm
+from speechswarm import fused_gru
 from speechswarm.build import (
     build_augment,
     build_features,
@@ -247,6 +248,7 @@ def setup_run(cfg: Config, *, progress: bool = True, env: ddp.DistEnv | None = N
         init_from_checkpoint(model, cfg.train.init_from, tokenizer, log)
     _freeze(model, cfg.train.freeze, log)
     model.to(device)
+    rnn_kernel = fused_gru.prepare(model, cfg.train.rnn_kernel, device, log)
     if cfg.train.sync_batchnorm and env.is_distributed:
         convert_sync_batchnorm(model, device)
     accumulate = per_rank_accumulate(cfg.optim.accumulate, env.world_size)
@@ -301,7 +303,8 @@ def setup_run(cfg: Config, *, progress: bool = True, env: ddp.DistEnv | None = N
     log.info(
         f"training on {hours:.2f} h ({num_utts:,} utts), dev {len(dev_utts):,} utts; "
         f"model {model.num_params() / 1e6:.2f} M params; device {device}, "
-        f"precision {amp_dtype or torch.float32}; {len(sampler)} batches/epoch"
+        f"precision {amp_dtype or torch.float32}, {rnn_kernel} RNN kernel; "
+        f"{len(sampler)} batches/epoch"
         + (" per rank" if env.is_distributed else "")
     )
     if env.is_distributed:

@@ -1,0 +1,164 @@
+"""The fused CPU GRU kernel against ATen's nn.GRU, and its fallback when it does not build.
+
+    .venv/bin/python -m pytest tests/test_fused_gru.py -q
+
+The first test in a fresh cache compiles the kernel (~40 s); later runs load it (~1 s).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from speechswarm import fused_gru
+from speechswarm.model import DeepSpeech2
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    return fused_gru.load()
+
+
+def _grads(module, *inputs):
+    return [t.grad.clone() for t in inputs] + [p.grad.clone() for p in module.parameters()]
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_layer_equals_nn_gru_in_float64(kernel, bidirectional, threads):
+    # float64 all through: the kernel's float32 hidden state is then float64, so it must
+    # agree with ATen's GRU to rounding, outputs and every gradient (both thread schemes).
+    torch.manual_seed(0)
+    g = nn.GRU(5, 4, batch_first=True, bidirectional=bidirectional).double()
+    x = torch.randn(3, 7, 5, dtype=torch.double, requires_grad=True)
+    ref, _ = g(x)
+    weight = torch.randn_like(ref)
+    (ref * weight).sum().backward()
+    want = _grads(g, x)
+    x.grad = None
+    g.zero_grad()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        f, b = fused_gru.gru_layer(g, x, x.flip(1) if bidirectional else None, torch.double)
+    finally:
+        torch.set_num_threads(before)
+    out = f if b is None else torch.cat([f, b.flip(1)], -1)
+    (out * weight).sum().backward()
+    assert (out - ref).abs().max() < 1e-10
+    for got, exp in zip(_grads(g, x), want, strict=True):
+        assert (got - exp).abs().max() < 1e-10
+
+
+def _model(rnn_type="gru", merge="sum"):
+    torch.manual_seed(0)
+    return DeepSpeech2(
+        40,
+        10,
+        conv_channels=(4,),
+        conv_kernels=((11, 5),),
+        conv_strides=((2, 2),),
+        rnn_type=rnn_type,
+        rnn_hidden=16,
+        rnn_layers=2,
+        bidirectional=True,
+        bidirectional_merge=merge,
+    ).double()
+
+
+def _step(model, kernel, feats, lens):
+    """Loss and gradients of one training forward/backward with `kernel`."""
+    model.rnn_kernel = kernel
+    model.zero_grad()
+    log_probs, out_lens = model(feats, lens)
+    mask = torch.arange(log_probs.shape[1])[None, :] < out_lens[:, None]
+    loss = (log_probs.exp() * mask[..., None]).pow(2).sum()
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("merge", ["sum", "concat"])
+def test_model_training_step_equals_aten_with_padding(kernel, monkeypatch, merge):
+    # Utterances of different lengths in one batch: the fused path must read no padding,
+    # exactly like the ATen path (per-utterance reversal for the backward direction).
+    model = _model(merge=merge)
+    feats = torch.randn(3, 60, 40, dtype=torch.double)
+    lens = torch.tensor([60, 41, 17])
+    calls = []
+    real = fused_gru.gru_layer
+    monkeypatch.setattr(fused_gru, "gru_layer", lambda *a: calls.append(1) or real(*a))
+    loss_f, grads_f = _step(model, "fused", feats, lens)
+    assert len(calls) == 2  # both GRU layers ran fused
+    loss_a, grads_a = _step(model, "aten", feats, lens)
+    assert len(calls) == 2
+    assert torch.allclose(loss_f, loss_a, rtol=1e-10)
+    for gf, ga in zip(grads_f, grads_a, strict=True):
+        assert torch.allclose(gf, ga, rtol=1e-8, atol=1e-10)
+
+
+def test_bf16_autocast_training_matches_aten_closely(kernel):
+    # Under bf16 autocast the kernel keeps h in float32 where ATen rounds it to bf16 per
+    # step, so the two agree to bf16 precision, not bit for bit.
+    torch.manual_seed(0)
+    g = nn.GRU(64, 64, batch_first=True, bidirectional=True)
+    x = torch.randn(4, 50, 64, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref, _ = g(x)
+    ref.float().square().mean().backward()
+    want = _grads(g, x)
+    x.grad = None
+    g.zero_grad()
+    f, b = fused_gru.gru_layer(g, x, x.flip(1), torch.bfloat16)
+    assert f.dtype == torch.bfloat16
+    out = torch.cat([f, b.flip(1)], -1)
+    out.float().square().mean().backward()
+    assert (out.float() - ref.float()).abs().max() < 0.05
+    for got, exp in zip(_grads(g, x), want, strict=True):
+        assert got.dtype == exp.dtype
+        assert (got - exp).norm() / exp.norm() < 0.05
+
+
+def test_inference_lstm_cuda_dtypes_use_aten(kernel):
+    gru = nn.GRU(4, 4, batch_first=True)
+    x = torch.randn(2, 3, 4)
+    assert fused_gru.applies(gru, x, "auto")
+    assert not fused_gru.applies(gru, x, "aten")
+    assert not fused_gru.applies(nn.LSTM(4, 4, batch_first=True), x, "fused")
+    assert not fused_gru.applies(gru, x.half(), "auto")
+    with torch.no_grad():
+        assert not fused_gru.applies(gru, x, "fused")
+
+
+def test_failed_build_falls_back_under_auto_and_stops_under_fused(monkeypatch, caplog):
+    monkeypatch.setattr(fused_gru, "_kernel", None)
+    monkeypatch.setattr(fused_gru, "_error", "RuntimeError: no compiler (build folder /x)")
+    monkeypatch.setattr(fused_gru.applies, "warned", False, raising=False)
+    model = _model()
+    log = logging.getLogger("test.fused_gru")
+    with caplog.at_level(logging.WARNING, logger="test.fused_gru"):
+        assert fused_gru.prepare(model, "auto", torch.device("cpu"), log) == "aten"
+    assert "training with ATen's GRU: RuntimeError: no compiler" in caplog.text
+    assert model.rnn_kernel == "auto"
+    feats, lens = torch.randn(2, 30, 40, dtype=torch.double), torch.tensor([30, 20])
+    with pytest.warns(UserWarning, match="fused CPU GRU unavailable"):
+        model(feats, lens)[0].sum().backward()  # trains on ATen's GRU
+    with pytest.raises(fused_gru.KernelUnavailable, match="install g\\+\\+ and ninja"):
+        fused_gru.prepare(model, "fused", torch.device("cpu"), log)
+    with pytest.raises(fused_gru.KernelUnavailable, match="no compiler"):
+        model(feats, lens)
+    # Models without a GRU, and other devices, never ask for the kernel.
+    assert fused_gru.prepare(_model("lstm"), "fused", torch.device("cpu"), log) == "aten"
+    assert fused_gru.prepare(model, "fused", torch.device("cuda"), log) == "aten"
+    with pytest.raises(ValueError, match="one of auto, fused, aten"):
+        fused_gru.prepare(model, "oneDNN", torch.device("cpu"), log)
+
+
+def test_cache_folder_depends_on_cpu_and_honours_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPEECHSWARM_CACHE", str(tmp_path))
+    here = fused_gru.cache_dir()
+    assert here.parent == tmp_path / "kernels"
+    monkeypatch.setattr(fused_gru, "_cpu_flags", lambda: "flags : fpu sse2")
+    assert fused_gru.cache_dir() != here
