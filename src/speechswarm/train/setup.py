@@ -304,8 +304,7 @@ def setup_run(cfg: Config, *, progress: bool = True, env: ddp.DistEnv | None = N
         f"training on {hours:.2f} h ({num_utts:,} utts), dev {len(dev_utts):,} utts; "
         f"model {model.num_params() / 1e6:.2f} M params; device {device}, "
         f"precision {amp_dtype or torch.float32}, {rnn_kernel} RNN kernel; "
-        f"{len(sampler)} batches/epoch"
-        + (" per rank" if env.is_distributed else "")
+        f"{len(sampler)} batches/epoch" + (" per rank" if env.is_distributed else "")
     )
     if env.is_distributed:
         log.info(
