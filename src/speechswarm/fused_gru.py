@@ -176,9 +176,9 @@ class _FusedGRU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, cd, x, x_rev, *w):
-        xs = [x.detach().to(cd).transpose(0, 1).contiguous()]  # (T, N, In) time-major
+        xs = [_time_major(x, cd)]
         if x_rev is not None:
-            xs.append(x_rev.detach().to(cd).transpose(0, 1).contiguous())
+            xs.append(_time_major(x_rev, cd))
         d = len(xs)
         wi, wh, bi, bh = ([w[4 * i + k].detach().to(cd) for i in range(d)] for k in range(4))
         parallel = torch.get_num_threads() <= 2
@@ -201,6 +201,13 @@ class _FusedGRU(torch.autograd.Function):
         dws = (g[5 * i + k] for i in range(d) for k in (1, 2, 3, 4))
         dw = [t.to(dt) for t, dt in zip(dws, ctx.w_dtypes, strict=True)]
         return (None, dx[0], dx[1] if d == 2 else None, *dw)
+
+
+def _time_major(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(N, T, D) -> contiguous (T, N, D) in `dtype`, cast and transposed in one copy."""
+    return torch.empty((x.shape[1], x.shape[0], x.shape[2]), dtype=dtype).copy_(
+        x.detach().transpose(0, 1)
+    )
 
 
 def gru_layer(rnn: nn.GRU, x: torch.Tensor, x_rev: torch.Tensor | None, cd: torch.dtype):
