@@ -8,6 +8,7 @@ The first test in a fresh cache compiles the kernel (~40 s); later runs load it 
 from __future__ import annotations
 
 import logging
+import warnings
 
 import pytest
 import torch
@@ -135,7 +136,7 @@ def test_inference_lstm_cuda_dtypes_use_aten(kernel):
 def test_failed_build_falls_back_under_auto_and_stops_under_fused(monkeypatch, caplog):
     monkeypatch.setattr(fused_gru, "_kernel", None)
     monkeypatch.setattr(fused_gru, "_error", "RuntimeError: no compiler (build folder /x)")
-    monkeypatch.setattr(fused_gru.applies, "warned", False, raising=False)
+    monkeypatch.setattr(fused_gru, "_warned", False)
     model = _model()
     log = logging.getLogger("test.fused_gru")
     with caplog.at_level(logging.WARNING, logger="test.fused_gru"):
@@ -143,8 +144,15 @@ def test_failed_build_falls_back_under_auto_and_stops_under_fused(monkeypatch, c
     assert "training with ATen's GRU: RuntimeError: no compiler" in caplog.text
     assert model.rnn_kernel == "auto"
     feats, lens = torch.randn(2, 30, 40, dtype=torch.double), torch.tensor([30, 20])
-    with pytest.warns(UserWarning, match="fused CPU GRU unavailable"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # prepare() said it once already, in the run's log
         model(feats, lens)[0].sum().backward()  # trains on ATen's GRU
+    monkeypatch.setattr(fused_gru, "_warned", False)
+    with pytest.warns(UserWarning, match="fused CPU GRU unavailable"):
+        model(feats, lens)  # a model trained without prepare() (the Python API) warns once
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(feats, lens)
     with pytest.raises(fused_gru.KernelUnavailable, match="install g\\+\\+ and ninja"):
         fused_gru.prepare(model, "fused", torch.device("cpu"), log)
     with pytest.raises(fused_gru.KernelUnavailable, match="no compiler"):
@@ -162,3 +170,22 @@ def test_cache_folder_depends_on_cpu_and_honours_env(monkeypatch, tmp_path):
     assert here.parent == tmp_path / "kernels"
     monkeypatch.setattr(fused_gru, "_cpu_flags", lambda: "flags : fpu sse2")
     assert fused_gru.cache_dir() != here
+
+
+def test_build_error_is_kept_with_its_last_line(monkeypatch, tmp_path):
+    from torch.utils import cpp_extension
+
+    calls = []
+
+    def fail(*args, **kwargs):
+        calls.append(kwargs["build_directory"])
+        raise RuntimeError("Error building extension:\nfused_gru.cpp:1: error: no compiler")
+
+    monkeypatch.setenv("SPEECHSWARM_CACHE", str(tmp_path))
+    monkeypatch.setattr(fused_gru, "_kernel", None)
+    monkeypatch.setattr(fused_gru, "_error", None)
+    monkeypatch.setattr(cpp_extension, "load", fail)
+    for _ in range(2):  # the second call does not try again
+        with pytest.raises(fused_gru.KernelUnavailable, match="RuntimeError: fused_gru.cpp:1: err"):
+            fused_gru.load()
+    assert len(calls) == 1 and calls[0].startswith(str(tmp_path))

@@ -48,6 +48,7 @@ _DTYPES = (torch.bfloat16, torch.float32, torch.float64)  # those csrc/fused_gru
 
 _kernel: ModuleType | None = None
 _error: str | None = None  # why the build failed, once it has
+_warned = False  # "auto" warns about a failed build once per process
 
 
 class KernelUnavailable(RuntimeError):
@@ -126,6 +127,7 @@ def prepare(model: nn.Module, kernel: str, device: torch.device, log) -> str:
     model.rnn_kernel = kernel
     if kernel == "aten" or device.type != "cpu" or not any_gru(model):
         return "aten"
+    global _warned
     try:
         load(log)
     except KernelUnavailable as e:
@@ -135,6 +137,7 @@ def prepare(model: nn.Module, kernel: str, device: torch.device, log) -> str:
                 "ninja (pip install ninja), or use train.rnn_kernel=auto"
             ) from e
         log.warning(f"fused CPU GRU unavailable, training with ATen's GRU: {e}")
+        _warned = True  # said once, in the run's log
         return "aten"
     return "fused"
 
@@ -150,13 +153,14 @@ def applies(rnn: nn.Module, x: torch.Tensor, kernel: str) -> bool:
         return False
     if not torch.is_grad_enabled() or compute_dtype(x) not in _DTYPES:
         return False
+    global _warned
     try:
         load()
     except KernelUnavailable as e:
         if kernel == "fused":
             raise
-        if not getattr(applies, "warned", False):
-            applies.warned = True
+        if not _warned:
+            _warned = True
             warnings.warn(f"fused CPU GRU unavailable, using ATen's: {e}", stacklevel=2)
         return False
     return True

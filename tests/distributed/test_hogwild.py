@@ -46,12 +46,14 @@ def batches_done(ckpt: dict) -> int:
     )
 
 
-def test_one_worker_trains_exactly_as_one_process(tone_pairs, tmp_path):
+@pytest.mark.parametrize("rnn_type", ["lstm", "gru"])
+def test_one_worker_trains_exactly_as_one_process(tone_pairs, tmp_path, rnn_type):
     """Shared-memory weights and AdamW moments, the global-step schedule (one-cycle) and the
-    augmentation generator: with a single worker nothing races, so every number matches."""
+    augmentation generator: with a single worker nothing races, so every number matches.
+    The GRU trains on the fused CPU kernel in both, in the worker process too."""
     extra = ("data.max_batch_size=4", "train.epochs=2", "optim.name=adamw",
              "optim.schedule=onecycle", "optim.lr=3e-3", "augment.freq_masks=2",
-             "augment.gain_db=[-6,6]")  # fmt: skip
+             "augment.gain_db=[-6,6]", f"model.rnn_type={rnn_type}")  # fmt: skip
     plain = train(config(tone_pairs, tmp_path / "plain", *extra), progress=False)
     wild = train_hogwild(config(tone_pairs, tmp_path / "wild", *extra), workers=1, progress=False)
     assert plain.state.step == wild.state.step == 6
