@@ -56,11 +56,14 @@ class KernelUnavailable(RuntimeError):
 
 
 def cache_dir() -> Path:
-    """Build folder of this source, compiler flags, torch, Python and CPU: a home folder
-    shared by machines with other CPUs (a cluster's NFS) never hands one a foreign binary."""
+    """Build folder of this source, compiler flags, torch (version and install: two venvs
+    sharing one folder would rebuild in turn, their include paths differ), Python and CPU: a
+    home folder shared by machines with other CPUs (a cluster's NFS) never hands one a
+    foreign binary."""
     key = hashlib.sha256()
     for part in (SOURCE.read_bytes(), " ".join(CFLAGS).encode(), torch.__version__.encode()):
         key.update(part)
+    key.update(str(Path(torch.__file__).resolve().parent).encode())
     key.update(f"{sys.version_info[:2]} {platform.machine()} {_cpu_flags()}".encode())
     root = Path(os.environ.get("SPEECHSWARM_CACHE") or Path.home() / ".cache" / "speechswarm")
     return root / "kernels" / f"fused_gru_{key.hexdigest()[:16]}"
