@@ -6,7 +6,9 @@ refused, compression's bytes.
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from typing import AsyncIterator  # noqa: UP035 (hivemind reads typing.AsyncIterator hints)
 
 import pytest
 import torch
@@ -14,6 +16,8 @@ import torch
 pytest.importorskip("hivemind")
 
 import hivemind  # noqa: E402
+from hivemind.p2p import P2PContext  # noqa: E402
+from hivemind.proto import averaging_pb2  # noqa: E402
 
 from speechswarm.p2p.net.auth import Gate, ensure_identity, run_secret_authorizer  # noqa: E402
 from speechswarm.p2p.net.averager import GatedAverager  # noqa: E402
@@ -34,20 +38,30 @@ def _dht(initial=(), secret=b"", identity=None):
     )
 
 
-def _averager(tensors, dht, gate, compression="none", group=2):
+def _averager(tensors, dht, gate, compression="none", group=2, start=True, **kwargs):
+    kwargs = {"min_matchmaking_time": 1.0, **kwargs}
     return GatedAverager(
         tensors,
         dht,
         gate=gate,
         prefix="test",
-        start=True,
+        start=start,
         target_group_size=group,
-        min_matchmaking_time=1.0,
         request_timeout=0.3,
         allreduce_timeout=10.0,
         next_chunk_timeout=2.0,
         compression=hivemind_compression(compression),
+        **kwargs,
     )
+
+
+async def _never_answer(
+    stream: AsyncIterator[averaging_pb2.AveragingData], context: P2PContext
+) -> AsyncIterator[averaging_pb2.AveragingData]:
+    """An all-reduce handler that hangs: its peer joins groups and sends its parts, but
+    never answers for the part it reduces (a peer that stalls mid-round)."""
+    await asyncio.sleep(60)
+    yield averaging_pb2.AveragingData(code=averaging_pb2.INTERNAL_ERROR)
 
 
 def _step_all(averagers, weights, timeout=10.0):
@@ -95,6 +109,36 @@ def test_members_average_by_weight_and_bytes_are_metered():
             assert 0.9 * 4 * n < a.counter("bytes_recv") < 1.2 * 4 * n + 2000
     finally:
         _close(a0, a1, d0, d1)
+
+
+def test_a_member_that_stalls_mid_round_is_counted_not_hidden():
+    gate = Gate()
+    d0 = _dht()
+    addr = [str(a) for a in d0.get_visible_maddrs()]
+    d1, d2 = _dht(addr), _dht(addr)
+    n = 3 * 2**17  # hivemind's parts are 2**19 bytes, dealt out whole: one part per peer
+    three = {"group": 3, "min_group_size": 3, "min_matchmaking_time": 3.0}
+    values = (0.0, 3.0, 9.0)  # mean 4
+    healthy = [_averager([torch.full((n,), values[k])], d, gate, **three) for k, d in enumerate((d0, d1))]  # fmt: skip
+    stalled = _averager([torch.full((n,), values[2])], d2, gate, start=False, **three)
+    stalled.rpc_aggregate_part = _never_answer  # hivemind serves the instance's attribute
+    stalled.run_in_background(await_ready=True)
+    try:
+        results = _step_all([*healthy, stalled], [1.0, 1.0, 1.0], timeout=15.0)
+        # hivemind reports every step as a success with a group of 3 ...
+        assert all(isinstance(r, dict) and len(r) == 3 for r in results.values()), results
+        for k, a in enumerate(healthy):
+            with a.get_tensors() as (t,):
+                kept, averaged = int((t == values[k]).sum()), int((t == 4.0).sum())
+            # ... but the stalled peer's part stayed each healthy peer's own values: counted
+            assert kept == n // 3 and averaged == n - kept
+            assert a.counter("values_kept_local") == kept and a.counter("senders_dropped") == 0
+        # the stalled peer averaged its own part alone, leaving out both senders
+        assert stalled.counter("senders_dropped") == 2 and stalled.counter("values_kept_local") == 0
+        with stalled.get_tensors() as (t,):
+            assert int((t == values[2]).sum()) == n // 3 and int((t == 4.0).sum()) == n - n // 3
+    finally:
+        _close(*healthy, stalled, d0, d1, d2)
 
 
 def test_int8_compression_quarters_the_bytes_and_stays_close():

@@ -20,6 +20,7 @@ from speechswarm.config import dump_yaml  # noqa: E402
 from speechswarm.p2p.experiment import make_agents, write_agents  # noqa: E402
 from speechswarm.p2p.net.peer import NetSettings  # noqa: E402
 from speechswarm.p2p.net.swarm import PeerProcess, peer_args, peer_env  # noqa: E402
+from speechswarm.p2p.report import read_rows  # noqa: E402
 
 pytestmark = pytest.mark.slow  # each test starts 3 Python processes with torch and p2pd
 
@@ -92,9 +93,10 @@ def test_swarm_command_trains_averages_and_reports(p2p_config, tmp_path):
     peers = json.loads((out / "summary.json").read_text())["peers"]
     assert all(p["steps"] == 6 and p["rounds"] == 3 and p["rounds_joined"] >= 1 for p in peers)
     assert all(p["bytes_sent"] > 0 and p["bytes_recv"] > 0 for p in peers)
-    # peers whose last round averaged in one group of 3 end with the same weights
-    finals = [json.loads(x) for x in (out / "swarm" / "peer0" / "rounds.jsonl").read_text().splitlines()][-1]  # fmt: skip
-    if finals["ok"] and finals["group_size"] == 3:
+    # peers whose last round averaged in one full group of 3 end with the same weights
+    # (hivemind may finish a round without a member that stalls: its row says "partial")
+    finals = [read_rows(out / "swarm" / f"peer{k}" / "rounds.jsonl")[-1] for k in range(3)]
+    if all(f["ok"] and f["group_size"] == 3 and not f["partial"] for f in finals):
         w = [_weights(out / "swarm" / f"peer{k}") for k in range(3)]
         for name, t in w[0].items():
             if t.is_floating_point():

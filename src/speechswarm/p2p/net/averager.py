@@ -15,7 +15,8 @@ Every way in is checked with `auth.Gate` against the libp2p-authenticated peer I
 All-reduce parts themselves are accepted by hivemind only from the group's members.
 
 Bytes are measured on the all-reduce streams (serialized protobuf messages, both directions,
-after compression) and on state downloads served, into counters shared with the host process.
+after compression) and on state downloads served, into counters shared with the host process;
+so are the members a round went on without (see `_run_allreduce_inplace_`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from hivemind.compression import deserialize_torch_tensor
 from hivemind.compression.quantization import Quantization
 from hivemind.p2p import P2PContext, PeerID
 from hivemind.proto import averaging_pb2
-from hivemind.utils.asyncio import aiter_with_timeout
+from hivemind.utils.asyncio import aiter_with_timeout, as_aiter, azip
 from hivemind.utils.serializer import MSGPackSerializer
 from hivemind.utils.streaming import combine_from_streaming
 from hivemind.utils.timed_storage import ValueWithExpiration
@@ -61,7 +62,7 @@ def _extract_8bit(self, serialized_tensor):
 Quantization.extract = _extract_8bit  # every process that imports this module decodes 8-bit
 
 COUNTERS = ("bytes_sent", "bytes_recv", "state_bytes_sent", "rejected_joins", "rejected_groups",
-            "rejected_downloads", "rejected_donors")  # fmt: skip
+            "rejected_downloads", "rejected_donors", "values_kept_local", "senders_dropped")  # fmt: skip
 logger = logging.getLogger("speechswarm.p2p.net")
 
 
@@ -195,8 +196,16 @@ class GatedAverager(DecentralizedAverager):
         )
         assert group_id in self._running_groups, f"group {group_id} was not registered"
         self._running_groups[group_id].set_result(runner)
-        async for tensor, update in _zip(tensors, runner):
+        # azip as in hivemind: after the last tensor it resumes the runner once more, so the
+        # runner finalizes (its future, its reducer) instead of being dropped mid-iteration
+        async for tensor, update in azip(as_aiter(*tensors), runner):
             tensor.add_(update, alpha=self._averaging_alpha)
+        # hivemind completes a round without a member that stalls mid-way: a part whose
+        # reducer did not answer stays this peer's own values, a part this peer reduces
+        # leaves out a sender that did not send. Counted, so a round is never taken for a
+        # full average when it was not.
+        self._add("values_kept_local", runner.tensor_part_container.failed_size)
+        self._add("senders_dropped", len(runner.banned_senders))
         self._state_updated.set()
 
     async def rpc_download_state(
@@ -279,9 +288,3 @@ class GatedAverager(DecentralizedAverager):
 def members_key(prefix: str) -> str:
     """DHT key of the run's membership records (subkey: peer ID bytes, value: member tag)."""
     return f"{prefix}_members"
-
-
-async def _zip(tensors, runner):
-    iterator = runner.__aiter__()
-    for tensor in tensors:
-        yield tensor, await iterator.__anext__()

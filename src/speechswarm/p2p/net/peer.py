@@ -78,6 +78,7 @@ class HivemindSync:
         self.averaging_seconds = 0.0
         self.group_sizes: list[int] = []
         self.reasons: dict[str, int] = {}
+        self.partial = 0  # rounds that averaged without a member for part of the vector
 
     def agree(self, flag: str) -> str:
         return flag
@@ -98,17 +99,13 @@ class HivemindSync:
         """One averaging attempt; returns (and logs) its row."""
         start = time.perf_counter()
         own = self.own_state(model)
-        sent0, recv0 = self.averager.counter("bytes_sent"), self.averager.counter("bytes_recv")
+        before = {k: self.averager.counter(k) for k in _ROUND_COUNTERS}
         with self.averager.get_tensors() as buffers:
             for buf, name in zip(buffers, self.names, strict=True):
                 buf.copy_(own[name])
         reason, peers = "", {}
         try:
-            peers = self.averager.step(
-                weight=self.weight,
-                gather=self.averager.gather_info(step=step),
-                timeout=self.settings.timeout_s,
-            )
+            peers = self._step(step, start)
             if peers is None:
                 reason = "no group"
         except Exception as e:  # hivemind raises several kinds for a failed round
@@ -124,6 +121,15 @@ class HivemindSync:
                 model.load_state_dict({**model.state_dict(), **received})
                 self.joined += 1
                 self.group_sizes.append(group)
+        counts = {k: int(self.averager.counter(k) - before[k]) for k in _ROUND_COUNTERS}
+        partial = not reason and (counts["values_kept_local"] > 0 or counts["senders_dropped"] > 0)
+        if partial:
+            self.partial += 1
+            self.log.info(
+                f"averaging at step {step}: a member stalled mid-round; "
+                f"{counts['values_kept_local']} values kept local, "
+                f"{counts['senders_dropped']} sender(s) left out of this peer's part"
+            )
         self.reasons[reason or "ok"] = self.reasons.get(reason or "ok", 0) + 1
         shared = self.share(model, step)
         seconds = time.perf_counter() - start
@@ -135,15 +141,35 @@ class HivemindSync:
             "ok": not reason,
             "reason": reason,
             "group_size": group if not reason else 1,
+            "partial": partial,
             "seconds": round(seconds, 3),
             "time": round(time.perf_counter() - self.started, 3),
-            "bytes_sent": int(self.averager.counter("bytes_sent") - sent0),
-            "bytes_recv": int(self.averager.counter("bytes_recv") - recv0),
+            **counts,
             "state_sum": shared,
         }
         with open(self.rounds_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         return row
+
+    def _step(self, step: int, start: float):
+        """hivemind's averaging step, within the round's budget (--timeout-s from `start`).
+        hivemind bounds only the search for a group by its timeout; the all-reduce that
+        follows has its own, and a search that joined a frozen leader can overrun: a round
+        could take twice the budget and more. Past the budget the peer cancels the step and
+        trains on; an all-reduce already running ends in the averager within its timeout."""
+        budget = self.settings.timeout_s
+        control = self.averager.step(
+            weight=self.weight,
+            gather=self.averager.gather_info(step=step),
+            timeout=budget,
+            wait=False,
+        )
+        left = budget - (time.perf_counter() - start)
+        try:
+            return control.result(timeout=max(0.0, left) + ROUND_GRACE_S)
+        except TimeoutError:
+            control.cancel()
+            raise TimeoutError(f"no average within --timeout-s {budget:g}") from None
 
     def share(self, model, step: int) -> float:
         """Offer the current weights to newcomers (a snapshot, consistent across tensors);
@@ -152,6 +178,12 @@ class HivemindSync:
         tensors = [own[n] for n in self.names]
         self.averager.share_state({"step": step, "round": self.round}, tensors)
         return state_sum(tensors)
+
+
+# seconds past --timeout-s a round waits for hivemind to report its own outcome
+ROUND_GRACE_S = 0.5
+# per-round deltas of the averager's counters, in rounds.jsonl
+_ROUND_COUNTERS = ("bytes_sent", "bytes_recv", "values_kept_local", "senders_dropped")
 
 
 def state_sum(tensors) -> float:
@@ -421,6 +453,7 @@ def _summary(run, state, sync, averager, joined, scores, wall, address, every) -
         **scores,
         "rounds": sync.round,
         "rounds_joined": sync.joined,
+        "partial_rounds": sync.partial,
         "round_outcomes": sync.reasons,
         "mean_group_size": sum(sizes) / len(sizes) if sizes else 0.0,
         "bytes_sent": int(averager.counter("bytes_sent")),
@@ -441,10 +474,16 @@ def _pct(x) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.1f} %"
 
 
+def _partial(s: dict) -> str:
+    n = s.get("partial_rounds", 0)
+    return f", {n} of them partial (a member stalled mid-round)" if n else ""
+
+
 def summary_line(s: dict) -> str:
     return (
         f"peer {s['peer_id'][-8:]}: {s['steps']} steps, own WER {_pct(s.get('own_wer'))} CER "
-        f"{_pct(s.get('own_cer'))}; joined {s['rounds_joined']}/{s['rounds']} rounds (mean group "
+        f"{_pct(s.get('own_cer'))}; joined {s['rounds_joined']}/{s['rounds']} rounds"
+        f"{_partial(s)} (mean group "
         f"{s['mean_group_size']:.1f}), {s['bytes_sent'] / 1e6:.2f} MB sent, "
         f"{s['bytes_recv'] / 1e6:.2f} MB received; {s['averaging_seconds']:.1f} s averaging, "
         f"{s['training_seconds']:.1f} s training"

@@ -295,9 +295,10 @@ def peers_table(summaries: list[dict]) -> str:
             lines.append(f"| {k} | (no summary: the peer failed) |" + " |" * 9)
             continue
         loaded = s.get("loaded_state", {})
+        partial = f" ({s['partial_rounds']} partial)" if s.get("partial_rounds") else ""
         lines.append(
             f"| {k} | {_pct(s.get('own_wer'))} | {_pct(s.get('own_cer'))} | {s['steps']} | "
-            f"{s['rounds_joined']}/{s['rounds']} | {s['mean_group_size']:.1f} | "
+            f"{s['rounds_joined']}/{s['rounds']}{partial} | {s['mean_group_size']:.1f} | "
             f"{s['bytes_sent'] / 1e6:.2f} | {s['bytes_recv'] / 1e6:.2f} | "
             f"{s['averaging_seconds']:.1f} | {s['training_seconds']:.1f} | "
             f"{'yes (step ' + str(loaded.get('from_step')) + ')' if loaded.get('loaded') else 'no'} |"
