@@ -54,6 +54,30 @@ def test_layer_equals_nn_gru_in_float64(kernel, bidirectional, threads):
         assert (got - exp).abs().max() < 1e-10
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.double])
+def test_saturated_gates_stay_finite_and_exact(kernel, dtype):
+    # pre-activations of +-1000, far past where exp overflows: under -ffast-math an overflow
+    # came out as NaN (a demo run lost its BatchNorm statistics to it); sigmoid and tanh are
+    # 0 or 1 there, so outputs and gradients must still equal ATen's
+    # (hidden 32: the vectorised loop, whose exp overflowed; a scalar tail did not)
+    torch.manual_seed(0)
+    g = nn.GRU(8, 32, batch_first=True, bidirectional=True).to(dtype)
+    x = (torch.randn(3, 9, 8, dtype=dtype) * 300).requires_grad_()
+    ref, _ = g(x)
+    weight = torch.randn_like(ref)
+    (ref * weight).sum().backward()
+    want = _grads(g, x)
+    x.grad = None
+    g.zero_grad()
+    f, b = fused_gru.gru_layer(g, x, x.flip(1), dtype)
+    out = torch.cat([f, b.flip(1)], -1)
+    (out * weight).sum().backward()
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    assert torch.isfinite(out).all() and (out - ref).abs().max() < tol
+    for got, exp in zip(_grads(g, x), want, strict=True):
+        assert torch.isfinite(got).all() and (got - exp).abs().max() < tol * (1 + exp.abs().max())
+
+
 def _model(rnn_type="gru", merge="sum"):
     torch.manual_seed(0)
     return DeepSpeech2(

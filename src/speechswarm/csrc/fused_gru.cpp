@@ -4,6 +4,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -15,7 +16,12 @@ namespace {
 // double (so a float64 run checks the algebra against ATen's to rounding).
 template <typename S> using acc_t = at::opmath_type<S>;
 
-template <typename A> inline A sigmoid(A v) { return A(1) / (A(1) + std::exp(-v)); }
+// -ffast-math assumes no infinities, so exp must not overflow: a pre-activation past ~88
+// made NaN (a demo run's BatchNorm statistics were lost to it). The arguments are clamped
+// where sigmoid and tanh are 0 or 1 to the last bit of float (of double: to ~1e-35).
+template <typename A> inline A clamp(A v, A lim) { return std::min(std::max(v, -lim), lim); }
+template <typename A> inline A sigmoid(A v) { return A(1) / (A(1) + std::exp(-clamp(v, A(80)))); }
+template <typename A> inline A tanh_of(A v) { return std::tanh(clamp(v, A(20))); }
 // A store through a function, not `S(v)`: gcc 12 does not vectorise the loop when a bf16
 // temporary is copy-assigned (measured: the forward pass ran 1.8x slower).
 template <typename S, typename A> inline S narrow(A v) { return static_cast<S>(v); }
@@ -48,7 +54,7 @@ void forward_direction(const Tensor& gi, const Tensor& w_hh, const Tensor& b_hh,
         A r = sigmoid<A>(A(gi_[j]) + A(gh_[j]));
         A z = sigmoid<A>(A(gi_[H + j]) + A(gh_[H + j]));
         A ghn = A(gh_[2 * H + j]);
-        A n = std::tanh(A(gi_[2 * H + j]) + r * ghn);
+        A n = tanh_of<A>(A(gi_[2 * H + j]) + r * ghn);
         A hnew = n + z * (hb[j] - n);
         sv[j] = narrow<S>(r);
         sv[H + j] = narrow<S>(z);
