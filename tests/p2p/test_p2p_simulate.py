@@ -203,3 +203,22 @@ def test_process_pool_gives_the_same_weights(p2p_config):
     _, pooled, _, _ = run(p2p_config("pool", "p2p.rounds=1", "p2p.workers=2"), "gossip", "ring")
     for k in inline["states"]:
         assert_equal_states(inline["states"][k]["model"], pooled["states"][k]["model"])
+
+
+def test_a_nonfinite_local_step_leaves_the_batchnorm_statistics_as_they_were(
+    p2p_config, tone_speakers
+):
+    from speechswarm.p2p.local import Workspace
+
+    cfg = p2p_config("workspace")
+    ws = Workspace(cfg, trainers={0: read_manifest(tone_speakers)[:8]}, tests={}, work={0: (2, 0)})
+    state = ws.initial_state(0)
+    # NaN activations from the first conv block reach every BatchNorm after it
+    ws.model.conv[0].register_forward_hook(
+        lambda module, args, out: out * float("nan") if module.training else None
+    )
+    new, stats = ws.train(0, state, 0)
+    assert stats["steps"] == 2 and stats["nonfinite"] == 2
+    assert ws.bn_names
+    for name in ws.bn_names:
+        assert torch.equal(new["model"][name], state["model"][name]), name

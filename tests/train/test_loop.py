@@ -461,6 +461,34 @@ def test_isolated_nonfinite_losses_are_skipped_and_counted(synth_corpus, make_co
     assert summary["nonfinite_losses"] == 4
 
 
+def _poison_activations(monkeypatch, pattern: list[bool], runs: list) -> None:
+    """Make the first conv block's output NaN (an overflow in the forward pass, before any
+    BatchNorm after it) on the batches where `pattern` is True."""
+
+    def poison(run):
+        calls = iter(pattern)
+        run.model.conv[0].register_forward_hook(
+            lambda module, args, out: (
+                out * float("nan") if module.training and next(calls) else None
+            )
+        )
+
+    _patch_runs(monkeypatch, runs, poison)
+
+
+def test_a_nonfinite_forward_leaves_the_batchnorm_statistics_as_they_were(
+    synth_corpus, make_config, monkeypatch
+):
+    result, runs = _train_poisoned(_poison_activations, synth_corpus, make_config, monkeypatch)
+    assert result.state.step == 2 and result.state.nonfinite_total == 4
+    model = runs[0].model
+    stats = {n: b for n, b in model.named_buffers() if "running" in n}
+    assert stats and all(torch.isfinite(b).all() for b in stats.values()), stats
+    # and only the 2 finite batches counted, in every BatchNorm layer
+    tracked = [b for n, b in model.named_buffers() if n.endswith("num_batches_tracked")]
+    assert tracked and all(int(b) == 2 for b in tracked)
+
+
 def test_isolated_nonfinite_gradients_are_skipped_and_counted(
     synth_corpus, make_config, monkeypatch
 ):

@@ -177,6 +177,7 @@ def train_one_epoch(
     )
     window = _Window()
     accumulated = 0
+    norm_stats = batchnorm_statistics(model)
     ready = time.perf_counter()  # when the loop last asked the loader for a batch
     for batch in bar:
         t0 = time.perf_counter()
@@ -184,6 +185,7 @@ def train_one_epoch(
         state.batch_in_epoch += 1
         state.skipped_utterances += batch.skipped
         with run.grad_sync(accumulated + 1 == run.accumulate):  # DDP: all-reduce on the last
+            stats_before = [b.clone() for b in norm_stats]
             loss = _forward(run, batch) if batch.ids else None
             flag = "empty" if loss is None else "" if torch.isfinite(loss) else "nonfinite"
             flag = sync.agree(flag)  # skip a batch everywhere or nowhere
@@ -194,6 +196,8 @@ def train_one_epoch(
             continue
         if flag:  # non-finite: drop this batch's gradients, count, maybe give up
             ready = time.perf_counter()
+            for buf, old in zip(norm_stats, stats_before, strict=True):
+                buf.copy_(old)  # its forward pass moved the BatchNorm statistics: undone
             optimizer.zero_grad(set_to_none=True)
             accumulated = 0
             _count_nonfinite(state, cfg.max_nonfinite)
@@ -238,6 +242,19 @@ def train_one_epoch(
             save(run, state)
         ready = time.perf_counter()  # evaluation and saving are not data wait
     return ""
+
+
+def batchnorm_statistics(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Every BatchNorm running statistic of `model`. A batch whose loss is not finite has
+    already updated them in its forward pass; kept, a single NaN there would ruin every later
+    evaluation (eval mode reads them) while training, on batch statistics, carried on."""
+    return [
+        b
+        for m in model.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        for b in (m.running_mean, m.running_var, m.num_batches_tracked)
+        if b is not None
+    ]
 
 
 def _forward(run: Run, batch: Batch) -> torch.Tensor:
