@@ -177,5 +177,6 @@ def test_a_frozen_peer_times_out_and_the_others_train_on(swarm_setup, tmp_path):
     for p in peers[:2]:
         rounds = p.rounds()
         assert len(rounds) == 10 and p.summary()["steps"] == 20
-        assert all(r["seconds"] <= FAST.timeout_s + 3.0 for r in rounds[3:])  # bounded waits
+        # bounded waits: the round's budget from its start, and 0.5 s for hivemind to answer
+        assert all(r["seconds"] <= FAST.timeout_s + 1.5 for r in rounds[3:]), rounds
         assert any(r["ok"] and r["group_size"] == 2 for r in rounds[3:])
