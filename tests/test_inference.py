@@ -114,3 +114,16 @@ def test_beam_decoder_option_reads_like_greedy_on_memorised_audio(overfit_run, u
     with_lm = load(overfit_run.checkpoint, decoder=DecoderOptions("beam", lm=tmp_path / "lm.arpa"))
     refs = [u.text for u in utts]
     assert wer(refs, with_lm.transcribe_batch(paths)) <= wer(refs, greedy)
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_by_name(overfit_run, tmp_path):
+    from speechswarm.train.checkpoint import CheckpointError
+
+    ckpt = torch.load(overfit_run.checkpoint, weights_only=True)
+    name = next(k for k in ckpt["model"] if k.endswith("running_mean"))
+    ckpt["model"][name] = torch.full_like(ckpt["model"][name], float("nan"))
+    broken = tmp_path / "broken.pt"
+    torch.save(ckpt, broken)
+    with pytest.raises(CheckpointError, match=rf"NaN or infinite values in 1 .*{name}.*step-") as e:
+        speechswarm.load(broken)
+    assert e.value.reason == "nonfinite_weights"

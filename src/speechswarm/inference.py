@@ -29,7 +29,7 @@ from speechswarm.data.tokenizer import tokenizer_from_dict
 from speechswarm.decode import DecoderOptions, make_decoder
 from speechswarm.features import FeatureExtractor
 from speechswarm.model import model_from_settings
-from speechswarm.train.checkpoint import load_checkpoint
+from speechswarm.train.checkpoint import CheckpointError, load_checkpoint
 
 AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
 
@@ -109,6 +109,18 @@ def load(
 ) -> Recognizer:
     """Load a checkpoint written by `speechswarm train` for transcription (greedy decoding
     unless `decoder` says otherwise)."""
-    return Recognizer(
-        load_checkpoint(Path(path)), device=device, precision=precision, decoder=decoder
-    )
+    checkpoint = load_checkpoint(Path(path))
+    bad = [
+        k
+        for k, v in checkpoint["model"].items()
+        if v.is_floating_point() and not v.isfinite().all()
+    ]
+    if bad:  # every output would be NaN: greedy decoding prints blanks, beam search finds nothing
+        raise CheckpointError(
+            path,
+            "nonfinite_weights",
+            f"NaN or infinite values in {len(bad)} model tensor(s) ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}): it cannot transcribe. Take an earlier "
+            "checkpoint of the run (checkpoints/step-*.pt) or train again with a lower optim.lr",
+        )
+    return Recognizer(checkpoint, device=device, precision=precision, decoder=decoder)

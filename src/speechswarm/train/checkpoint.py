@@ -42,7 +42,8 @@ _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
 class CheckpointError(Exception):
     """A checkpoint that cannot be loaded; the message names the file and what to do.
 
-    `reason` is one of: missing_file, corrupt_file, unsafe_content.
+    `reason` is one of: missing_file, corrupt_file, unsafe_content, nonfinite_weights (raised
+    by `speechswarm.inference.load`).
     """
 
     def __init__(self, path: str | os.PathLike, reason: str, detail: str):
