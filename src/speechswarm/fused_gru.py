@@ -11,13 +11,15 @@ g++ and ninja, and cached per CPU and torch version under $SPEECHSWARM_CACHE or
 ATen; "fused" stops with the compiler's message.
 
 What it does differently from ATen's CPU GRU under bf16 autocast (measured in
-bench/RESULTS.md, "A fused GRU recurrence": a BiGRU 512 layer at batch 24 runs 1.76x ATen's,
-a `small` training step 1.16x):
+bench/RESULTS.md, "The fused GRU in the package": a BiGRU 512 layer at batch 24 runs
+1.6-1.8x ATen's, a `small` training step 1.36x):
 - each step is one GEMM (h W_hh^T) into a preallocated buffer and one vectorised pass of
   float32 gate arithmetic; ATen runs ~12 tensor ops per step, each its own kernel, allocation
   and autograd node, in bf16;
 - the hidden state is carried in float32 (ATen: bf16), so results differ from ATen's in the
-  last bf16 bits; in float64 they equal nn.GRU's within 1e-6 (tests/test_fused_gru.py);
+  last bf16 bits; in float64 they equal nn.GRU's to rounding (tests/test_fused_gru.py);
+- sigmoid and tanh take their arguments clamped to +-80 / +-20, where they are 0 or 1 to the
+  last bit of float: under -ffast-math the vectorised exp turned an overflow into NaN;
 - the backward runs the recurrence with one GEMM per step (dh W_hh), sums the bias gradients
   inside the fused pass and computes the weight gradients after the loop as three large
   GEMMs over all T x N rows (ATen: a rank-N update and a 3H x H add per step);
