@@ -27,6 +27,26 @@ def _grads(module, *inputs):
     return [t.grad.clone() for t in inputs] + [p.grad.clone() for p in module.parameters()]
 
 
+def _against_nn_gru(g: nn.GRU, x: torch.Tensor, dtype, threads: int | None = None):
+    """(fused output, nn.GRU output, fused gradients, nn.GRU gradients) of one weighted sum
+    through layer `g`; input and parameter gradients, the kernel on `threads` threads."""
+    ref, _ = g(x)
+    weight = torch.randn_like(ref)
+    (ref * weight).sum().backward()
+    want = _grads(g, x)
+    x.grad = None
+    g.zero_grad()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        f, b = fused_gru.gru_layer(g, x, x.flip(1) if g.bidirectional else None, dtype)
+    finally:
+        torch.set_num_threads(before)
+    out = f if b is None else torch.cat([f, b.flip(1)], -1)
+    (out * weight).sum().backward()
+    return out, ref, _grads(g, x), want
+
+
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_layer_equals_nn_gru_in_float64(kernel, bidirectional, threads):
@@ -35,22 +55,9 @@ def test_layer_equals_nn_gru_in_float64(kernel, bidirectional, threads):
     torch.manual_seed(0)
     g = nn.GRU(5, 4, batch_first=True, bidirectional=bidirectional).double()
     x = torch.randn(3, 7, 5, dtype=torch.double, requires_grad=True)
-    ref, _ = g(x)
-    weight = torch.randn_like(ref)
-    (ref * weight).sum().backward()
-    want = _grads(g, x)
-    x.grad = None
-    g.zero_grad()
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        f, b = fused_gru.gru_layer(g, x, x.flip(1) if bidirectional else None, torch.double)
-    finally:
-        torch.set_num_threads(before)
-    out = f if b is None else torch.cat([f, b.flip(1)], -1)
-    (out * weight).sum().backward()
+    out, ref, grads, want = _against_nn_gru(g, x, torch.double, threads)
     assert (out - ref).abs().max() < 1e-10
-    for got, exp in zip(_grads(g, x), want, strict=True):
+    for got, exp in zip(grads, want, strict=True):
         assert (got - exp).abs().max() < 1e-10
 
 
@@ -63,18 +70,10 @@ def test_saturated_gates_stay_finite_and_exact(kernel, dtype):
     torch.manual_seed(0)
     g = nn.GRU(8, 32, batch_first=True, bidirectional=True).to(dtype)
     x = (torch.randn(3, 9, 8, dtype=dtype) * 300).requires_grad_()
-    ref, _ = g(x)
-    weight = torch.randn_like(ref)
-    (ref * weight).sum().backward()
-    want = _grads(g, x)
-    x.grad = None
-    g.zero_grad()
-    f, b = fused_gru.gru_layer(g, x, x.flip(1), dtype)
-    out = torch.cat([f, b.flip(1)], -1)
-    (out * weight).sum().backward()
+    out, ref, grads, want = _against_nn_gru(g, x, dtype)
     tol = 1e-5 if dtype == torch.float32 else 1e-10
     assert torch.isfinite(out).all() and (out - ref).abs().max() < tol
-    for got, exp in zip(_grads(g, x), want, strict=True):
+    for got, exp in zip(grads, want, strict=True):
         assert torch.isfinite(got).all() and (got - exp).abs().max() < tol * (1 + exp.abs().max())
 
 
