@@ -44,7 +44,7 @@ from speechswarm.data.dataset import SpeechDataset, collate
 from speechswarm.data.manifest import Utterance
 from speechswarm.data.sampler import BucketBatchSampler
 from speechswarm.evaluate import eval_batches, evaluate
-from speechswarm.train.loop import batchnorm_statistics, forward_loss
+from speechswarm.train.loop import NormStatistics, forward_loss
 from speechswarm.train.setup import clip_and_step, make_optimizer, make_scheduler
 
 log = logging.getLogger("speechswarm.p2p")
@@ -119,6 +119,7 @@ class Workspace:
         self.work = dict(work)  # trainer -> (steps per round, epochs per round)
         self._data: dict[int, tuple[SpeechDataset, BucketBatchSampler]] = {}
         self.bn_names = batchnorm_stat_names(self.model)
+        self.norm_stats = NormStatistics(self.model)
 
     # ------------------------------------------------------------------ agents' data
 
@@ -238,8 +239,7 @@ class Workspace:
         """The training loop's step: `forward_loss`, backward, `clip_and_step`; returns the
         loss, or None (and no step, and the BatchNorm statistics as they were) if it is not
         finite."""
-        stats = batchnorm_statistics(self.model)
-        stats_before = [b.clone() for b in stats]
+        self.norm_stats.save()
         loss = forward_loss(
             self.model,
             self.extractor,
@@ -253,8 +253,7 @@ class Workspace:
         )
         self.optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
-            for buf, old in zip(stats, stats_before, strict=True):
-                buf.copy_(old)
+            self.norm_stats.restore()
             return None
         loss.backward()
         clip_and_step(self.model, self.optimizer, scheduler, None, self.cfg.optim.grad_clip)

@@ -177,7 +177,7 @@ def train_one_epoch(
     )
     window = _Window()
     accumulated = 0
-    norm_stats = batchnorm_statistics(model)
+    norm_stats = NormStatistics(model)
     ready = time.perf_counter()  # when the loop last asked the loader for a batch
     for batch in bar:
         t0 = time.perf_counter()
@@ -185,7 +185,7 @@ def train_one_epoch(
         state.batch_in_epoch += 1
         state.skipped_utterances += batch.skipped
         with run.grad_sync(accumulated + 1 == run.accumulate):  # DDP: all-reduce on the last
-            stats_before = [b.clone() for b in norm_stats]
+            norm_stats.save()
             loss = _forward(run, batch) if batch.ids else None
             flag = "empty" if loss is None else "" if torch.isfinite(loss) else "nonfinite"
             flag = sync.agree(flag)  # skip a batch everywhere or nowhere
@@ -196,8 +196,7 @@ def train_one_epoch(
             continue
         if flag:  # non-finite: drop this batch's gradients, count, maybe give up
             ready = time.perf_counter()
-            for buf, old in zip(norm_stats, stats_before, strict=True):
-                buf.copy_(old)  # its forward pass moved the BatchNorm statistics: undone
+            norm_stats.restore()  # its forward pass moved them
             optimizer.zero_grad(set_to_none=True)
             accumulated = 0
             _count_nonfinite(state, cfg.max_nonfinite)
@@ -244,17 +243,28 @@ def train_one_epoch(
     return ""
 
 
-def batchnorm_statistics(model: torch.nn.Module) -> list[torch.Tensor]:
-    """Every BatchNorm running statistic of `model`. A batch whose loss is not finite has
-    already updated them in its forward pass; kept, a single NaN there would ruin every later
-    evaluation (eval mode reads them) while training, on batch statistics, carried on."""
-    return [
-        b
-        for m in model.modules()
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-        for b in (m.running_mean, m.running_var, m.num_batches_tracked)
-        if b is not None
-    ]
+class NormStatistics:
+    """A model's BatchNorm running statistics, saved before a forward pass and put back when
+    its batch is skipped. A batch whose loss is not finite has already updated them; kept, a
+    single NaN there would ruin every later evaluation (eval mode reads them) while training,
+    on batch statistics, carried on."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.buffers = [
+            b
+            for m in model.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+            for b in (m.running_mean, m.running_var, m.num_batches_tracked)
+            if b is not None
+        ]
+        self._saved: list[torch.Tensor] = []
+
+    def save(self) -> None:
+        self._saved = [b.clone() for b in self.buffers]
+
+    def restore(self) -> None:
+        for buf, old in zip(self.buffers, self._saved, strict=True):
+            buf.copy_(old)
 
 
 def _forward(run: Run, batch: Batch) -> torch.Tensor:
