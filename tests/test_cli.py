@@ -21,11 +21,11 @@ import jiwer
 import pytest
 
 import speechswarm
+from speechswarm.checkpoint import load_checkpoint
 from speechswarm.config import load_config
 from speechswarm.data.manifest import read_manifest, write_manifest
 from speechswarm.metrics import cer
 from speechswarm.report import read_metrics
-from speechswarm.train.checkpoint import load_checkpoint
 
 SPEECHSWARM = Path(sys.executable).with_name("speechswarm")  # the venv's entry point
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -12,6 +12,7 @@ import onnx
 import pytest
 import torch
 
+from speechswarm.checkpoint import save_checkpoint
 from speechswarm.data.tokenizer import CharTokenizer
 from speechswarm.export import (
     FORMAT_VERSION,
@@ -24,7 +25,6 @@ from speechswarm.export import (
 )
 from speechswarm.features import FeatureExtractor
 from speechswarm.model import DeepSpeech2
-from speechswarm.train.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

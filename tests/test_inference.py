@@ -117,7 +117,7 @@ def test_beam_decoder_option_reads_like_greedy_on_memorised_audio(overfit_run, u
 
 
 def test_a_checkpoint_with_nan_weights_is_refused_by_name(overfit_run, tmp_path):
-    from speechswarm.train.checkpoint import CheckpointError
+    from speechswarm.checkpoint import CheckpointError
 
     ckpt = torch.load(overfit_run.checkpoint, weights_only=True)
     name = next(k for k in ckpt["model"] if k.endswith("running_mean"))

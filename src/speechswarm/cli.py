@@ -57,8 +57,8 @@ def _is_user_error(e: Exception) -> bool:
     from speechswarm.data.audio import AudioError
 
     kinds: tuple[type, ...] = (FileNotFoundError, ValueError, RuntimeError, AudioError)
-    if "speechswarm.train.checkpoint" in sys.modules:
-        kinds += (sys.modules["speechswarm.train.checkpoint"].CheckpointError,)
+    if "speechswarm.checkpoint" in sys.modules:
+        kinds += (sys.modules["speechswarm.checkpoint"].CheckpointError,)
     return isinstance(e, kinds)
 
 

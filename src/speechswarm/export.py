@@ -43,10 +43,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import speechswarm
+from speechswarm.checkpoint import load_checkpoint
 from speechswarm.decode.beam import quiet_native_output
 from speechswarm.features import LOG_EPS, NORM_EPS, FeatureExtractor
 from speechswarm.model import model_from_settings
-from speechswarm.train.checkpoint import load_checkpoint
 
 FORMAT_VERSION = 1
 OPSET = 17

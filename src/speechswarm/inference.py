@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from speechswarm.build import autocast, resolve_device, resolve_precision
+from speechswarm.checkpoint import CheckpointError, load_checkpoint
 from speechswarm.data.audio import load_audio
 from speechswarm.data.tokenizer import tokenizer_from_dict
 from speechswarm.decode import DecoderOptions, make_decoder
 from speechswarm.features import FeatureExtractor
 from speechswarm.model import model_from_settings
-from speechswarm.train.checkpoint import CheckpointError, load_checkpoint
 
 AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
 

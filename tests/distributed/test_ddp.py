@@ -21,17 +21,18 @@ import pytest
 import torch
 from pair_corpus import overrides_for, run_cli
 
+from speechswarm.checkpoint import load_checkpoint
 from speechswarm.config import load_config
 from speechswarm.data.manifest import read_manifest
 from speechswarm.data.shards import ShardDataset, write_shards
 from speechswarm.data.tokenizer import CharTokenizer
-from speechswarm.distributed import ddp
-from speechswarm.distributed.launch import FRESH_STORE_PER_RESTART, torchrun_args
-from speechswarm.distributed.sync import FLAGS, LocalSync, most_severe
+from speechswarm.distributed.launch import torchrun_args
 from speechswarm.report import read_metrics
-from speechswarm.train.checkpoint import load_checkpoint
+from speechswarm.train import ddp
+from speechswarm.train.ddp import FRESH_STORE_PER_RESTART
 from speechswarm.train.loop import train
 from speechswarm.train.setup import per_rank_accumulate
+from speechswarm.train.sync import FLAGS, LocalSync, most_severe
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 HERE = Path(__file__).parent

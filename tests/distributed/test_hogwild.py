@@ -17,13 +17,13 @@ import pytest
 import torch
 from pair_corpus import overrides_for
 
+from speechswarm.checkpoint import load_checkpoint
 from speechswarm.config import load_config
 from speechswarm.distributed import hogwild
 from speechswarm.distributed.hogwild import HogwildWorkerFailed, train_hogwild
 from speechswarm.report import read_metrics
 from speechswarm.train import loop
 from speechswarm.train import setup as train_setup
-from speechswarm.train.checkpoint import load_checkpoint
 from speechswarm.train.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

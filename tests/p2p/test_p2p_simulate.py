@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 
+from speechswarm.checkpoint import load_checkpoint
 from speechswarm.data.manifest import read_manifest
 from speechswarm.p2p import mixing
 from speechswarm.p2p.experiment import make_agents
 from speechswarm.p2p.report import read_rows
 from speechswarm.p2p.simulate import CENTRAL, simulate_run
 from speechswarm.p2p.topology import make_topology
-from speechswarm.train.checkpoint import load_checkpoint
 
 TIMING = ("train_seconds", "wall_time")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from speechswarm.train.checkpoint import load_checkpoint, save_checkpoint
+from speechswarm.checkpoint import load_checkpoint, save_checkpoint
 from speechswarm.train.optim import BudgetedLR, budget_step, build_scheduler, lr_factor
 
 ONECYCLE = dict(name="onecycle", total_steps=100, pct_start=0.2)

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import speechswarm
+from speechswarm.checkpoint import load_checkpoint
 from speechswarm.config import load_config, to_dict
 from speechswarm.data.manifest import read_manifest
 from speechswarm.data.text import DEFAULT_ALPHABET
@@ -27,7 +28,6 @@ from speechswarm.model import model_from_settings
 from speechswarm.report import read_metrics
 from speechswarm.train import loop
 from speechswarm.train import setup as train_setup
-from speechswarm.train.checkpoint import load_checkpoint
 from speechswarm.train.loop import TrainingDiverged, train
 from speechswarm.train.setup import setup_run
 

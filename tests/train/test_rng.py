@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from speechswarm.train.checkpoint import load_checkpoint, save_checkpoint
+from speechswarm.checkpoint import load_checkpoint, save_checkpoint
 from speechswarm.train.rng import capture_rng_state, restore_rng_state, seed_everything
 
 

@@ -2,9 +2,9 @@
 
 import pytest
 
+from speechswarm.checkpoint import load_checkpoint
 from speechswarm.data.manifest import read_manifest
 from speechswarm.data.shards import write_shards
-from speechswarm.train.checkpoint import load_checkpoint
 from speechswarm.train.loop import train
 
 

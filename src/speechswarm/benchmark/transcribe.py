@@ -91,8 +91,8 @@ def run_transcribe_bench(
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """Measure greedy transcription speed (see the module docstring); returns a dict."""
+    from speechswarm.checkpoint import load_checkpoint
     from speechswarm.inference import Recognizer
-    from speechswarm.train.checkpoint import load_checkpoint
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if seconds <= 0 or threads < 1 or repeats < 1 or min(batch_sizes, default=0) < 1:

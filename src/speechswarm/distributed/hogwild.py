@@ -33,12 +33,11 @@ from typing import Any
 
 import torch
 
+from speechswarm.checkpoint import load_checkpoint
 from speechswarm.config import Config, dump_yaml
 from speechswarm.data.dataset import make_loader
-from speechswarm.distributed.sync import check_flag
 from speechswarm.model import model_from_settings
 from speechswarm.report import MetricsLogger
-from speechswarm.train.checkpoint import load_checkpoint
 from speechswarm.train.loop import (
     TrainResult,
     TrainState,
@@ -49,6 +48,7 @@ from speechswarm.train.loop import (
 )
 from speechswarm.train.rng import restore_rng_state, seed_everything
 from speechswarm.train.setup import RANK_SEED_STRIDE, Run, make_sampler, setup_run
+from speechswarm.train.sync import check_flag
 
 RUNNING, DONE = 0, 1
 POLL_SECONDS = 0.02  # how often the parent looks at the workers

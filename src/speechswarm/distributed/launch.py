@@ -13,12 +13,7 @@ from __future__ import annotations
 import os
 import sys
 
-# torchrun (torch >= 2.4) shares its rendezvous TCPStore with the workers and keeps it across
-# worker-group restarts, without a per-attempt key prefix: a restarted rank can read the
-# failed attempt's gloo/NCCL addresses and die in "Gloo connectFullMesh failed" or hang
-# (pytorch/pytorch#135712). With this variable set, every attempt gets a fresh store on a
-# fresh port. Measured here: 4 of 6 restarts hit the stale address without it, 0 of 8 with it.
-FRESH_STORE_PER_RESTART = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
+from speechswarm.train.ddp import FRESH_STORE_PER_RESTART
 
 
 def torchrun_args(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
-from speechswarm.distributed.launch import FRESH_STORE_PER_RESTART
+from speechswarm.train.ddp import FRESH_STORE_PER_RESTART
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def _train_command(job: SlurmJob) -> list[str]:
     args += ' "train.out_dir=$RUN_DIR"'
     if job.nodes == 1 and job.gpus_per_node == 1:
         return [f"python -m speechswarm {args}"]
-    # A fresh rendezvous store per restart (see launch.FRESH_STORE_PER_RESTART).
+    # A fresh rendezvous store per restart (see train.ddp.FRESH_STORE_PER_RESTART).
     fresh_store = f"export {FRESH_STORE_PER_RESTART}=1"
     if job.nodes == 1:
         return [

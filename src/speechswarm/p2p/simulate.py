@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from speechswarm.checkpoint import load_checkpoint, save_checkpoint
 from speechswarm.config import Config, to_dict
 from speechswarm.data.manifest import Utterance
 from speechswarm.p2p import mixing
@@ -43,7 +44,6 @@ from speechswarm.p2p.partition import Agent
 from speechswarm.p2p.report import MetricsFile, draw_topology
 from speechswarm.p2p.sync import Counters, GossipNode, Mailbox, MixSettings
 from speechswarm.p2p.topology import describe, topology_for_round
-from speechswarm.train.checkpoint import load_checkpoint, save_checkpoint
 
 log = logging.getLogger("speechswarm.p2p")
 CENTRAL = 1_000_000  # trainer id of the central model (agents are 0..n-1)

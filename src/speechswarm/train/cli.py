@@ -93,6 +93,6 @@ def _check_modes(args) -> None:
 
 
 def _is_main() -> bool:
-    from speechswarm.distributed.ddp import dist_env
+    from speechswarm.train.ddp import dist_env
 
     return dist_env().is_main

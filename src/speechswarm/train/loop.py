@@ -4,7 +4,7 @@
 
 `train()` sets a run up (data, model, optimizer, checkpoints), then alternates
 `train_one_epoch()` and `evaluate()` until a stop rule fires. Distribution (DDP, Hogwild,
-peer-to-peer) changes only what `run.sync` (a `distributed.sync.Synchronizer`) does: at the
+peer-to-peer) changes only what `run.sync` (a `train.sync.Synchronizer`) does: at the
 marked sync point in `train_one_epoch()`, and where every process must take the same branch
 (`run.sync.agree`). Under torchrun (`torchrun --nproc_per_node=2 -m speechswarm train ...`)
 `train()` joins the process group itself; only rank 0 logs, evaluates and saves.
@@ -22,12 +22,12 @@ import torch
 from tqdm import tqdm
 
 from speechswarm.build import autocast
+from speechswarm.checkpoint import load_checkpoint
 from speechswarm.config import Config, dump_yaml
 from speechswarm.data.dataset import Batch
-from speechswarm.distributed import ddp
 from speechswarm.evaluate import evaluate
 from speechswarm.report import MetricsLogger
-from speechswarm.train.checkpoint import load_checkpoint
+from speechswarm.train import ddp
 from speechswarm.train.rng import restore_rng_state
 from speechswarm.train.setup import Run, make_checkpoint_state, setup_run
 

@@ -28,23 +28,23 @@ from speechswarm.build import (
     resolve_device,
     resolve_precision,
 )
+from speechswarm.checkpoint import CheckpointManager, load_checkpoint
 from speechswarm.config import Config, to_dict
 from speechswarm.data.dataset import SpeechDataset, make_loader
 from speechswarm.data.manifest import Utterance, read_manifest, spread_subset, total_hours
 from speechswarm.data.sampler import BucketBatchSampler
 from speechswarm.data.tokenizer import Tokenizer
 from speechswarm.data.validate import validate_utterances
-from speechswarm.distributed import ddp
-from speechswarm.distributed.sync import LocalSync, Synchronizer
-from speechswarm.distributed.syncbn import convert_sync_batchnorm
 from speechswarm.evaluate import eval_batches
 from speechswarm.features import FeatureExtractor, compute_global_stats
 from speechswarm.model import DeepSpeech2
 from speechswarm.report import MetricsLogger, plot_run, write_summary
-from speechswarm.train.checkpoint import CheckpointManager, load_checkpoint
+from speechswarm.train import ddp
 from speechswarm.train.optim import build_optimizer, build_scheduler
 from speechswarm.train.rng import capture_rng_state, seed_everything
 from speechswarm.train.shard_stream import ShardStream, shard_source
+from speechswarm.train.sync import LocalSync, Synchronizer
+from speechswarm.train.syncbn import convert_sync_batchnorm
 
 CHECKPOINT_FORMAT = 1
 

@@ -18,7 +18,7 @@ from speechswarm.config import Config
 from speechswarm.data.dataset import make_loader
 from speechswarm.data.shards import ShardBatches, ShardDataset
 from speechswarm.data.tokenizer import Tokenizer
-from speechswarm.distributed import ddp
+from speechswarm.train import ddp
 
 
 class ShardStream:

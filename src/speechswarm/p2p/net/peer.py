@@ -62,7 +62,7 @@ def averaged_names(model: torch.nn.Module, bn_stats: str) -> list[str]:
 
 
 class HivemindSync:
-    """A `distributed.sync.Synchronizer` that averages through a GatedAverager every
+    """A `train.sync.Synchronizer` that averages through a GatedAverager every
     `every` steps; the other three methods answer as LocalSync (each peer is its own main)."""
 
     is_main = True

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from speechswarm.train import checkpoint as ckpt
-from speechswarm.train.checkpoint import (
+from speechswarm import checkpoint as ckpt
+from speechswarm.checkpoint import (
     CheckpointError,
     CheckpointManager,
     load_checkpoint,
