@@ -181,8 +181,9 @@ def test_manager_indexes_step_files_saved_before_a_crash(tmp_path):
 
 def test_manager_rejects_a_broken_index(tmp_path):
     (tmp_path / "index.json").write_text("{not json")
-    with pytest.raises(ValueError, match="index.json is not a checkpoint index"):
+    with pytest.raises(CheckpointError, match="index.json: not a checkpoint index") as info:
         CheckpointManager(tmp_path)
+    assert info.value.reason == "corrupt_file"
 
 
 def test_resume_through_checkpoint_is_exact(tmp_path):

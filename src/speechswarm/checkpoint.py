@@ -33,23 +33,12 @@ from pathlib import Path
 
 import torch
 
+from speechswarm.errors import CheckpointError, ConfigError
+
 # Exact types: a subclass (np.float64 is a float, an IntEnum an int, a namedtuple a tuple,
 # a defaultdict a dict) pickles as its own class, which weights-only loading refuses.
 _PRIMITIVES = (bool, int, float, str, bytes, type(None), torch.dtype, torch.Size)
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be loaded; the message names the file and what to do.
-
-    `reason` is one of: missing_file, corrupt_file, unsafe_content, nonfinite_weights (raised
-    by `speechswarm.inference.load`).
-    """
-
-    def __init__(self, path: str | os.PathLike, reason: str, detail: str):
-        super().__init__(f"checkpoint {path}: {detail}")
-        self.path = Path(path)
-        self.reason = reason
 
 
 def check_state(value: object, where: str = "state") -> None:
@@ -191,7 +180,7 @@ class CheckpointManager:
 
     def __init__(self, directory: str | os.PathLike, keep_last: int = 3):
         if keep_last < 0:
-            raise ValueError(f"keep_last must be >= 0 (0 keeps all), got {keep_last}")
+            raise ConfigError(f"keep_last must be >= 0 (0 keeps all), got {keep_last}")
         self.dir = Path(directory)
         self.keep_last = keep_last
         self.entries: list[dict] = []  # {step, metric, path, wall_time}, by step
@@ -263,8 +252,10 @@ class CheckpointManager:
                 self.best = index["best"]
                 self._last_step = (index.get("last") or {}).get("step")
             except (ValueError, KeyError, TypeError) as e:
-                raise ValueError(
-                    f"{self.index_path} is not a checkpoint index ({e}); move it away and the "
+                raise CheckpointError(
+                    self.index_path,
+                    "corrupt_file",
+                    f"not a checkpoint index ({e}); move it away and the "
                     "folder's step-<N>.pt files are re-indexed"
                 ) from e
         # Step files saved just before a crash, before index.json was rewritten.

@@ -10,9 +10,8 @@ import json
 
 import pytest
 
-from speechswarm.config import ConfigError, load_config
+from speechswarm.config import ConfigError, check_p2p, load_config
 from speechswarm.p2p import cli
-from speechswarm.p2p.config import check_p2p
 from speechswarm.p2p.experiment import run_experiment
 from speechswarm.p2p.report import read_rows
 

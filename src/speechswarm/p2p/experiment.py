@@ -20,9 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from speechswarm.build import build_features, build_model, build_tokenizer
-from speechswarm.config import Config, dump_yaml
+from speechswarm.config import Config, check_p2p, dump_yaml, parse_run, run_name
 from speechswarm.data.manifest import Utterance, write_manifest
-from speechswarm.p2p.config import check_p2p, parse_run, run_name
 from speechswarm.p2p.partition import Agent, agents_from_splits, partition, split_agents
 from speechswarm.p2p.report import (
     plot_agents,

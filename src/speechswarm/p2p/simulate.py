@@ -29,10 +29,9 @@ import numpy as np
 import torch
 
 from speechswarm.checkpoint import load_checkpoint, save_checkpoint
-from speechswarm.config import Config, to_dict
+from speechswarm.config import Config, run_name, to_dict
 from speechswarm.data.manifest import Utterance
 from speechswarm.p2p import mixing
-from speechswarm.p2p.config import run_name
 from speechswarm.p2p.local import (
     InlineExecutor,
     PoolExecutor,

@@ -89,8 +89,7 @@ def _peer(args) -> int:
             raise ValueError("--print-id needs --identity KEY_FILE")
         print(ensure_identity(args.identity))
         return 0
-    from speechswarm.config import load_config
-    from speechswarm.p2p.config import check_p2p
+    from speechswarm.config import check_p2p, load_config
     from speechswarm.p2p.net.peer import run_peer
 
     cfg = load_config(args.config, args.overrides)

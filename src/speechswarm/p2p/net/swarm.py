@@ -145,7 +145,7 @@ def run_swarm(
     timeout_s: float = 3600.0,
 ) -> dict:
     """Run `p2p.agents` peers on loopback to the end; returns {"ok", "dir", "report", "peers"}."""
-    from speechswarm.p2p.config import check_p2p
+    from speechswarm.config import check_p2p
     from speechswarm.p2p.experiment import make_agents, usable_utterances, write_agents
     from speechswarm.p2p.net.auth import load_secret, new_secret
 

@@ -2,8 +2,8 @@
 
     speechswarm p2p --config p2p-tiny p2p.agents=8 p2p.topology=ring p2p.rounds=10
 
-Values only (frozen dataclass); `speechswarm.config` validates types and keys once, and
-`check_p2p` below checks the ranges and combinations. The model, features, optimizer and
+Values only (frozen dataclass); `speechswarm.config.load` validates types and keys once,
+and `check_p2p` below checks the ranges and combinations. The model, features, optimizer and
 data settings of each agent come from the other sections of the same config.
 """
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+
+from speechswarm.errors import ConfigError
 
 ALGORITHMS = ("gossip", "async", "fedavg", "central", "local")
 TOPOLOGIES = (
@@ -83,11 +85,11 @@ def parse_run(spec: str, default_topology: str) -> tuple[str, str]:
     algorithm, _, topology = spec.partition("/")
     topology = topology or default_topology
     if algorithm not in ALGORITHMS:
-        raise ValueError(
+        raise ConfigError(
             f"p2p.runs: {spec!r}: unknown algorithm {algorithm!r}; choose from {', '.join(ALGORITHMS)}"
         )
     if topology not in TOPOLOGIES:
-        raise ValueError(
+        raise ConfigError(
             f"p2p.runs: {spec!r}: unknown topology {topology!r}; choose from {', '.join(TOPOLOGIES)}"
         )
     return algorithm, topology
@@ -101,33 +103,33 @@ def run_name(algorithm: str, topology: str) -> str:
 def check_p2p(cfg: P2PConfig) -> None:
     """Ranges and combinations the types cannot express; errors name the key."""
     if cfg.agents < 1:
-        raise ValueError(f"p2p.agents must be >= 1, got {cfg.agents}")
+        raise ConfigError(f"p2p.agents must be >= 1, got {cfg.agents}")
     if cfg.rounds < 1:
-        raise ValueError(f"p2p.rounds must be >= 1, got {cfg.rounds}")
+        raise ConfigError(f"p2p.rounds must be >= 1, got {cfg.rounds}")
     if cfg.local_steps < 0 or cfg.local_epochs < 0 or not (cfg.local_steps or cfg.local_epochs):
-        raise ValueError("set p2p.local_steps > 0 or p2p.local_epochs > 0 (work per round)")
+        raise ConfigError("set p2p.local_steps > 0 or p2p.local_epochs > 0 (work per round)")
     if not 0.0 < cfg.test_fraction < 1.0 or not 0.0 <= cfg.dev_fraction < 1.0:
-        raise ValueError("p2p.test_fraction must be in (0, 1) and p2p.dev_fraction in [0, 1)")
+        raise ConfigError("p2p.test_fraction must be in (0, 1) and p2p.dev_fraction in [0, 1)")
     if cfg.test_fraction + cfg.dev_fraction >= 1.0:
-        raise ValueError("p2p.test_fraction + p2p.dev_fraction must leave training data (< 1)")
+        raise ConfigError("p2p.test_fraction + p2p.dev_fraction must leave training data (< 1)")
     if cfg.dirichlet_alpha <= 0:
-        raise ValueError(f"p2p.dirichlet_alpha must be > 0, got {cfg.dirichlet_alpha}")
+        raise ConfigError(f"p2p.dirichlet_alpha must be > 0, got {cfg.dirichlet_alpha}")
     if not 0.0 <= cfg.trim_fraction < 0.5:
-        raise ValueError(f"p2p.trim_fraction must be in [0, 0.5), got {cfg.trim_fraction}")
+        raise ConfigError(f"p2p.trim_fraction must be in [0, 0.5), got {cfg.trim_fraction}")
     if cfg.max_norm_ratio <= 1.0:
-        raise ValueError(f"p2p.max_norm_ratio must be > 1, got {cfg.max_norm_ratio}")
+        raise ConfigError(f"p2p.max_norm_ratio must be > 1, got {cfg.max_norm_ratio}")
     if not 0.0 < cfg.fedavg_fraction <= 1.0:
-        raise ValueError(f"p2p.fedavg_fraction must be in (0, 1], got {cfg.fedavg_fraction}")
+        raise ConfigError(f"p2p.fedavg_fraction must be in (0, 1], got {cfg.fedavg_fraction}")
     for key in ("workers", "redraw_every", "global_test_max"):
         if getattr(cfg, key) < 0:
-            raise ValueError(f"p2p.{key} must be >= 0, got {getattr(cfg, key)}")
+            raise ConfigError(f"p2p.{key} must be >= 0, got {getattr(cfg, key)}")
     for key in ("eval_every", "checkpoint_every", "degree", "clusters", "bn_batches"):
         if getattr(cfg, key) < 1:
-            raise ValueError(f"p2p.{key} must be >= 1, got {getattr(cfg, key)}")
+            raise ConfigError(f"p2p.{key} must be >= 1, got {getattr(cfg, key)}")
     if not 0.0 < cfg.edge_prob <= 1.0:
-        raise ValueError(f"p2p.edge_prob must be in (0, 1], got {cfg.edge_prob}")
+        raise ConfigError(f"p2p.edge_prob must be in (0, 1], got {cfg.edge_prob}")
     bad = [a for a in cfg.faulty_agents if not 0 <= a < cfg.agents]
     if bad:
-        raise ValueError(f"p2p.faulty_agents: {bad} are not agent numbers 0..{cfg.agents - 1}")
+        raise ConfigError(f"p2p.faulty_agents: {bad} are not agent numbers 0..{cfg.agents - 1}")
     for spec in cfg.runs:
         parse_run(spec, cfg.topology)

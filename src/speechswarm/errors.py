@@ -1,0 +1,85 @@
+"""User errors: inputs a person can fix, and the one place they become a one-line message.
+
+    speechswarm train --config tiny optim.lr=fast
+    speechswarm train: error: optim.lr: expected a number, got 'fast' (str)
+
+A `SpeechswarmError` means "what you gave is wrong, and this is what to do": a config key or
+value, a command-line argument, a file or path, a manifest or transcript, a checkpoint, a
+missing optional package. `run_command` prints it as one line and exits 1. Every other
+exception (a bug, out of memory, a peer that died) keeps its traceback: hiding it would hide
+the one thing needed to fix it.
+
+Each subclass also derives from the builtin exception its raise sites used before, so callers
+that catch `ValueError`, `FileNotFoundError` or `RuntimeError` keep working. Modules define
+narrower subclasses beside their raise sites (`data.audio.AudioError`, `data.manifest.
+ManifestError`, `onnx_runtime.OnnxModelError`, ...). This module imports nothing from the
+package, so any layer may raise these.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+class SpeechswarmError(Exception):
+    """An error in what the user gave; the message names it and says what to do."""
+
+
+class ConfigError(SpeechswarmError, ValueError):
+    """A configuration key or value is wrong; the message names the dotted key."""
+
+
+class UsageError(SpeechswarmError, ValueError):
+    """A command's arguments are wrong or do not fit together (`--lm` with greedy decoding)."""
+
+
+class DataError(SpeechswarmError, ValueError):
+    """A manifest, corpus, transcript, text file, tokenizer or client hook cannot be used."""
+
+
+class InputNotFoundError(SpeechswarmError, FileNotFoundError):
+    """A file or folder the user named (or a config points to) does not exist."""
+
+
+class UnavailableError(SpeechswarmError, RuntimeError):
+    """Something the command needs is not on this machine: an optional package, a
+    command-line tool, a CUDA device, native bf16."""
+
+
+class CheckpointError(SpeechswarmError):
+    """A checkpoint that cannot be loaded; the message names the file and what to do.
+
+    `reason` is one of: missing_file, corrupt_file, unsafe_content, nonfinite_weights (raised
+    by `speechswarm.inference.load`).
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str, detail: str):
+        super().__init__(f"checkpoint {path}: {detail}")
+        self.path = Path(path)
+        self.reason = reason
+
+
+# A missing input path is the user's to fix even where a library raised the builtin (an
+# open() of a path from the command line); the OS message names the path.
+USER_ERRORS: tuple[type[BaseException], ...] = (SpeechswarmError, FileNotFoundError)
+
+
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse `argv` with `parser` and call the chosen command's `func(args)`; returns the
+    exit code. A user error (`USER_ERRORS`) prints `<prog> <command>: error: <message>` on
+    stderr and returns 1; Ctrl-C returns 130; anything else propagates with its traceback."""
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
+        return 1
