@@ -6,8 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from speechswarm import frames
+from speechswarm.build import build_model
+from speechswarm.config import load_config, preset_names
 from speechswarm.decode.greedy import greedy_decode
-from speechswarm.model import MODEL_PRESETS, DeepSpeech2, conv_output_length, model_from_settings
+from speechswarm.frames import conv_output_length
+from speechswarm.model import DeepSpeech2, model_from_settings
+
+# The model sections of the shipped presets (src/speechswarm/configs/*.yaml).
+PRESETS = {name: load_config(name).model for name in preset_names()}
 
 
 @pytest.fixture(autouse=True)
@@ -27,10 +34,7 @@ def _small(**overrides) -> DeepSpeech2:
     return DeepSpeech2(num_features=kw.pop("num_features", 32), vocab_size=6, **kw)
 
 
-_CONV_STACKS = {
-    (tuple(map(tuple, p["conv_kernels"])), tuple(map(tuple, p["conv_strides"])))
-    for p in MODEL_PRESETS.values()
-}
+_CONV_STACKS = {(p.conv_kernels, p.conv_strides) for p in PRESETS.values()}
 
 
 @pytest.mark.parametrize("kernels,strides", sorted(_CONV_STACKS))
@@ -65,7 +69,21 @@ def test_output_lengths_hand_computed():
     assert conv_output_length(0, 11, 2, 5) == 0  # T = 0 gives nothing: rejected in forward
     assert model.time_reduction == 2
     assert model.receptive_field() == 1 + 10 * 1 + 10 * 2
-    assert MODEL_PRESETS["dl-audio"]["conv_strides"][2] == (2, 1)
+    assert PRESETS["dl-audio"].conv_strides[2] == (2, 1)
+
+
+def test_frame_arithmetic_needs_no_model():
+    kernels, strides = ((41, 11), (21, 11), (21, 11)), ((2, 2), (2, 1), (2, 1))
+    assert frames.time_reduction(strides) == 2
+    assert frames.time_reduction(((2, 2), (4, 3))) == 6
+    assert frames.output_length(1, kernels, strides) == 1
+    assert frames.output_length(101, kernels, strides) == 51  # ceil(101 / 2)
+    assert frames.receptive_field(kernels, strides) == 1 + 10 * 1 + 10 * 2 + 10 * 2
+    model = DeepSpeech2(
+        16, 3, conv_channels=(1, 1, 1), conv_kernels=kernels, conv_strides=strides, rnn_hidden=2
+    )
+    assert model.time_reduction == frames.time_reduction(strides)
+    assert model.receptive_field() == frames.receptive_field(kernels, strides)
 
 
 def test_invalid_inputs_fail_with_clear_errors():
@@ -75,8 +93,8 @@ def test_invalid_inputs_fail_with_clear_errors():
     with pytest.raises(ValueError, match=r"feats must be \(N, T, 32\)"):
         model(torch.zeros(2, 5, 40), torch.tensor([5, 5]))
     with pytest.raises(ValueError, match="num_features must be >= 1"):
-        DeepSpeech2(0, 29, **MODEL_PRESETS["tiny"])
-    assert DeepSpeech2(1, 29, **MODEL_PRESETS["tiny"]).conv_out_freq == 1  # k // 2 padding
+        build_model(PRESETS["tiny"], 0, 29)
+    assert build_model(PRESETS["tiny"], 1, 29).conv_out_freq == 1  # k // 2 padding
     with pytest.raises(ValueError, match="rnn_type must be one of"):
         _small(rnn_type="transformer")
     with pytest.raises(ValueError, match="one \\(freq, time\\) pair per conv layer"):
@@ -244,7 +262,7 @@ def test_log_probs_are_normalised_float32_also_under_bf16_autocast():
 
 def test_settings_round_trip_through_json():
     torch.manual_seed(0)
-    model = DeepSpeech2(40, 7, **MODEL_PRESETS["p2p-ds2"]).eval()
+    model = build_model(PRESETS["p2p-ds2"], 40, 7).eval()
     settings = json.loads(json.dumps(model.settings()))
     assert settings["conv_kernels"] == [[41, 11], [21, 11]]
     assert settings["bidirectional_merge"] == "concat" and settings["num_features"] == 40
@@ -268,7 +286,7 @@ def test_tiny_model_overfits_a_few_utterances_and_greedy_decode_recovers_them():
     feats *= (torch.arange(48)[None, :] < feat_lens[:, None])[..., None]  # zero padding
     tokens = torch.tensor([t + [0] * (6 - len(t)) for t in targets])
     token_lens = torch.tensor([len(t) for t in targets])
-    model = DeepSpeech2(40, 6, **MODEL_PRESETS["tiny"])
+    model = build_model(PRESETS["tiny"], 40, 6)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses, decoded = [], None
     for step in range(1, 151):

@@ -9,28 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from pathlib import Path
 
 import torch
 
 from speechswarm.augment import SpecAugment, WaveAugment
 from speechswarm.config import AugmentConfig, FeatureConfig, ModelConfig, TokenizerConfig
-from speechswarm.data.tokenizer import CharTokenizer, Tokenizer, load_tokenizer
+from speechswarm.data.tokenizer import Tokenizer, make_tokenizer
+from speechswarm.errors import ConfigError, UnavailableError
 from speechswarm.features import FeatureExtractor
 from speechswarm.model import DeepSpeech2
 
 
 def build_tokenizer(cfg: TokenizerConfig) -> Tokenizer:
-    if cfg.kind == "char":
-        return CharTokenizer(cfg.alphabet)
-    if not cfg.path:
-        raise ValueError(
-            "tokenizer.kind=sentencepiece needs tokenizer.path: train one with "
-            "`speechswarm tokenizer train --manifest M --vocab-size N --out tok.json`"
-        )
-    if not Path(cfg.path).is_file():
-        raise FileNotFoundError(f"tokenizer.path {cfg.path} does not exist")
-    return load_tokenizer(cfg.path)
+    return make_tokenizer(cfg.kind, cfg.alphabet, cfg.path)
 
 
 def build_features(cfg: FeatureConfig, sample_rate: int) -> FeatureExtractor:
@@ -76,7 +67,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name} asked for, but torch sees no CUDA GPU; use --device cpu")
+        raise UnavailableError(
+            f"device {name} asked for, but torch sees no CUDA GPU; use --device cpu"
+        )
     return device
 
 
@@ -90,11 +83,11 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
         return None
     if name == "fp16":
         if device.type != "cuda":
-            raise ValueError("precision fp16 needs a CUDA device; on CPU use bf16 or fp32")
+            raise ConfigError("precision fp16 needs a CUDA device; on CPU use bf16 or fp32")
         return torch.float16
     if name == "bf16":
         if device.type == "cpu" and not cpu_has_bf16():
-            raise ValueError("this CPU has no native bf16; use precision=fp32")
+            raise UnavailableError("this CPU has no native bf16; use precision=fp32")
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

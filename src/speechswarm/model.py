@@ -1,7 +1,10 @@
 """DeepSpeech2-style CTC acoustic model: 2-D convolutions, recurrent layers, per-frame softmax.
 
-    PYTHONPATH=src python -c "from speechswarm.model import *; \
-print(DeepSpeech2(161, 29, **MODEL_PRESETS['tiny']).describe())"
+    .venv/bin/python -c "from speechswarm.build import build_model; \
+from speechswarm.config import load_config; print(build_model(load_config('tiny').model, 80, 29).describe())"
+
+Architectures are the `model:` sections of the presets (src/speechswarm/configs/*.yaml);
+`speechswarm.build.build_model` turns one into a DeepSpeech2.
 
 Architecture (Amodei et al. 2016, "Deep Speech 2"; layer details follow deepspeech.pytorch
 and the MLPerf reference):
@@ -28,7 +31,6 @@ in training mode (its batch statistics depend on the batch, as any BatchNorm's d
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,90 +40,13 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from speechswarm import fused_gru
+from speechswarm import frames, fused_gru
+from speechswarm.errors import ConfigError
+from speechswarm.frames import conv_output_length
 
 _RNN_CLASSES = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}
 # Weight matrices per recurrent cell: GRU has 3 gates, LSTM 4, a plain RNN 1.
 _RNN_GATES = {"gru": 3, "lstm": 4, "rnn": 1}
-
-# Constructor keyword arguments (minus num_features / vocab_size) of named architectures.
-# FLOPs/s and parameter counts for 161 spectrogram bins and 29 characters: see README/report.
-MODEL_PRESETS: dict[str, dict[str, Any]] = {
-    # CPU demo: trains in minutes on 2 cores. Time stride 2 keeps 50 output frames/s, enough
-    # for characters at any speaking rate (stride 4 was ~35 % faster but leaves 25 frames/s
-    # for ~15 chars/s plus blanks between repeats); the second conv has 16 channels and strides
-    # frequency by 4 so the first GRU's input is 16 x 21 = 336 wide instead of 1312.
-    # Measured: forward+backward of 16 x 5 s (161 bins), 2 threads: ~0.95 s fp32.
-    "tiny": {
-        "conv_channels": (32, 16),
-        "conv_kernels": ((41, 11), (21, 11)),
-        "conv_strides": ((2, 2), (4, 1)),
-        "rnn_type": "gru",
-        "rnn_hidden": 192,
-        "rnn_layers": 3,
-        "bidirectional": True,
-    },
-    # One GPU, a few hundred hours: deepspeech.pytorch's conv stack and 5 x BiGRU 512.
-    "small": {
-        "conv_channels": (32, 32),
-        "conv_kernels": ((41, 11), (21, 11)),
-        "conv_strides": ((2, 2), (2, 1)),
-        "rnn_type": "gru",
-        "rnn_hidden": 512,
-        "rnn_layers": 5,
-        "bidirectional": True,
-    },
-    # MLPerf training reference (speech_recognition, DS2): 2 conv 32 ch, 3 BiGRU 2560 summed.
-    # The reference's printout shows GRU(672, 2560) x 3; its text says 5 layers; we follow the
-    # printout. The reference convolutions have no padding (672 = 32 x 21 at 161 bins); ours
-    # pad k // 2, so the first GRU is 1312 wide here and the model has ~9.8 M more weights.
-    "mlperf-ds2": {
-        "conv_channels": (32, 32),
-        "conv_kernels": ((41, 11), (21, 11)),
-        "conv_strides": ((2, 2), (2, 1)),
-        "rnn_type": "gru",
-        "rnn_hidden": 2560,
-        "rnn_layers": 3,
-        "bidirectional": True,
-    },
-    # DS2 paper's figure: 3 conv layers (third 96 ch, (21, 11), stride (2, 1)) and 7 recurrent
-    # layers. The paper's GRUs are 1760-2560 wide; 512 bidirectional is our scaled-down choice
-    # so the model fits a single consumer GPU.
-    "dl-audio": {
-        "conv_channels": (32, 32, 96),
-        "conv_kernels": ((41, 11), (21, 11), (21, 11)),
-        "conv_strides": ((2, 2), (2, 1), (2, 1)),
-        "rnn_type": "gru",
-        "rnn_hidden": 512,
-        "rnn_layers": 7,
-        "bidirectional": True,
-    },
-    # rosaj/p2p_asr models/asr/deep_speech2.py as its notebooks call it (rnn_layers=1,
-    # rnn_units=512): Keras kernels [11, 41] stride [2, 2] and [11, 21] stride [1, 2] in
-    # (time, freq) order = (41, 11)/(2, 2) and (21, 11)/(2, 1) here; Bidirectional(GRU,
-    # merge_mode="concat"); dropout 0.5. Its build_model() default (5 x 128) is unused there.
-    # Not reproduced: its extra Dense(2 x units) + ReLU before the classifier; it has no
-    # BatchNorm in front of the classifier (ours does).
-    "p2p-ds2": {
-        "conv_channels": (32, 32),
-        "conv_kernels": ((41, 11), (21, 11)),
-        "conv_strides": ((2, 2), (2, 1)),
-        "rnn_type": "gru",
-        "rnn_hidden": 512,
-        "rnn_layers": 1,
-        "bidirectional": True,
-        "bidirectional_merge": "concat",
-        "dropout": 0.5,
-    },
-}
-
-
-def conv_output_length(length, kernel: int, stride: int, padding: int):
-    """Frames out of one convolution: floor((length + 2 * padding - kernel) / stride) + 1.
-
-    `length` is an int or an int64 tensor; floor division keeps it exact (no float rounding).
-    """
-    return (length + 2 * padding - kernel) // stride + 1
 
 
 class Lookahead(nn.Module):
@@ -351,26 +276,18 @@ class DeepSpeech2(nn.Module):
 
     def output_lengths(self, feat_lens):
         """Output frames for `feat_lens` input frames (int or int64 tensor), exactly as the
-        conv stack computes them: per layer floor((T + 2p - k) / s) + 1 on the time axis.
-        With p = k // 2 every T >= 1 gives >= 1 output frame."""
-        for (_, kt), (_, st), (_, pt) in zip(
-            self.conv_kernels, self.conv_strides, self.conv_padding, strict=True
-        ):
-            feat_lens = conv_output_length(feat_lens, kt, st, pt)
-        return feat_lens
+        conv stack computes them (`frames.output_length`): per layer floor((T + 2p - k) / s)
+        + 1 on the time axis. With p = k // 2 every T >= 1 gives >= 1 output frame."""
+        return frames.output_length(feat_lens, self.conv_kernels, self.conv_strides)
 
     @property
     def time_reduction(self) -> int:
         """Input frames per output frame: the product of the time strides."""
-        return math.prod(st for _, st in self.conv_strides)
+        return frames.time_reduction(self.conv_strides)
 
     def receptive_field(self) -> int:
         """Input frames that one output frame of the conv stack sees on the time axis."""
-        field, jump = 1, 1
-        for (_, kt), (_, st) in zip(self.conv_kernels, self.conv_strides, strict=True):
-            field += (kt - 1) * jump
-            jump *= st
-        return field
+        return frames.receptive_field(self.conv_kernels, self.conv_strides)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -498,7 +415,7 @@ def model_from_settings(d: dict[str, Any]) -> DeepSpeech2:
     allowed = set(_DEFAULTS) | {"num_features", "vocab_size"}
     unknown = sorted(set(d) - allowed)
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"model settings: unknown key(s) {', '.join(unknown)}; valid keys: "
             f"{', '.join(sorted(allowed))}. Was the checkpoint written by a newer speechswarm?"
         )
@@ -521,8 +438,8 @@ def _check_settings(**s: Any) -> dict[str, Any]:
     """Validate constructor arguments; errors name the argument and the fix."""
     n_conv = len(s["conv_channels"])
 
-    def bad(what: str) -> ValueError:
-        return ValueError(f"DeepSpeech2: {what}")
+    def bad(what: str) -> ConfigError:
+        return ConfigError(f"DeepSpeech2: {what}")
 
     if not 1 <= n_conv <= 3:
         raise bad(f"conv_channels must list 1-3 layers, got {n_conv}")

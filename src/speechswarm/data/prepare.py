@@ -80,14 +80,13 @@ def prepare_clients(
 ) -> dict[str, Path]:
     """Run a `load_clients_data()`-style hook and write one manifest per split into out_dir.
 
-    A hook that cannot be found raises ValueError (its message names the fix), so the CLI
-    shows one line instead of a traceback."""
-    from speechswarm.data.clients import clients_from_hook, load_hook
+    A hook that cannot be loaded raises HookError (a user error; its message names the fix)."""
+    from speechswarm.data.clients import HookError, clients_from_hook, load_hook
 
     try:
         hook = load_hook(spec)
     except (ImportError, AttributeError, TypeError) as e:
-        raise ValueError(str(e)) from e
+        raise HookError(str(e)) from e
     splits = clients_from_hook(hook(), out_dir, sample_rate=sample_rate, digits=digits)
     paths = {}
     for split, utts in splits.items():
@@ -106,20 +105,19 @@ def validate_manifest_cli(
     as_json: bool = False,
 ) -> int:
     """`speechswarm validate`: check every utterance; exit 1 if any problem was found."""
-    from speechswarm.build import build_features, build_model, build_tokenizer
     from speechswarm.config import load_config
+    from speechswarm.data.tokenizer import make_tokenizer
     from speechswarm.data.validate import validate_utterances
+    from speechswarm.frames import time_reduction
 
     cfg = load_config(config or "tiny")
-    tokenizer = build_tokenizer(cfg.tokenizer)
-    extractor = build_features(cfg.features, cfg.data.sample_rate)
-    model = build_model(cfg.model, extractor.num_features, len(tokenizer))
+    tok = cfg.tokenizer
     report = validate_utterances(
         read_manifest(manifest),
-        tokenizer,
+        make_tokenizer(tok.kind, tok.alphabet, tok.path),
         sample_rate=cfg.data.sample_rate,
         frames_per_second=1000.0 / cfg.features.hop_ms,
-        time_reduction=model.time_reduction,
+        time_reduction=time_reduction(cfg.model.conv_strides),
         workers=os.cpu_count() or 1,
         progress=not as_json,
     )

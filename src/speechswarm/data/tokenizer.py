@@ -26,6 +26,7 @@ from typing import Protocol, runtime_checkable
 import sentencepiece as spm
 
 from speechswarm.data.text import DEFAULT_ALPHABET
+from speechswarm.errors import ConfigError, DataError, InputNotFoundError, UsageError
 
 BLANK = "<blank>"
 
@@ -57,10 +58,10 @@ class CharTokenizer:
 
     def __init__(self, alphabet: str = DEFAULT_ALPHABET):
         if not alphabet:
-            raise ValueError("CharTokenizer: the alphabet is empty")
+            raise ConfigError("CharTokenizer: the alphabet is empty")
         duplicates = sorted({c for c in alphabet if alphabet.count(c) > 1})
         if duplicates:
-            raise ValueError(f"CharTokenizer: alphabet repeats {duplicates}; list each once")
+            raise ConfigError(f"CharTokenizer: alphabet repeats {duplicates}; list each once")
         self.alphabet = alphabet
         self.tokens = [BLANK, *alphabet]
         self._ids = {c: i for i, c in enumerate(alphabet, start=1)}
@@ -76,7 +77,7 @@ class CharTokenizer:
             return [self._ids[c] for c in text]
         except KeyError:
             missing = sorted(set(text) - set(self._ids))
-            raise ValueError(
+            raise DataError(
                 f"CharTokenizer.encode: {missing} not in the alphabet {self.alphabet!r} "
                 f"(text {text[:60]!r}); normalise transcripts with normalize_text or "
                 "extend the alphabet"
@@ -179,7 +180,7 @@ def _load_processor(model_proto: bytes) -> spm.SentencePieceProcessor:
     try:
         sp.LoadFromSerializedProto(model_proto)
     except RuntimeError as e:
-        raise ValueError(f"not a SentencePiece model ({e})") from e
+        raise DataError(f"not a SentencePiece model ({e})") from e
     return sp
 
 
@@ -196,12 +197,12 @@ def train_sentencepiece(
     has no <s>/</s> (CTC needs none) and `<unk>` at SentencePiece id 0.
     """
     if model_type not in ("unigram", "bpe"):
-        raise ValueError(
+        raise UsageError(
             f"train_sentencepiece: model_type must be 'unigram' or 'bpe', got {model_type!r}"
         )
     texts = [t for t in texts if t.strip()]
     if not texts:
-        raise ValueError("train_sentencepiece: no non-empty training texts")
+        raise DataError("train_sentencepiece: no non-empty training texts")
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
@@ -218,7 +219,7 @@ def train_sentencepiece(
             minloglevel=2,  # SentencePiece logs every step to stderr otherwise
         )
     except RuntimeError as e:
-        raise ValueError(_explain_training_error(e, vocab_size)) from e
+        raise DataError(_explain_training_error(e, vocab_size)) from e
     return SentencePieceTokenizer(model.getvalue())
 
 
@@ -240,7 +241,7 @@ def tokenizer_from_dict(d: dict) -> CharTokenizer | SentencePieceTokenizer:
         return CharTokenizer(d["alphabet"])
     if kind == "sentencepiece":
         return SentencePieceTokenizer(base64.b64decode(d["model"]))
-    raise ValueError(f"unknown tokenizer kind {kind!r}; expected 'char' or 'sentencepiece'")
+    raise DataError(f"unknown tokenizer kind {kind!r}; expected 'char' or 'sentencepiece'")
 
 
 def _write_json(path: str | os.PathLike, d: dict) -> None:
@@ -255,7 +256,7 @@ def load_tokenizer(path: str | os.PathLike) -> CharTokenizer | SentencePieceToke
     """Read a tokenizer JSON written by `save` (or a raw SentencePiece `.model` file)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"tokenizer file {path} does not exist; make one with `speechswarm tokenizer train`"
         )
     if path.suffix == ".model":
@@ -263,8 +264,45 @@ def load_tokenizer(path: str | os.PathLike) -> CharTokenizer | SentencePieceToke
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a tokenizer JSON ({e})") from e
+        raise DataError(f"{path}: not a tokenizer JSON ({e})") from e
     try:
         return tokenizer_from_dict(d)
     except (KeyError, ValueError) as e:
-        raise ValueError(f"{path}: not a valid tokenizer ({e})") from e
+        raise DataError(f"{path}: not a valid tokenizer ({e})") from e
+
+
+def make_tokenizer(
+    kind: str, alphabet: str = DEFAULT_ALPHABET, path: str | os.PathLike = ""
+) -> CharTokenizer | SentencePieceTokenizer:
+    """The tokenizer a `tokenizer:` config section describes, from its plain values: a
+    `CharTokenizer(alphabet)` for "char", the tokenizer file at `path` for "sentencepiece"."""
+    if kind == "char":
+        return CharTokenizer(alphabet)
+    if kind != "sentencepiece":
+        raise ConfigError(f"tokenizer.kind: {kind!r} is not 'char' or 'sentencepiece'")
+    if not path:
+        raise ConfigError(
+            "tokenizer.kind=sentencepiece needs tokenizer.path: train one with "
+            "`speechswarm tokenizer train --manifest M --vocab-size N --out tok.json`"
+        )
+    if not Path(path).is_file():
+        raise InputNotFoundError(f"tokenizer.path {path} does not exist")
+    return load_tokenizer(path)
+
+
+def train_tokenizer(
+    manifest: str | os.PathLike,
+    vocab_size: int,
+    out: str | os.PathLike,
+    model_type: str = "unigram",
+) -> SentencePieceTokenizer:
+    """`speechswarm tokenizer train`: a SentencePiece tokenizer from the transcripts of
+    `manifest`, saved as JSON at `out`; prints a summary and how to use it."""
+    from speechswarm.data.manifest import read_manifest
+
+    texts = [u.text for u in read_manifest(manifest)]
+    tok = train_sentencepiece(texts, vocab_size, model_type=model_type)
+    tok.save(out)
+    print(f"tokenizer: {len(tok)} tokens (incl. blank) from {len(texts):,} transcripts -> {out}")
+    print(f"use it with: speechswarm train tokenizer.kind=sentencepiece tokenizer.path={out}")
+    return tok
