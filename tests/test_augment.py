@@ -17,8 +17,8 @@ from speechswarm.augment import (
     WaveAugment,
     exponential_rir,
     fft_convolve,
-    speed_perturb,
 )
+from speechswarm.data.audio import speed_perturb
 
 SR = 16000
 

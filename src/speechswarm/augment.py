@@ -1,4 +1,4 @@
-"""Data augmentation: batched waveform effects, speed perturbation, SpecAugment.
+"""Data augmentation on the training device: batched waveform effects and SpecAugment.
 
     speechswarm train --config tiny augment.noise_snr_db=[5,20] augment.noise_prob=0.5
 
@@ -10,8 +10,9 @@ the whole batch whether or not an utterance gets it, so one effect's probability
 shift another's randomness.
 
 - `WaveAugment` (GPU or CPU, on padded batches): time shift, reverb, additive noise, gain.
-- `speed_perturb` (numpy, one utterance, in data-loader workers): soxr resampling.
 - `SpecAugment` (on normalised features): frequency and adaptive time masks, filled with 0.
+
+Speed perturbation runs per utterance in the loader workers: `data.audio.speed_perturb`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor
 
 from speechswarm.data.audio import audio_files_under
+from speechswarm.errors import ConfigError, DataError, InputNotFoundError
 
 NOISE_SUFFIXES = (".wav", ".flac")
 
@@ -53,7 +55,7 @@ def _check_range(name: str, value: Sequence[float] | None) -> tuple[float, float
     if value is None:
         return None
     if len(value) != 2 or value[0] > value[1]:
-        raise ValueError(
+        raise ConfigError(
             f"augment: {name} must be a (low, high) pair with low <= high, got {value!r}"
         )
     return float(value[0]), float(value[1])
@@ -61,7 +63,7 @@ def _check_range(name: str, value: Sequence[float] | None) -> tuple[float, float
 
 def _check_prob(name: str, p: float) -> float:
     if not 0.0 <= p <= 1.0:
-        raise ValueError(f"augment: {name}={p} must be a probability in [0, 1]")
+        raise ConfigError(f"augment: {name}={p} must be a probability in [0, 1]")
     return float(p)
 
 
@@ -100,18 +102,18 @@ def load_noise_bank(noise_dir: str | Path, sample_rate: int, max_seconds: float)
     """
     root = Path(noise_dir)
     if not root.is_dir():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"augment: noise_dir {root} is not a directory; fix augment.noise_dir"
         )
     paths = audio_files_under(root, NOISE_SUFFIXES)
     if not paths:
-        raise FileNotFoundError(f"augment: no .wav or .flac files under noise_dir {root}")
+        raise InputNotFoundError(f"augment: no .wav or .flac files under noise_dir {root}")
     chunks, total = [], 0
     for path in paths:
         try:
             audio, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (S, channels)
         except (sf.LibsndfileError, RuntimeError) as err:
-            raise ValueError(
+            raise DataError(
                 f"augment: cannot read noise file {path}: {err}; remove or re-encode it"
             ) from err
         audio = audio.mean(axis=1)
@@ -123,7 +125,7 @@ def load_noise_bank(noise_dir: str | Path, sample_rate: int, max_seconds: float)
             break
     bank = torch.cat(chunks)
     if not torch.isfinite(bank).all() or float(bank.abs().max()) == 0.0:
-        raise ValueError(f"augment: noise files under {root} are silent or contain NaN/inf")
+        raise DataError(f"augment: noise files under {root} are silent or contain NaN/inf")
     return bank
 
 
@@ -161,7 +163,7 @@ class WaveAugment:
     ) -> None:
         self.sample_rate = int(sample_rate)
         if shift_ms < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"augment: shift_ms={shift_ms} is the largest |shift|; use a value >= 0"
             )
         self.shift_samples = round(shift_ms * self.sample_rate / 1000)
@@ -173,12 +175,12 @@ class WaveAugment:
         self.reverb_prob = _check_prob("reverb_prob", reverb_prob)
         self.rt60_s = _check_range("rt60_s", rt60_s)
         if self.rt60_s[0] <= 0:
-            raise ValueError(f"augment: rt60_s={rt60_s} must be positive seconds")
+            raise ConfigError(f"augment: rt60_s={rt60_s} must be positive seconds")
         self.noise_bank: Tensor | None = None  # (B,) float32 on the CPU
         self._banks: dict[torch.device, Tensor] = {}  # the bank copied to each device used
         if noise_dir:
             if self.noise_snr_db is None:
-                raise ValueError(
+                raise ConfigError(
                     "augment: noise_dir given but noise_snr_db unset; set noise_snr_db=[low, high]"
                 )
             self.noise_bank = load_noise_bank(noise_dir, self.sample_rate, noise_max_seconds)
@@ -255,20 +257,6 @@ class WaveAugment:
         return torch.stack([bank[(start + offsets) % len(bank)] for start in starts])
 
 
-def speed_perturb(wave: np.ndarray, factor: float, sample_rate: int) -> np.ndarray:
-    """Play `wave` `factor` times faster: duration x 1/factor, every frequency x factor.
-
-    wave: (S,) float32 at sample_rate -> (about S / factor,) float32 at the same rate. soxr
-    resamples it as if it had been recorded at sample_rate * factor (pitch moves with tempo,
-    as in Kaldi's and deepspeech.pytorch's speed perturbation). Runs per utterance, on the CPU.
-    """
-    if not factor > 0:
-        raise ValueError(f"speed_perturb: factor={factor} must be > 0 (e.g. 0.9, 1.0, 1.1)")
-    if factor == 1.0:
-        return wave
-    return soxr.resample(wave, sample_rate * factor, sample_rate).astype(np.float32, copy=False)
-
-
 class SpecAugment:
     """feats (N, T, F), feat_lens (N,) frames, generator -> masked copy of feats (N, T, F).
 
@@ -289,12 +277,12 @@ class SpecAugment:
         p: float = 1.0,
     ) -> None:
         if freq_masks < 0 or time_masks < 0 or freq_width < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"augment: freq_masks={freq_masks}, time_masks={time_masks} and "
                 f"freq_width={freq_width} must be >= 0"
             )
         if not 0.0 <= time_width <= 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"augment: time_width={time_width} is a fraction of each utterance's frames; use 0..1"
             )
         self.freq_masks, self.freq_width = int(freq_masks), int(freq_width)

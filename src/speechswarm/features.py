@@ -44,6 +44,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from speechswarm.errors import ConfigError, DataError
+
 KINDS = ("spectrogram", "logmel", "mfcc")
 NORMALIZE = ("utterance", "global", "none")
 LOG_EPS = 1e-6  # log-mel floor: log(power + LOG_EPS)
@@ -145,7 +147,7 @@ class FeatureExtractor(nn.Module):
         self.n_fft = round(self.sample_rate * self.win_ms / 1000)  # samples; = win_length
         self.hop = round(self.sample_rate * self.hop_ms / 1000)  # samples
         if self.n_fft < 2 or self.hop < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"features: win_ms={win_ms} / hop_ms={hop_ms} at {sample_rate} Hz give a "
                 f"{self.n_fft}-sample window and {self.hop}-sample hop; use win_ms >= 1, hop_ms > 0"
             )
@@ -162,7 +164,7 @@ class FeatureExtractor(nn.Module):
             self.mel_fb = _checked_filterbank(n_freqs, self.n_mels, self.sample_rate, win_ms)
         if kind == "mfcc":
             if not 1 <= self.n_mfcc <= self.n_mels:
-                raise ValueError(f"features: n_mfcc={n_mfcc} must be in 1..n_mels ({n_mels})")
+                raise ConfigError(f"features: n_mfcc={n_mfcc} must be in 1..n_mels ({n_mels})")
             self.dct = dct_matrix(self.n_mfcc, self.n_mels)
         sizes = {"spectrogram": n_freqs, "logmel": self.n_mels, "mfcc": self.n_mfcc}
         self.num_features = sizes[kind]  # F
@@ -275,7 +277,7 @@ class FeatureExtractor(nn.Module):
         known = set(inspect.signature(cls.__init__).parameters) - {"self"}
         unknown = sorted(set(settings) - known)
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"feature settings have unknown keys {unknown} (written by a newer speechswarm?); "
                 f"known keys: {sorted(known)}"
             )
@@ -317,7 +319,7 @@ def compute_global_stats(
         m2 = m2 + batch_m2 + delta.square() * (count * n / total)
         count = total
     if mean is None:
-        raise ValueError(
+        raise DataError(
             "compute_global_stats: no valid frames in wave_batches (empty or all zero-length)"
         )
     std = (m2 / count).sqrt().clamp_min(MIN_STD)
@@ -326,17 +328,17 @@ def compute_global_stats(
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"features: {name}={value!r} is not one of {', '.join(choices)}")
+        raise ConfigError(f"features: {name}={value!r} is not one of {', '.join(choices)}")
 
 
 def _checked_filterbank(n_freqs: int, n_mels: int, sample_rate: int, win_ms: float) -> Tensor:
     """`mel_filterbank`, refusing filters that cover no FFT bin (a channel that is always log 1e-6)."""
     if n_mels < 1:
-        raise ValueError(f"features: n_mels={n_mels} must be >= 1")
+        raise ConfigError(f"features: n_mels={n_mels} must be >= 1")
     fb = mel_filterbank(n_freqs, n_mels, sample_rate)
     empty = (fb.sum(0) == 0).nonzero().flatten().tolist()
     if empty:
-        raise ValueError(
+        raise ConfigError(
             f"features: mel filters {empty} of {n_mels} cover no FFT bin with a {win_ms} ms window "
             f"({n_freqs} bins); lower n_mels or raise win_ms"
         )

@@ -21,6 +21,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from speechswarm.errors import ConfigError, SpeechswarmError
+
 AUDIO_REASONS = ("missing_file", "unreadable_audio", "empty_audio", "nonfinite_samples")
 
 _HINTS = {
@@ -60,7 +62,7 @@ def expand_audio_paths(paths: list[str]) -> list[str]:
     return out
 
 
-class AudioError(Exception):
+class AudioError(SpeechswarmError):
     """An audio file that cannot be used; `reason` is one of `AUDIO_REASONS`."""
 
     def __init__(self, path: str | os.PathLike, reason: str, detail: str = ""):
@@ -132,6 +134,20 @@ def to_mono_rate(data: np.ndarray, file_rate: int, sample_rate: int) -> np.ndarr
     if file_rate != sample_rate:
         mono = soxr.resample(mono, file_rate, sample_rate, quality="HQ")
     return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def speed_perturb(wave: np.ndarray, factor: float, sample_rate: int) -> np.ndarray:
+    """Play `wave` `factor` times faster: duration x 1/factor, every frequency x factor.
+
+    wave: (S,) float32 at sample_rate -> (about S / factor,) float32 at the same rate. soxr
+    resamples it as if it had been recorded at sample_rate * factor (pitch moves with tempo,
+    as in Kaldi's and deepspeech.pytorch's speed perturbation). Runs per utterance, on the CPU.
+    """
+    if not factor > 0:
+        raise ConfigError(f"speed_perturb: factor={factor} must be > 0 (e.g. 0.9, 1.0, 1.1)")
+    if factor == 1.0:
+        return wave
+    return soxr.resample(wave, sample_rate * factor, sample_rate).astype(np.float32, copy=False)
 
 
 def _check_exists(path: str | os.PathLike) -> None:

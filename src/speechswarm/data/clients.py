@@ -42,12 +42,14 @@ import soundfile as sf
 from speechswarm.data.corpora import probe_duration
 from speechswarm.data.manifest import Utterance
 from speechswarm.data.text import DEFAULT_ALPHABET, normalize_text
+from speechswarm.errors import DataError, InputNotFoundError, UsageError
 
 SPLITS = ("train", "val", "test")
 
 
-class HookError(ValueError):
-    """The hook's result is malformed; the message names split, client and index."""
+class HookError(DataError):
+    """A hook that cannot be loaded or whose result is malformed; the message names the
+    hook, or the split, client and index."""
 
 
 def load_hook(spec: str) -> Callable:
@@ -58,7 +60,7 @@ def load_hook(spec: str) -> Callable:
     """
     target, sep, func_name = spec.rpartition(":")
     if not sep or not target or not func_name:
-        raise ValueError(f"hook {spec!r}: expected 'module:function' or 'path/to/file.py:function'")
+        raise UsageError(f"hook {spec!r}: expected 'module:function' or 'path/to/file.py:function'")
     if target.endswith(".py") or os.sep in target or "/" in target:
         module = _module_from_file(Path(target), spec)
     else:
@@ -83,7 +85,7 @@ def load_hook(spec: str) -> Callable:
 def _module_from_file(path: Path, spec: str):
     path = path.expanduser().resolve()
     if not path.is_file():
-        raise FileNotFoundError(f"hook {spec!r}: file {path} does not exist")
+        raise InputNotFoundError(f"hook {spec!r}: file {path} does not exist")
     name = f"speechswarm_hook_{path.stem}"
     module_spec = importlib.util.spec_from_file_location(name, path)
     if module_spec is None or module_spec.loader is None:

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from speechswarm.augment import speed_perturb
-from speechswarm.data.audio import AudioError, load_audio
+from speechswarm.data.audio import AudioError, load_audio, speed_perturb
 from speechswarm.data.manifest import Utterance
 from speechswarm.data.sampler import epoch_speed_factors
+from speechswarm.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class SpeechDataset(Dataset):
     `sampler.epoch_speed_factors(len(utts), speed_factors, seed, e)`, so results do not
     depend on which loader worker loads it, and a `BucketBatchSampler` given the same factors
     and seed batches on exactly the durations this dataset delivers. The wave is resampled
-    by `augment.speed_perturb` (soxr; tempo and pitch change together).
+    by `data.audio.speed_perturb` (soxr; tempo and pitch change together).
     """
 
     def __init__(
@@ -116,7 +116,7 @@ class SpeechDataset(Dataset):
         seed: int = 0,
     ):
         if any(f <= 0 for f in speed_factors):
-            raise ValueError(f"speed_factors must be > 0, got {tuple(speed_factors)}")
+            raise ConfigError(f"speed_factors must be > 0, got {tuple(speed_factors)}")
         self.utts = list(utts)
         self.tokenizer = tokenizer
         self.sample_rate = int(sample_rate)
@@ -158,7 +158,7 @@ class SpeechDataset(Dataset):
         try:
             ids = self.tokenizer.encode(utt.text)
         except ValueError as e:  # a transcript the vocabulary cannot express: a data bug
-            raise ValueError(
+            raise DataError(
                 f"utterance {utt.id}: {e}; find all such utterances with `speechswarm validate`"
             ) from e
         return Sample(utt.id, torch.from_numpy(wave), torch.tensor(ids, dtype=torch.int64))

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from speechswarm.errors import DataError, InputNotFoundError
+
 _CORE_KEYS = ("id", "audio", "duration", "text", "speaker", "offset")
 
 
@@ -37,7 +39,7 @@ class Utterance:
         return replace(self, **changes)
 
 
-class ManifestError(ValueError):
+class ManifestError(DataError):
     """A manifest line that cannot be read; the message names file and line."""
 
 
@@ -105,7 +107,7 @@ def iter_manifest(path: str | os.PathLike) -> Iterator[Utterance]:
 def read_manifest(path: str | os.PathLike) -> list[Utterance]:
     """All utterances of a JSONL manifest, audio paths made absolute."""
     if not Path(path).is_file():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"manifest {path} does not exist; make one with `speechswarm prepare` or `speechswarm synth`"
         )
     return list(iter_manifest(path))

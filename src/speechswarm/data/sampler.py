@@ -49,6 +49,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from speechswarm.errors import ConfigError, DataError
+
 # Entropy tag of the speed-factor draw: (seed, epoch, tag) is a stream independent of the
 # (seed, epoch) stream that jitters the sort and shuffles the batches.
 _SPEED_STREAM = 1
@@ -194,7 +196,7 @@ class BucketBatchSampler:
         if not 0.0 <= jitter < 1.0:
             raise ValueError(f"jitter must be in [0, 1) (relative length noise), got {jitter}")
         if any(not f > 0 for f in speed_factors):
-            raise ValueError(
+            raise ConfigError(
                 f"speed_factors must all be > 0 (e.g. 0.9, 1.0, 1.1), got {tuple(speed_factors)}"
             )
         self.speed_factors = tuple(float(f) for f in speed_factors)
@@ -265,21 +267,21 @@ def _check_arguments(
     world_size: int,
 ) -> None:
     if durations.ndim != 1 or len(durations) == 0:
-        raise ValueError("BucketBatchSampler needs a non-empty list of durations (seconds)")
+        raise DataError("BucketBatchSampler needs a non-empty list of durations (seconds)")
     if not np.isfinite(durations).all() or (durations < 0).any():
         bad = int(np.flatnonzero(~np.isfinite(durations) | (durations < 0))[0])
-        raise ValueError(
+        raise DataError(
             f"duration of utterance {bad} is {durations[bad]}; durations must be finite "
             "seconds >= 0 (run `speechswarm validate` on the manifest)"
         )
     if max_batch_seconds <= 0:
-        raise ValueError(f"max_batch_seconds must be > 0, got {max_batch_seconds}")
+        raise ConfigError(f"max_batch_seconds must be > 0, got {max_batch_seconds}")
     if max_batch_size is not None and max_batch_size < 1:
-        raise ValueError(f"max_batch_size must be >= 1 or None, got {max_batch_size}")
+        raise ConfigError(f"max_batch_size must be >= 1 or None, got {max_batch_size}")
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     if len(durations) < world_size:
-        raise ValueError(
+        raise DataError(
             f"{len(durations)} utterances cannot be shared by {world_size} ranks: every rank "
             "needs at least one batch; use fewer processes or a larger manifest"
         )

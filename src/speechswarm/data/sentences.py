@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 
 from speechswarm.data.text import DEFAULT_ALPHABET, normalize_text
+from speechswarm.errors import SpeechswarmError
 
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 MIN_WORDS = 3
@@ -45,7 +46,7 @@ _LIST_MARKER = re.compile(r"^\(?\d+[.):]\s")
 _INITIALISM = re.compile(r"^([A-Za-z]\.){2,}$")
 
 
-class SentenceSourceError(RuntimeError):
+class SentenceSourceError(SpeechswarmError, RuntimeError):
     """The sentence source is missing or unusable; the message says what to do."""
 
 

@@ -41,8 +41,14 @@ from speechswarm.data.audio import AudioError, load_audio_bytes, read_audio, to_
 from speechswarm.data.dataset import Sample, collate
 from speechswarm.data.manifest import Utterance, utterance_to_json
 from speechswarm.data.sampler import pack_batches
+from speechswarm.errors import DataError, InputNotFoundError, SpeechswarmError, UsageError
 
 log = logging.getLogger(__name__)
+
+
+class ShardError(SpeechswarmError, RuntimeError):
+    """A shard file that cannot be read as a TAR archive; the message says to rebuild it."""
+
 
 INDEX_NAME = "shards.json"
 _SAFE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -68,18 +74,18 @@ def write_shards(
 ) -> list[Path]:
     """Write `utts` into tar shards of `shard_size` utterances under `out_dir`; return the
     shard paths in order. Utterances whose audio fails to load are skipped, logged and listed
-    in the index's "skipped". Raises ValueError on duplicate ids (run `speechswarm validate`).
+    in the index's "skipped". Raises DataError on duplicate ids (run `speechswarm validate`).
     """
     utts = list(utts)
     if not utts:
-        raise ValueError("write_shards: no utterances to write")
+        raise DataError("write_shards: no utterances to write")
     if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        raise UsageError(f"shard_size must be >= 1, got {shard_size}")
     keys = [shard_key(u.id) for u in utts]
     counts = Counter(keys)
     if len(counts) != len(keys):
         dup = next(u.id for u, k in zip(utts, keys, strict=True) if counts[k] > 1)
-        raise ValueError(f"duplicate utterance id {dup!r}; run `speechswarm validate` first")
+        raise DataError(f"duplicate utterance id {dup!r}; run `speechswarm validate` first")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [
@@ -185,13 +191,15 @@ def resolve_shards(shards: str | os.PathLike | Sequence[str | os.PathLike]) -> l
                 return [path / s["path"] for s in json.loads(index.read_text())["shards"]]
             found = sorted(path.glob("shard-*.tar"))
             if not found:
-                raise FileNotFoundError(f"no shards in {path}; write them with `speechswarm shard`")
+                raise InputNotFoundError(
+                    f"no shards in {path}; write them with `speechswarm shard`"
+                )
             return found
         shards = [path]
     paths = [Path(p) for p in shards]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"shard(s) {missing[:3]} do not exist; check data.shards")
+        raise InputNotFoundError(f"shard(s) {missing[:3]} do not exist; check data.shards")
     return paths
 
 
@@ -212,7 +220,7 @@ def iter_shard(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
                 key = k
                 files[ext] = tar.extractfile(member).read()
     except tarfile.TarError as e:
-        raise RuntimeError(
+        raise ShardError(
             f"shard {path} is damaged ({e}); rebuild it with `speechswarm shard`"
         ) from e
     if files:
@@ -226,7 +234,7 @@ class ShardDataset(IterableDataset):
     position i goes to rank i % world_size and, within that rank, to DataLoader worker
     (i // world_size) % num_workers: a partition, so every shard is read once per epoch.
     shuffle_buffer > 0 shuffles samples through a buffer of that many (memory: that many
-    decoded waves). Raises ValueError when there are fewer shards than ranks.
+    decoded waves). Raises DataError when there are fewer shards than ranks.
     """
 
     def __init__(
@@ -242,7 +250,7 @@ class ShardDataset(IterableDataset):
     ):
         self.shards = resolve_shards(shards)
         if len(self.shards) < world_size:
-            raise ValueError(
+            raise DataError(
                 f"{len(self.shards)} shards cannot be shared by {world_size} ranks; write more, "
                 "smaller shards (speechswarm shard --shard-size)"
             )

@@ -35,6 +35,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from speechswarm.errors import UsageError
+
 DEFAULT_ALPHABET = "abcdefghijklmnopqrstuvwxyz' "
 
 _APOSTROPHES = "\u2019\u2018\u201b\u02bc\u02b9\u0060\u00b4\u2032\uff07"
@@ -233,7 +235,7 @@ def normalize_text(text: str, alphabet: str = DEFAULT_ALPHABET, digits: str = "s
     removed. `digits`: "spell" (numbers to words) or "keep" (left for validation to flag).
     """
     if digits not in ("spell", "keep"):
-        raise ValueError(f"normalize_text: digits must be 'spell' or 'keep', got {digits!r}")
+        raise UsageError(f"normalize_text: digits must be 'spell' or 'keep', got {digits!r}")
     text = unicodedata.normalize("NFC", text).lower()
     text = "".join(_fold_char(ch, alphabet) for ch in text)
     # "keep" still drops grouping commas so "1,000" stays one token, "1000".

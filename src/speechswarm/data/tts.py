@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import soundfile as sf
 
+from speechswarm.errors import SpeechswarmError
+
 if TYPE_CHECKING:  # type only: synth imports this module
     from speechswarm.data.synth import UtterancePlan
 
@@ -52,7 +54,7 @@ SETUP_HINT = (
 )
 
 
-class SynthError(RuntimeError):
+class SynthError(SpeechswarmError, RuntimeError):
     """The corpus cannot be synthesised here; the message says what to do."""
 
 

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from speechswarm.data.manifest import Utterance
 from speechswarm.data.text import DEFAULT_ALPHABET, normalize_text
+from speechswarm.errors import InputNotFoundError, UsageError
 
 
 @dataclass(frozen=True)
@@ -139,17 +140,17 @@ def build_result(
 
 
 def require_dir(src: str | os.PathLike, corpus: str, hint: str) -> Path:
-    """`src` as an absolute Path, or a FileNotFoundError saying what was expected there."""
+    """`src` as an absolute Path, or an InputNotFoundError saying what was expected there."""
     path = Path(src).expanduser().resolve()
     if not path.is_dir():
-        raise FileNotFoundError(f"{corpus}: {src} is not a folder; expected {hint}")
+        raise InputNotFoundError(f"{corpus}: {src} is not a folder; expected {hint}")
     return path
 
 
 def require_file(src: str | os.PathLike, corpus: str, hint: str) -> Path:
     path = Path(src).expanduser().resolve()
     if not path.is_file():
-        raise FileNotFoundError(f"{corpus}: {src} is not a file; expected {hint}")
+        raise InputNotFoundError(f"{corpus}: {src} is not a file; expected {hint}")
     return path
 
 
@@ -178,7 +179,7 @@ IMPORTERS: dict[str, Callable[..., ImportResult]] = {
 def prepare(format: str, src: str | os.PathLike, **kwargs) -> ImportResult:
     """Run the importer registered as `format` (a key of `IMPORTERS`) on `src`."""
     if format not in IMPORTERS:
-        raise ValueError(f"unknown corpus format {format!r}; choose one of {sorted(IMPORTERS)}")
+        raise UsageError(f"unknown corpus format {format!r}; choose one of {sorted(IMPORTERS)}")
     return IMPORTERS[format](src, **kwargs)
 
 

@@ -25,6 +25,7 @@ from speechswarm.data.corpora import (
     require_file,
 )
 from speechswarm.data.text import DEFAULT_ALPHABET
+from speechswarm.errors import DataError
 
 REQUIRED_COLUMNS = ("client_id", "path", "sentence")
 OPTIONAL_COLUMNS = ("age", "gender", "accents", "locale")
@@ -52,7 +53,7 @@ def prepare_commonvoice(
         rows = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         missing = [c for c in REQUIRED_COLUMNS if c not in (rows.fieldnames or [])]
         if missing:
-            raise ValueError(
+            raise DataError(
                 f"commonvoice: {tsv} lacks column(s) {missing} (header: {rows.fieldnames}); "
                 "is this a Common Voice TSV?"
             )

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from speechswarm.data.corpora import Candidate, ImportResult, build_result, require_dir
 from speechswarm.data.text import DEFAULT_ALPHABET
+from speechswarm.errors import InputNotFoundError
 
 AUDIO_SUFFIXES = (".flac", ".wav")
 
@@ -87,7 +88,7 @@ def prepare_librispeech(
     )
     trans_files = sorted(root.rglob("*.trans.txt"))
     if not trans_files:
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"librispeech: no *.trans.txt under {root}; expected "
             "<split>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt"
         )

@@ -16,6 +16,7 @@ import os
 
 from speechswarm.data.corpora import Candidate, ImportResult, build_result, require_dir
 from speechswarm.data.text import DEFAULT_ALPHABET
+from speechswarm.errors import InputNotFoundError
 
 
 def prepare_ljspeech(
@@ -32,7 +33,7 @@ def prepare_ljspeech(
         root = root / "LJSpeech-1.1"
     metadata = root / "metadata.csv"
     if not metadata.is_file():
-        raise FileNotFoundError(f"ljspeech: no metadata.csv in {root}; expected {hint}")
+        raise InputNotFoundError(f"ljspeech: no metadata.csv in {root}; expected {hint}")
     cands: list[Candidate] = []
     problems: list[tuple[str, str]] = []
     with open(metadata, encoding="utf-8", newline="") as f:

@@ -32,6 +32,7 @@ from pathlib import Path
 from speechswarm.data.corpora import Candidate, ImportResult, build_result, require_dir
 from speechswarm.data.corpora.librispeech import read_trans_file
 from speechswarm.data.text import DEFAULT_ALPHABET
+from speechswarm.errors import DataError, InputNotFoundError
 
 USER_FOLDER = re.compile(
     r"^(?:speaker[-_]?)?(?P<speaker>(?!speaker|book)[A-Za-z0-9]+)[-_](?:book[-_]?)?(?P<book>[A-Za-z0-9]+)$"
@@ -76,7 +77,7 @@ def prepare_userlibri(
     root = require_dir(src, "userlibri", "the UserLibri folder (audio_data/, lm_data/)")
     users = _user_folders(root)
     if not users:
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"userlibri: no user folders with *.trans.txt under {root}; expected "
             "UserLibri/audio_data/<split>/speaker-<spk>-book-<book>/"
         )
@@ -105,14 +106,14 @@ def userlibri_lm_texts(root: str | os.PathLike) -> dict[str, Path]:
     """Book id -> its LM text file (`lm_data/<book>_lm_train.txt`), for personalised LMs.
 
     `root` is the UserLibri folder or its `lm_data` folder. Books listed in
-    `lm_data/metadata.tsv` whose file is missing raise FileNotFoundError (naming them).
+    `lm_data/metadata.tsv` whose file is missing raise InputNotFoundError (naming them).
     """
     lm_dir = _lm_dir(root)
     texts = {p.name.removesuffix("_lm_train.txt"): p for p in sorted(lm_dir.glob("*_lm_train.txt"))}
     if (lm_dir / "metadata.tsv").is_file():
         missing = sorted(set(userlibri_lm_metadata(lm_dir)) - set(texts))
         if missing:
-            raise FileNotFoundError(
+            raise InputNotFoundError(
                 f"userlibri: lm_data/metadata.tsv lists books without text files in {lm_dir}: "
                 f"{missing[:5]}{' ...' if len(missing) > 5 else ''}; re-extract the download"
             )
@@ -124,7 +125,7 @@ def userlibri_lm_metadata(root: str | os.PathLike) -> dict[str, dict]:
     "avg_words_per_example": float}; columns are found by header name."""
     path = _lm_dir(root) / "metadata.tsv"
     if not path.is_file():
-        raise FileNotFoundError(f"userlibri: {path} does not exist")
+        raise InputNotFoundError(f"userlibri: {path} does not exist")
     out: dict[str, dict] = {}
     with open(path, encoding="utf-8", newline="") as f:
         for lineno, row in enumerate(csv.DictReader(f, delimiter="\t"), 2):
@@ -134,5 +135,5 @@ def userlibri_lm_metadata(root: str | os.PathLike) -> dict[str, dict]:
                     "avg_words_per_example": float(row["Average Words Per Example"]),
                 }
             except (KeyError, TypeError, ValueError) as e:
-                raise ValueError(f"{path}:{lineno}: bad metadata row ({e!r})") from e
+                raise DataError(f"{path}:{lineno}: bad metadata row ({e!r})") from e
     return out
