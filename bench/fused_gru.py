@@ -83,12 +83,12 @@ def step(rounds=3, steps=2) -> None:
     from speechswarm.benchmark.gemm import gemm_peaks
     from speechswarm.benchmark.train import BENCH_EPOCH, bench_overrides
     from speechswarm.config import load_config
+    from speechswarm.train.assemble import build_run
     from speechswarm.train.loop import TrainState, train_one_epoch
-    from speechswarm.train.setup import setup_run
 
     tmp = Path(tempfile.mkdtemp(prefix="fused-gru-"))
     manifest = write_bench_corpus(tmp / "data", librispeech_like_durations(400, seed=0), 16000)
-    run = setup_run(
+    run = build_run(
         load_config("small", bench_overrides(manifest, tmp / "run", "cpu")), progress=False
     )
     state = TrainState(epoch=BENCH_EPOCH)
@@ -113,7 +113,7 @@ def step(rounds=3, steps=2) -> None:
         stop = state.step + n
         t0 = time.perf_counter()
         train_one_epoch(
-            run, state, t0, lambda s: s.step >= stop, rng_to_restore=None, progress=False
+            run, state, lambda s: "interrupted" if s.step >= stop else "", progress=False
         )
         return time.perf_counter() - t0
 

@@ -195,5 +195,5 @@ def overfit_run(synth_corpus, tmp_path_factory) -> OverfitRun:
     try:
         result = train(cfg, progress=False)
     finally:
-        torch.set_num_threads(threads)  # setup_run sets it for the whole process
+        torch.set_num_threads(threads)  # build_run sets it for the whole process
     return OverfitRun(result, cfg, out / "checkpoints" / "last.pt", synth_corpus.few, OVERFIT_STEPS)

@@ -15,13 +15,13 @@ from speechswarm.train import loop
 
 if os.environ.get("RANK") == "1" and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
     kill_at = int(os.environ["FAULT_KILL_AT_STEP"])
-    real_stop_reason = loop._stop_reason
+    real_limits = loop.RunLimits.__call__
 
-    def stop_reason(run, state, started, should_stop):
+    def limits(self, state):
         if state.step >= kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
-        return real_stop_reason(run, state, started, should_stop)
+        return real_limits(self, state)
 
-    loop._stop_reason = stop_reason
+    loop.RunLimits.__call__ = limits
 
 sys.exit(main(sys.argv[1:]))

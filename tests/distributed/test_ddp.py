@@ -31,7 +31,7 @@ from speechswarm.report import read_metrics
 from speechswarm.train import ddp
 from speechswarm.train.ddp import FRESH_STORE_PER_RESTART
 from speechswarm.train.loop import train
-from speechswarm.train.setup import per_rank_accumulate
+from speechswarm.train.optim import per_rank_accumulate
 from speechswarm.train.sync import FLAGS, LocalSync, most_severe
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -23,7 +23,8 @@ from speechswarm.distributed import hogwild
 from speechswarm.distributed.hogwild import HogwildWorkerFailed, train_hogwild
 from speechswarm.report import read_metrics
 from speechswarm.train import loop
-from speechswarm.train import setup as train_setup
+from speechswarm.train import run as train_run
+from speechswarm.train import step as train_step_module
 from speechswarm.train.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -32,7 +33,7 @@ BATCHES_PER_EPOCH = 6  # 12 utterances, 2 per batch
 
 @pytest.fixture(autouse=True)
 def no_plots(monkeypatch):
-    monkeypatch.setattr(train_setup, "plot_run", lambda metrics, out_dir: [])
+    monkeypatch.setattr(train_run, "plot_run", lambda metrics, out_dir: [])
 
 
 def config(manifest: Path, out_dir: Path, *extra: str):
@@ -90,7 +91,7 @@ def test_two_workers_share_each_epoch_and_snapshots_are_consistent(tone_pairs, t
 
 
 def test_a_killed_worker_is_reported_and_the_run_resumes(tone_pairs, tmp_path, monkeypatch):
-    real_forward = loop._forward
+    real_forward = train_step_module._forward
     calls = []
 
     def forward(run, batch):
@@ -99,7 +100,7 @@ def test_a_killed_worker_is_reported_and_the_run_resumes(tone_pairs, tmp_path, m
             os.kill(os.getpid(), signal.SIGKILL)  # mid-batch, like an OOM kill
         return real_forward(run, batch)
 
-    monkeypatch.setattr(loop, "_forward", forward)
+    monkeypatch.setattr(train_step_module, "_forward", forward)
     cfg = config(tone_pairs, tmp_path / "run", "data.max_batch_size=2", "train.epochs=2",
                  "train.checkpoint_every=1")  # fmt: skip
     with pytest.raises(HogwildWorkerFailed, match=r"worker 1 died \(signal SIGKILL\)"):
@@ -110,7 +111,7 @@ def test_a_killed_worker_is_reported_and_the_run_resumes(tone_pairs, tmp_path, m
     summary = (tmp_path / "run/summary.md").read_text()
     assert "worker_failed" in summary
 
-    monkeypatch.setattr(loop, "_forward", real_forward)
+    monkeypatch.setattr(train_step_module, "_forward", real_forward)
     resumed = train_hogwild(cfg, workers=2, resume="auto", progress=False)
     assert resumed.stop_reason == "epochs"
     assert resumed.state.step == 2 * BATCHES_PER_EPOCH  # the lost batch was trained again

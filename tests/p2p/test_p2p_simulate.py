@@ -24,6 +24,7 @@ from speechswarm.p2p.experiment import make_agents
 from speechswarm.p2p.report import read_rows
 from speechswarm.p2p.simulate import CENTRAL, simulate_run
 from speechswarm.p2p.topology import make_topology
+from speechswarm.train.step import TrainingDiverged
 
 TIMING = ("train_seconds", "wall_time")
 
@@ -106,7 +107,9 @@ def test_resume_after_interruption_is_exact(p2p_config, algorithm):
         opt_a, opt_b = straight["states"][k]["optimizer"], resumed["states"][k]["optimizer"]
         for p in opt_a["state"]:
             assert_equal_states(opt_a["state"][p], opt_b["state"][p])
-        assert straight["states"][k]["epoch"] == resumed["states"][k]["epoch"]
+        place = ("step", "epoch", "batch_in_epoch", "nonfinite_total", "loss_sum")
+        a, b = straight["states"][k]["train_state"], resumed["states"][k]["train_state"]
+        assert [a[key] for key in place] == [b[key] for key in place]
     strip = [{k: v for k, v in r.items() if k not in TIMING} for r in rows_a]
     assert strip == [{k: v for k, v in r.items() if k not in TIMING} for r in rows_b]
     assert len(rows_b) == 3 * 4
@@ -150,7 +153,9 @@ def test_scaled_agent_rejected_by_norm_and_outvoted_by_median(p2p_config):
 def test_central_trains_the_union_with_the_same_total_steps(p2p_config):
     _, ckpt, rows, _ = run(p2p_config("c"), "central")
     assert list(ckpt["states"]) == [str(CENTRAL)]
-    assert ckpt["states"][str(CENTRAL)]["steps"] == 4 * 2 * 2  # agents x local steps x rounds
+    assert (
+        ckpt["states"][str(CENTRAL)]["train_state"]["step"] == 4 * 2 * 2
+    )  # agents x local steps x rounds
     assert len(rows) == 8 and all(r["msgs_sent"] == 0 for r in rows)
     assert len({r["global_cer"] for r in rows if r["round"] == 2}) == 1  # one model
 
@@ -158,11 +163,11 @@ def test_central_trains_the_union_with_the_same_total_steps(p2p_config):
 def test_local_and_async_message_counts(p2p_config):
     _, ckpt, rows, _ = run(p2p_config("l"), "local")
     assert sum(r["msgs_sent"] for r in rows if r["round"] == 2) == 0
-    assert [s["steps"] for s in ckpt["states"].values()] == [4, 4, 4, 4]
+    assert [s["train_state"]["step"] for s in ckpt["states"].values()] == [4, 4, 4, 4]
     _, ckpt, rows, _ = run(p2p_config("a"), "async", "ring")
     # per round: 4 activations, each one pair exchanging two messages
     assert sum(r["msgs_sent"] for r in rows if r["round"] == 2) == 2 * 4 * 2
-    assert sum(s["steps"] for s in ckpt["states"].values()) == 4 * 2 * 2
+    assert sum(s["train_state"]["step"] for s in ckpt["states"].values()) == 4 * 2 * 2
 
 
 def test_int8_compression_counts_bytes(p2p_config):
@@ -205,20 +210,35 @@ def test_process_pool_gives_the_same_weights(p2p_config):
         assert_equal_states(inline["states"][k]["model"], pooled["states"][k]["model"])
 
 
-def test_a_nonfinite_local_step_leaves_the_batchnorm_statistics_as_they_were(
+def test_nonfinite_batches_are_skipped_by_an_agent_as_by_the_training_loop(
     p2p_config, tone_speakers
 ):
-    from speechswarm.p2p.local import Workspace
+    """The agent's round runs `train_step`: a NaN batch takes no step and puts the BatchNorm
+    statistics back; `train.max_nonfinite` of them in a row end the agent's round."""
+    from speechswarm.p2p.workspace import Workspace
 
-    cfg = p2p_config("workspace")
+    cfg = p2p_config("workspace", "train.max_nonfinite=3")
     ws = Workspace(cfg, trainers={0: read_manifest(tone_speakers)[:8]}, tests={}, work={0: (2, 0)})
     state = ws.initial_state(0)
-    # NaN activations from the first conv block reach every BatchNorm after it
-    ws.model.conv[0].register_forward_hook(
+    poisoned = {"left": 1}
+
+    def nan_once(module, args, out):  # NaN activations reach every BatchNorm after conv[0]
+        if module.training and poisoned["left"]:
+            poisoned["left"] -= 1
+            return out * float("nan")
+        return None
+
+    hook = ws.base.model.conv[0].register_forward_hook(nan_once)
+    new, stats = ws.train(0, state, 0)
+    assert stats["steps"] == 2 and stats["nonfinite"] == 1  # two real steps, one batch skipped
+    assert new["train_state"]["step"] == 2 and new["train_state"]["nonfinite_total"] == 1
+    hook.remove()
+    ws.base.model.conv[0].register_forward_hook(
         lambda module, args, out: out * float("nan") if module.training else None
     )
-    new, stats = ws.train(0, state, 0)
-    assert stats["steps"] == 2 and stats["nonfinite"] == 2
+    # train.max_nonfinite in a row end the agent's round (the others would train on)
+    last, stats = ws.train(0, new, 1)
+    assert stats["diverged"] and stats["steps"] == 0 and stats["nonfinite"] == 3
     assert ws.bn_names
-    for name in ws.bn_names:
-        assert torch.equal(new["model"][name], state["model"][name]), name
+    for name in ws.bn_names:  # every skipped batch put the statistics back
+        assert torch.equal(last["model"][name], new["model"][name]), name

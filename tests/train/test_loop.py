@@ -27,11 +27,13 @@ from speechswarm.metrics import cer
 from speechswarm.model import model_from_settings
 from speechswarm.report import read_metrics
 from speechswarm.train import loop
-from speechswarm.train import setup as train_setup
-from speechswarm.train.loop import TrainingDiverged, train
-from speechswarm.train.setup import setup_run
+from speechswarm.train import run as train_run
+from speechswarm.train import step as train_step_module
+from speechswarm.train.assemble import build_run
+from speechswarm.train.loop import train
+from speechswarm.train.step import TrainingDiverged
 
-# setup_run sets torch's thread count for the whole process (QUIET: 1); put it back after.
+# build_run sets torch's thread count for the whole process (QUIET: 1); put it back after.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 THREE_BATCHES = "data.max_batch_size=2"  # few.jsonl: 6 utterances -> 3 batches per epoch
@@ -41,7 +43,7 @@ THREE_BATCHES = "data.max_batch_size=2"  # few.jsonl: 6 utterances -> 3 batches 
 def no_plots(monkeypatch):
     """Drawing a run's plots takes ~2 s on 2 cores: only the run-folder test draws them
     (it calls monkeypatch.undo())."""
-    monkeypatch.setattr(train_setup, "plot_run", lambda metrics, out_dir: [])
+    monkeypatch.setattr(train_run, "plot_run", lambda metrics, out_dir: [])
 
 
 def train_losses(run_dir: Path) -> list[tuple[int, float]]:
@@ -219,10 +221,10 @@ def source_checkpoint(synth_corpus, tiny_config, tmp_path_factory) -> Path:
 
 def test_init_from_copies_every_tensor(synth_corpus, make_config, source_checkpoint):
     cfg = make_config(f"train.init_from={source_checkpoint}", manifest=synth_corpus.few)
-    run = setup_run(cfg, progress=False)
+    run = build_run(cfg, progress=False)
     assert_same_tensors(run.model.state_dict(), model_state(source_checkpoint))
     # and the first step starts from there: before it, weights differ from a fresh model's
-    fresh = setup_run(make_config(manifest=synth_corpus.few, name="fresh"), progress=False)
+    fresh = build_run(make_config(manifest=synth_corpus.few, name="fresh"), progress=False)
     assert not torch.equal(fresh.model.classifier.weight, run.model.classifier.weight)
 
 
@@ -237,13 +239,13 @@ def test_init_from_with_another_alphabet_reinitialises_only_the_head(
     """The output layer of another vocabulary is new (as a fresh model of this config has it);
     every other tensor is copied. `classifier` is DeepSpeech2's output layer."""
     alphabet_override = f"tokenizer.alphabet={json.dumps(alphabet)}"
-    tuned = setup_run(
+    tuned = build_run(
         make_config(
             alphabet_override, f"train.init_from={source_checkpoint}", manifest=synth_corpus.few
         ),
         progress=False,
     ).model.state_dict()
-    fresh = setup_run(
+    fresh = build_run(
         make_config(alphabet_override, manifest=synth_corpus.few, name="fresh"), progress=False
     ).model.state_dict()
     source = model_state(source_checkpoint)
@@ -287,7 +289,7 @@ def test_freeze_keeps_those_parameters(synth_corpus, make_config, source_checkpo
 def test_freeze_of_an_unknown_module_names_the_modules(synth_corpus, make_config):
     cfg = make_config("train.freeze=[encoder]", manifest=synth_corpus.few)
     with pytest.raises(ValueError, match=r"matches no parameter.*'classifier'.*'conv'.*'rnns'"):
-        setup_run(cfg, progress=False)
+        build_run(cfg, progress=False)
 
 
 # ----------------------------------------------------------------------------- stop rules
@@ -307,11 +309,30 @@ def test_max_steps_stops_mid_epoch_and_saves(synth_corpus, make_config):
     assert load_checkpoint(result.run_dir / "checkpoints/last.pt")["train_state"]["step"] == 2
 
 
-def test_time_budget_stops_after_the_step_past_it(synth_corpus, make_config):
-    cfg = make_config(THREE_BATCHES, "train.time_budget_min=1e-9", manifest=synth_corpus.few)
+def test_time_budget_stops_after_the_step_past_it(synth_corpus, make_config, monkeypatch):
+    """The step during which the budget runs out completes; the run stops right after it."""
+    clock = {"offset": 0.0}
+    real_step, real_clock = loop.train_step, loop.time.perf_counter
+
+    def step(run, state, batch):
+        result = real_step(run, state, batch)
+        clock["offset"] = 3600.0  # the first step took an hour
+        return result
+
+    monkeypatch.setattr(loop, "train_step", step)
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: real_clock() + clock["offset"])
+    cfg = make_config(THREE_BATCHES, "train.time_budget_min=30", manifest=synth_corpus.few)
     result = train(cfg, progress=False)
     assert result.stop_reason == "time_budget"
     assert result.state.step == 1
+    assert result.state.wall_seconds >= 3600
+
+
+def test_an_already_spent_time_budget_takes_no_step(synth_corpus, make_config):
+    cfg = make_config(THREE_BATCHES, "train.time_budget_min=1e-9", manifest=synth_corpus.few)
+    result = train(cfg, progress=False)
+    assert result.stop_reason == "time_budget"
+    assert result.state.step == 0
 
 
 def test_target_wer_stops_at_the_first_evaluation_that_reaches_it(synth_corpus, make_config):
@@ -375,7 +396,7 @@ def test_early_stop_after_patience_evaluations_without_improvement(
 
 def _patch_runs(monkeypatch, runs: list, poison) -> None:
     """Let `poison(run)` alter every Run the loop sets up; `runs` receives the Runs."""
-    real_setup = loop.setup_run
+    real_setup = loop.build_run
 
     def setup(cfg, **kwargs):
         run = real_setup(cfg, **kwargs)
@@ -383,7 +404,7 @@ def _patch_runs(monkeypatch, runs: list, poison) -> None:
         runs.append(run)
         return run
 
-    monkeypatch.setattr(loop, "setup_run", setup)
+    monkeypatch.setattr(loop, "build_run", setup)
 
 
 def _poison_ctc(monkeypatch, pattern: list[bool], runs: list) -> None:
@@ -430,7 +451,7 @@ def test_nonfinite_in_a_row_raise_training_diverged(poison, synth_corpus, make_c
         train(cfg, progress=False)
     assert isinstance(TrainingDiverged("x"), RuntimeError)  # the CLI prints it as one line
     initial = runs[0]
-    fresh = setup_run(
+    fresh = build_run(
         make_config(THREE_BATCHES, manifest=synth_corpus.few, name="fresh"), progress=False
     )
     # No non-finite gradient ever reached the weights: they are still the initial ones.
@@ -508,13 +529,13 @@ def test_clip_and_step_skips_a_nonfinite_gradient():
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
     model(torch.ones(1, 3)).sum().backward()
     model.weight.grad[0, 0] = float("nan")
-    norm = train_setup.clip_and_step(model, optimizer, scheduler, None, grad_clip=1.0)
+    norm = train_step_module.clip_and_step(model, optimizer, scheduler, None, grad_clip=1.0)
     assert norm != norm  # NaN is returned for the caller to count
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
     assert all(p.grad is None for p in model.parameters())
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05)  # the schedule moved on
     model(torch.ones(1, 3)).sum().backward()  # and the next finite step updates the weights
-    assert train_setup.clip_and_step(model, optimizer, scheduler, None, grad_clip=1.0) > 0
+    assert train_step_module.clip_and_step(model, optimizer, scheduler, None, grad_clip=1.0) > 0
     assert not torch.equal(model.weight, before[0])
 
 

@@ -11,7 +11,7 @@ process, with the same features, augmentation, CTC loss, AdamW and gradient clip
   num_workers=0)` over the manifest in order, each batch padded to its longest item, fp32.
   B is the mean number of utterances in speechswarm's batches, so both see batches of the
   same size on average and differ only in how the batches are made and run.
-- speechswarm: `train.setup.setup_run` and `train.loop.train_one_epoch` exactly as
+- speechswarm: `train.assemble.build_run` and `train.loop.train_one_epoch` exactly as
   `speechswarm train` runs them (precision auto = bf16 where the CPU or GPU has it,
   semi-sorted batches on speed-perturbed durations, persistent loader workers, the
   config's thread count), halted every few steps through the loop's `should_stop` hook.
@@ -56,8 +56,10 @@ from speechswarm.config import load_config
 from speechswarm.data.dataset import Batch, SpeechDataset, collate
 from speechswarm.data.manifest import read_manifest
 from speechswarm.data.sampler import BucketBatchSampler, epoch_speed_factors, padding_fraction
-from speechswarm.train.loop import TrainState, forward_loss, train_one_epoch
-from speechswarm.train.setup import clip_and_step, make_optimizer, setup_run
+from speechswarm.train.assemble import build_run
+from speechswarm.train.loop import TrainState, train_one_epoch
+from speechswarm.train.optim import make_optimizer
+from speechswarm.train.step import clip_and_step, forward_loss
 
 BENCH_EPOCH = 1  # a shuffled epoch, as most of a run is (epoch 0 may be SortaGrad-sorted)
 TRAIN_FLOPS_PER_FORWARD = 3.0
@@ -210,7 +212,7 @@ def speechswarm_block(run, state, stats: LoopStats, steps: int) -> None:
     steps_before = state.step
     t0 = time.perf_counter()
     reason = train_one_epoch(
-        run, state, t0, lambda s: s.step >= stop_at, rng_to_restore=None, progress=False
+        run, state, lambda s: "interrupted" if s.step >= stop_at else "", progress=False
     )
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
@@ -278,7 +280,7 @@ def run_train_bench(
         cfg = load_config(
             config, [*overrides, *bench_overrides(manifest, Path(tmp) / "run", device)]
         )
-        run = setup_run(cfg, progress=False)
+        run = build_run(cfg, progress=False)
         try:
             plan_durations = make(PLAN_UTTERANCES, seed=base.train.seed + 1)
             result = _measure(

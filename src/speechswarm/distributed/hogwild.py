@@ -4,7 +4,7 @@
 
 The parent builds the run, moves the model's parameters and the optimizer's state (moments,
 step counts) into shared memory and forks N workers. Worker i runs the ordinary
-`train_one_epoch()` on its own share of every epoch's batches (the sampler's rank i of N),
+`run_steps()` on its own share of every epoch's batches (the sampler's rank i of N),
 with its own seeds (offset by i); its optimizer steps write straight into the shared tensors,
 racing the others' (Niu et al. 2011). At the loop's sync point a worker counts the step
 globally, sets its learning rate from the global step and, when the parent asks, pauses.
@@ -38,17 +38,22 @@ from speechswarm.config import Config, dump_yaml
 from speechswarm.data.dataset import make_loader
 from speechswarm.model import model_from_settings
 from speechswarm.report import MetricsLogger
+from speechswarm.train.assemble import build_run
 from speechswarm.train.loop import (
+    FINISHED,
+    RunLimits,
     TrainResult,
     TrainState,
     evaluate_and_save,
+    log_finished,
     resume_path,
+    run_steps,
     save,
-    train_one_epoch,
 )
 from speechswarm.train.rng import restore_rng_state, seed_everything
-from speechswarm.train.setup import RANK_SEED_STRIDE, Run, make_sampler, setup_run
+from speechswarm.train.run import RANK_SEED_STRIDE, Run
 from speechswarm.train.sync import check_flag
+from speechswarm.train.training_data import make_sampler
 
 RUNNING, DONE = 0, 1
 POLL_SECONDS = 0.02  # how often the parent looks at the workers
@@ -165,17 +170,22 @@ def train_hogwild(
         raise ValueError("Hogwild reads a manifest (data.train_manifest); data.shards is for DDP")
     if cfg.optim.accumulate != 1:
         raise ValueError("Hogwild steps after every batch: set optim.accumulate=1")
-    run = setup_run(cfg, progress=progress)
+    run = build_run(cfg, progress=progress)
     if run.device.type != "cpu":
         raise ValueError(
             f"Hogwild shares one model in CPU memory; train.device={cfg.train.device} "
-            "resolved to {run.device}: use --device cpu, or DDP (--nproc) on GPUs"
+            f"resolved to {run.device}: use --device cpu, or DDP (--nproc) on GPUs"
         )
     if len(run.sampler.durations) < workers:
         raise ValueError(
             f"{len(run.sampler.durations)} utterances cannot be shared by {workers} workers"
         )
-    state, positions = _resume(run, resume, workers)
+    state, positions, resumed = _resume(run, resume, workers)
+    finished = RunLimits(run, state)(state) if resumed else ""
+    if finished in FINISHED:
+        log_finished(run, state, finished)
+        run.finish(state, finished, run.dev_history)
+        return TrainResult(run.dir, finished, state, run.checkpoints.best_path(), run.dev_history)
     _share(run.model, run.optimizer)
     ctx = mp.get_context("fork")
     control = Control.create(ctx, workers, state.step, positions)
@@ -197,7 +207,7 @@ def train_hogwild(
     return TrainResult(run.dir, stop_reason, state, run.checkpoints.best_path(), run.dev_history)
 
 
-def _resume(run: Run, resume: str | None, workers: int) -> tuple[TrainState, list[list[int]]]:
+def _resume(run: Run, resume: str | None, workers: int) -> tuple[TrainState, list[list[int]], bool]:
     state = TrainState()
     positions = [[0, 0] for _ in range(workers)]
     path = resume_path(run, resume)
@@ -219,7 +229,7 @@ def _resume(run: Run, resume: str | None, workers: int) -> tuple[TrainState, lis
         run.log.info(f"resumed from {path} at step {state.step}")
     run.metrics = MetricsLogger(run.dir, resume_step=state.step if path else None)
     (run.dir / "config.yaml").write_text(dump_yaml(run.cfg))
-    return state, positions
+    return state, positions, path is not None
 
 
 def _share(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -277,17 +287,14 @@ def _worker(index: int, workers: int, run: Run, control: Control, conn) -> None:
     )
     epoch, done = control.positions[2 * index], control.positions[2 * index + 1]
     state = TrainState(step=int(control.step.value), epoch=int(epoch), batch_in_epoch=int(done))
-    started = time.perf_counter()
-    reason = ""
-    while state.epoch < cfg.train.epochs and not reason:
-        reason = train_one_epoch(
-            wrun, state, started, lambda s: bool(control.stop.value), None, progress=False
-        )
-        if not reason:
-            state.epoch += 1
-            state.batch_in_epoch = 0
-            control.positions[2 * index] = state.epoch
-            control.positions[2 * index + 1] = 0
+
+    def epoch_done(s: TrainState) -> str:
+        control.positions[2 * index] = s.epoch
+        control.positions[2 * index + 1] = 0
+        return ""
+
+    limits = RunLimits(wrun, state, should_stop=lambda s: bool(control.stop.value))
+    run_steps(wrun, state, limits, at_epoch_end=epoch_done)
     totals = {k: getattr(state, k) for k in ("audio_seconds", "train_seconds", "nonfinite_total",
                                               "skipped_utterances")}  # fmt: skip
     conn.send(("done", totals))
@@ -312,6 +319,7 @@ class _Parent:
         self.totals: dict[int, dict] = {}
         self.started = time.perf_counter()
         self.train_seconds0, self.audio0 = state.train_seconds, state.audio_seconds
+        self.wall_seconds0 = state.wall_seconds
 
     def monitor(self, should_stop, progress: bool) -> str:
         cfg = self.run.cfg.train
@@ -360,9 +368,9 @@ class _Parent:
         cfg = self.run.cfg.train
         if cfg.max_steps and self.control.step.value >= cfg.max_steps:
             return "max_steps"
-        if cfg.time_budget_min and time.perf_counter() - self.started >= cfg.time_budget_min * 60:
-            return "time_budget"
         self._update_state()
+        if cfg.time_budget_min and self.state.wall_seconds >= cfg.time_budget_min * 60:
+            return "time_budget"
         if should_stop is not None and should_stop(self.state):
             return "interrupted"
         return ""
@@ -430,6 +438,7 @@ class _Parent:
         state.epoch = min(int(c.positions[2 * i]) for i in range(len(self.procs)))
         state.batch_in_epoch = 0  # per worker: in the checkpoint's "hogwild" positions
         state.train_seconds = self.train_seconds0 + time.perf_counter() - self.started
+        state.wall_seconds = self.wall_seconds0 + time.perf_counter() - self.started
         state.audio_seconds = self.audio0 + sum(t["audio_seconds"] for t in self.totals.values())
         state.nonfinite_total = sum(t["nonfinite_total"] for t in self.totals.values())
         state.skipped_utterances = sum(t["skipped_utterances"] for t in self.totals.values())

@@ -60,7 +60,7 @@ def usable_utterances(cfg: Config, manifest: str, out_dir: Path) -> list[Utteran
             f"{manifest} does not exist (data.train_manifest / data.test_manifest); make the "
             "built-in corpus with `speechswarm synth --out data/synth` or point the key at yours"
         )
-    from speechswarm.train.setup import load_training_utterances
+    from speechswarm.train.training_data import load_training_utterances
 
     tokenizer = build_tokenizer(cfg.tokenizer)
     extractor = build_features(cfg.features, cfg.data.sample_rate)

@@ -32,20 +32,21 @@ from speechswarm.checkpoint import load_checkpoint, save_checkpoint
 from speechswarm.config import Config, run_name, to_dict
 from speechswarm.data.manifest import Utterance
 from speechswarm.p2p import mixing
-from speechswarm.p2p.local import (
-    InlineExecutor,
-    PoolExecutor,
-    Workspace,
-    derive_seed,
-    snapshot,
-)
 from speechswarm.p2p.partition import Agent
 from speechswarm.p2p.report import MetricsFile, draw_topology
 from speechswarm.p2p.sync import Counters, GossipNode, Mailbox, MixSettings
 from speechswarm.p2p.topology import describe, topology_for_round
+from speechswarm.p2p.workspace import (
+    CENTRAL,
+    InlineExecutor,
+    PoolExecutor,
+    Workspace,
+    agent_steps,
+    derive_seed,
+    snapshot,
+)
 
 log = logging.getLogger("speechswarm.p2p")
-CENTRAL = 1_000_000  # trainer id of the central model (agents are 0..n-1)
 CHECKPOINT_FORMAT = 1
 
 
@@ -308,6 +309,7 @@ def _merge_stats(items: list[dict]) -> dict:
         "audio_seconds": sum(s["audio_seconds"] for s in items),
         "seconds": sum(s["seconds"] for s in items),
         "nonfinite": sum(s["nonfinite"] for s in items),
+        "diverged": any(s["diverged"] for s in items),
     }
 
 
@@ -383,7 +385,8 @@ def _rows(sim: Simulation, name: str, stats: dict[int, dict], scores: dict[int, 
             "agent": k,
             "train_loss": st.get("loss", math.nan),
             "local_steps": st.get("steps", 0),
-            "steps": state["steps"],
+            "diverged": bool(st.get("diverged", False)),
+            "steps": agent_steps(state),
             "train_seconds": round(st.get("seconds", 0.0), 3),
             "msgs_sent": c.msgs_sent,
             "msgs_recv": c.msgs_recv,

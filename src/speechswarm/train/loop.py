@@ -1,13 +1,16 @@
-"""The training loop: one readable path from batch to optimizer step.
+"""The training loop: one readable path from batch to optimizer step, for every mode.
 
     speechswarm train --config tiny train.out_dir=runs/mine
 
-`train()` sets a run up (data, model, optimizer, checkpoints), then alternates
-`train_one_epoch()` and `evaluate()` until a stop rule fires. Distribution (DDP, Hogwild,
-peer-to-peer) changes only what `run.sync` (a `train.sync.Synchronizer`) does: at the
-marked sync point in `train_one_epoch()`, and where every process must take the same branch
-(`run.sync.agree`). Under torchrun (`torchrun --nproc_per_node=2 -m speechswarm train ...`)
-`train()` joins the process group itself; only rank 0 logs, evaluates and saves.
+`train()` builds a run (data, model, optimizer, checkpoints) and calls `run_steps()`: epochs
+of `train_one_epoch()`, each batch one `train.step.train_step()`, dev evaluation at every
+epoch's end, until a stop rule (`RunLimits`) fires. Distribution changes only what `run.sync`
+(a `train.sync.Synchronizer`) does: at the step's sync point, and where every process must
+take the same branch (`run.sync.agree`). DDP, Hogwild workers (`distributed.hogwild`), P2P
+agents (`p2p.workspace`) and networked peers (`p2p.net.peer`) run these same functions with
+their own synchronizer and stop rule. Under torchrun (`torchrun --nproc_per_node=2 -m
+speechswarm train ...`) `train()` joins the process group itself; only rank 0 logs,
+evaluates and saves.
 """
 
 from __future__ import annotations
@@ -17,23 +20,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-import torch
 from tqdm import tqdm
 
-from speechswarm.build import autocast
 from speechswarm.checkpoint import load_checkpoint
 from speechswarm.config import Config, dump_yaml
-from speechswarm.data.dataset import Batch
 from speechswarm.evaluate import evaluate
 from speechswarm.report import MetricsLogger
 from speechswarm.train import ddp
+from speechswarm.train.assemble import build_run
+from speechswarm.train.optim import BudgetedLR
 from speechswarm.train.rng import restore_rng_state
-from speechswarm.train.setup import Run, make_checkpoint_state, setup_run
+from speechswarm.train.run import Run, make_checkpoint_state
+from speechswarm.train.step import train_step
 
-
-class TrainingDiverged(RuntimeError):
-    """Too many non-finite losses in a row: the run cannot go on as configured."""
+# Stop reasons that mean the run is done as configured (a resume of it trains nothing).
+FINISHED = ("epochs", "max_steps", "time_budget", "target_wer", "early_stop")
 
 
 @dataclass
@@ -45,11 +48,14 @@ class TrainState:
     batch_in_epoch: int = 0  # batches of this epoch consumed (the sampler's resume point)
     audio_seconds: float = 0.0  # training audio seen (before speed perturbation)
     train_seconds: float = 0.0  # wall time spent in training steps, across resumes
+    wall_seconds: float = 0.0  # the run's wall time (evaluation included), across resumes
     best_score: float = math.inf  # best dev WER or CER (train.select_by) so far
     evals_since_best: int = 0
     nonfinite_in_row: int = 0
     nonfinite_total: int = 0
     skipped_utterances: int = 0
+    loss_sum: float = 0.0  # finite training losses (per utterance, one per micro-batch)
+    loss_count: int = 0
 
     def to_dict(self) -> dict:
         return {
@@ -113,32 +119,31 @@ def train(
 
 
 def _train(cfg: Config, env, resume, should_stop, progress: bool) -> TrainResult:
-    run = setup_run(cfg, progress=progress, env=env)
+    run = build_run(cfg, progress=progress, env=env)
     state = TrainState()
     rng_to_restore = None
     checkpoint_path = resume_path(run, resume)
     if checkpoint_path is not None:
-        rng_to_restore = _restore(run, state, checkpoint_path)
+        rng_to_restore = restore(run, state, checkpoint_path)
         run.log.info(f"resumed from {checkpoint_path} at step {state.step}, epoch {state.epoch}")
     if run.sync.is_main:
         run.metrics = MetricsLogger(run.dir, resume_step=state.step if checkpoint_path else None)
         (run.dir / "config.yaml").write_text(dump_yaml(cfg))
-
-    started = time.perf_counter()
+    limits = RunLimits(run, state, should_stop)
     dev_history = run.dev_history
-    while True:
-        if state.epoch >= cfg.train.epochs:
-            stop_reason = "epochs"
-            break
-        stop_reason = train_one_epoch(run, state, started, should_stop, rng_to_restore, progress)
-        rng_to_restore = None
-        if stop_reason:
-            break
-        state.epoch += 1  # before evaluating, so its checkpoint resumes at the next epoch
-        state.batch_in_epoch = 0
-        stop_reason = evaluate_and_save(run, state, dev_history)
-        if stop_reason:
-            break
+    finished = run.sync.agree(limits(state)) if checkpoint_path is not None else ""
+    if finished in FINISHED:
+        log_finished(run, state, finished)
+        stop_reason = finished
+    else:
+        stop_reason = run_steps(
+            run,
+            state,
+            limits,
+            at_epoch_end=lambda s: evaluate_and_save(run, s, dev_history),
+            rng_to_restore=rng_to_restore,
+            progress=progress,
+        )
     if stop_reason in ("max_steps", "time_budget") and run.last_eval_step != state.step:
         evaluate_and_save(run, state, dev_history)  # score the final weights: best.pt exists
     if run.last_save_step != state.step:
@@ -150,180 +155,144 @@ def _train(cfg: Config, env, resume, should_stop, progress: bool) -> TrainResult
     return TrainResult(run.dir, stop_reason, state, run.checkpoints.best_path(), dev_history)
 
 
+def log_finished(run: Run, state: TrainState, reason: str) -> None:
+    """One line for a resumed run that had already finished: it trains nothing."""
+    run.log.info(
+        f"run already finished ({reason}) at step {state.step}, epoch {state.epoch}: "
+        "nothing to train; raise that limit in the config to train on"
+    )
+
+
+def run_steps(
+    run: Run,
+    state: TrainState,
+    stop: StopRule,
+    *,
+    at_epoch_end: Callable[[TrainState], str] | None = None,
+    rng_to_restore: dict | None = None,
+    progress: bool = False,
+) -> str:
+    """Train epoch after epoch from `state`'s place until `stop(state)` (asked before the
+    first batch, after every step and at every epoch's end) or `at_epoch_end(state)` (the
+    central run's dev evaluation) names a reason, which it returns.
+
+    The outer loop of every mode: `speechswarm train` and DDP, Hogwild workers, a P2P agent's
+    round, a networked peer. A run whose stop rule already holds takes no step."""
+    reason = run.sync.agree(stop(state))
+    while not reason:
+        reason = train_one_epoch(run, state, stop, rng_to_restore, progress)
+        rng_to_restore = None
+        if reason:
+            break
+        state.epoch += 1  # before evaluating, so its checkpoint resumes at the next epoch
+        state.batch_in_epoch = 0
+        if at_epoch_end is not None:
+            reason = at_epoch_end(state)
+        if not reason:
+            reason = run.sync.agree(stop(state))
+    return reason
+
+
 def train_one_epoch(
     run: Run,
     state: TrainState,
-    started: float,
-    should_stop: Callable[[TrainState], bool] | None,
-    rng_to_restore: dict | None,
-    progress: bool,
+    stop: StopRule,
+    rng_to_restore: dict | None = None,
+    progress: bool = False,
 ) -> str:
-    """Train on this epoch's remaining batches; return why it stopped ("" at epoch end)."""
+    """Train on this epoch's remaining batches, one `train_step` each; return why it stopped
+    ("" at the epoch's end). Dev evaluation and checkpoints every `train.eval_every` /
+    `train.checkpoint_every` steps; a log line every `train.log_every`."""
     cfg = run.cfg.train
-    model, optimizer, sync = run.model, run.optimizer, run.sync
     run.sampler.set_epoch(state.epoch, state.batch_in_epoch)
     run.dataset_set_epoch(state.epoch)
     batches = iter(run.loader)  # starts the workers; they draw nothing from the global RNG
     if rng_to_restore is not None:
         restore_rng_state(rng_to_restore)  # dropout etc. continue where the checkpoint left off
-    model.train()
+    run.model.train()
     total = len(run.sampler)
     bar = tqdm(
         batches,
         total=total,
         desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
-        disable=not (progress and sync.is_main),
+        disable=not (progress and run.sync.is_main),
         leave=False,
     )
     window = _Window()
-    accumulated = 0
-    norm_stats = NormStatistics(model)
     ready = time.perf_counter()  # when the loop last asked the loader for a batch
     for batch in bar:
-        t0 = time.perf_counter()
-        window.wait += t0 - ready  # time the model sat idle waiting on data
+        window.wait += time.perf_counter() - ready  # time the model sat idle waiting on data
         state.batch_in_epoch += 1
-        state.skipped_utterances += batch.skipped
-        with run.grad_sync(accumulated + 1 == run.accumulate):  # DDP: all-reduce on the last
-            norm_stats.save()
-            loss = _forward(run, batch) if batch.ids else None
-            flag = "empty" if loss is None else "" if torch.isfinite(loss) else "nonfinite"
-            flag = sync.agree(flag)  # skip a batch everywhere or nowhere
-            if not flag:
-                run.backward(loss * (1.0 / run.accumulate))
-        if flag == "empty":
-            ready = time.perf_counter()
-            continue
-        if flag:  # non-finite: drop this batch's gradients, count, maybe give up
-            ready = time.perf_counter()
-            norm_stats.restore()  # its forward pass moved them
-            optimizer.zero_grad(set_to_none=True)
-            accumulated = 0
-            _count_nonfinite(state, cfg.max_nonfinite)
-            continue
-        accumulated += 1
-        loss = float(loss.detach())
-        if accumulated == run.accumulate:
-            grad_norm = run.optimizer_step()  # skips the update if the gradient is not finite
-            accumulated = 0
-            state.step += 1
-            # ---- sync point: DDP has all-reduced gradients inside backward(); Hogwild and
-            # ---- peer-to-peer synchronizers act here, after the local step.
-            sync.after_step(model, state)
-            if math.isfinite(grad_norm):
-                state.nonfinite_in_row = 0
-                window.add(loss, grad_norm)
-            else:
-                _count_nonfinite(state, cfg.max_nonfinite)
-        audio = float(batch.wave_lens.sum()) / run.sample_rate
+        result = train_step(run, state, batch)
         now = time.perf_counter()
-        state.audio_seconds += audio
+        if result.flag:  # empty or skipped: no training time, no log line, no stop check
+            ready = now
+            continue
+        if result.stepped and math.isfinite(result.grad_norm):
+            window.add(result.loss, result.grad_norm)
         state.train_seconds += now - ready
-        window.audio += audio
+        window.audio += result.audio_seconds
         window.seconds += now - ready
         ready = now
-        if state.step and accumulated == 0 and state.step % cfg.log_every == 0:
+        stepped = result.stepped
+        if stepped and state.step % cfg.log_every == 0:
             _log_window(run, state, window, bar)
             window = _Window()
-        reason = sync.agree(_stop_reason(run, state, started, should_stop))
+        reason = run.sync.agree(stop(state))
         if reason:
             return reason
         if (
-            cfg.eval_every
-            and accumulated == 0
+            stepped
+            and cfg.eval_every
             and state.step % cfg.eval_every == 0
-            and state.batch_in_epoch < total
+            and (state.batch_in_epoch < total)
         ):
             reason = evaluate_and_save(run, state, run.dev_history)
             if reason:
                 return reason
-        elif cfg.checkpoint_every and accumulated == 0 and state.step % cfg.checkpoint_every == 0:
+        elif stepped and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
             save(run, state)
         ready = time.perf_counter()  # evaluation and saving are not data wait
     return ""
 
 
-class NormStatistics:
-    """A model's BatchNorm running statistics, saved before a forward pass and put back when
-    its batch is skipped. A batch whose loss is not finite has already updated them; kept, a
-    single NaN there would ruin every later evaluation (eval mode reads them) while training,
-    on batch statistics, carried on."""
+class StopRule(Protocol):
+    """Why a run should stop now ("" to go on), from its `TrainState`."""
 
-    def __init__(self, model: torch.nn.Module):
-        self.buffers = [
-            b
-            for m in model.modules()
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-            for b in (m.running_mean, m.running_var, m.num_batches_tracked)
-            if b is not None
-        ]
-        self._saved: list[torch.Tensor] = []
-
-    def save(self) -> None:
-        self._saved = [b.clone() for b in self.buffers]
-
-    def restore(self) -> None:
-        for buf, old in zip(self.buffers, self._saved, strict=True):
-            buf.copy_(old)
+    def __call__(self, state: TrainState) -> str: ...
 
 
-def _forward(run: Run, batch: Batch) -> torch.Tensor:
-    """The loop's per-batch loss (through the DDP wrapper when there is one)."""
-    return forward_loss(
-        run.forward_model or run.model,
-        run.extractor,
-        run.ctc,
-        batch,
-        device=run.device,
-        amp_dtype=run.amp_dtype,
-        generator=run.generator,
-        wave_augment=run.wave_augment,
-        spec_augment=run.spec_augment,
-    )
+class RunLimits:
+    """The stop rules of `cfg.train`: epochs, max_steps, time budget, target WER, early
+    stopping, and `should_stop(state)` ("interrupted"). Each reads `state` (and the dev
+    history), so a resumed run whose rule already holds stops before its first step.
 
+    The time budget counts the run's wall time across resumes: asking updates
+    `state.wall_seconds`, which checkpoints carry."""
 
-def forward_loss(
-    model: torch.nn.Module,
-    extractor: torch.nn.Module,
-    ctc: Callable,
-    batch: Batch,
-    *,
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
-    generator: torch.Generator | None = None,
-    wave_augment: Callable | None = None,
-    spec_augment: Callable | None = None,
-) -> torch.Tensor:
-    """Features, augmentation, forward, CTC loss: the per-utterance loss, a () tensor.
+    def __init__(self, run: Run, state: TrainState, should_stop=None) -> None:
+        self.cfg, self.dev_history, self.should_stop = run.cfg.train, run.dev_history, should_stop
+        self.origin = time.perf_counter() - state.wall_seconds
 
-    The one per-batch path of every trainer (this loop, Hogwild, peer-to-peer agents, the
-    benchmark). `ctc`: `nn.CTCLoss(blank=0, reduction="sum")`; the augmenters draw from
-    `generator`; `amp_dtype` from `build.resolve_precision` (None: fp32)."""
-    batch = batch.to(device)
-    with torch.no_grad():
-        waves = batch.waves
-        if wave_augment is not None:
-            waves = wave_augment(waves, batch.wave_lens, generator)
-        feats, feat_lens = extractor(waves, batch.wave_lens)  # (N, T, F), (N,) frames
-        if spec_augment is not None:
-            feats = spec_augment(feats, feat_lens, generator)
-    with autocast(device, amp_dtype):
-        log_probs, out_lens = model(feats, feat_lens)  # (N, T', V) log-softmax, (N,)
-    # CTC in fp32 on (T', N, V); summed over the batch then divided by N: a per-utterance loss
-    # that does not shrink long transcripts as reduction="mean" (per target token) would.
-    loss = ctc(log_probs.float().transpose(0, 1), batch.tokens, out_lens, batch.token_lens)
-    return loss / len(batch.ids)
+    def __call__(self, state: TrainState) -> str:
+        cfg = self.cfg
+        state.wall_seconds = time.perf_counter() - self.origin
+        if state.epoch >= cfg.epochs:
+            return "epochs"
+        if cfg.max_steps and state.step >= cfg.max_steps:
+            return "max_steps"
+        if cfg.time_budget_min and state.wall_seconds >= cfg.time_budget_min * 60:
+            return "time_budget"
+        if cfg.target_wer and self.dev_history and self._last_wer() <= cfg.target_wer:
+            return "target_wer"
+        if cfg.early_stop_patience and state.evals_since_best >= cfg.early_stop_patience:
+            return "early_stop"
+        if self.should_stop is not None and self.should_stop(state):
+            return "interrupted"
+        return ""
 
-
-def _stop_reason(run: Run, state: TrainState, started: float, should_stop) -> str:
-    cfg = run.cfg.train
-    if cfg.max_steps and state.step >= cfg.max_steps:
-        return "max_steps"
-    if cfg.time_budget_min and time.perf_counter() - started >= cfg.time_budget_min * 60:
-        return "time_budget"
-    if should_stop is not None and should_stop(state):
-        return "interrupted"
-    return ""
+    def _last_wer(self) -> float:
+        return self.dev_history[-1]["dev_wer"]
 
 
 def save(run: Run, state: TrainState, metric: float | None = None) -> None:
@@ -392,12 +361,14 @@ def resume_path(run: Run, resume: str | None) -> Path | None:
     return Path(resume)  # train() checked that it exists
 
 
-def _restore(run: Run, state: TrainState, path: Path) -> dict:
+def restore(run: Run, state: TrainState, path: Path) -> dict:
     """Load a checkpoint into the run and `state`; returns the RNG state to restore."""
     ckpt = load_checkpoint(path)
     rng = run.load_state(ckpt)
     restored = TrainState.from_dict(ckpt["train_state"])
     vars(state).update(vars(restored))
+    if isinstance(run.scheduler, BudgetedLR):
+        run.scheduler.resume_clock(state.wall_seconds)  # the budget spans resumes
     saved_world = int(ckpt.get("world_size", 1))
     if saved_world != run.env.world_size and state.batch_in_epoch:
         # Batches are dealt to ranks in turn: the same share of the epoch is done.
@@ -405,18 +376,6 @@ def _restore(run: Run, state: TrainState, path: Path) -> dict:
     run.last_eval_step = run.dev_history[-1]["step"] if run.dev_history else None
     run.last_save_step = state.step
     return rng
-
-
-def _count_nonfinite(state: TrainState, limit: int) -> None:
-    """One more skipped batch or update (non-finite loss or gradient); stop after `limit` in a
-    row: by then the weights or the recipe are broken, and going on only burns the budget."""
-    state.nonfinite_in_row += 1
-    state.nonfinite_total += 1
-    if state.nonfinite_in_row >= limit:
-        raise TrainingDiverged(
-            f"{state.nonfinite_in_row} non-finite losses or gradients in a row at step "
-            f"{state.step}: lower optim.lr, set optim.grad_clip, or use precision=fp32"
-        )
 
 
 class _Window:

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from speechswarm.config import Config
+
 SCHEDULES = ("constant", "warmup", "cosine", "onecycle", "anneal")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 
@@ -217,10 +219,10 @@ def budget_step(step: int, lead: int, elapsed_s: float, budget_s: float, total_s
 class BudgetedLR(torch.optim.lr_scheduler.LambdaLR):
     """LambdaLR on `budget_step`: schedule position = max(steps, elapsed share of the budget).
 
-    The clock starts when the scheduler is built (with the run). `lead` (how far the
-    schedule runs ahead of the step count) is kept in the state dict, so a resumed run
-    continues from the position it had reached; its new time budget (the loop's budget
-    restarts on resume) only ever moves the position further.
+    The clock starts when the scheduler is built (with the run); a resumed run sets it to
+    the wall time its run had already spent (`resume_clock`), as the loop's time budget
+    counts it. `lead` (how far the schedule runs ahead of the step count) is kept in the
+    state dict, so a resumed run continues from the position it had reached.
     """
 
     def __init__(self, optimizer, budget_s: float, clock: Callable[[], float], schedule: dict):
@@ -230,6 +232,10 @@ class BudgetedLR(torch.optim.lr_scheduler.LambdaLR):
         self._schedule = schedule
         self.lead = 0
         super().__init__(optimizer, self._factor)
+
+    def resume_clock(self, elapsed_s: float) -> None:
+        """Count `elapsed_s` of the budget as already spent."""
+        self._started = self._clock() - elapsed_s
 
     def _factor(self, step: int) -> float:
         elapsed = self._clock() - self._started
@@ -247,3 +253,57 @@ class BudgetedLR(torch.optim.lr_scheduler.LambdaLR):
 
 
 _LR_STATE = ("_last_lr", "_step_count", "_get_lr_called_within_step", "_is_initial")
+
+
+def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimizer `cfg.optim` describes, over `model`'s trainable parameters."""
+    o = cfg.optim
+    return build_optimizer(
+        model.named_parameters(),
+        name=o.name,
+        lr=o.lr,
+        weight_decay=o.weight_decay,
+        momentum=o.momentum,
+        nesterov=o.nesterov,
+        betas=o.betas,
+    )
+
+
+def make_scheduler(
+    cfg: Config,
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    time_budget_s: float = 0.0,
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule `cfg.optim` describes, for a run of `total_steps`; with
+    `time_budget_s`, an ending schedule also ends when the budget does (`build_scheduler`)."""
+    o = cfg.optim
+    return build_scheduler(
+        optimizer,
+        time_budget_s=time_budget_s,
+        name=o.schedule,
+        total_steps=total_steps,
+        warmup_steps=o.warmup_steps,
+        steps_per_epoch=steps_per_epoch,
+        anneal_factor=o.anneal_factor,
+        min_factor=o.min_factor,
+        pct_start=o.pct_start,
+    )
+
+
+def per_rank_accumulate(accumulate: int, world_size: int) -> int:
+    """Micro-batches each rank accumulates per optimizer step, so that `optim.accumulate`
+    means the same global batch at any world size (as nanoGPT does): accumulate=8 is 8
+    micro-batches on one process, 4 on each of 2 ranks. accumulate=1 with W ranks cannot be
+    divided: each rank steps after every batch (a global batch W times larger)."""
+    if accumulate < 1:
+        raise ValueError(f"optim.accumulate must be >= 1, got {accumulate}")
+    if accumulate == 1:
+        return 1
+    if accumulate % world_size:
+        raise ValueError(
+            f"optim.accumulate={accumulate} is not divisible by the {world_size} processes: "
+            f"use a multiple of {world_size} (it counts micro-batches across all of them)"
+        )
+    return accumulate // world_size

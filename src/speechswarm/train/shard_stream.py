@@ -2,7 +2,7 @@
 
     speechswarm train --config tiny data.shards=data/shards
 
-`shard_source()` builds what `train.setup.setup_run` needs for it: the shard batches (the
+`shard_source()` builds what `train.assemble.build_run` needs for it: the shard batches (the
 dataset whose epoch sets the shard order) and a `ShardStream`, which stands in the sampler's
 place for the loop: epochs, resume point and a batch count.
 """

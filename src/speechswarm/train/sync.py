@@ -22,7 +22,7 @@ import torch
 # most severe one any process raised ("" means: nothing, go on).
 # "empty": a batch with no usable utterance, "nonfinite": a non-finite loss (every process
 # then skips the batch: under DDP a rank that skipped backward alone would hang the others).
-FLAGS = ("", "empty", "nonfinite", "epochs", "max_steps", "time_budget", "interrupted",
+FLAGS = ("", "empty", "nonfinite", "round_end", "epochs", "max_steps", "time_budget", "interrupted",
          "target_wer", "early_stop")  # fmt: skip
 
 

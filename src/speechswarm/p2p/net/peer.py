@@ -3,8 +3,8 @@
     speechswarm peer --config p2p-tiny --data mine.jsonl --out runs/me
     speechswarm peer --config p2p-tiny --data mine.jsonl --initial-peers /ip4/10.0.0.5/tcp/4100/p2p/12D3...
 
-`run_peer()` builds the ordinary training run (`train.setup.setup_run`), joins the run's
-hivemind DHT, and trains through the ordinary loop (`train.loop.train_one_epoch`) with a
+`run_peer()` builds the ordinary training run (`train.assemble.build_run`), joins the run's
+hivemind DHT, and trains through the ordinary loop (`train.loop.run_steps`) with a
 `HivemindSync` at the loop's sync point: every `every` local steps it averages the model's
 floating tensors with whichever peers are looking for a group at that moment (hivemind
 `DecentralizedAverager`, groups of up to `group_size`, weights = training-set sizes), checks
@@ -31,9 +31,9 @@ import torch
 from speechswarm.config import Config
 from speechswarm.data.manifest import read_manifest, write_manifest
 from speechswarm.p2p import mixing
-from speechswarm.p2p.local import batchnorm_stat_names
 from speechswarm.p2p.net.auth import Gate, run_secret_authorizer
 from speechswarm.p2p.net.settings import NetSettings
+from speechswarm.p2p.workspace import batchnorm_stat_names
 
 
 def hivemind_compression(kind: str):
@@ -297,8 +297,8 @@ def run_peer(
     progress: bool = True,
 ) -> dict:
     """Train one peer to p2p.rounds averaging rounds; returns (and writes) its summary."""
-    from speechswarm.train.loop import TrainState, save, train_one_epoch
-    from speechswarm.train.setup import setup_run
+    from speechswarm.train.assemble import build_run, schedule_for
+    from speechswarm.train.loop import RunLimits, TrainState, run_steps, save
 
     settings = settings or NetSettings()
     gate = gate or Gate()
@@ -306,11 +306,11 @@ def run_peer(
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     train_path, test_path = _split(data, test, cfg, out_dir)
-    probe = peer_config(cfg, train_path, test_path, out_dir, 1)
-    run = setup_run(probe, progress=progress)
+    run = build_run(peer_config(cfg, train_path, test_path, out_dir, 1), progress=progress)
     every = steps_per_round(cfg, settings, len(run.sampler))
-    if every != 1:
-        run = setup_run(peer_config(cfg, train_path, test_path, out_dir, every), progress=progress)
+    if every != 1:  # p2p.rounds rounds of `every` steps: the schedule spans them
+        run.cfg = peer_config(cfg, train_path, test_path, out_dir, every)
+        run.scheduler = schedule_for(run.cfg, run.optimizer, len(run.sampler), run.accumulate)
     names = averaged_names(run.model, cfg.p2p.bn_stats)
     weight = float(len(run.sampler.durations)) if cfg.p2p.weights == "data_size" else 1.0
     dht = start_dht(settings, gate, initial_peers, identity)
@@ -335,11 +335,8 @@ def run_peer(
         from speechswarm.report import MetricsLogger
 
         run.metrics = MetricsLogger(out_dir, tensorboard=False)
-        state, started, reason = TrainState(), time.perf_counter(), ""
-        while not reason:
-            reason = train_one_epoch(run, state, started, None, None, progress)
-            if not reason:
-                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        state, started = TrainState(), time.perf_counter()
+        run_steps(run, state, RunLimits(run, state), progress=progress)
         wall = time.perf_counter() - started
         save(run, state)  # checkpoints/: the peer's final model, for eval, transcribe, export
         scores = _score(run, test_path, global_test)
