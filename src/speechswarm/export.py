@@ -1,7 +1,7 @@
 """Export a checkpoint to ONNX (waveform in, CTC log-probs out) and check it against PyTorch.
 
     speechswarm export --checkpoint runs/demo/checkpoints/best.pt --out model.onnx --check
-    speechswarm export --checkpoint best.pt --out model.int8.onnx --quantize int8
+    speechswarm export --checkpoint best.pt --out model.onnx --quantize int8
 
 The graph holds the whole acoustic front end, so a deployment needs only onnxruntime and
 an audio reader (`speechswarm.onnx_runtime`, no torch):
@@ -44,9 +44,10 @@ from torch import nn
 
 import speechswarm
 from speechswarm.checkpoint import load_checkpoint
-from speechswarm.decode.beam import quiet_native_output
+from speechswarm.errors import UnavailableError, UsageError
 from speechswarm.features import LOG_EPS, NORM_EPS, FeatureExtractor
 from speechswarm.model import model_from_settings
+from speechswarm.native_output import quiet_native_output
 
 FORMAT_VERSION = 1
 OPSET = 17
@@ -119,6 +120,18 @@ class ExportWrapper(nn.Module):
         return self.model(feats, feat_lens)
 
 
+def _import_onnx():
+    """The onnx module; a missing onnx or onnxruntime is the user's to install."""
+    try:
+        import onnx
+        import onnxruntime  # noqa: F401 (the parity check and quantisation need it)
+    except ImportError as e:
+        raise UnavailableError(
+            f"ONNX export needs onnx and onnxruntime: pip install 'speechswarm[onnx]' ({e})"
+        ) from None
+    return onnx
+
+
 def load_for_export(checkpoint: str | os.PathLike) -> tuple[dict, FeatureExtractor, nn.Module]:
     """(checkpoint dict, extractor, model in eval mode on the CPU) from a checkpoint file."""
     ckpt = load_checkpoint(Path(checkpoint))
@@ -130,7 +143,7 @@ def load_for_export(checkpoint: str | os.PathLike) -> tuple[dict, FeatureExtract
 
 def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, opset: int = OPSET) -> Path:
     """Write `checkpoint` as an ONNX model with metadata to `out`; returns the path."""
-    import onnx
+    onnx = _import_onnx()
 
     ckpt, extractor, model = load_for_export(checkpoint)
     model.rnn_packing = "packed"  # exports to GRU nodes with sequence_lens (module docstring)
@@ -249,7 +262,7 @@ def quantize_int8(onnx_in: str | os.PathLike, out: str | os.PathLike) -> Path:
     convolutions and matrix products onnxruntime supports; its GRU nodes stay float32 (no
     int8 GRU kernel), and so does the feature front end (DFT, mel, DCT): int8 spectra would
     distort every frame. Metadata is kept. Measured cost: docs/decoding.md."""
-    import onnx
+    onnx = _import_onnx()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     proto = onnx.load(str(onnx_in))
@@ -272,3 +285,43 @@ def quantize_int8(onnx_in: str | os.PathLike, out: str | os.PathLike) -> Path:
     set_metadata(quantized, metadata)
     onnx.save(quantized, str(out))
     return out
+
+
+def export_and_check(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    check: bool = False,
+    quantize: str | None = None,
+) -> bool:
+    """`speechswarm export`: write `checkpoint` as ONNX to `out` (and, with quantize="int8",
+    an int8 copy beside it as `<out>.int8.onnx`); with `check`, compare each file with
+    PyTorch on random batches. Prints one line per file written and per check. Returns
+    False when the float model fails its parity bound; the int8 model's difference is
+    reported, not bounded: quantisation moves log-probs by design, its cost is WER."""
+    if quantize not in (None, "int8"):
+        raise UsageError(f"export: quantize must be None or 'int8', got {quantize!r}")
+    start = time.perf_counter()
+    out = export_onnx(checkpoint, out)
+    size_mb, seconds = out.stat().st_size / 1e6, time.perf_counter() - start
+    print(f"export: {checkpoint} -> {out} ({size_mb:.1f} MB, {seconds:.1f} s)")
+    paths = [out]
+    if quantize:
+        q = quantize_int8(out, out.with_suffix(".int8.onnx"))
+        print(f"export: int8 dynamic quantisation -> {q} ({q.stat().st_size / 1e6:.1f} MB)")
+        paths.append(q)
+    if not check:
+        return True
+    ok = True
+    for path in paths:
+        r = check_parity(path, checkpoint)
+        verdict = "ok" if r.ok else "FAILED"
+        if path != out:
+            verdict = "int8, not bounded; measure its WER with `speechswarm eval --onnx`"
+        print(
+            f"check {path.name}: onnxruntime vs PyTorch on {r.utterances} random utterances in "
+            f"{r.batches} batches: max |log-prob diff| {r.max_abs_diff:.2e} (bound "
+            f"{PARITY_BOUND:.0e}), lengths {'equal' if r.lengths_match else 'DIFFER'}: {verdict}"
+        )
+        ok &= r.ok or path != out
+    return ok

@@ -21,16 +21,16 @@ from __future__ import annotations
 import copy
 import math
 import os
-import sys
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from speechswarm.decode import DecoderOptions, _check
+from speechswarm.decode.interface import DecoderOptions, check_scores
+from speechswarm.errors import DataError, InputNotFoundError, UnavailableError, UsageError
+from speechswarm.native_output import quiet_native_output
 
 INSTALL_HINT = "pip install 'speechswarm[lm]' (flashlight-text)"
 UNK = "<unk>"
@@ -40,7 +40,7 @@ def _flashlight():
     try:
         from flashlight.lib.text import decoder, dictionary
     except ImportError as e:
-        raise RuntimeError(f"beam search needs flashlight-text: {INSTALL_HINT} ({e})") from None
+        raise UnavailableError(f"beam search needs flashlight-text: {INSTALL_HINT} ({e})") from None
     return decoder, dictionary
 
 
@@ -71,7 +71,7 @@ class BeamDecoder:
             self._decoder = fl.LexiconFreeDecoder(opts, fl.ZeroLM(), self.sil, self.blank, [])
             return
         if self.sil == self.blank:
-            raise ValueError(
+            raise UsageError(
                 "beam search with an LM needs a vocabulary with a space token (a character "
                 "tokenizer); this model's tokens have none (SentencePiece?); decode it without --lm"
             )
@@ -80,7 +80,7 @@ class BeamDecoder:
         spellable = [w for w in words if w and all(c in index and c != " " for c in w)]
         self.skipped_words = len(words) - len(spellable)
         if not spellable:
-            raise ValueError(
+            raise DataError(
                 f"language model {options.lm}: none of its {len(words)} words can be spelled "
                 f"with the model's tokens {''.join(self.tokens[1:])!r}; build it from text "
                 "normalised the same way (speechswarm lm build)"
@@ -125,7 +125,7 @@ class BeamDecoder:
         return twin
 
     def decode(self, log_probs: Any, out_lens: Any) -> list[list[int]]:
-        scores, lens = _check(log_probs, out_lens, "beam")
+        scores, lens = check_scores(log_probs, out_lens, "beam")
         out = []
         for row, n in zip(scores, lens.tolist(), strict=True):
             if n == 0:
@@ -155,20 +155,20 @@ def lexicon_words(lm: str | os.PathLike, lexicon: str | os.PathLike | None = Non
 
     lm = Path(lm)
     if not lm.is_file():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"language model {lm} does not exist; build one with "
             "`speechswarm lm build --manifest TRAIN.jsonl --out lm.arpa`"
         )
     if lexicon is not None:
         lexicon = Path(lexicon)
         if not lexicon.is_file():
-            raise FileNotFoundError(f"lexicon {lexicon} does not exist (one word per line)")
+            raise InputNotFoundError(f"lexicon {lexicon} does not exist (one word per line)")
         lines = lexicon.read_text(encoding="utf-8").splitlines()
         return list(dict.fromkeys(line.split()[0] for line in lines if line.strip()))
     with open(lm, "rb") as f:
         head = f.read(64)
     if b"\\data\\" not in head and not head.lstrip().startswith(b"\\"):
-        raise ValueError(
+        raise DataError(
             f"language model {lm} is not an ARPA text file (a KenLM binary?); pass its word "
             "list with --lexicon WORDS.txt (one word per line), or use the ARPA file"
         )
@@ -182,27 +182,7 @@ def _load_kenlm(path: str | os.PathLike, word_dict):
 
             return KenLM(str(path), word_dict)
     except Exception as e:  # KenLM raises plain RuntimeErrors with its own message
-        raise ValueError(
+        raise DataError(
             f"language model {path}: KenLM could not read it ({e}); rebuild it with "
             "`speechswarm lm build`"
         ) from None
-
-
-@contextmanager
-def quiet_native_output():
-    """Silence C-level stdout/stderr (fds 1 and 2) for the duration: for libraries that
-    print progress and hints from C++ (KenLM, the ONNX exporter); their errors still
-    arrive as exceptions."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, devnull):
-            os.close(fd)

@@ -28,10 +28,14 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from speechswarm.errors import DataError, InputNotFoundError, UsageError
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)
@@ -90,7 +94,7 @@ def count_ngrams(sentences: Iterable[Sequence[str]], order: int) -> list[Counter
     counts[n - 1][ngram]; the unigram `<s>` is counted once per sentence like any word.
     """
     if order < 1:
-        raise ValueError(f"lm: order must be >= 1, got {order}")
+        raise UsageError(f"lm: order must be >= 1, got {order}")
     counts: list[Counter[NGram]] = [Counter() for _ in range(order)]
     for words in sentences:
         seq = (BOS, *words, EOS)
@@ -198,7 +202,7 @@ def read_arpa(path: str | os.PathLike) -> NGramModel:
     """Read an ARPA file (ours or any other tool's); errors name the file and line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"language model {path} does not exist; build one with "
             "`speechswarm lm build --manifest TRAIN.jsonl --out lm.arpa`"
         )
@@ -223,7 +227,7 @@ def read_arpa(path: str | os.PathLike) -> NGramModel:
                 or len(parts) not in (section + 1, section + 2)
                 or not _is_number(parts[0])
             ):
-                raise ValueError(
+                raise DataError(
                     f"language model {path}, line {lineno}: not an ARPA n-gram line "
                     f"({line[:60]!r}); is this an ARPA file? (binary KenLM files have no text)"
                 )
@@ -232,7 +236,7 @@ def read_arpa(path: str | os.PathLike) -> NGramModel:
             if len(parts) == section + 2 and _is_number(parts[-1]):
                 backoffs[-1][gram] = float(parts[-1])
     if not probs:
-        raise ValueError(f"language model {path}: no \\1-grams: section; not an ARPA file")
+        raise DataError(f"language model {path}: no \\1-grams: section; not an ARPA file")
     return NGramModel(len(probs), tuple(probs), tuple(backoffs), discounts=())
 
 
@@ -262,7 +266,7 @@ def arpa_words(path: str | os.PathLike) -> list[str]:
                 if word not in (BOS, EOS, UNK):
                     words.append(word)
     if not in_unigrams:
-        raise ValueError(f"language model {path}: no \\1-grams: section; not an ARPA file")
+        raise DataError(f"language model {path}: no \\1-grams: section; not an ARPA file")
     return words
 
 
@@ -286,14 +290,59 @@ def build_lm(sentences: Sequence[Sequence[str]], order: int, out: str | os.PathL
     """Estimate an order-`order` model from word lists and write it as ARPA to `out`."""
     out = Path(out)
     if out.suffix == ".bin":
-        raise ValueError(
+        raise UsageError(
             f"lm build: cannot write {out}: binary KenLM files need KenLM's build_binary, "
             "which PyPI does not ship; write lm.arpa (the decoder reads ARPA) and convert it "
             "with `build_binary lm.arpa lm.bin` where KenLM is built"
         )
     if not sentences:
-        raise ValueError("lm build: no sentences to estimate from (empty text?)")
+        raise DataError("lm build: no sentences to estimate from (empty text?)")
     model = kneser_ney(count_ngrams(sentences, order))
     out.parent.mkdir(parents=True, exist_ok=True)
     write_arpa(model, out)
+    return model
+
+
+def build_lm_from(
+    out: str | os.PathLike,
+    *,
+    order: int = 3,
+    manifest: str | os.PathLike | None = None,
+    text: str | os.PathLike | None = None,
+    exclude: Sequence[str | os.PathLike] = (),
+) -> NGramModel:
+    """`speechswarm lm build`: estimate an order-`order` LM from the transcripts of
+    `manifest` or the lines of the text file `text` (normalised here as transcripts are),
+    minus every sentence that is a transcript of an `exclude` manifest (e.g. the test set);
+    write it as ARPA to `out` and print a summary line (and a note on stderr when an order
+    had too little text for estimated discounts)."""
+    from speechswarm.data.manifest import read_manifest
+    from speechswarm.data.text import normalize_text
+
+    if (manifest is None) == (text is None):
+        raise UsageError("lm build: give exactly one of a manifest or a text file")
+    if manifest is not None:
+        texts, source = [u.text for u in read_manifest(manifest)], manifest
+    else:
+        path = Path(text)
+        if not path.is_file():
+            raise InputNotFoundError(f"lm build: text file {path} does not exist")
+        lines = path.read_text(encoding="utf-8").splitlines()
+        texts, source = [normalize_text(line) for line in lines], text
+    banned = [u.text for m in exclude for u in read_manifest(m)]
+    sentences, dropped = lm_sentences(texts, banned)
+    start = time.perf_counter()
+    model = build_lm(sentences, order, out)
+    sizes = ", ".join(f"{len(level):,} {n}-grams" for n, level in enumerate(model.log10_probs, 1))
+    print(
+        f"lm: order {order} from {len(sentences):,} sentences of {source}"
+        + (f" ({dropped:,} excluded)" if dropped else "")
+        + f": {sizes} -> {out} ({time.perf_counter() - start:.1f} s)"
+    )
+    if model.fallback_orders:
+        print(
+            f"lm: orders {list(model.fallback_orders)} had too little text for estimated "
+            "discounts; used 0.5/1/1.5 (more text gives a better model)",
+            file=sys.stderr,
+        )
     return model
