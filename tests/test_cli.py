@@ -286,53 +286,6 @@ def test_transcribe_exits_1_when_every_file_fails(overfit_run, good_and_corrupt,
     assert "missing_file" in proc.stderr
 
 
-class LengthRecognizer:
-    """Stands in for a Recognizer: 'transcribes' a wave as its sample count; records batches."""
-
-    sample_rate = 16000
-
-    def __init__(self):
-        self.batches: list[list[int]] = []
-
-    def transcribe_batch(self, waves):
-        self.batches.append([len(w) for w in waves])
-        return [str(len(w)) for w in waves]
-
-
-def test_transcribe_files_batches_by_length_and_answers_in_the_given_order(tmp_path):
-    import numpy as np
-    import soundfile as sf
-
-    from speechswarm.cli import transcribe_files
-
-    seconds = [0.5, 0.2, 0.9, 0.1, 0.7]
-    paths = []
-    for i, s in enumerate(seconds):
-        paths.append(str(tmp_path / f"{i}.flac"))
-        sf.write(paths[-1], np.zeros(int(s * 16000), np.float32), 16000, format="FLAC")
-    corrupt = tmp_path / "corrupt.flac"
-    corrupt.write_bytes(b"fLaC" + bytes(range(256)) * 4)
-    given = [paths[0], str(tmp_path / "missing.flac"), *paths[1:3], str(corrupt), *paths[3:]]
-    asr = LengthRecognizer()
-    rows = list(transcribe_files(asr, given, batch_size=2))
-    assert [r[0] for r in rows] == given
-    samples = [int(s * 16000) for s in seconds]
-    # shortest first, two at a time: 0.1 s + 0.2 s, 0.5 s + 0.7 s, then 0.9 s
-    assert asr.batches == [[1600, 3200], [8000, 11200], [14400]]
-    texts = {path: text for path, text, _, error in rows if error is None}
-    assert texts == {p: str(n) for p, n in zip(paths, samples, strict=True)}
-    for _, text, secs, error in rows:
-        if error is None:
-            assert secs == pytest.approx(int(text) / 16000)
-    errors = {path: error.reason for path, _, _, error in rows if error is not None}
-    assert errors == {given[1]: "missing_file", str(corrupt): "unreadable_audio"}
-    # Nothing readable: every error still comes out, in order.
-    assert [r[0] for r in transcribe_files(asr, [given[1], str(corrupt)], 4)] == [
-        given[1],
-        str(corrupt),
-    ]
-
-
 @pytest.mark.slow  # needs overfit_run (~25 s)
 def test_transcribe_in_batches_keeps_order_and_takes_a_precision(
     overfit_run, good_and_corrupt, tmp_path, one_torch_thread
@@ -362,3 +315,39 @@ def test_precision_is_for_checkpoints_only(tmp_path):
     assert_clean_failure(proc, "eval", "--precision applies to --checkpoint")
     proc = cli("transcribe", "--checkpoint", "c.pt", "--batch-size", "0", "x.wav", cwd=tmp_path)
     assert_clean_failure(proc, "transcribe", "--batch-size must be >= 1")
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_a_user_error_is_one_line_and_exit_code_1(tmp_path, capsys):
+    from speechswarm.cli import main
+
+    code = main(["lm", "build", "--text", str(tmp_path / "none.txt"), "--out", "lm.arpa"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.splitlines() == [
+        f"speechswarm lm: error: lm build: text file {tmp_path / 'none.txt'} does not exist"
+    ]
+
+
+@pytest.mark.parametrize("kind", ["RuntimeError", "ValueError"])
+def test_an_unexpected_exception_keeps_its_traceback(tmp_path, kind):
+    """Only SpeechswarmErrors (and a missing input file) are user errors: a bug, or an
+    out-of-memory RuntimeError, must show where it happened."""
+    script = (
+        "import speechswarm.decode.lm as lm\n"
+        "def boom(*args, **kwargs):\n"
+        f"    raise {kind}('boom')\n"
+        "lm.build_lm_from = boom\n"
+        "from speechswarm.cli import main\n"
+        "raise SystemExit(main(['lm', 'build', '--text', 't.txt', '--out', 'lm.arpa']))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=ENV, capture_output=True, text=True
+    )
+    assert proc.returncode == 1
+    assert "Traceback (most recent call last)" in proc.stderr, proc.stderr
+    assert "in _lm_build" in proc.stderr and "in boom" in proc.stderr  # where it happened
+    assert proc.stderr.strip().splitlines()[-1] == f"{kind}: boom"
+    assert "error:" not in proc.stderr

@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+from speechswarm.errors import UsageError, run_command
+
 # Command groups that live beside the code they drive; each module has `add_parser(sub)`.
 COMMAND_MODULES = (
     "speechswarm.train.cli",
@@ -29,37 +31,9 @@ PREPARE_FORMATS = ("librispeech", "ljspeech", "userlibri", "commonvoice", "csv",
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(_parser(), argv)
-
-
-def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
-    """Parse `argv`, call the chosen command; user errors become one line and exit code 1."""
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:
-        if not _is_user_error(e):
-            raise
-        # User-facing failures (bad paths, configs, data): one clear line, no traceback.
-        print(f"speechswarm {args.command}: error: {e}", file=sys.stderr)
-        return 1
-
-
-def _is_user_error(e: Exception) -> bool:
-    # Imported here, not at the top: `speechswarm --help` should not wait for torch. A
-    # CheckpointError exists only once torch is loaded; `transcribe --onnx` never loads it.
-    from speechswarm.data.audio import AudioError
-
-    kinds: tuple[type, ...] = (FileNotFoundError, ValueError, RuntimeError, AudioError)
-    if "speechswarm.checkpoint" in sys.modules:
-        kinds += (sys.modules["speechswarm.checkpoint"].CheckpointError,)
-    return isinstance(e, kinds)
+    """The `speechswarm` command. A user error (`speechswarm.errors.SpeechswarmError`, a
+    missing input file) prints one line and exits 1; any other exception keeps its traceback."""
+    return run_command(_parser(), argv)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -238,7 +212,7 @@ def _add_precision_arg(s: argparse.ArgumentParser) -> None:
 
 def _check_onnx_precision(args) -> None:
     if args.onnx and args.precision != "auto":
-        raise ValueError("--precision applies to --checkpoint; ONNX models run in fp32")
+        raise UsageError("--precision applies to --checkpoint; ONNX models run in fp32")
 
 
 def _add_decoder_args(s: argparse.ArgumentParser) -> None:
@@ -263,7 +237,7 @@ def _decoder_options(args):
 
     kind = args.decoder or ("beam" if args.lm else "greedy")
     if args.lm and kind == "greedy":
-        raise ValueError("--lm needs beam search: drop --decoder greedy or use --decoder beam")
+        raise UsageError("--lm needs beam search: drop --decoder greedy or use --decoder beam")
     return DecoderOptions(
         kind,
         lm=args.lm,
@@ -311,16 +285,9 @@ def _validate(args) -> int:
 
 
 def _tokenizer_train(args) -> int:
-    from speechswarm.data.manifest import read_manifest
-    from speechswarm.data.tokenizer import train_sentencepiece
+    from speechswarm.data.tokenizer import train_tokenizer
 
-    texts = [u.text for u in read_manifest(args.manifest)]
-    tok = train_sentencepiece(texts, args.vocab_size, model_type=args.model_type)
-    tok.save(args.out)
-    print(
-        f"tokenizer: {len(tok)} tokens (incl. blank) from {len(texts):,} transcripts -> {args.out}"
-    )
-    print(f"use it with: speechswarm train tokenizer.kind=sentencepiece tokenizer.path={args.out}")
+    train_tokenizer(args.manifest, args.vocab_size, args.out, model_type=args.model_type)
     return 0
 
 
@@ -362,122 +329,28 @@ def _eval(args) -> int:
 
 
 def _transcribe(args) -> int:
-    import time
+    from speechswarm.transcribe import transcribe_files
 
-    _check_onnx_precision(args)
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    options = _decoder_options(args)
-    if args.onnx:  # onnxruntime only: nothing on this path imports torch
-        from speechswarm.onnx_runtime import OnnxRecognizer
-
-        asr = OnnxRecognizer(args.onnx, decoder=options, threads=args.threads or 0)
-        engine = f"onnxruntime, threads={args.threads or 'default'}"
-    else:
-        from speechswarm.inference import load
-
-        if args.threads:
-            import torch
-
-            torch.set_num_threads(args.threads)
-        asr = load(args.checkpoint, device=args.device, precision=args.precision, decoder=options)
-        engine = f"PyTorch on {asr.device}, {asr.precision}"
-    from speechswarm.data.audio import expand_audio_paths
-
-    files = expand_audio_paths(args.files)
-    failed, audio_seconds, start = 0, 0.0, time.perf_counter()
-    for path, text, seconds, error in transcribe_files(asr, files, args.batch_size):
-        if error is not None:
-            failed += 1
-            line = {"file": path, "error": str(error)} if args.json else f"{path}\tERROR: {error}"
-            print(
-                json.dumps(line) if args.json else line,
-                file=sys.stdout if args.json else sys.stderr,
-            )
-            continue
-        audio_seconds += seconds
-        print(json.dumps({"file": path, "text": text}) if args.json else f"{path}\t{text}")
-    busy = time.perf_counter() - start
-    done = len(files) - failed
-    if done:
-        print(
-            f"transcribed {done} file(s), {audio_seconds:.1f} s of audio in {busy:.2f} s: "
-            f"real-time factor {busy / max(audio_seconds, 1e-9):.4f} ({engine}, "
-            f"{options.kind} decoding, batches of <= {args.batch_size})",
-            file=sys.stderr,
-        )
-    return 1 if failed == len(files) else 0
-
-
-def transcribe_files(asr, paths: list[str], batch_size: int):
-    """Yield (path, text, audio seconds, error) for each of `paths`, in their order.
-
-    `asr`: a `Recognizer` or `OnnxRecognizer`. Files are sorted by length (from their
-    headers) and transcribed `batch_size` at a time, so a batch pads little; a result is
-    yielded as soon as every earlier path has one. A file that cannot be read yields its
-    AudioError (and None text) instead of stopping the others."""
-    from speechswarm.data.audio import AudioError, audio_info, load_audio
-
-    results: dict[int, tuple] = {}
-    lengths: dict[int, float] = {}
-    for i, path in enumerate(paths):
-        try:
-            rate, frames, _ = audio_info(path)
-            lengths[i] = frames / rate
-        except AudioError as e:
-            results[i] = (path, None, 0.0, e)
-    order = sorted(lengths, key=lengths.__getitem__)
-    emitted = 0
-    for first in range(0, len(order), batch_size):
-        group, waves = [], []
-        for i in order[first : first + batch_size]:
-            try:
-                waves.append(load_audio(paths[i], asr.sample_rate))
-                group.append(i)
-            except AudioError as e:  # a header that reads, samples that do not
-                results[i] = (paths[i], None, 0.0, e)
-        texts = asr.transcribe_batch(waves) if waves else []
-        for i, wave, text in zip(group, waves, texts, strict=True):
-            results[i] = (paths[i], text, len(wave) / asr.sample_rate, None)
-        while emitted in results:
-            yield results.pop(emitted)
-            emitted += 1
-    for i in sorted(results):  # left when no file's header could be read
-        yield results[i]
+    ok = transcribe_files(
+        args.files,
+        checkpoint=args.checkpoint,
+        onnx=args.onnx,
+        device=args.device,
+        precision=args.precision,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        decoder=_decoder_options(args),
+        as_json=args.json,
+    )
+    return 0 if ok else 1
 
 
 def _lm_build(args) -> int:
-    import time
+    from speechswarm.decode.lm import build_lm_from
 
-    from speechswarm.data.manifest import read_manifest
-    from speechswarm.data.text import normalize_text
-    from speechswarm.decode.lm import build_lm, lm_sentences
-
-    if args.manifest:
-        texts = [u.text for u in read_manifest(args.manifest)]
-        source = args.manifest
-    else:
-        path = Path(args.text)
-        if not path.is_file():
-            raise FileNotFoundError(f"lm build: text file {path} does not exist")
-        texts = [normalize_text(line) for line in path.read_text(encoding="utf-8").splitlines()]
-        source = args.text
-    exclude = [u.text for m in args.exclude for u in read_manifest(m)]
-    sentences, dropped = lm_sentences(texts, exclude)
-    start = time.perf_counter()
-    model = build_lm(sentences, args.order, args.out)
-    sizes = ", ".join(f"{len(level):,} {n}-grams" for n, level in enumerate(model.log10_probs, 1))
-    print(
-        f"lm: order {args.order} from {len(sentences):,} sentences of {source}"
-        + (f" ({dropped:,} excluded)" if dropped else "")
-        + f": {sizes} -> {args.out} ({time.perf_counter() - start:.1f} s)"
+    build_lm_from(
+        args.out, order=args.order, manifest=args.manifest, text=args.text, exclude=args.exclude
     )
-    if model.fallback_orders:
-        print(
-            f"lm: orders {list(model.fallback_orders)} had too little text for estimated "
-            "discounts; used 0.5/1/1.5 (more text gives a better model)",
-            file=sys.stderr,
-        )
     return 0
 
 
@@ -488,7 +361,7 @@ def _tune_lm(args) -> int:
         try:
             return [float(x) for x in text.split(",") if x.strip()]
         except ValueError:
-            raise ValueError(f"--{name} must be comma-separated numbers, got {text!r}") from None
+            raise UsageError(f"--{name} must be comma-separated numbers, got {text!r}") from None
 
     def progress(done, total, p):
         print(
@@ -524,35 +397,10 @@ def _tune_lm(args) -> int:
 
 
 def _export(args) -> int:
-    import time
+    from speechswarm.export import export_and_check
 
-    from speechswarm.export import PARITY_BOUND, check_parity, export_onnx, quantize_int8
-
-    start = time.perf_counter()
-    out = export_onnx(args.checkpoint, args.out)
-    print(
-        f"export: {args.checkpoint} -> {out} ({out.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - start:.1f} s)"
-    )
-    paths = [out]
-    if args.quantize:
-        q = quantize_int8(out, out.with_suffix(".int8.onnx"))
-        print(f"export: int8 dynamic quantisation -> {q} ({q.stat().st_size / 1e6:.1f} MB)")
-        paths.append(q)
-    if not args.check:
-        return 0
-    status = 0
-    for path in paths:
-        r = check_parity(path, args.checkpoint)
-        verdict = "ok" if r.ok else "FAILED"
-        if path != out:  # int8 weights move log-probs by design: its cost is WER (eval --onnx)
-            verdict = "int8, not bounded; measure its WER with `speechswarm eval --onnx`"
-        print(
-            f"check {path.name}: onnxruntime vs PyTorch on {r.utterances} random utterances in "
-            f"{r.batches} batches: max |log-prob diff| {r.max_abs_diff:.2e} (bound "
-            f"{PARITY_BOUND:.0e}), lengths {'equal' if r.lengths_match else 'DIFFER'}: {verdict}"
-        )
-        status |= int(not r.ok and path == out)
-    return status
+    ok = export_and_check(args.checkpoint, args.out, check=args.check, quantize=args.quantize)
+    return 0 if ok else 1
 
 
 def _demo(args) -> int:

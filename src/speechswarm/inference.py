@@ -28,6 +28,7 @@ from speechswarm.checkpoint import CheckpointError, load_checkpoint
 from speechswarm.data.audio import load_audio
 from speechswarm.data.tokenizer import tokenizer_from_dict
 from speechswarm.decode import DecoderOptions, make_decoder
+from speechswarm.errors import UsageError
 from speechswarm.features import FeatureExtractor
 from speechswarm.model import model_from_settings
 
@@ -92,7 +93,7 @@ class Recognizer:
         if wave.ndim == 2:  # (channels, samples) or (samples, channels): down-mix the shorter axis
             wave = wave.mean(axis=int(np.argmin(wave.shape)))
         if wave.ndim != 1 or wave.size == 0:
-            raise ValueError(f"expected a non-empty mono waveform, got shape {tuple(wave.shape)}")
+            raise UsageError(f"expected a non-empty mono waveform, got shape {tuple(wave.shape)}")
         if sample_rate is not None and sample_rate != self.sample_rate:
             import soxr
 

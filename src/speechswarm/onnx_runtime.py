@@ -23,10 +23,16 @@ import numpy as np
 from speechswarm.data.audio import load_audio
 from speechswarm.data.tokenizer import tokenizer_from_dict
 from speechswarm.decode import DecoderOptions, make_decoder
+from speechswarm.errors import InputNotFoundError, SpeechswarmError, UnavailableError, UsageError
 
 FORMAT_VERSION = 1  # = speechswarm.export.FORMAT_VERSION (not imported: that module needs torch)
 REQUIRED_METADATA = ("speechswarm_onnx_format", "tokenizer", "sample_rate", "vocab_size")
 INSTALL_HINT = "pip install 'speechswarm[onnx]' (onnxruntime)"
+
+
+class OnnxModelError(SpeechswarmError, ValueError):
+    """A file that is not an ONNX model from a compatible `speechswarm export`; the message
+    names the file and says to re-export it."""
 
 
 class OnnxModel:
@@ -39,10 +45,12 @@ class OnnxModel:
         try:
             import onnxruntime as ort
         except ImportError as e:
-            raise RuntimeError(f"ONNX inference needs onnxruntime: {INSTALL_HINT} ({e})") from None
+            raise UnavailableError(
+                f"ONNX inference needs onnxruntime: {INSTALL_HINT} ({e})"
+            ) from None
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(
+            raise InputNotFoundError(
                 f"ONNX model {self.path} does not exist; write one with "
                 "`speechswarm export --checkpoint CKPT --out model.onnx`"
             )
@@ -54,7 +62,7 @@ class OnnxModel:
                 str(self.path), options, providers=["CPUExecutionProvider"]
             )
         except Exception as e:  # onnxruntime raises its own exception types
-            raise ValueError(
+            raise OnnxModelError(
                 f"ONNX model {self.path}: onnxruntime cannot load it ({e}); re-export it with "
                 "`speechswarm export`"
             ) from None
@@ -66,13 +74,13 @@ class OnnxModel:
     def _check_metadata(self) -> None:
         missing = [k for k in REQUIRED_METADATA if k not in self.metadata]
         if missing:
-            raise ValueError(
+            raise OnnxModelError(
                 f"ONNX model {self.path} was not written by `speechswarm export` (metadata "
                 f"lacks {', '.join(missing)}); export the checkpoint with `speechswarm export`"
             )
         version = self.metadata["speechswarm_onnx_format"]
         if version != str(FORMAT_VERSION):
-            raise ValueError(
+            raise OnnxModelError(
                 f"ONNX model {self.path} has export format {version} (written by speechswarm "
                 f"{self.metadata.get('speechswarm_version', '?')}); this speechswarm reads "
                 f"format {FORMAT_VERSION}: re-export the checkpoint with this version's "
@@ -80,7 +88,7 @@ class OnnxModel:
             )
         names = [i.name for i in self.session.get_inputs()]
         if names != ["waves", "wave_lens"]:
-            raise ValueError(
+            raise OnnxModelError(
                 f"ONNX model {self.path} takes inputs {names}, expected ['waves', 'wave_lens']; "
                 "re-export it with `speechswarm export`"
             )
@@ -106,7 +114,7 @@ class OnnxRecognizer:
         self.sample_rate = self.model.sample_rate
         self.tokenizer = tokenizer_from_dict(json.loads(self.model.metadata["tokenizer"]))
         if len(self.tokenizer) != self.model.vocab_size:
-            raise ValueError(
+            raise OnnxModelError(
                 f"ONNX model {self.model.path}: its vocabulary has {len(self.tokenizer)} tokens "
                 f"but its output has {self.model.vocab_size} classes; the metadata belongs to "
                 "another model: re-export it with `speechswarm export`"
@@ -135,7 +143,7 @@ class OnnxRecognizer:
         if wave.ndim == 2:  # (channels, samples) or (samples, channels): down-mix the shorter axis
             wave = wave.mean(axis=int(np.argmin(wave.shape)))
         if wave.ndim != 1 or wave.size == 0:
-            raise ValueError(f"expected a non-empty mono waveform, got shape {tuple(wave.shape)}")
+            raise UsageError(f"expected a non-empty mono waveform, got shape {tuple(wave.shape)}")
         if sample_rate is not None and sample_rate != self.sample_rate:
             import soxr
 

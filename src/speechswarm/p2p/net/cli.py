@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from speechswarm.errors import UsageError, run_command
+
 
 def _net_arguments(s) -> None:
     from speechswarm.p2p.net.settings import NetSettings
@@ -86,7 +88,7 @@ def _peer(args) -> int:
 
     if args.print_id:
         if not args.identity:
-            raise ValueError("--print-id needs --identity KEY_FILE")
+            raise UsageError("--print-id needs --identity KEY_FILE")
         print(ensure_identity(args.identity))
         return 0
     from speechswarm.config import check_p2p, load_config
@@ -139,13 +141,12 @@ def _swarm(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m speechswarm.p2p.net.cli peer|swarm ...`, with speechswarm's error handling."""
-    from speechswarm import cli
-
+    """`python -m speechswarm.p2p.net.cli peer|swarm ...` (how `swarm` starts its peers), with
+    the top-level command's error handling (`errors.run_command`)."""
     parser = argparse.ArgumentParser(prog="speechswarm", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_parser(sub)
-    return cli.run(parser, argv)
+    return run_command(parser, argv)
 
 
 if __name__ == "__main__":
