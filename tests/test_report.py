@@ -245,3 +245,10 @@ def test_write_summary_knows_the_loop_keys(tmp_path):
     assert "| Training time | 2 min 30 s (2.5 min) |" in text
     assert "| Throughput | 1,234.5 audio s / wall s |" in text
     assert "| Skipped utterances | 3 |" in text
+
+
+def test_pct_formats_fractions_and_says_when_there_is_none():
+    assert report.pct(0.1234) == "12.3 %"
+    assert report.pct(0.1234, 2) == "12.34 %"
+    assert report.pct(1.0) == "100.0 %"
+    assert report.pct(None) == report.pct(float("nan")) == report.pct(math.inf) == "n/a"

@@ -61,7 +61,7 @@ def run_demo(
     # The model the demo tests is the final one: the one-cycle schedule ends with the budget,
     # so the last weights are the annealed ones. best.pt (by CER on a 200-utterance dev
     # subset) is kept beside it, but that subset is too small to rank snapshots a point
-    # apart: it once picked a mid-schedule one worth 1 CER point less on test.
+    # apart (its noise is about 1 CER point on test).
     final = result.run_dir / "checkpoints" / "last.pt"
     if result.best_checkpoint is None or not final.is_file():
         print("demo: training produced no checkpoint; see the log above")

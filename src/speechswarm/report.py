@@ -24,23 +24,16 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
+
+from speechswarm.errors import DataError
 
 log = logging.getLogger(__name__)
 
 TRAIN_LOSS, DEV_LOSS, DEV_WER, DEV_CER, LR = "train_loss", "dev_loss", "dev_wer", "dev_cer", "lr"
 _RESERVED = ("step", "wall_time", "epoch")
 _tb_warned = False
-
-
-class MetricSink(Protocol):
-    """What the training loop logs to (rank 0 only)."""
-
-    def log(self, step: int, *, epoch: float | None = None, **scalars: float) -> dict: ...
-
-    def close(self) -> None: ...
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -162,9 +155,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
             if number == len(lines):
                 log.warning("%s:%d: dropping a cut-short last line (%s)", path, number, e)
                 continue
-            raise ValueError(
-                f"{path}:{number}: not a metrics record ({e}); fix or delete it"
-            ) from e
+            raise DataError(f"{path}:{number}: not a metrics record ({e}); fix or delete it") from e
         records.append(record)
     return records
 
@@ -355,8 +346,13 @@ def format_duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min {secs:02d} s" if hours else f"{minutes} min {secs:02d} s"
 
 
-def _percent(x: float) -> str:
-    return f"{100 * x:.2f} %"
+def pct(x: float | None, digits: int = 1) -> str:
+    """A fraction as a percentage for people: 0.1234 -> "12.3 %"; None or NaN -> "n/a"."""
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.{digits}f} %"
+
+
+def _percent(x: float | None) -> str:
+    return pct(x, 2)
 
 
 # key -> (label, formatter); these rows come first, in this order, then any other key.

@@ -15,6 +15,8 @@ import time
 
 import torch
 
+from speechswarm.errors import UsageError
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -33,7 +35,7 @@ def gemm_gflops(
     """Best achieved GFLOP/s of an n x n matmul in `dtype` ("fp32", "bf16", "fp16") on
     `device`, with torch's current thread count. Raises ValueError for an unknown dtype."""
     if dtype not in DTYPES:
-        raise ValueError(f"gemm dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        raise UsageError(f"gemm dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     device = torch.device(device)
     gen = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(n, n, generator=gen).to(device, DTYPES[dtype])

@@ -56,6 +56,7 @@ from speechswarm.config import load_config
 from speechswarm.data.dataset import Batch, SpeechDataset, collate
 from speechswarm.data.manifest import read_manifest
 from speechswarm.data.sampler import BucketBatchSampler, epoch_speed_factors, padding_fraction
+from speechswarm.errors import UsageError
 from speechswarm.train.assemble import build_run
 from speechswarm.train.loop import TrainState, train_one_epoch
 from speechswarm.train.optim import make_optimizer
@@ -219,7 +220,7 @@ def speechswarm_block(run, state, stats: LoopStats, steps: int) -> None:
     stats.seconds += time.perf_counter() - t0
     stats.steps += state.step - steps_before
     if reason != "interrupted":  # the epoch ran out: the caller sized the corpus too small
-        raise RuntimeError(
+        raise UsageError(
             f"bench: the synthetic epoch ended after {state.step} steps; use fewer "
             "--rounds/--steps or a smaller data.max_batch_seconds"
         )
@@ -265,7 +266,7 @@ def run_train_bench(
     rounds = (1 if quick else 2) if rounds is None else rounds
     steps = (1 if quick else 2) if steps is None else steps
     if rounds < 1 or steps < 1:
-        raise ValueError(f"--rounds and --steps must be >= 1, got {rounds} and {steps}")
+        raise UsageError(f"--rounds and --steps must be >= 1, got {rounds} and {steps}")
     base = load_config(config, list(overrides))  # checked before any work
     threads_before = torch.get_num_threads()
     load_before = os.getloadavg()

@@ -32,6 +32,7 @@ from speechswarm.benchmark.measure import environment
 from speechswarm.build import build_features, build_model, build_tokenizer, cpu_has_bf16
 from speechswarm.config import load_config
 from speechswarm.data.manifest import read_manifest
+from speechswarm.errors import InputNotFoundError, UsageError
 
 
 def untrained_checkpoint(config: str, overrides: Sequence[str] = ()) -> dict:
@@ -96,10 +97,10 @@ def run_transcribe_bench(
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if seconds <= 0 or threads < 1 or repeats < 1 or min(batch_sizes, default=0) < 1:
-        raise ValueError("--seconds must be > 0; --threads, --repeats and --batch-sizes >= 1")
+        raise UsageError("--seconds must be > 0; --threads, --repeats and --batch-sizes >= 1")
     if checkpoint:
         if not Path(checkpoint).is_file():
-            raise FileNotFoundError(f"--checkpoint {checkpoint}: no such file")
+            raise InputNotFoundError(f"--checkpoint {checkpoint}: no such file")
         ckpt, source = load_checkpoint(Path(checkpoint)), checkpoint
     else:
         ckpt, source = untrained_checkpoint(config, overrides), f"preset {config} (untrained)"
