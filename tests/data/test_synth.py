@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 from scipy.signal import welch
 
-from speechswarm.data import synth, tts
+from speechswarm.data import synth, synth_plan, tts
 from speechswarm.data.sentences import (
     SentenceSourceError,
     clean_sentence,
@@ -228,10 +228,14 @@ def test_failures_are_retried_once_then_reported(corpus, text_file, tmp_path, mo
 
 @pytest.mark.skipif(shutil.which("festival") is None, reason="festival is not installed")
 def test_failure_inside_festival_batch_falls_back_and_is_counted(tmp_path, monkeypatch):
-    spk = synth.Speaker(1, 11, "train", tts.Voice("festival", "kal_diphone", "", "kal"), 1.0, 0.0)
+    spk = synth_plan.Speaker(
+        1, 11, "train", tts.Voice("festival", "kal_diphone", "", "kal"), 1.0, 0.0
+    )
     # "" makes `festival -b` crash (no wavs after it) and text2wave write no audio.
     texts = ["the cat sat down", "we walked to the river", "", "birds sing in the morning"]
-    utts = [synth._draw_utterance(f"1-11-{i:04d}", spk, t, seed=0) for i, t in enumerate(texts)]
+    utts = [
+        synth_plan._draw_utterance(f"1-11-{i:04d}", spk, t, seed=0) for i, t in enumerate(texts)
+    ]
     paths = {u.id: tmp_path / f"{u.id}.flac" for u in utts}
     one_by_one: list[str] = []
     real = tts.render_utterance
@@ -253,8 +257,10 @@ def test_failure_inside_festival_batch_falls_back_and_is_counted(tmp_path, monke
 def test_jobs_batch_festival_by_voice():
     voices = [tts.Voice("festival", "kal_diphone", "", "kal"), tts.Voice("flite", "kal", "", "kal"),
               tts.Voice("festival", "ked_diphone", "", "ked")]  # fmt: skip
-    speakers = {i: synth.Speaker(i, 10 * i + 1, "train", v, 1.0, 0.0) for i, v in enumerate(voices)}
-    todo = [synth._draw_utterance(f"{i % 3}-0-{i:04d}", speakers[i % 3], "a b c", 0)
+    speakers = {
+        i: synth_plan.Speaker(i, 10 * i + 1, "train", v, 1.0, 0.0) for i, v in enumerate(voices)
+    }
+    todo = [synth_plan._draw_utterance(f"{i % 3}-0-{i:04d}", speakers[i % 3], "a b c", 0)
             for i in range(3 * synth.FESTIVAL_BATCH + 3)]  # fmt: skip
     jobs = synth._jobs(todo, speakers)
     assert [len(j) for j in jobs] == [synth.FESTIVAL_BATCH, 1, synth.FESTIVAL_BATCH, 1] + [1] * 33
@@ -263,8 +269,10 @@ def test_jobs_batch_festival_by_voice():
 
 
 def test_interrupted_write_leaves_no_flac(voices, tmp_path, monkeypatch):
-    spk = synth.Speaker(1, 11, "train", next(v for v in voices if v.engine == "flite"), 1.0, 0.0)
-    utt = synth._draw_utterance("1-11-0000", spk, "the cat sat down", seed=0)
+    spk = synth_plan.Speaker(
+        1, 11, "train", next(v for v in voices if v.engine == "flite"), 1.0, 0.0
+    )
+    utt = synth_plan._draw_utterance("1-11-0000", spk, "the cat sat down", seed=0)
     out = tmp_path / "1-11-0000.flac"
 
     def killed_mid_write(path, *args, **kwargs):
@@ -305,10 +313,10 @@ def test_voice_pool_size(voices):
 
 def test_default_plan_is_honest_and_sized(voices):
     sentences = load_sentences()
-    plan = synth.plan_corpus(sentences, voices, hours=synth.DEFAULT_HOURS, seed=0)
+    plan = synth_plan.plan_corpus(sentences, voices, hours=synth.DEFAULT_HOURS, seed=0)
     spk = {s.id: s for s in plan.speakers}
     by = {s: [u for u in plan.utterances if u.split == s] for s in synth.SPLITS}
-    est = {s: sum(synth.estimate_seconds(u.text) for u in by[s]) / 3600 for s in synth.SPLITS}
+    est = {s: sum(synth_plan.estimate_seconds(u.text) for u in by[s]) / 3600 for s in synth.SPLITS}
     assert est["train"] == pytest.approx(synth.DEFAULT_HOURS, abs=0.01)
     assert est["dev"] == pytest.approx(0.1 * synth.DEFAULT_HOURS, abs=0.01)
     ident = {s: {spk[u.speaker].voice.identity for u in by[s]} for s in synth.SPLITS}
@@ -319,27 +327,27 @@ def test_default_plan_is_honest_and_sized(voices):
     assert len(speakers["train"]) >= 150 and len(speakers["test"]) >= 15
     assert len({u.id for u in plan.utterances}) == len(plan.utterances)
     noisy = sum(bool(u.noise) for u in by["train"]) / len(by["train"])
-    assert noisy == pytest.approx(synth.EFFECT_PROBS["noise"], abs=0.05)
+    assert noisy == pytest.approx(synth_plan.EFFECT_PROBS["noise"], abs=0.05)
 
 
 def test_plan_is_deterministic(voices):
     sentences = SHORT_SENTENCES.splitlines() * 1
-    a = synth.plan_corpus(sentences, voices, hours=0.004, seed=7, min_eval_utterances=4)
-    b = synth.plan_corpus(sentences, voices, hours=0.004, seed=7, min_eval_utterances=4)
-    c = synth.plan_corpus(sentences, voices, hours=0.004, seed=8, min_eval_utterances=4)
+    a = synth_plan.plan_corpus(sentences, voices, hours=0.004, seed=7, min_eval_utterances=4)
+    b = synth_plan.plan_corpus(sentences, voices, hours=0.004, seed=7, min_eval_utterances=4)
+    c = synth_plan.plan_corpus(sentences, voices, hours=0.004, seed=8, min_eval_utterances=4)
     assert a == b and a.spec_hash() == b.spec_hash()
     assert a.spec_hash() != c.spec_hash()
 
 
 def test_engine_counts_largest_remainder():
     engines = ["espeak", "flite", "festival"]
-    assert synth._engine_counts(10, engines) == {"espeak": 5, "flite": 3, "festival": 2}
-    assert synth._engine_counts(7, engines) == {
+    assert synth_plan._engine_counts(10, engines) == {"espeak": 5, "flite": 3, "festival": 2}
+    assert synth_plan._engine_counts(7, engines) == {
         "espeak": 4,
         "flite": 2,
         "festival": 1,
     }  # 3.5 2.1 1.4
-    assert synth._engine_counts(3, engines) == {"espeak": 1, "flite": 1, "festival": 1}
+    assert synth_plan._engine_counts(3, engines) == {"espeak": 1, "flite": 1, "festival": 1}
 
 
 def test_tts_commands(tmp_path):

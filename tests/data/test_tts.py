@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speechswarm.data import synth, tts
+from speechswarm.data import synth_plan, tts
 
 needs_festival = pytest.mark.skipif(
     shutil.which("festival") is None or shutil.which("text2wave") is None,
@@ -47,9 +47,9 @@ def test_scheme_string_round_trips_through_festival(tmp_path):
 @pytest.mark.parametrize("name", ["kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts"])
 def test_festival_batch_equals_text2wave(name, tmp_path):
     voice = tts.Voice("festival", name, "", "x")
-    spk = synth.Speaker(1, 11, "train", voice, 1.0, 0.0)
+    spk = synth_plan.Speaker(1, 11, "train", voice, 1.0, 0.0)
     utts = [  # three speeds: Duration_Stretch is set per utterance inside the one process
-        dataclasses.replace(synth._draw_utterance(f"1-11-{i:04d}", spk, text, 0), speed=speed)
+        dataclasses.replace(synth_plan._draw_utterance(f"1-11-{i:04d}", spk, text, 0), speed=speed)
         for i, (text, speed) in enumerate(zip(TEXTS, (0.85, 1.0, 1.2), strict=True))
     ]
     batch = [tmp_path / f"b{i}.flac" for i in range(len(utts))]

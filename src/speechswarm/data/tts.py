@@ -1,14 +1,15 @@
 """The TTS-engine layer of the synthetic corpus: espeak-ng, flite, festival and sox on this machine.
 
     PYTHONPATH=src python -c "from speechswarm.data.tts import discover_voices as d; print(len(d()))"
-    # used by speechswarm.data.synth (which plans the corpus and calls render_group)
+    # used by speechswarm.data.synth (which renders the planned corpus with render_group)
 
 Finds the usable English voices (discover_voices), builds the engine and sox command lines
 (tts_command, sox_command), renders planned utterances of one voice to FLAC (render_group: one
 by one, render_utterance, or festival ones with one process, render_festival_batch) and holds
 the signal math applied after sox (colored_noise, mix_at_snr, peak_normalize). Nothing here
-decides which voice says what: that is the plan in synth.py. Command lines and signal math
-feed the cached corpus, so a change here that alters audio needs synth.SPEC_VERSION bumped.
+decides which voice says what: that is the plan in synth_plan.py. Command lines and signal
+math feed the cached corpus, so a change here that alters audio needs SPEC_VERSION (in
+synth_plan.py) bumped.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import soundfile as sf
 
 from speechswarm.errors import SpeechswarmError
 
-if TYPE_CHECKING:  # type only: synth imports this module
-    from speechswarm.data.synth import UtterancePlan
+if TYPE_CHECKING:  # type only: synth_plan imports this module
+    from speechswarm.data.synth_plan import UtterancePlan
 
 # Who the flite/festival voices are: (engine, voice) -> identity, the person recorded. Voices
 # not listed are not used (flite `awb_time` only knows how to tell the time).
