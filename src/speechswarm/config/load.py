@@ -128,7 +128,7 @@ def _coerce_scalar(tp: Any, value: Any, key: str) -> Any:
         if isinstance(value, str):
             return value
         raise ConfigError(f"{key}: expected a string, got {_show(value)}")
-    raise ConfigError(f"{key}: unsupported type {tp}")  # a bug in this module, not user input
+    raise TypeError(f"{key}: unsupported type {tp}")  # a bug in the config classes, not user input
 
 
 def _show(value: Any) -> str:
