@@ -256,7 +256,7 @@ class CheckpointManager:
                     self.index_path,
                     "corrupt_file",
                     f"not a checkpoint index ({e}); move it away and the "
-                    "folder's step-<N>.pt files are re-indexed"
+                    "folder's step-<N>.pt files are re-indexed",
                 ) from e
         # Step files saved just before a crash, before index.json was rewritten.
         known = {e["path"] for e in self.entries}
