@@ -22,7 +22,6 @@ from speechswarm.config import load_config
 from speechswarm.distributed import hogwild
 from speechswarm.distributed.hogwild import HogwildWorkerFailed, train_hogwild
 from speechswarm.report import read_metrics
-from speechswarm.train import loop
 from speechswarm.train import run as train_run
 from speechswarm.train import step as train_step_module
 from speechswarm.train.loop import train
@@ -123,3 +122,19 @@ def test_bad_requests_are_refused_with_the_reason(tone_pairs, tmp_path):
     with pytest.raises(ValueError, match="at least 1 worker"):
         train_hogwild(config(tone_pairs, tmp_path / "b"), workers=0)
     assert hogwild.POLL_SECONDS < 0.1  # the parent notices a finished worker quickly
+
+
+def test_resuming_a_finished_run_trains_nothing(tone_pairs, tmp_path):
+    cfg = config(tone_pairs, tmp_path / "run", "data.max_batch_size=2", "train.max_steps=4",
+                 "train.checkpoint_every=2")  # fmt: skip
+    done = train_hogwild(cfg, workers=2, progress=False)
+    assert done.stop_reason == "max_steps"
+    last = tmp_path / "run/checkpoints/last.pt"
+    stamp, weights = last.stat().st_mtime_ns, load_checkpoint(last)["model"]
+    for attempt in (1, 2):
+        again = train_hogwild(cfg, workers=2, resume="auto", progress=False)
+        assert (again.stop_reason, again.state.step) == ("max_steps", done.state.step)
+        assert last.stat().st_mtime_ns == stamp
+        assert all(torch.equal(load_checkpoint(last)["model"][k], v) for k, v in weights.items())
+        log = (tmp_path / "run/train.log").read_text()
+        assert log.count("run already finished (max_steps)") == attempt

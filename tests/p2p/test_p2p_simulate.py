@@ -18,13 +18,12 @@ import pytest
 import torch
 
 from speechswarm.checkpoint import load_checkpoint
-from speechswarm.data.manifest import read_manifest
+from speechswarm.data.manifest import read_manifest, write_manifest
 from speechswarm.p2p import mixing
 from speechswarm.p2p.experiment import make_agents
 from speechswarm.p2p.report import read_rows
 from speechswarm.p2p.simulate import CENTRAL, simulate_run
 from speechswarm.p2p.topology import make_topology
-from speechswarm.train.step import TrainingDiverged
 
 TIMING = ("train_seconds", "wall_time")
 
@@ -242,3 +241,46 @@ def test_nonfinite_batches_are_skipped_by_an_agent_as_by_the_training_loop(
     assert ws.bn_names
     for name in ws.bn_names:  # every skipped batch put the statistics back
         assert torch.equal(last["model"][name], new["model"][name]), name
+
+
+def test_a_one_agent_central_simulation_trains_exactly_as_speechswarm_train(
+    p2p_config, tmp_path, monkeypatch
+):
+    """Agents train through the training loop itself: one agent's data, one round of one
+    epoch, give `speechswarm train`'s weights on the same data to the last bit."""
+    from speechswarm.train import run as train_run
+    from speechswarm.train.loop import train
+
+    monkeypatch.setattr(train_run, "plot_run", lambda metrics, out_dir: [])
+    common = ("optim.schedule=onecycle", "augment.time_masks=2", "model.dropout=0.2",
+              "train.seed=7", "p2p.seed=7")  # fmt: skip
+    cfg = p2p_config("central1", *common, "p2p.agents=1", "p2p.rounds=1",
+                     "p2p.local_steps=0", "p2p.local_epochs=1")  # fmt: skip
+    agents, ckpt, _, _ = run(cfg, "central")
+    manifest = tmp_path / "agent0.jsonl"
+    write_manifest(manifest, agents[0].train)
+    plain = p2p_config(
+        "plain", *common, f"data.train_manifest={manifest}", f"data.dev_manifest={manifest}",
+        "train.epochs=1",
+    )  # fmt: skip
+    result = train(plain, progress=False)
+    assert result.state.step == ckpt["states"][str(CENTRAL)]["train_state"]["step"] > 2
+    assert_equal_states(
+        load_checkpoint(result.run_dir / "checkpoints/last.pt")["model"],
+        ckpt["states"][str(CENTRAL)]["model"],
+    )
+
+
+def test_resuming_a_finished_simulation_trains_nothing(p2p_config):
+    cfg = p2p_config("finished")
+    _, ckpt, rows, first = run(cfg, "gossip")
+    assert first["round"] == cfg.p2p.rounds
+    path = first["dir"] / "checkpoint.pt"
+    stamp = path.stat().st_mtime_ns
+    for _ in range(2):
+        _, again, rows_again, result = run(cfg, "gossip", resume=True)
+        assert result["round"] == cfg.p2p.rounds and result["stop_reason"] == "rounds"
+        assert path.stat().st_mtime_ns == stamp  # no new checkpoint
+        assert rows_again == rows
+        for k, state in models(again).items():
+            assert_equal_states(state, models(ckpt)[k])

@@ -19,15 +19,16 @@ def linear(fill: float) -> torch.nn.Module:
     return m
 
 
-def test_step_mixes_the_model_with_what_arrived():
+def test_publish_then_mix_averages_with_what_arrived():
     box = Mailbox()
     counters = {0: Counters(), 1: Counters()}
     nodes = [GossipNode(k, box, MixSettings(), counters) for k in range(2)]
     peer = linear(2.0)
     nodes[1].publish(peer.state_dict(), receivers=[0], round_index=0)
-    model = linear(1.0)
-    nodes[0].step(model, receivers=[1], weights={0: 1.0, 1: 3.0}, round_index=0)
-    assert torch.allclose(model.weight, torch.full((1, 2), (1 * 1 + 3 * 2) / 4))
+    own = linear(1.0).state_dict()
+    nodes[0].publish(own, receivers=[1], round_index=0)
+    mixed = nodes[0].mix(own, weights={0: 1.0, 1: 3.0}, round_index=0)
+    assert torch.allclose(mixed["weight"], torch.full((1, 2), (1 * 1 + 3 * 2) / 4))
     assert box.receive(1)[0].sender == 0  # node 0's weights (before mixing) wait for node 1
     assert counters[0].msgs_recv == 1 and counters[0].bytes_recv == 3 * 4
     assert counters[0].msgs_sent == counters[1].msgs_sent == 1

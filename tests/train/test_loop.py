@@ -627,3 +627,65 @@ def test_select_by_cer_picks_the_best_checkpoint_by_cer(synth_corpus, make_confi
     index = json.loads((result.run_dir / "checkpoints/index.json").read_text())
     assert (index["best"]["step"], index["best"]["metric"]) == (3, 0.5)
     assert result.state.best_score == 0.5
+
+
+# ----------------------------------------------------------------------- resuming a finished run
+
+
+def _checkpoint_files(run_dir: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in sorted((run_dir / "checkpoints").glob("*.pt"))}
+
+
+@pytest.mark.parametrize(
+    "limit, reason",
+    [
+        (("train.max_steps=4", "train.checkpoint_every=1"), "max_steps"),
+        (("train.epochs=1",), "epochs"),
+        (("train.epochs=3", "train.target_wer=1000"), "target_wer"),
+        (("train.epochs=3", "train.early_stop_patience=1", "train.target_wer=0"), "early_stop"),
+    ],
+    ids=["max_steps", "epochs", "target_wer", "early_stop"],
+)
+def test_resuming_a_finished_run_trains_nothing(
+    synth_corpus, make_config, monkeypatch, limit, reason
+):
+    """`--resume auto` on a run that finished (as a restart script or a Slurm requeue does)
+    takes no step, writes no checkpoint, and says so in one line; twice in a row."""
+    if reason == "early_stop":  # dev WER never improves after the first evaluation
+        monkeypatch.setattr(loop, "evaluate", _fake_evaluate([0.5, 0.9, 0.9], []))
+    cfg = make_config(THREE_BATCHES, *limit, manifest=synth_corpus.few)
+    done = train(cfg, progress=False)
+    assert done.stop_reason == reason
+    files = _checkpoint_files(done.run_dir)
+    weights = model_state(done.run_dir / "checkpoints/last.pt")
+    for attempt in (1, 2):
+        again = train(cfg, resume="auto", progress=False)
+        assert again.stop_reason == reason
+        assert again.state.step == done.state.step
+        assert _checkpoint_files(done.run_dir) == files  # nothing written, nothing pruned
+        assert_same_tensors(model_state(done.run_dir / "checkpoints/last.pt"), weights)
+        log = (done.run_dir / "train.log").read_text()
+        assert log.count(f"run already finished ({reason})") == attempt
+    assert load_checkpoint(done.run_dir / "checkpoints/last.pt")["train_state"]["step"] == (
+        done.state.step
+    )
+
+
+def test_resuming_a_run_past_its_time_budget_trains_nothing(synth_corpus, make_config):
+    """The time budget spans resumes: a run that used it up stays finished."""
+    cfg = make_config(THREE_BATCHES, "train.time_budget_min=1e-9", manifest=synth_corpus.few)
+    done = train(cfg, progress=False)
+    assert done.stop_reason == "time_budget"
+    files = _checkpoint_files(done.run_dir)
+    for _ in range(2):
+        again = train(cfg, resume="auto", progress=False)
+        assert (again.stop_reason, again.state.step) == ("time_budget", done.state.step)
+        assert _checkpoint_files(done.run_dir) == files
+
+
+def test_a_finished_run_resumed_with_a_higher_limit_trains_on(synth_corpus, make_config):
+    done = train(make_config(THREE_BATCHES, "train.max_steps=2", manifest=synth_corpus.few))
+    assert done.state.step == 2
+    more = make_config(THREE_BATCHES, "train.max_steps=4", manifest=synth_corpus.few)
+    again = train(more, resume="auto", progress=False)
+    assert (again.stop_reason, again.state.step) == ("max_steps", 4)

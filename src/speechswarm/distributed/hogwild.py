@@ -341,7 +341,10 @@ class _Parent:
                 reason = self._stop_reason(should_stop)
             if reason:
                 self.control.stop.value = 1
-                continue  # the workers finish their step and exit
+                # the workers finish their step and exit; one that asked for a snapshot at
+                # its last step must not wait for it (the final one is taken after they exit)
+                self.control.resume_gen.value = self.control.pause_gen.value
+                continue
             evaluate, checkpoint = step >= next_eval, step >= next_save
             if evaluate or checkpoint:
                 reason = self._snapshot_and_save(evaluate=evaluate)

@@ -31,6 +31,7 @@ from speechswarm.p2p.report import (
     summarize,
 )
 from speechswarm.p2p.simulate import simulate_run
+from speechswarm.report import pct
 
 log = logging.getLogger("speechswarm.p2p")
 
@@ -162,10 +163,6 @@ def _plain(value):
     return value
 
 
-def _pct(x) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.1f} %"
-
-
 def _print_round(name: str, round_index: int, rows: list[dict]) -> None:
     cers = [r["own_cer"] for r in rows if r.get("own_cer") is not None]
     losses = [
@@ -177,8 +174,8 @@ def _print_round(name: str, round_index: int, rows: list[dict]) -> None:
     if cers:
         glob = [r["global_cer"] for r in rows if r.get("global_cer") is not None]
         text += (
-            f", agents' CER {_pct(sum(cers) / len(cers))} ({_pct(min(cers))}-{_pct(max(cers))})"
-            f", global CER {_pct(sum(glob) / max(len(glob), 1))}"
+            f", agents' CER {pct(sum(cers) / len(cers))} ({pct(min(cers))}-{pct(max(cers))})"
+            f", global CER {pct(sum(glob) / max(len(glob), 1))}"
         )
     sent = sum(r["bytes_sent"] for r in rows)
     rejected = sum(r["rejected"] for r in rows)
@@ -189,9 +186,9 @@ def _print_round(name: str, round_index: int, rows: list[dict]) -> None:
 
 def _summary_line(s: dict) -> str:
     return (
-        f"{s['run']}: agents' WER {_pct(s.get('own_wer_mean'))} CER {_pct(s.get('own_cer_mean'))} "
-        f"(CER {_pct(s.get('own_cer_min'))}-{_pct(s.get('own_cer_max'))}), global CER "
-        f"{_pct(s.get('global_cer_mean'))}; {s.get('total_steps', 0):,} steps, "
+        f"{s['run']}: agents' WER {pct(s.get('own_wer_mean'))} CER {pct(s.get('own_cer_mean'))} "
+        f"(CER {pct(s.get('own_cer_min'))}-{pct(s.get('own_cer_max'))}), global CER "
+        f"{pct(s.get('global_cer_mean'))}; {s.get('total_steps', 0):,} steps, "
         f"{s.get('bytes', 0) / 1e6:,.1f} MB sent, {s.get('rejected', 0)} rejected"
     )
 

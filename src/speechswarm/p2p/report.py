@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from speechswarm.report import format_duration
+from speechswarm.report import format_duration, pct
 
 
 class MetricsFile:
@@ -248,10 +248,6 @@ def _plot_bytes(runs: dict[str, list[dict]], path: Path) -> Path:
 # ---------------------------------------------------------------------- markdown
 
 
-def _pct(x) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.1f} %"
-
-
 def report_markdown(summaries: list[dict], agents: list[dict], notes: list[str], base: Path) -> str:
     """report.md: the runs table (with the gap to central when it ran), agents, plots."""
     central = next((s for s in summaries if s.get("run") == "central"), None)
@@ -267,10 +263,10 @@ def report_markdown(summaries: list[dict], agents: list[dict], notes: list[str],
             gap = f"{100 * (s['own_wer_mean'] - central['own_wer_mean']):+.1f} pts"
             ratio = f"{s['own_cer_mean'] / max(central['own_cer_mean'], 1e-12):.2f}x"
         lines.append(
-            f"| {s['run']} | {_pct(s.get('own_wer_mean'))} ({_pct(s.get('own_wer_min'))}-"
-            f"{_pct(s.get('own_wer_max'))}) | {_pct(s.get('own_cer_mean'))} "
-            f"({_pct(s.get('own_cer_min'))}-{_pct(s.get('own_cer_max'))}) | {gap} | {ratio} | "
-            f"{_pct(s.get('global_wer_mean'))} / {_pct(s.get('global_cer_mean'))} | "
+            f"| {s['run']} | {pct(s.get('own_wer_mean'))} ({pct(s.get('own_wer_min'))}-"
+            f"{pct(s.get('own_wer_max'))}) | {pct(s.get('own_cer_mean'))} "
+            f"({pct(s.get('own_cer_min'))}-{pct(s.get('own_cer_max'))}) | {gap} | {ratio} | "
+            f"{pct(s.get('global_wer_mean'))} / {pct(s.get('global_cer_mean'))} | "
             f"{s.get('total_steps', 0):,} | {s.get('messages', 0):,} | "
             f"{s.get('bytes', 0) / 1e6:,.1f} | {s.get('rejected', 0):,} | "
             f"{format_duration(s.get('wall_time', 0.0))} |"

@@ -347,6 +347,8 @@ def simulate_run(
         if resume and ckpt_path.exists():
             sim.load(ckpt_path)
             log.info(f"{name}: resumed after round {sim.round}")
+            if sim.round >= cfg.p2p.rounds:
+                log.info(f"{name}: already finished ({cfg.p2p.rounds} rounds): nothing to train")
         metrics = MetricsFile(run_dir / "metrics.jsonl", keep_rounds=sim.round)
         if sim.algorithm in ("gossip", "async"):
             _write_topology(sim, run_dir)

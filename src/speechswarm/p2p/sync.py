@@ -3,13 +3,11 @@
     node = GossipNode(agent=3, transport=mailbox, settings=MixSettings(...), counters=c)
     node.publish(state, receivers=[2, 4], round_index=r)    # what peers will pull
     new_state = node.mix(state, weights={2: .3, 3: .4, 4: .3}, round_index=r)
-    node.step(model, receivers, weights, r)   # both, on a module: the loop's sync point
 
 The math (weights, averaging, validation, compression) lives in `mixing.py`; the transport
 is anything with `send(to, message)` and `receive(agent)`. `Mailbox` is the in-memory one
 the one-process simulation uses: a synchronous round publishes every agent's weights, then
-every agent mixes. A networked transport whose `receive` waits for its peers makes `step()`
-usable inside a real training loop, after the optimizer step.
+every agent mixes.
 """
 
 from __future__ import annotations
@@ -147,11 +145,3 @@ class GossipNode:
             keep_from=order.index(self.agent),
         )
         return mixing.keep_local(mixed, own, s.keep_local) if s.keep_local else mixed
-
-    def step(self, model: torch.nn.Module, receivers, weights: dict[int, float], round_index: int):
-        """Publish this model's weights, mix what arrived, load the result into `model`:
-        what a training loop calls at its sync point (the transport's `receive` must
-        return this round's messages, e.g. by waiting for them)."""
-        own = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        self.publish(own, receivers, round_index)
-        model.load_state_dict(self.mix(own, weights, round_index))

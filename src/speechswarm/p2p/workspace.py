@@ -173,14 +173,22 @@ class Workspace:
                 speed_factors=cfg.data.speed_factors,  # batches on perturbed lengths
             )
             loader = make_loader(dataset, sampler, num_workers=0)
-            per_round = self._steps_per_round(trainer, len(sampler))
-            scheduler = make_scheduler(
-                cfg, self.base.optimizer, max(2, per_round * cfg.p2p.rounds), max(1, len(sampler))
-            )
             self._runs[trainer] = dataclasses.replace(
-                self.base, dataset=dataset, sampler=sampler, loader=loader, scheduler=scheduler
+                self.base, dataset=dataset, sampler=sampler, loader=loader
             )
+            self._runs[trainer].scheduler = self._schedule(trainer, len(sampler))
         return self._runs[trainer]
+
+    def _schedule(self, trainer: int, batches_per_epoch: int):
+        """A fresh schedule for `trainer` over p2p.rounds rounds; building it sets the
+        optimizer's LR to the schedule's first value."""
+        per_round = self._steps_per_round(trainer, batches_per_epoch)
+        return make_scheduler(
+            self.cfg,
+            self.base.optimizer,
+            max(2, per_round * self.cfg.p2p.rounds),
+            max(1, batches_per_epoch),
+        )
 
     def _steps_per_round(self, trainer: int, batches_per_epoch: int) -> int:
         steps, epochs = self.work[trainer]
@@ -200,6 +208,7 @@ class Workspace:
             rng = capture_rng_state()
         run.generator.manual_seed(self.cfg.train.seed + 1 + RANK_SEED_STRIDE * rank)
         run.optimizer.load_state_dict(self.blank_optimizer)
+        run.scheduler = self._schedule(trainer, len(run.sampler))  # the first step's LR
         return {
             "model": snapshot(run.model.state_dict()),
             "optimizer": snapshot(run.optimizer.state_dict()),

@@ -34,6 +34,7 @@ from speechswarm.p2p import mixing
 from speechswarm.p2p.net.auth import Gate, run_secret_authorizer
 from speechswarm.p2p.net.settings import NetSettings
 from speechswarm.p2p.workspace import batchnorm_stat_names
+from speechswarm.report import pct
 
 
 def hivemind_compression(kind: str):
@@ -467,10 +468,6 @@ def _summary(run, state, sync, averager, joined, scores, wall, address, every) -
     }
 
 
-def _pct(x) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.1f} %"
-
-
 def _partial(s: dict) -> str:
     n = s.get("partial_rounds", 0)
     return f", {n} of them partial (a member stalled mid-round)" if n else ""
@@ -478,8 +475,8 @@ def _partial(s: dict) -> str:
 
 def summary_line(s: dict) -> str:
     return (
-        f"peer {s['peer_id'][-8:]}: {s['steps']} steps, own WER {_pct(s.get('own_wer'))} CER "
-        f"{_pct(s.get('own_cer'))}; joined {s['rounds_joined']}/{s['rounds']} rounds"
+        f"peer {s['peer_id'][-8:]}: {s['steps']} steps, own WER {pct(s.get('own_wer'))} CER "
+        f"{pct(s.get('own_cer'))}; joined {s['rounds_joined']}/{s['rounds']} rounds"
         f"{_partial(s)} (mean group "
         f"{s['mean_group_size']:.1f}), {s['bytes_sent'] / 1e6:.2f} MB sent, "
         f"{s['bytes_recv'] / 1e6:.2f} MB received; {s['averaging_seconds']:.1f} s averaging, "

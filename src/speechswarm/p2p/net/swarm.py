@@ -29,6 +29,7 @@ from pathlib import Path
 
 from speechswarm.config import Config, dump_yaml
 from speechswarm.p2p.report import plot_agents, plot_comparison, read_rows, report_markdown
+from speechswarm.report import pct
 
 RUN_NAME = "swarm"
 
@@ -278,10 +279,6 @@ def write_report(out_dir: Path, rows, summaries, agent_rows, cfg, settings, wall
     return report
 
 
-def _pct(x) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.1f} %"
-
-
 def peers_table(summaries: list[dict]) -> str:
     lines = [
         "## Peers",
@@ -297,7 +294,7 @@ def peers_table(summaries: list[dict]) -> str:
         loaded = s.get("loaded_state", {})
         partial = f" ({s['partial_rounds']} partial)" if s.get("partial_rounds") else ""
         lines.append(
-            f"| {k} | {_pct(s.get('own_wer'))} | {_pct(s.get('own_cer'))} | {s['steps']} | "
+            f"| {k} | {pct(s.get('own_wer'))} | {pct(s.get('own_cer'))} | {s['steps']} | "
             f"{s['rounds_joined']}/{s['rounds']}{partial} | {s['mean_group_size']:.1f} | "
             f"{s['bytes_sent'] / 1e6:.2f} | {s['bytes_recv'] / 1e6:.2f} | "
             f"{s['averaging_seconds']:.1f} | {s['training_seconds']:.1f} | "
