@@ -310,3 +310,18 @@ def test_killed_worker_is_restarted_and_resumes_exactly(tone_pairs, tmp_path):
     resumed = load_checkpoint(out / "checkpoints/last.pt")
     assert resumed["train_state"]["step"] == straight["train_state"]["step"] == 6
     assert max_difference(straight["model"], resumed["model"]) == 0.0
+
+
+@pytest.mark.slow  # three launches of 2 processes, ~30 s
+def test_resuming_a_finished_ddp_run_trains_nothing(tone_pairs, tmp_path):
+    args = overrides_for(tone_pairs, tmp_path / "run", "data.max_batch_size=2",
+                         "train.max_steps=4", "train.checkpoint_every=2")  # fmt: skip
+    check_ok(run_cli("train", "--nproc", "2", "--config", "tiny", *args))
+    last = tmp_path / "run/checkpoints/last.pt"
+    stamp, weights = last.stat().st_mtime_ns, load_checkpoint(last)["model"]
+    for attempt in (1, 2):
+        check_ok(run_cli("train", "--nproc", "2", "--config", "tiny", *args, "--resume", "auto"))
+        assert last.stat().st_mtime_ns == stamp  # no step, no checkpoint
+        assert max_difference(load_checkpoint(last)["model"], weights) == 0.0
+        log = (tmp_path / "run/train.log").read_text()
+        assert log.count("run already finished (max_steps) at step 4") == attempt
