@@ -38,7 +38,6 @@ from speechswarm.config import Config
 from speechswarm.data.dataset import SpeechDataset, collate, make_loader
 from speechswarm.data.manifest import Utterance
 from speechswarm.data.sampler import BucketBatchSampler
-from speechswarm.evaluate import eval_batches, evaluate
 from speechswarm.train.loop import TrainState, run_steps
 from speechswarm.train.model_stack import build_model_stack
 from speechswarm.train.optim import make_optimizer, make_scheduler
@@ -304,24 +303,8 @@ class Workspace:
         utts = self.tests[test]
         if not utts:
             return math.nan, math.nan, 0
-        run, data = self.base, self.cfg.data
-        run.model.load_state_dict(model_state)
-        result = evaluate(
-            run.model,
-            run.extractor,
-            eval_batches(
-                utts,
-                run.tokenizer,
-                data.sample_rate,
-                max_batch_seconds=data.max_batch_seconds,
-                max_batch_size=data.max_batch_size,
-                num_workers=0,
-            ),
-            run.tokenizer,
-            device=run.device,
-            amp_dtype=run.amp_dtype,
-            references={u.id: u.text for u in utts},
-        )
+        self.base.model.load_state_dict(model_state)
+        result = self.base.score(utts)
         return result.wer, result.cer, result.utterances
 
 

@@ -26,7 +26,7 @@ from speechswarm.data.dataset import SpeechDataset
 from speechswarm.data.manifest import Utterance
 from speechswarm.data.sampler import BucketBatchSampler
 from speechswarm.data.tokenizer import Tokenizer
-from speechswarm.evaluate import eval_batches
+from speechswarm.evaluate import eval_batches, evaluate
 from speechswarm.features import FeatureExtractor
 from speechswarm.model import DeepSpeech2
 from speechswarm.report import MetricsLogger, plot_run, write_summary
@@ -108,6 +108,27 @@ class Run:
             max_batch_seconds=data.max_batch_seconds,
             max_batch_size=data.max_batch_size,
             num_workers=min(data.num_workers, 2),
+        )
+
+    def score(self, utts: list[Utterance]):
+        """`evaluate.evaluate` of the current model on `utts` (greedy, in this process)."""
+        data = self.cfg.data
+        batches = eval_batches(
+            utts,
+            self.tokenizer,
+            data.sample_rate,
+            max_batch_seconds=data.max_batch_seconds,
+            max_batch_size=data.max_batch_size,
+            num_workers=0,
+        )
+        return evaluate(
+            self.model,
+            self.extractor,
+            batches,
+            self.tokenizer,
+            device=self.device,
+            amp_dtype=self.amp_dtype,
+            references={u.id: u.text for u in utts},
         )
 
     def grad_sync(self, enabled: bool):

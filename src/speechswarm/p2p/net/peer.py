@@ -409,7 +409,6 @@ def wait_for_peers(dht, prefix: str, count: int, timeout: float, log) -> int:
 
 
 def _score(run, test_path: Path, global_test: str) -> dict:
-    from speechswarm.evaluate import eval_batches, evaluate
 
     out = {}
     for key, path in (("own", test_path), ("global", global_test)):
@@ -418,23 +417,7 @@ def _score(run, test_path: Path, global_test: str) -> dict:
         utts = read_manifest(path)
         if not utts:
             continue
-        data = run.cfg.data
-        result = evaluate(
-            run.model,
-            run.extractor,
-            eval_batches(
-                utts,
-                run.tokenizer,
-                data.sample_rate,
-                max_batch_seconds=data.max_batch_seconds,
-                max_batch_size=data.max_batch_size,
-                num_workers=0,
-            ),
-            run.tokenizer,
-            device=run.device,
-            amp_dtype=run.amp_dtype,
-            references={u.id: u.text for u in utts},
-        )
+        result = run.score(utts)
         out[f"{key}_wer"], out[f"{key}_cer"] = result.wer, result.cer
     return out
 
