@@ -180,3 +180,28 @@ def test_a_frozen_peer_times_out_and_the_others_train_on(swarm_setup, tmp_path):
         # bounded waits: the round's budget from its start, and 0.5 s for hivemind to answer
         assert all(r["seconds"] <= FAST.timeout_s + 1.5 for r in rounds[3:]), rounds
         assert any(r["ok"] and r["group_size"] == 2 for r in rounds[3:])
+
+
+def test_resuming_a_finished_peer_trains_nothing(swarm_setup, tmp_path):
+    """A peer restarted with --resume auto after its last round (a restart script, a
+    requeue) takes no step, writes no checkpoint and joins no swarm; it prints its summary."""
+    config, agents = swarm_setup(rounds=2)
+    alone = dataclasses.replace(FAST, group_size=2, timeout_s=1.0)
+    out = tmp_path / "alone"
+    args = peer_args(config, agents[0], out, alone)
+    assert _finish([PeerProcess(args, out, peer_env(SECRET))]) == [0]
+    last = out / "checkpoints" / "last.pt"
+    stamp, weights, summary = (
+        last.stat().st_mtime_ns,
+        _weights(out),
+        json.loads((out / "summary.json").read_text()),
+    )
+    assert summary["steps"] == 4
+    for attempt in (1, 2):
+        again = PeerProcess([*args, "--resume", "auto"], out, peer_env(SECRET))
+        assert _finish([again]) == [0], again.log_path.read_text()[-3000:]
+        assert last.stat().st_mtime_ns == stamp
+        assert all(torch.equal(_weights(out)[k], v) for k, v in weights.items())
+        assert (out / "train.log").read_text().count("run already finished (max_steps)") == attempt
+        assert "listening" not in again.log_path.read_text()  # no DHT joined
+        assert json.loads((out / "summary.json").read_text()) == summary

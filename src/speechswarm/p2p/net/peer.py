@@ -68,13 +68,17 @@ class HivemindSync:
 
     is_main = True
 
-    def __init__(self, averager, names, *, every, weight, settings, p2p, rounds_path, log):
+    def __init__(
+        self, averager, names, *, every, weight, settings, p2p, rounds_path, log, first_round=0
+    ):
         self.averager, self.names, self.every, self.weight = averager, names, every, weight
         self.settings, self.p2p, self.log = settings, p2p, log
         self.rounds_path = Path(rounds_path)
-        self.rounds_path.write_text("")
+        # a resumed peer keeps the rows of the rounds its checkpoint had done
+        kept = [r for r in _read_rows(self.rounds_path) if r["round"] <= first_round]
+        self.rounds_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self.started = time.perf_counter()
-        self.round = 0
+        self.round = first_round
         self.joined = 0
         self.averaging_seconds = 0.0
         self.group_sizes: list[int] = []
@@ -181,6 +185,22 @@ class HivemindSync:
         return state_sum(tensors)
 
 
+def _read_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _finished_summary(out_dir: Path) -> dict:
+    """The summary a finished peer wrote (printed again), or {} where it has none."""
+    path = out_dir / "summary.json"
+    if not path.is_file():
+        return {}
+    summary = json.loads(path.read_text())
+    print(summary_line(summary), flush=True)
+    return summary
+
+
 # seconds past --timeout-s a round waits for hivemind to report its own outcome
 ROUND_GRACE_S = 0.5
 # per-round deltas of the averager's counters, in rounds.jsonl
@@ -269,7 +289,6 @@ def peer_config(cfg: Config, train: Path, test: Path, out: Path, every: int) -> 
             max_steps=rounds_steps,
             epochs=max(cfg.train.epochs, 10**6),
             eval_every=0,
-            checkpoint_every=0,
             log_every=max(1, min(cfg.train.log_every, every)),
         ),
     )
@@ -296,10 +315,24 @@ def run_peer(
     identity: str = "",
     prefix: str = "speechswarm",
     progress: bool = True,
+    resume: str = "",
 ) -> dict:
-    """Train one peer to p2p.rounds averaging rounds; returns (and writes) its summary."""
+    """Train one peer to p2p.rounds averaging rounds; returns (and writes) its summary.
+
+    `resume`: a checkpoint, or "auto" for the last one in `out`'s checkpoints/ (none there:
+    a fresh start). A peer that had already finished its rounds trains nothing, joins no
+    swarm, and returns the summary it wrote then."""
     from speechswarm.train.assemble import build_run, schedule_for
-    from speechswarm.train.loop import RunLimits, TrainState, run_steps, save
+    from speechswarm.train.loop import (
+        FINISHED,
+        RunLimits,
+        TrainState,
+        log_finished,
+        restore,
+        resume_path,
+        run_steps,
+        save,
+    )
 
     settings = settings or NetSettings()
     gate = gate or Gate()
@@ -312,6 +345,15 @@ def run_peer(
     if every != 1:  # p2p.rounds rounds of `every` steps: the schedule spans them
         run.cfg = peer_config(cfg, train_path, test_path, out_dir, every)
         run.scheduler = schedule_for(run.cfg, run.optimizer, len(run.sampler), run.accumulate)
+    state, rng = TrainState(), None
+    path = resume_path(run, resume or None)
+    if path is not None:
+        rng = restore(run, state, path)
+        run.log.info(f"resumed from {path} at step {state.step}")
+        finished = RunLimits(run, state)(state)
+        if finished in FINISHED:
+            log_finished(run, state, finished)
+            return _finished_summary(out_dir)
     names = averaged_names(run.model, cfg.p2p.bn_stats)
     weight = float(len(run.sampler.durations)) if cfg.p2p.weights == "data_size" else 1.0
     dht = start_dht(settings, gate, initial_peers, identity)
@@ -323,21 +365,25 @@ def run_peer(
         averager.share_state({"step": 0, "round": 0}, [sd[n] for n in names])
         present = wait_for_peers(dht, prefix, settings.wait_peers, settings.wait_s, run.log)
         joined = {"loaded": False, "from_step": None, "reason": "first peer"}
-        if initial_peers and settings.load_state:
+        if path is not None:
+            joined["reason"] = "resumed"
+        elif initial_peers and settings.load_state:
             joined = load_from_peers(
                 averager, run.model, names, cfg.p2p, settings.timeout_s, run.log
             )
         sync = HivemindSync(
             averager, names, every=every, weight=weight, settings=settings, p2p=cfg.p2p,
-            rounds_path=out_dir / "rounds.jsonl", log=run.log,
+            rounds_path=out_dir / "rounds.jsonl", log=run.log, first_round=state.step // every,
         )  # fmt: skip
         sync.share(run.model, 0)
         run = dataclasses.replace(run, sync=sync)
         from speechswarm.report import MetricsLogger
 
-        run.metrics = MetricsLogger(out_dir, tensorboard=False)
-        state, started = TrainState(), time.perf_counter()
-        run_steps(run, state, RunLimits(run, state), progress=progress)
+        run.metrics = MetricsLogger(
+            out_dir, tensorboard=False, resume_step=state.step if path is not None else None
+        )
+        started = time.perf_counter()
+        run_steps(run, state, RunLimits(run, state), rng_to_restore=rng, progress=progress)
         wall = time.perf_counter() - started
         save(run, state)  # checkpoints/: the peer's final model, for eval, transcribe, export
         scores = _score(run, test_path, global_test)
