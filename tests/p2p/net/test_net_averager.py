@@ -21,7 +21,7 @@ from hivemind.proto import averaging_pb2  # noqa: E402
 
 from speechswarm.p2p.net.auth import Gate, ensure_identity, run_secret_authorizer  # noqa: E402
 from speechswarm.p2p.net.averager import GatedAverager  # noqa: E402
-from speechswarm.p2p.net.peer import hivemind_compression  # noqa: E402
+from speechswarm.p2p.net.hivemind_sync import hivemind_compression  # noqa: E402
 
 SECRET = b"0123456789abcdef0123"
 HOST = ["/ip4/127.0.0.1/tcp/0"]

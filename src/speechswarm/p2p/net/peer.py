@@ -5,7 +5,7 @@
 
 `run_peer()` builds the ordinary training run (`train.assemble.build_run`), joins the run's
 hivemind DHT, and trains through the ordinary loop (`train.loop.run_steps`) with a
-`HivemindSync` at the loop's sync point: every `every` local steps it averages the model's
+`HivemindSync` (hivemind_sync.py) at the loop's sync point: every `every` local steps it averages the model's
 floating tensors with whichever peers are looking for a group at that moment (hivemind
 `DecentralizedAverager`, groups of up to `group_size`, weights = training-set sizes), checks
 the result (`p2p.mixing.check_received`: names, shapes, dtypes, finite, norm bound) and only
@@ -26,216 +26,17 @@ import math
 import time
 from pathlib import Path
 
-import torch
-
 from speechswarm.config import Config
 from speechswarm.data.manifest import read_manifest, write_manifest
-from speechswarm.p2p import mixing
 from speechswarm.p2p.net.auth import Gate, run_secret_authorizer
+from speechswarm.p2p.net.hivemind_sync import (
+    HivemindSync,
+    averaged_names,
+    hivemind_compression,
+    load_from_peers,
+)
 from speechswarm.p2p.net.settings import NetSettings
-from speechswarm.p2p.workspace import batchnorm_stat_names
 from speechswarm.report import pct
-
-
-def hivemind_compression(kind: str):
-    """hivemind codec for `kind`. int8: tensors of 1,024+ values as 8-bit codes (hivemind's
-    Uniform8BitQuantization: 256 bins over +-3 std, a 256-entry codebook each), smaller ones
-    (biases, norms: a tiny share of the bytes, and a 1-value tensor has no std) uncompressed."""
-    from hivemind.compression import (
-        Float16Compression,
-        NoCompression,
-        SizeAdaptiveCompression,
-        Uniform8BitQuantization,
-    )
-
-    import speechswarm.p2p.net.averager  # noqa: F401 (its 8-bit decoding fix)
-
-    if kind == "int8":
-        return SizeAdaptiveCompression(1024, NoCompression(), Uniform8BitQuantization())
-    return {"none": NoCompression, "fp16": Float16Compression}[kind]()
-
-
-def averaged_names(model: torch.nn.Module, bn_stats: str) -> list[str]:
-    """State-dict names that peers average: floating tensors, minus BatchNorm statistics
-    when p2p.bn_stats is `local` (FedBN-style)."""
-    skip = set(batchnorm_stat_names(model)) if bn_stats == "local" else set()
-    return [k for k, v in model.state_dict().items() if v.is_floating_point() and k not in skip]
-
-
-class HivemindSync:
-    """A `train.sync.Synchronizer` that averages through a GatedAverager every
-    `every` steps; the other three methods answer as LocalSync (each peer is its own main)."""
-
-    is_main = True
-
-    def __init__(
-        self, averager, names, *, every, weight, settings, p2p, rounds_path, log, first_round=0
-    ):
-        self.averager, self.names, self.every, self.weight = averager, names, every, weight
-        self.settings, self.p2p, self.log = settings, p2p, log
-        self.rounds_path = Path(rounds_path)
-        # a resumed peer keeps the rows of the rounds its checkpoint had done
-        kept = [r for r in _read_rows(self.rounds_path) if r["round"] <= first_round]
-        self.rounds_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        self.started = time.perf_counter()
-        self.round = first_round
-        self.joined = 0
-        self.averaging_seconds = 0.0
-        self.group_sizes: list[int] = []
-        self.reasons: dict[str, int] = {}
-        self.partial = 0  # rounds that averaged without a member for part of the vector
-
-    def agree(self, flag: str) -> str:
-        return flag
-
-    def gather(self, obj):
-        return [obj]
-
-    def after_step(self, model: torch.nn.Module, state) -> None:
-        if state.step % self.every:
-            return
-        self.average(model, state.step)
-
-    def own_state(self, model) -> dict:
-        sd = model.state_dict()
-        return {k: sd[k].detach().clone() for k in self.names}
-
-    def average(self, model: torch.nn.Module, step: int) -> dict:
-        """One averaging attempt; returns (and logs) its row."""
-        start = time.perf_counter()
-        own = self.own_state(model)
-        before = {k: self.averager.counter(k) for k in _ROUND_COUNTERS}
-        with self.averager.get_tensors() as buffers:
-            for buf, name in zip(buffers, self.names, strict=True):
-                buf.copy_(own[name])
-        reason, peers = "", {}
-        try:
-            peers = self._step(step, start)
-            if peers is None:
-                reason = "no group"
-        except Exception as e:  # hivemind raises several kinds for a failed round
-            reason = "timeout" if "imeout" in type(e).__name__ + str(e) else "failed"
-            self.log.info(f"averaging at step {step} failed: {type(e).__name__}: {e}")
-        group = len(peers) if peers else 1
-        if not reason:
-            with self.averager.get_tensors() as buffers:
-                received = {n: b.clone() for n, b in zip(self.names, buffers, strict=True)}
-            if self.p2p.validate:
-                reason = mixing.check_received(received, own, self.p2p.max_norm_ratio)
-            if not reason:
-                model.load_state_dict({**model.state_dict(), **received})
-                self.joined += 1
-                self.group_sizes.append(group)
-        counts = {k: int(self.averager.counter(k) - before[k]) for k in _ROUND_COUNTERS}
-        partial = not reason and (counts["values_kept_local"] > 0 or counts["senders_dropped"] > 0)
-        if partial:
-            self.partial += 1
-            self.log.info(
-                f"averaging at step {step}: a member stalled mid-round; "
-                f"{counts['values_kept_local']} values kept local, "
-                f"{counts['senders_dropped']} sender(s) left out of this peer's part"
-            )
-        self.reasons[reason or "ok"] = self.reasons.get(reason or "ok", 0) + 1
-        shared = self.share(model, step)
-        seconds = time.perf_counter() - start
-        self.averaging_seconds += seconds
-        self.round += 1
-        row = {
-            "round": self.round,
-            "step": step,
-            "ok": not reason,
-            "reason": reason,
-            "group_size": group if not reason else 1,
-            "partial": partial,
-            "seconds": round(seconds, 3),
-            "time": round(time.perf_counter() - self.started, 3),
-            **counts,
-            "state_sum": shared,
-        }
-        with open(self.rounds_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-        return row
-
-    def _step(self, step: int, start: float):
-        """hivemind's averaging step, within the round's budget (--timeout-s from `start`).
-        hivemind bounds only the search for a group by its timeout; the all-reduce that
-        follows has its own, and a search that joined a frozen leader can overrun: a round
-        could take twice the budget and more. Past the budget the peer cancels the step and
-        trains on; an all-reduce already running ends in the averager within its timeout."""
-        budget = self.settings.timeout_s
-        control = self.averager.step(
-            weight=self.weight,
-            gather=self.averager.gather_info(step=step),
-            timeout=budget,
-            wait=False,
-        )
-        left = budget - (time.perf_counter() - start)
-        try:
-            return control.result(timeout=max(0.0, left) + ROUND_GRACE_S)
-        except TimeoutError:
-            control.cancel()
-            raise TimeoutError(f"no average within --timeout-s {budget:g}") from None
-
-    def share(self, model, step: int) -> float:
-        """Offer the current weights to newcomers (a snapshot, consistent across tensors);
-        returns their `state_sum` (a checksum: a newcomer logs the same for what it loaded)."""
-        own = self.own_state(model)
-        tensors = [own[n] for n in self.names]
-        self.averager.share_state({"step": step, "round": self.round}, tensors)
-        return state_sum(tensors)
-
-
-def _read_rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _finished_summary(out_dir: Path) -> dict:
-    """The summary a finished peer wrote (printed again), or {} where it has none."""
-    path = out_dir / "summary.json"
-    if not path.is_file():
-        return {}
-    summary = json.loads(path.read_text())
-    print(summary_line(summary), flush=True)
-    return summary
-
-
-# seconds past --timeout-s a round waits for hivemind to report its own outcome
-ROUND_GRACE_S = 0.5
-# per-round deltas of the averager's counters, in rounds.jsonl
-_ROUND_COUNTERS = ("bytes_sent", "bytes_recv", "values_kept_local", "senders_dropped")
-
-
-def state_sum(tensors) -> float:
-    """Sum of all values in float64, in order: equal sums identify the same weights here."""
-    return float(sum(float(t.double().sum()) for t in tensors))
-
-
-def load_from_peers(averager, model, names, p2p, timeout: float, log) -> dict:
-    """Download a live peer's weights; load them if they pass validation. Returns
-    {"loaded": bool, "from_step": int | None, "reason": str}."""
-    result = averager.load_state_from_peers(timeout=timeout)
-    if result is None:
-        return {"loaded": False, "from_step": None, "reason": "no peer shared its state"}
-    metadata, tensors = result
-    own = {k: v.detach().clone() for k, v in model.state_dict().items() if k in names}
-    if not isinstance(metadata, dict) or len(tensors) != len(names):
-        return {"loaded": False, "from_step": None, "reason": "keys"}
-    received = {n: t for n, t in zip(names, tensors, strict=True)}
-    reason = mixing.check_received(received, own, p2p.max_norm_ratio) if p2p.validate else ""
-    if reason and reason != "norm":  # a trained model may differ in norm from a fresh one
-        log.info(f"state from peers rejected: {reason}")
-        return {"loaded": False, "from_step": None, "reason": reason}
-    model.load_state_dict({**model.state_dict(), **received})
-    step = metadata.get("step")
-    log.info(f"loaded the current weights from a peer (its step {step})")
-    return {
-        "loaded": True,
-        "from_step": step if isinstance(step, int) else None,
-        "reason": "",
-        "state_sum": state_sum(tensors),
-    }
 
 
 def start_dht(settings: NetSettings, gate: Gate, initial_peers, identity: str):
@@ -260,6 +61,16 @@ def start_dht(settings: NetSettings, gate: Gate, initial_peers, identity: str):
             "peer has the same run secret ($SPEECHSWARM_RUN_SECRET or --secret-file)"
         )
         raise RuntimeError(f"could not join the run's DHT: {e}; {hint}") from e
+
+
+def _finished_summary(out_dir: Path) -> dict:
+    """The summary a finished peer wrote (printed again), or {} where it has none."""
+    path = out_dir / "summary.json"
+    if not path.is_file():
+        return {}
+    summary = json.loads(path.read_text())
+    print(summary_line(summary), flush=True)
+    return summary
 
 
 def _split(data: str, test: str, cfg: Config, out: Path) -> tuple[Path, Path]:
