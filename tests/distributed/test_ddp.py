@@ -325,3 +325,19 @@ def test_resuming_a_finished_ddp_run_trains_nothing(tone_pairs, tmp_path):
         assert max_difference(load_checkpoint(last)["model"], weights) == 0.0
         log = (tmp_path / "run/train.log").read_text()
         assert log.count("run already finished (max_steps) at step 4") == attempt
+
+
+def test_a_failed_worker_group_is_reported_by_rank(monkeypatch, capsys):
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from speechswarm.distributed.launch import launch
+
+    def fail(args):
+        failure = ProcessFailure(local_rank=1, pid=4242, exitcode=-6, error_file="<N/A>")
+        raise ChildFailedError("speechswarm", {1: failure})
+
+    monkeypatch.setattr(torchrun, "run", fail)
+    assert launch(["-m", "speechswarm", "train"], 2) == 1
+    err = capsys.readouterr().err
+    assert "DDP worker(s) failed: rank 1 (exit code -6)" in err

@@ -47,8 +47,8 @@ def launch(worker_argv: list[str], nproc: int, max_restarts: int = 0) -> int:
     try:
         run(args)
     except ChildFailedError as e:
-        failures = ", ".join(
-            f"rank {f.global_rank} (exit code {f.exitcode})" for f in e.failures.values()
+        failures = ", ".join(  # keyed by global rank
+            f"rank {rank} (exit code {f.exitcode})" for rank, f in sorted(e.failures.items())
         )
         print(
             f"speechswarm train: DDP worker(s) failed: {failures}; see the traceback above"
