@@ -49,6 +49,8 @@ LAYERS = {
     "speechswarm.decode": 2,
     "speechswarm.metrics": 2,
     "speechswarm.report": 2,
+    "speechswarm.plots": 2,
+    "speechswarm.recurrence": 2,
     "speechswarm.build": 3,
     "speechswarm.inference": 3,
     "speechswarm.transcribe": 3,

@@ -195,7 +195,7 @@ def test_padded_path_casts_recurrent_weights_once_under_autocast(rnn_type):
     bit for bit in fp32 and within bf16 rounding under autocast. There, in inference, it
     casts the weights once per call, not once per time step (inference_mode has no cast
     cache), and projects the input with one GEMM, not T batched ones on copies of it."""
-    from speechswarm.model import _run_rnn_padded
+    from speechswarm.recurrence import run_rnn_padded
 
     torch.manual_seed(0)
     cls = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[rnn_type]
@@ -203,7 +203,7 @@ def test_padded_path_casts_recurrent_weights_once_under_autocast(rnn_type):
     twin = cls(12, 16, batch_first=True, device="meta")
 
     def run(x):
-        return _run_rnn_padded(rnn, twin, x, torch.ones(x.shape[:2], dtype=torch.bool))
+        return run_rnn_padded(rnn, twin, x, torch.ones(x.shape[:2], dtype=torch.bool))
 
     x = torch.randn(3, 60, 12)
     with torch.inference_mode():

@@ -11,15 +11,8 @@ import pytest
 import torch
 
 from speechswarm import report
-from speechswarm.report import (
-    MetricsLogger,
-    format_duration,
-    moving_average,
-    plot_run,
-    read_metrics,
-    series,
-    write_summary,
-)
+from speechswarm.plots import moving_average, plot_run, series
+from speechswarm.report import MetricsLogger, format_duration, read_metrics, write_summary
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -19,7 +19,7 @@ Two choices, both measured on this model with torch 2.13 (docs/decoding.md):
   of a Conv2d + BiGRU model (onnxruntime then failed on other lengths).
 - The recurrent layers run on packed sequences (`rnn_packing="packed"`), which export to
   ONNX GRU/LSTM nodes with `sequence_lens`, so padding never reaches a valid frame. The CPU
-  training path (`_run_rnn_padded`) uses `torch.func.functional_call`, which the tracer
+  training path (`recurrence.run_rnn_padded`) uses `torch.func.functional_call`, which the tracer
   refuses. Both paths give the same numbers (tested in tests/test_model.py).
 - The STFT is a strided Conv1d with a fixed windowed-DFT kernel: `torch.stft` returns
   complex tensors, which the exporter does not handle. Features match `FeatureExtractor`

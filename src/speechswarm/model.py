@@ -22,7 +22,7 @@ on both axes (deepspeech.pytorch), so a T-frame input always gives >= 1 output f
 Two choices make an utterance's outputs (in eval mode) independent of its batch neighbours:
 padded time steps are re-zeroed after every conv layer (deepspeech.pytorch's MaskConv), and
 the recurrent layers never read padding (packed sequences on CUDA; on the CPU an equivalent,
-faster per-direction scheme, see `_run_rnn_padded`). The sequence-wise BatchNorm1d layers
+faster per-direction scheme, see `run_rnn_padded`). The sequence-wise BatchNorm1d layers
 normalise only the valid frames, unlike deepspeech.pytorch, whose statistics also count
 padding. BatchNorm2d in the conv stack still sees the zeroed padding
 in training mode (its batch statistics depend on the batch, as any BatchNorm's do).
@@ -37,12 +37,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from speechswarm import frames, fused_gru
 from speechswarm.errors import ConfigError
 from speechswarm.frames import conv_output_length
+from speechswarm.recurrence import (
+    per_frame,
+    run_gru_fused,
+    run_rnn_packed,
+    run_rnn_padded,
+    time_mask,
+)
 
 _RNN_CLASSES = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}
 # Weight matrices per recurrent cell: GRU has 3 gates, LSTM 4, a plain RNN 1.
@@ -67,104 +72,12 @@ class Lookahead(nn.Module):
         return self.conv(x).transpose(1, 2)  # (N, T, H)
 
 
-def _time_mask(lens: torch.Tensor, max_len: int) -> torch.Tensor:
-    """(N,) lengths -> (N, max_len) bool, True on valid frames."""
-    return torch.arange(max_len, device=lens.device)[None, :] < lens[:, None]
-
-
-def _per_frame(fn, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Apply a per-frame module to the valid frames only; padding stays 0.
-
-    x: (N, T, D), mask: (N, T) bool -> (N, T, D'). BatchNorm1d applied this way takes its
-    statistics over real frames, never over padding (deepspeech.pytorch counts padding).
-    """
-    y = fn(x[mask])  # (sum(lens), D')
-    out = y.new_zeros(*mask.shape, y.shape[-1])
-    out[mask] = y
-    return out
-
-
-def _run_rnn_packed(rnn: nn.RNNBase, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-    """cuDNN path: x (N, T, D) -> (N, T, directions * H), zero-padded; lens on the CPU."""
-    packed = pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False)
-    out, _ = rnn(packed)
-    return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
-
-
-def _run_rnn_padded(
-    rnn: nn.RNNBase, twin: nn.RNNBase, x: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
-    """CPU path, same result as packing: x (N, T, D) -> (N, T, directions * H), zero-padded.
-
-    PyTorch's CPU RNN on a PackedSequence slices the input once per step and each slice's
-    backward zero-fills a full-size gradient: fwd+bwd time grows with T^2 (measured, 2 CPU
-    threads, BiGRU 192, batch 16: 0.18 s at 125 steps, 1.75 s at 500; padded: 0.08, 0.36 s).
-    So each direction runs on padded input with the `rnn`'s own weights (`twin` is a
-    unidirectional module of the same shape on the meta device, used as a template): the
-    forward direction is causal, so padding after the end cannot reach valid outputs; the
-    backward direction runs on each utterance reversed within its length, so its padding
-    also comes last.
-
-    Under autocast the weights are cast to its dtype here, once per call: autocast's cast
-    cache is off under `torch.inference_mode`, so transcription re-cast them at every step.
-    Without grad the input is laid out time-major first: for a weight that does not require
-    grad, `matmul` runs a batch-first input projection as T GEMMs on T copies of the weight.
-    """
-    names = [n for n, _ in twin.named_parameters()]  # weight_ih_l0, weight_hh_l0, biases
-    dtype = torch.get_autocast_dtype(x.device.type)
-    cast = torch.is_autocast_enabled(x.device.type)
-    layout = _time_major if cast and not torch.is_grad_enabled() else lambda t: t
-
-    def weights(suffix: str = "") -> dict[str, torch.Tensor]:
-        ws = {n: getattr(rnn, n + suffix) for n in names}
-        return {n: w.to(dtype) for n, w in ws.items()} if cast else ws
-
-    out, _ = functional_call(twin, weights(), (layout(x),))
-    if rnn.bidirectional:
-        rev = _reverse_index(mask)
-        back, _ = functional_call(twin, weights("_reverse"), (layout(_gather_time(x, rev)),))
-        out = torch.cat([out, _gather_time(back, rev)], dim=-1)
-    return out.masked_fill(~mask[..., None], 0.0)
-
-
-def _run_gru_fused(rnn: nn.GRU, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """CPU training path of a GRU on the fused kernel (speechswarm.fused_gru), with the
-    padding handled as in `_run_rnn_padded`: x (N, T, D) -> (N, T, directions * H)."""
-    cd = fused_gru.compute_dtype(x)
-    rev = _reverse_index(mask) if rnn.bidirectional else None
-    x_rev = _gather_time(x, rev) if rev is not None else None
-    with torch.autocast("cpu", enabled=False):
-        out, back = fused_gru.gru_layer(rnn, x, x_rev, cd)
-    if back is not None:
-        out = torch.cat([out, _gather_time(back, rev)], dim=-1)
-    return out.masked_fill(~mask[..., None], 0.0)
-
-
-def _reverse_index(mask: torch.Tensor) -> torch.Tensor:
-    """(N, T) valid-frame mask -> (N, T) int64 time index that reverses each utterance
-    within its length and leaves its padding in place; the index is its own inverse."""
-    t = torch.arange(mask.shape[1], device=mask.device)[None, :]  # (1, T)
-    lens = mask.sum(1, keepdim=True)  # (N, 1)
-    return torch.where(t < lens, lens - 1 - t, t)
-
-
-def _gather_time(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x (N, T, D), index (N, T) -> (N, T, D) with out[n, t] = x[n, index[n, t]]."""
-    return x.gather(1, index[..., None].expand_as(x))
-
-
-def _time_major(x: torch.Tensor) -> torch.Tensor:
-    """(N, T, D) -> the same (N, T, D) values stored as (T, N, D): a batch-first RNN's
-    input projection is then one matrix product over all N * T frames."""
-    return x.transpose(0, 1).contiguous().transpose(0, 1)
-
-
 class DeepSpeech2(nn.Module):
     """DeepSpeech2 CTC model; see the module docstring for the layer stack.
 
     `rnn_packing` (attribute, not an argument: it changes speed, never results): "auto" runs
     the recurrent layers on PackedSequences on CUDA (cuDNN) and on padded, per-utterance
-    reversed input elsewhere (see `_run_rnn_padded`); "packed" / "padded" force one path.
+    reversed input elsewhere (see `run_rnn_padded`); "packed" / "padded" force one path.
     `rnn_kernel` (attribute, set from train.rnn_kernel): "auto" trains GRU layers on the CPU
     with the fused kernel of `speechswarm.fused_gru` where it builds, "fused" insists on it,
     "aten" never uses it; inference always runs ATen's GRU.
@@ -353,7 +266,7 @@ class DeepSpeech2(nn.Module):
         """
         lens = self._check_inputs(feats, feat_lens)  # (N,) int64 on CPU: packing needs it there
         x = feats.transpose(1, 2).unsqueeze(1)  # (N, 1, F, T)
-        x = x.masked_fill(~_time_mask(lens.to(x.device), x.shape[-1])[:, None, None, :], 0.0)
+        x = x.masked_fill(~time_mask(lens.to(x.device), x.shape[-1])[:, None, None, :], 0.0)
         for block, (_, kt), (_, st), (_, pt) in zip(
             self.conv, self.conv_kernels, self.conv_strides, self.conv_padding, strict=True
         ):
@@ -361,21 +274,21 @@ class DeepSpeech2(nn.Module):
             lens = conv_output_length(lens, kt, st, pt)
             # MaskConv: the frames past each utterance's end hold conv/BN/bias outputs of the
             # padding; zero them so the next layer sees exactly what a lone utterance would.
-            x = x.masked_fill(~_time_mask(lens.to(x.device), x.shape[-1])[:, None, None, :], 0.0)
+            x = x.masked_fill(~time_mask(lens.to(x.device), x.shape[-1])[:, None, None, :], 0.0)
         n, c, f, t_out = x.shape
         x = x.permute(0, 3, 1, 2).reshape(n, t_out, c * f)  # (N, T', C*F')
 
-        mask = _time_mask(lens.to(x.device), t_out)  # (N, T')
+        mask = time_mask(lens.to(x.device), t_out)  # (N, T')
         for i in range(len(self.rnns)):
             if i > 0:
                 norm = self.rnn_norms[i - 1]
-                x = _per_frame(lambda d, norm=norm: self.dropout(norm(d)), x, mask)
+                x = per_frame(lambda d, norm=norm: self.dropout(norm(d)), x, mask)
             x = self._run_rnn(i, x, lens, mask)  # (N, T', directions * H), zero-padded
             if self.bidirectional and not self.merge_concat:
                 x = x.view(n, t_out, 2, -1).sum(2)  # (N, T', H)
         if self.lookahead is not None:
             x = self.lookahead(x)  # (N, T', H); reads the zero padding as "after the end"
-        logits = _per_frame(lambda d: self.classifier(self.out_norm(self.dropout(d))), x, mask)
+        logits = per_frame(lambda d: self.classifier(self.out_norm(self.dropout(d))), x, mask)
         # float32 even under autocast: CTC loss and log_softmax in bf16/fp16 lose precision.
         log_probs = logits.float().log_softmax(dim=-1)
         return log_probs, lens.to(feat_lens.device)
@@ -383,10 +296,10 @@ class DeepSpeech2(nn.Module):
     def _run_rnn(self, i: int, x, lens, mask) -> torch.Tensor:
         packing = self.rnn_packing
         if packing == "packed" or (packing == "auto" and x.is_cuda):
-            return _run_rnn_packed(self.rnns[i], x, lens)
+            return run_rnn_packed(self.rnns[i], x, lens)
         if fused_gru.applies(self.rnns[i], x, self.rnn_kernel):
-            return _run_gru_fused(self.rnns[i], x, mask)
-        return _run_rnn_padded(self.rnns[i], self._twins[i], x, mask)
+            return run_gru_fused(self.rnns[i], x, mask)
+        return run_rnn_padded(self.rnns[i], self._twins[i], x, mask)
 
     def _check_inputs(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> torch.Tensor:
         nf = self._settings["num_features"]

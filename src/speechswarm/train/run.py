@@ -29,7 +29,8 @@ from speechswarm.data.tokenizer import Tokenizer
 from speechswarm.evaluate import eval_batches, evaluate
 from speechswarm.features import FeatureExtractor
 from speechswarm.model import DeepSpeech2
-from speechswarm.report import MetricsLogger, plot_run, write_summary
+from speechswarm.plots import plot_run
+from speechswarm.report import MetricsLogger, write_summary
 from speechswarm.train import ddp
 from speechswarm.train.rng import capture_rng_state, seed_everything
 from speechswarm.train.shard_stream import ShardStream
