@@ -24,6 +24,12 @@ TOPOLOGIES = (
     "torus",
     "grid",
     "clustered",
+    # the P2P seed's graphs (p2p/topology.py, docs/p2p.md "Topologies")
+    "directed_regular",
+    "torus_kn",
+    "cylinder",
+    "erdos_renyi_directed",
+    "sparse_clusters",
 )
 
 
@@ -43,11 +49,37 @@ class P2PConfig:
     global_test_max: int = 100  # utterances of data.test_manifest scored per agent; 0: all
     # ---- who talks to whom
     topology: Literal[
-        "complete", "ring", "regular", "directed", "erdos_renyi", "torus", "grid", "clustered"
+        "complete",
+        "ring",
+        "regular",
+        "directed",
+        "erdos_renyi",
+        "torus",
+        "grid",
+        "clustered",
+        "directed_regular",
+        "torus_kn",
+        "cylinder",
+        "erdos_renyi_directed",
+        "sparse_clusters",
     ] = "ring"
-    degree: int = 3  # regular / directed: neighbours per agent
+    # regular / directed / directed_regular / sparse_clusters: neighbours per agent;
+    # erdos_renyi_directed: expected neighbours (p = degree / agents); torus_kn / cylinder:
+    # the lattice's k rows (degree x agents/degree)
+    degree: int = 3
     edge_prob: float = 0.3  # erdos_renyi
-    clusters: int = 2  # clustered: complete groups joined in a ring by single edges
+    clusters: int = 2  # clustered: complete groups joined in a ring; sparse_clusters: how many
+    # sparse_clusters: share of each cluster's agents that pull from one agent of every other
+    # cluster (the seed's cluster_conns; floor(cross_fraction x cluster size) links per pair)
+    cross_fraction: float = 0.33
+    # directed_regular and sparse_clusters' clusters: the seed's deterministic Havel-Hakimi
+    # graph (false, the same for every p2p.seed) or a seeded random one (true)
+    graph_seeded: bool = False
+    # The seed's graphs (directed_regular, torus_kn, cylinder, erdos_renyi_directed,
+    # sparse_clusters) may be disconnected, as in the seed; true redraws random ones until
+    # strongly connected and rejects a disconnected deterministic one. Symptom for setting
+    # it: an agent's own CER never approaches the others' (it pulls from nobody).
+    require_connected: bool = False
     redraw_every: int = 0  # rounds between fresh random topologies; 0: never
     # ---- how they learn
     algorithm: Literal["gossip", "async", "fedavg", "central", "local"] = "gossip"
@@ -128,6 +160,8 @@ def check_p2p(cfg: P2PConfig) -> None:
             raise ConfigError(f"p2p.{key} must be >= 1, got {getattr(cfg, key)}")
     if not 0.0 < cfg.edge_prob <= 1.0:
         raise ConfigError(f"p2p.edge_prob must be in (0, 1], got {cfg.edge_prob}")
+    if not 0.0 <= cfg.cross_fraction <= 1.0:
+        raise ConfigError(f"p2p.cross_fraction must be in [0, 1], got {cfg.cross_fraction}")
     bad = [a for a in cfg.faulty_agents if not 0 <= a < cfg.agents]
     if bad:
         raise ConfigError(f"p2p.faulty_agents: {bad} are not agent numbers 0..{cfg.agents - 1}")
