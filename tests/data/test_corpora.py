@@ -202,6 +202,25 @@ def test_userlibri_accepts_any_level(userlibri, sub, ids):
     ]
 
 
+def test_userlibri_subsets_select_split_folders(userlibri):
+    # the P2P seed's clients: test-clean's speaker-book folders only
+    clean = prepare_userlibri(userlibri, subsets=("test-clean",))
+    assert {u.extra["client"] for u in clean.utts} == {"speaker-84-book-1234"}
+    assert [u.id for u in clean.utts] == ["84-121123-0000", "84-121123-0001"]
+    other = prepare_userlibri(userlibri / "audio_data", subsets=["test-other"])
+    assert {u.extra["split"] for u in other.utts} == {"test-other"} and len(other.utts) == 2
+    both = prepare_userlibri(userlibri, subsets=("test-clean", "test-other"))
+    assert both.utts == prepare_userlibri(userlibri).utts  # the default: every split
+
+
+def test_userlibri_unknown_subset_names_what_is_there(userlibri):
+    with pytest.raises(FileNotFoundError, match=r"subsets \['test_clean'\] not found") as err:
+        prepare_userlibri(userlibri, subsets=("test_clean",))
+    assert "['test-clean', 'test-other']" in str(err.value)
+    with pytest.raises(FileNotFoundError, match="test-clean"):  # src is test-other's folder
+        prepare_userlibri(userlibri / "audio_data" / "test-other", subsets=("test-clean",))
+
+
 def test_userlibri_lm_texts_and_metadata(userlibri):
     texts = userlibri_lm_texts(userlibri)
     assert texts == {

@@ -17,6 +17,9 @@ name that fits none of these becomes the client as is, with the speaker taken fr
 utterance ids and `book` left empty.
 
 `src` may be the UserLibri root, `audio_data`, one split folder or one user folder.
+`subsets=("test-clean",)` keeps the user folders of those split folders only, as the P2P
+seed (rosaj/p2p_asr) did: its clients are test-clean's 55 users. The default keeps every
+split (test-clean and test-other), the corpus as released.
 Utterances: LibriSpeech ids, `speaker=<spk>`, extra `{"client": <user folder>,
 "book": <book>, "split": <split folder>, "chapter": ...}`.
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -72,8 +76,10 @@ def prepare_userlibri(
     alphabet: str = DEFAULT_ALPHABET,
     digits: str = "spell",
     workers: int = 1,
+    subsets: Sequence[str] = (),
 ) -> ImportResult:
-    """Every utterance of every user folder under `src`, ordered by split, user, id."""
+    """Every utterance of every user folder under `src` whose split folder is in `subsets`
+    (empty: every split), ordered by split, user, id."""
     root = require_dir(src, "userlibri", "the UserLibri folder (audio_data/, lm_data/)")
     users = _user_folders(root)
     if not users:
@@ -81,6 +87,15 @@ def prepare_userlibri(
             f"userlibri: no user folders with *.trans.txt under {root}; expected "
             "UserLibri/audio_data/<split>/speaker-<spk>-book-<book>/"
         )
+    if isinstance(subsets, str):
+        subsets = (subsets,)
+    found = sorted({u.parent.name for u in users})
+    missing = [s for s in subsets if s not in found]
+    if missing:
+        raise InputNotFoundError(
+            f"userlibri: subsets {missing} not found under {root}; its user folders are in {found}"
+        )
+    users = [u for u in users if not subsets or u.parent.name in subsets]
     cands: list[Candidate] = []
     problems: list[tuple[str, str]] = []
     for user in users:
