@@ -61,6 +61,7 @@ LAYERS = {
     "speechswarm.distributed": 5,
     "speechswarm.p2p": 5,
     "speechswarm.demo": 5,
+    "speechswarm.chaos": 5,
     "speechswarm.benchmark": 5,
 }
 

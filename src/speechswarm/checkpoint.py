@@ -39,6 +39,9 @@ from speechswarm.errors import CheckpointError, ConfigError
 # a defaultdict a dict) pickles as its own class, which weights-only loading refuses.
 _PRIMITIVES = (bool, int, float, str, bytes, type(None), torch.dtype, torch.Size)
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
+# Seconds between writing a file's temporary copy and renaming it into place: 0 but under
+# fault injection (`speechswarm chaos kill`), which widens the window a kill can land in.
+_FAULT_SAVE_DELAY_S = float(os.environ.get("SPEECHSWARM_FAULT_SAVE_DELAY_S", "0") or 0)
 
 
 def check_state(value: object, where: str = "state") -> None:
@@ -94,6 +97,8 @@ def _atomic_write(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if _FAULT_SAVE_DELAY_S:  # fault injection (`speechswarm chaos`): widen the window
+            time.sleep(_FAULT_SAVE_DELAY_S)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -191,6 +191,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=_demo)
 
+    s = sub.add_parser("chaos", help="fault-injection campaigns (kill -9 anywhere, then resume)")
+    s.add_argument("campaign", choices=("kill",))
+    s.add_argument("--out", default="runs/chaos")
+    s.add_argument("--trials", type=int, default=20)
+    s.add_argument("--steps", type=int, default=24, help="optimizer steps of each run")
+    s.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
+    s.add_argument("--corpus", default=None, help="manifests folder (default: synthesise one)")
+    s.set_defaults(func=_chaos)
+
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)
     return p
@@ -407,6 +416,18 @@ def _demo(args) -> int:
     from speechswarm.demo import run_demo
 
     return run_demo(out_dir=Path(args.out), data_dir=Path(args.data), minutes=args.minutes)
+
+
+def _chaos(args) -> int:
+    from speechswarm.chaos import run_kill_campaign
+
+    campaign = run_kill_campaign(
+        args.out, trials=args.trials, steps=args.steps, seed=args.seed, corpus=args.corpus
+    )
+    print(campaign.table())
+    s = campaign.summary()
+    ok = s["bit_identical"] == s["trials"] == s["finished_resume_ok"]
+    return 0 if ok and not s["unreadable_checkpoints"] else 1
 
 
 if __name__ == "__main__":

@@ -19,7 +19,10 @@ package, so any layer may raise these.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -70,8 +73,12 @@ USER_ERRORS: tuple[type[BaseException], ...] = (SpeechswarmError, FileNotFoundEr
 def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     """Parse `argv` with `parser` and call the chosen command's `func(args)`; returns the
     exit code. A user error (`USER_ERRORS`) prints `<prog> <command>: error: <message>` on
-    stderr and returns 1; Ctrl-C returns 130; anything else propagates with its traceback."""
+    stderr and returns 1; Ctrl-C returns 130; anything else propagates with its traceback.
+    SIGUSR1 prints every thread's Python stack on stderr and the command goes on."""
     args = parser.parse_args(argv)
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>`: where is a slow or stuck run?
+        with contextlib.suppress(AttributeError, OSError, ValueError):  # no fd 2 (embedded)
+            faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -1,0 +1,44 @@
+"""The fault-injection campaign: phase classification, and a CI-sized kill campaign."""
+
+from __future__ import annotations
+
+import pytest
+
+from speechswarm.chaos import classify_stack, run_kill_campaign
+
+STEP = """  File "/x/torch/nn/modules/rnn.py", line 1 in forward
+  File "/x/speechswarm/train/step.py", line 120 in _forward
+  File "/x/speechswarm/train/step.py", line 60 in train_step
+  File "/x/speechswarm/train/loop.py", line 200 in train_one_epoch"""
+DEV_BATCH = """  File "/x/speechswarm/data/dataset.py", line 150 in __getitem__
+  File "/x/torch/utils/data/dataloader.py", line 700 in _next_data
+  File "/x/speechswarm/evaluate.py", line 90 in evaluate
+  File "/x/speechswarm/train/loop.py", line 310 in _evaluate
+  File "/x/speechswarm/train/loop.py", line 300 in evaluate_and_save"""
+SAVE_AFTER_EVAL = """  File "/x/speechswarm/checkpoint.py", line 97 in _atomic_write
+  File "/x/speechswarm/checkpoint.py", line 120 in save_checkpoint
+  File "/x/speechswarm/train/loop.py", line 298 in save
+  File "/x/speechswarm/train/loop.py", line 305 in evaluate_and_save"""
+TRAIN_BATCH = """  File "/x/speechswarm/data/dataset.py", line 150 in __getitem__
+  File "/x/torch/utils/data/dataloader.py", line 700 in _next_data
+  File "/x/speechswarm/train/loop.py", line 190 in train_one_epoch"""
+
+
+@pytest.mark.parametrize(
+    "stack, phase",
+    [(STEP, "step"), (DEV_BATCH, "evaluation"), (SAVE_AFTER_EVAL, "checkpoint"),
+     (TRAIN_BATCH, "data"), ('  File "/x/speechswarm/cli.py", line 3 in main', "other")],
+)  # fmt: skip
+def test_a_stack_is_placed_in_its_phase(stack, phase):
+    assert classify_stack(stack) == phase
+
+
+@pytest.mark.slow  # ~1-2 min: a reference run and 2 killed-and-resumed runs
+def test_a_small_kill_campaign_loses_nothing(synth_corpus, tmp_path):
+    campaign = run_kill_campaign(
+        tmp_path / "chaos", trials=2, steps=8, corpus=synth_corpus.dir, log=lambda *_: None
+    )
+    s = campaign.summary()
+    assert s["trials"] == 2 and s["unreadable_checkpoints"] == 0
+    assert s["resumed"] == s["bit_identical"] == s["finished_resume_ok"] == 2
+    assert "| 2 |" in campaign.table()
