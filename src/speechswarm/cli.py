@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
         help="Common Voice TSV split name (train, dev, test, validated, ...)",
     )
     s.add_argument(
+        "--subsets",
+        default="",
+        help="userlibri: comma-separated split folders to import, e.g. test-clean (the P2P "
+        "seed's clients); default: every split",
+    )
+    s.add_argument(
         "--digits",
         choices=("spell", "keep"),
         default="spell",
@@ -281,6 +287,7 @@ def _prepare(args) -> int:
         split=args.split,
         digits=args.digits,
         workers=args.workers,
+        subsets=tuple(x for x in args.subsets.split(",") if x),
     )
     return 0
 

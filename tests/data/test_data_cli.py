@@ -236,6 +236,13 @@ def test_prepare_userlibri_users_are_clients(tmp_path):
             "test-other",
         ),
     ]
+    # --subsets test-clean: the P2P seed's clients only
+    proc = ok(speechswarm(tmp_path, "prepare", "userlibri", "UserLibri", "--subsets",
+                          "test-clean", "--out", "clean.jsonl"))  # fmt: skip
+    assert [r["split"] for r in records(tmp_path / "clean.jsonl")] == ["test-clean"]
+    bad = speechswarm(tmp_path, "prepare", "nemo", "x.json", "--subsets", "test-clean",
+                      "--out", "n2.jsonl")  # fmt: skip
+    assert bad.returncode == 1 and "--subsets applies to userlibri only" in bad.stderr
 
 
 HOOK = """\

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +99,11 @@ def test_missing_manifest_is_explained(tmp_path):
     cfg = load_config("p2p-tiny", [f"train.out_dir={tmp_path}", "data.train_manifest=nope.jsonl"])
     with pytest.raises(FileNotFoundError, match="speechswarm synth"):
         run_experiment(cfg, progress=False)
+
+
+def test_a_graph_that_cannot_be_built_fails_before_any_run_trains(p2p_config):
+    """4 agents on a 3 x n/3 torus: refused up front, not after `central` has trained."""
+    cfg = p2p_config("torus", "p2p.runs=[central,gossip/torus_kn]", "p2p.degree=3")
+    with pytest.raises(ConfigError, match="p2p.degree=3 must divide the 4 agents"):
+        run_experiment(cfg, progress=False)
+    assert not (Path(cfg.train.out_dir) / "central").exists()

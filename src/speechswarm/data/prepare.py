@@ -17,17 +17,30 @@ from collections import Counter
 from pathlib import Path
 
 from speechswarm.data.manifest import Utterance, read_manifest, total_hours, write_manifest
+from speechswarm.errors import UsageError
 
 
 def prepare_manifest(
-    fmt: str, src: Path, out: Path, *, split: str = "train", digits: str = "spell", workers: int = 4
+    fmt: str,
+    src: Path,
+    out: Path,
+    *,
+    split: str = "train",
+    digits: str = "spell",
+    workers: int = 4,
+    subsets: tuple[str, ...] = (),
 ) -> list[Utterance]:
-    """Import corpus `src` of format `fmt` into manifest `out` (+ `out`.problems.json if any)."""
+    """Import corpus `src` of format `fmt` into manifest `out` (+ `out`.problems.json if any).
+    `subsets`: UserLibri split folders to import (e.g. ("test-clean",)); default: all."""
     from speechswarm.data.corpora import prepare
 
     kwargs = {"digits": digits, "workers": workers}
     if fmt == "commonvoice":
         kwargs["split"] = split
+    if subsets:
+        if fmt != "userlibri":
+            raise UsageError(f"--subsets applies to userlibri only, not {fmt}")
+        kwargs["subsets"] = tuple(subsets)
     result = prepare(fmt, src, **kwargs)
     write_manifest(out, result.utts)
     problems_path = _write_problems(out, result.problems)

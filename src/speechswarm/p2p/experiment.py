@@ -31,6 +31,7 @@ from speechswarm.p2p.report import (
     summarize,
 )
 from speechswarm.p2p.simulate import simulate_run
+from speechswarm.p2p.topology import make_topology, topology_options
 from speechswarm.report import pct
 
 log = logging.getLogger("speechswarm.p2p")
@@ -98,6 +99,9 @@ def run_experiment(
     _log_to(out / "p2p.log", progress)
     (out / "config.yaml").write_text(dump_yaml(cfg))
     agents = make_agents(cfg, out, clients)
+    for algorithm, topology in specs:  # a graph that cannot be built fails now, not mid-way
+        if algorithm in ("gossip", "async"):
+            make_topology(topology, len(agents), seed=cfg.p2p.seed, **topology_options(cfg.p2p))
     agent_rows = write_agents(agents, out)
     global_test = []
     if cfg.data.test_manifest and Path(cfg.data.test_manifest).is_file():

@@ -35,7 +35,7 @@ from speechswarm.p2p import mixing
 from speechswarm.p2p.partition import Agent
 from speechswarm.p2p.report import MetricsFile, draw_topology
 from speechswarm.p2p.sync import Counters, GossipNode, Mailbox, MixSettings
-from speechswarm.p2p.topology import describe, topology_for_round
+from speechswarm.p2p.topology import describe, topology_for_round, topology_options
 from speechswarm.p2p.workspace import (
     CENTRAL,
     InlineExecutor,
@@ -130,9 +130,7 @@ class Simulation:
             self.round,
             redraw_every=p.redraw_every,
             seed=p.seed,
-            degree=p.degree,
-            edge_prob=p.edge_prob,
-            clusters=p.clusters,
+            **topology_options(p),
         )
 
     # ------------------------------------------------------------------ one round
