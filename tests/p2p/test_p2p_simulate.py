@@ -284,3 +284,51 @@ def test_resuming_a_finished_simulation_trains_nothing(p2p_config):
         assert rows_again == rows
         for k, state in models(again).items():
             assert_equal_states(state, models(ckpt)[k])
+
+
+def test_agents_are_scored_before_and_after_mixing(p2p_config):
+    """Rows hold both views; the headline follows p2p.score (premix: the seed's). Without
+    mixing (local) both views are one model."""
+    _, _, rows, _ = run(p2p_config("views", "p2p.rounds=1"), "gossip", "ring")
+    for r in rows:
+        assert r["own_cer"] == r["own_cer_premix"] and r["global_cer"] == r["global_cer_premix"]
+        assert r["train_cer"] >= 0.0 and r["train_cer"] == r["train_cer_premix"]
+    _, _, post, _ = run(p2p_config("post", "p2p.rounds=1", "p2p.score=postmix"), "gossip", "ring")
+    for a, b in zip(rows, post, strict=True):  # the same training; the headline switches view
+        assert b["own_cer"] == b["own_cer_postmix"] == a["own_cer_postmix"]
+    _, _, local, _ = run(p2p_config("local", "p2p.rounds=1"), "local")
+    assert all(r["own_cer_premix"] == r["own_cer_postmix"] for r in local)
+
+
+@pytest.mark.parametrize("algorithm, mixed", [("gossip", True), ("local", False)])
+def test_the_premix_model_is_the_one_local_training_made(p2p_config, algorithm, mixed):
+    from speechswarm.p2p.simulate import Simulation
+
+    cfg = p2p_config(f"premix-{algorithm}")
+    agents = make_agents(cfg, out_dir=Path(cfg.train.out_dir))
+    sim = Simulation(cfg, algorithm, "ring", agents, Path(cfg.train.out_dir) / algorithm)
+    sim.open(read_manifest(cfg.data.test_manifest))
+    try:
+        before = {k: sim.model_of(k) for k in range(sim.n)}
+        sim.run_round()
+        for k in range(sim.n):
+            trained = sim.model_of(k, "premix")
+            assert not torch.equal(trained["conv.0.0.weight"], before[k]["conv.0.0.weight"])
+            same = all(torch.equal(v, sim.model_of(k)[name]) for name, v in trained.items())
+            assert same != mixed
+    finally:
+        sim.close()
+
+
+def test_summaries_give_mean_and_median_over_agents():
+    from speechswarm.p2p.report import summarize
+
+    rows = [
+        {"run": "gossip-ring", "round": 1, "agent": k, "own_cer": cer, "steps": 4,
+         "msgs_sent": 2, "bytes_sent": 10, "rejected": 0, "wall_time": 1.0}
+        for k, cer in enumerate([0.1, 0.2, 0.9])
+    ]  # fmt: skip
+    s = summarize(rows)
+    assert s["own_cer_mean"] == pytest.approx(0.4) and s["own_cer_median"] == pytest.approx(0.2)
+    assert (s["own_cer_min"], s["own_cer_max"]) == (0.1, 0.9)
+    assert "global_cer_mean" not in s  # never scored: left out, not NaN

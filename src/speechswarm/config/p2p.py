@@ -108,6 +108,11 @@ class P2PConfig:
     # ---- execution
     workers: int = 0  # 0: all agents in this process; N: a pool of N processes
     eval_every: int = 1  # rounds between evaluations (the last round is always scored)
+    # which model the headline scores (own_*, global_*) read: "premix", each agent's model
+    # after its local training and before it mixes (its personalised model: the P2P seed's
+    # choice), or "postmix", after mixing (the consensus). Rows hold both either way.
+    score: Literal["premix", "postmix"] = "premix"
+    train_score_max: int = 30  # own training utterances scored per agent (0: none)
     checkpoint_every: int = 1  # rounds between simulation checkpoints
     seed: int = 0
 
@@ -152,7 +157,7 @@ def check_p2p(cfg: P2PConfig) -> None:
         raise ConfigError(f"p2p.max_norm_ratio must be > 1, got {cfg.max_norm_ratio}")
     if not 0.0 < cfg.fedavg_fraction <= 1.0:
         raise ConfigError(f"p2p.fedavg_fraction must be in (0, 1], got {cfg.fedavg_fraction}")
-    for key in ("workers", "redraw_every", "global_test_max"):
+    for key in ("workers", "redraw_every", "global_test_max", "train_score_max"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"p2p.{key} must be >= 0, got {getattr(cfg, key)}")
     for key in ("eval_every", "checkpoint_every", "degree", "clusters", "bn_batches"):

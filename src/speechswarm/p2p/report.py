@@ -92,6 +92,16 @@ def total_bytes(rows: Sequence[dict]) -> dict[int, float]:
     return out
 
 
+# Scores summarised over agents (mean, median, min, max): the headline view (p2p.score) and
+# both views, on each agent's own test split, a sample of its own train split, global test.
+SCORE_KEYS = tuple(
+    f"{split}_{metric}{view}"
+    for split in ("own", "train", "global")
+    for metric in ("wer", "cer")
+    for view in ("", "_premix", "_postmix")
+)
+
+
 def summarize(rows: Sequence[dict]) -> dict:
     """Final numbers of one run: the last evaluated round's agent scores, totals."""
     if not rows:
@@ -103,9 +113,12 @@ def summarize(rows: Sequence[dict]) -> dict:
     if scored:
         at = max(r["round"] for r in scored)
         best = [r for r in scored if r["round"] == at]
-        for key in ("own_wer", "own_cer", "global_wer", "global_cer"):
+        for key in SCORE_KEYS:
             vals = np.array([_value(r, key) for r in best])
+            if np.isnan(vals).all():
+                continue
             summary[f"{key}_mean"] = float(np.nanmean(vals))
+            summary[f"{key}_median"] = float(np.nanmedian(vals))
             summary[f"{key}_min"] = float(np.nanmin(vals))
             summary[f"{key}_max"] = float(np.nanmax(vals))
         summary["scored_round"] = at
@@ -253,9 +266,10 @@ def report_markdown(summaries: list[dict], agents: list[dict], notes: list[str],
     central = next((s for s in summaries if s.get("run") == "central"), None)
     lines = ["# Peer-to-peer experiment", "", *notes, ""]
     lines += [
-        "| run | mean agent WER (min-max) | mean agent CER (min-max) | WER gap to central |"
-        " CER / central | global test WER / CER | total steps | messages | MB sent | rejected | wall time |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | mean agent WER (min-max) | mean agent CER (min-max) | median agent CER |"
+        " WER gap to central | CER / central | CER before / after mixing | own train CER |"
+        " global test WER / CER | total steps | messages | MB sent | rejected | wall time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         gap = ratio = "n/a"
@@ -265,7 +279,10 @@ def report_markdown(summaries: list[dict], agents: list[dict], notes: list[str],
         lines.append(
             f"| {s['run']} | {pct(s.get('own_wer_mean'))} ({pct(s.get('own_wer_min'))}-"
             f"{pct(s.get('own_wer_max'))}) | {pct(s.get('own_cer_mean'))} "
-            f"({pct(s.get('own_cer_min'))}-{pct(s.get('own_cer_max'))}) | {gap} | {ratio} | "
+            f"({pct(s.get('own_cer_min'))}-{pct(s.get('own_cer_max'))}) | "
+            f"{pct(s.get('own_cer_median'))} | {gap} | {ratio} | "
+            f"{pct(s.get('own_cer_premix_mean'))} / {pct(s.get('own_cer_postmix_mean'))} | "
+            f"{pct(s.get('train_cer_mean'))} | "
             f"{pct(s.get('global_wer_mean'))} / {pct(s.get('global_cer_mean'))} | "
             f"{s.get('total_steps', 0):,} | {s.get('messages', 0):,} | "
             f"{s.get('bytes', 0) / 1e6:,.1f} | {s.get('rejected', 0):,} | "
@@ -273,9 +290,12 @@ def report_markdown(summaries: list[dict], agents: list[dict], notes: list[str],
         )
     lines += [
         "",
-        "Scores are corpus-level WER/CER of greedy decoding after the last round; "
-        '"own" is each agent\'s held-out share of its own users\' speech, "global" the '
-        "corpus test set (unseen voices).",
+        "Scores are corpus-level WER/CER of greedy decoding in the last scored round; "
+        '"own" is each agent\'s held-out share of its own users\' speech, "own train" a '
+        'sample of its training share, "global" the corpus test set (unseen voices). '
+        '"Before mixing" scores each agent\'s model after its local training (its '
+        'personalised model, the P2P seed\'s score), "after mixing" the averaged one; the '
+        "other columns use the view p2p.score names.",
         "",
     ]
     if agents:

@@ -30,7 +30,7 @@ import torch
 
 from speechswarm.checkpoint import load_checkpoint, save_checkpoint
 from speechswarm.config import Config, run_name, to_dict
-from speechswarm.data.manifest import Utterance
+from speechswarm.data.manifest import Utterance, spread_subset
 from speechswarm.p2p import mixing
 from speechswarm.p2p.partition import Agent
 from speechswarm.p2p.report import MetricsFile, draw_topology
@@ -61,6 +61,8 @@ class Simulation:
         self.run_dir = Path(run_dir)
         self.sizes = [float(len(a.train)) if self.p.weights == "data_size" else 1.0 for a in agents]
         self.states: dict[int, dict] = {}
+        # each agent's model after its local training, before mixing (scored as "premix")
+        self.premix: dict[int, dict] = {}
         self.global_model: dict = {}
         self.counters = {k: Counters() for k in range(self.n)}
         self.round = 0  # rounds completed
@@ -82,6 +84,10 @@ class Simulation:
             trainers = {CENTRAL: tuple(u for a in self.agents for u in a.train)}
             work = {CENTRAL: (p.local_steps * self.n, p.local_epochs)}
         tests = {f"agent{k}": list(a.test) for k, a in enumerate(self.agents)}
+        for k, a in enumerate(self.agents):  # a spread sample of each agent's own train split
+            tests[f"agent{k}_train"] = (
+                spread_subset(list(a.train), p.train_score_max) if p.train_score_max else []
+            )
         tests["global"] = list(global_test[: p.global_test_max or None])
         self.workspace = Workspace(self.cfg, trainers, tests, work)
         if p.workers:
@@ -141,6 +147,7 @@ class Simulation:
         stats = {}
         for k, (state, st) in zip(trainers, results, strict=True):
             self.states[k] = state
+            self.premix[k] = state["model"]  # mixing replaces states[k]["model"], not this
             stats[k] = st
         return stats
 
@@ -224,6 +231,8 @@ class Simulation:
         return new
 
     def run_round(self) -> dict[int, dict]:
+        # an agent that does not train this round (FedAvg) is scored on what it holds
+        self.premix = {k: self.states[k]["model"] for k in self.trainers}
         if self.algorithm == "gossip":
             return self.round_gossip()
         if self.algorithm == "async":
@@ -234,29 +243,51 @@ class Simulation:
 
     # ------------------------------------------------------------------ scoring
 
-    def model_of(self, agent: int) -> dict:
-        return self.states[CENTRAL if self.algorithm == "central" else agent]["model"]
+    def model_of(self, agent: int, view: str = "postmix") -> dict:
+        """The model agent `agent` holds after this round ("postmix"), or the one it had
+        after its local training, before mixing ("premix")."""
+        k = CENTRAL if self.algorithm == "central" else agent
+        if view == "premix" and k in self.premix:
+            return self.premix[k]
+        return self.states[k]["model"]
 
     def evaluate(self) -> dict[int, dict]:
-        """WER/CER of each agent's model on its own test split and on the global test set;
-        identical models (central, fedavg) are scored on the global set once."""
-        calls = [(self.model_of(k), f"agent{k}") for k in range(self.n)]
-        shared = self.algorithm == "central" or all(
-            _same_state(self.model_of(k), self.model_of(0)) for k in range(1, self.n)
-        )
-        global_agents = [0] if shared else list(range(self.n))
-        calls += [(self.model_of(k), "global") for k in global_agents]
+        """Scores of each agent's model before and after mixing: WER/CER on its own test
+        split, a sample of its own training split and the global test set. Each distinct
+        model is scored once (central and FedAvg agents share one; without mixing, the
+        premix model is the postmix one). The headline keys (own_*, train_*, global_*) are
+        those of the view `p2p.score` names; both views are kept as *_premix / *_postmix."""
+        views = ("premix", "postmix")
+        calls: list[tuple] = []
+        where: dict[tuple, int] = {}  # (view, agent, test) -> index into calls
+
+        def score(view: str, k: int, test: str) -> None:
+            model = self.model_of(k, view)
+            for (v, j, t), idx in where.items():
+                if t == test and _same_state(self.model_of(j, v), model):
+                    where[(view, k, test)] = idx
+                    return
+            where[(view, k, test)] = len(calls)
+            calls.append((model, test))
+
+        for view in views:
+            for k in range(self.n):
+                score(view, k, f"agent{k}")
+                score(view, k, f"agent{k}_train")
+                score(view, k, "global")
         results = self.executor.map("evaluate", calls)
-        own, glob = results[: self.n], results[self.n :]
         out = {}
         for k in range(self.n):
-            g = glob[0] if shared else glob[k]
-            out[k] = {
-                "own_wer": own[k][0],
-                "own_cer": own[k][1],
-                "global_wer": g[0],
-                "global_cer": g[1],
-            }
+            row = {}
+            for view in views:
+                for prefix, test in (("own", f"agent{k}"), ("train", f"agent{k}_train"),
+                                     ("global", "global")):  # fmt: skip
+                    wer, cer, _ = results[where[(view, k, test)]]
+                    row[f"{prefix}_wer_{view}"], row[f"{prefix}_cer_{view}"] = wer, cer
+            for prefix in ("own", "train", "global"):
+                for metric in ("wer", "cer"):
+                    row[f"{prefix}_{metric}"] = row[f"{prefix}_{metric}_{self.p.score}"]
+            out[k] = row
         return out
 
     # ------------------------------------------------------------------ checkpoints
