@@ -23,7 +23,9 @@ from speechswarm.p2p import mixing
 from speechswarm.p2p.experiment import make_agents
 from speechswarm.p2p.report import read_rows
 from speechswarm.p2p.simulate import CENTRAL, simulate_run
+from speechswarm.p2p.sync import Mailbox
 from speechswarm.p2p.topology import make_topology
+from speechswarm.p2p.workspace import snapshot
 
 TIMING = ("train_seconds", "wall_time")
 
@@ -91,7 +93,7 @@ def test_complete_gossip_equals_fedavg(p2p_config):
     assert [(r["msgs_sent"], r["msgs_recv"]) for r in rows if r["round"] == 2] == [(2, 2)] * 4
 
 
-@pytest.mark.parametrize("algorithm", ["gossip", "async"])
+@pytest.mark.parametrize("algorithm", ["gossip", "async", "p2pbn"])
 def test_resume_after_interruption_is_exact(p2p_config, algorithm):
     overrides = ("p2p.rounds=3", "p2p.eval_every=1", "p2p.topology=regular", "p2p.degree=2")
     _, straight, rows_a, _ = run(p2p_config("a", *overrides), algorithm, "regular")
@@ -332,3 +334,56 @@ def test_summaries_give_mean_and_median_over_agents():
     assert s["own_cer_mean"] == pytest.approx(0.4) and s["own_cer_median"] == pytest.approx(0.2)
     assert (s["own_cer_min"], s["own_cer_max"]) == (0.1, 0.9)
     assert "global_cer_mean" not in s  # never scored: left out, not NaN
+
+
+def _open_simulation(cfg, algorithm, topology="ring"):
+    from speechswarm.p2p.simulate import Simulation
+
+    agents = make_agents(cfg, out_dir=Path(cfg.train.out_dir))
+    sim = Simulation(cfg, algorithm, topology, agents, Path(cfg.train.out_dir) / algorithm)
+    sim.open(read_manifest(cfg.data.test_manifest))
+    return sim
+
+
+def test_p2pbn_push_halves_the_receivers_and_keeps_the_sender(p2p_config):
+    sim = _open_simulation(p2p_config("push"), "p2pbn", "directed_regular")
+    try:
+        for k in range(sim.n):  # agent k's floating tensors all hold k + 1
+            sim.states[k]["model"] = {
+                name: torch.full_like(t, k + 1.0) if t.is_floating_point() else t
+                for name, t in sim.states[k]["model"].items()
+            }
+        sim.push(0, [1, 2], sim.nodes(Mailbox()))
+        value = {k: float(sim.states[k]["model"]["conv.0.0.weight"].flatten()[0]) for k in range(4)}
+        assert value == {0: 1.0, 1: 1.5, 2: 2.0, 3: 4.0}
+        assert sim.counters[0].msgs_sent == 2 and sim.counters[1].msgs_recv == 1
+    finally:
+        sim.close()
+
+
+def test_p2pbn_moves_an_agent_that_stopped_improving_to_batchnorm_only(p2p_config):
+    sim = _open_simulation(p2p_config("stage", "p2p.bn_stage_patience=2"), "p2pbn")
+    try:
+        stage = {"best": math.inf, "since": 0, "bn_only": False}
+        for loss, bn_only in ((5.0, False), (4.0, False), (4.5, False), (4.2, True)):
+            sim._track_bn_stage(0, {"loss": loss}, stage)
+            assert stage["bn_only"] == bn_only, loss
+        before = snapshot(sim.states[0]["model"])
+        after, stats = sim.workspace.train(0, sim.states[0], 0, bn_only=True)
+        assert stats["steps"] == 2
+        norm = set(sim.workspace.bn_names)
+        changed = {k for k, v in after["model"].items() if not torch.equal(v, before[k])}
+        assert changed and all(k.rsplit(".", 1)[0] in {n.rsplit(".", 1)[0] for n in norm}
+                               for k in changed), changed  # fmt: skip
+        assert all(p.requires_grad for p in sim.workspace.base.model.parameters())  # thawed
+    finally:
+        sim.close()
+
+
+def test_a_p2pbn_run_reports_each_agents_stage(p2p_config):
+    _, _, rows, result = run(
+        p2p_config("bn", "p2p.bn_stage_patience=1"), "p2pbn", "directed_regular"
+    )
+    assert result["name"] == "p2pbn-directed_regular" and {r["round"] for r in rows} == {1, 2}
+    assert all(isinstance(r["bn_only"], bool) for r in rows)
+    assert any(r["local_steps"] for r in rows)

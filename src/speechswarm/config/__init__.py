@@ -19,6 +19,7 @@ from speechswarm.config.load import (
 )
 from speechswarm.config.p2p import (
     ALGORITHMS,
+    GRAPH_ALGORITHMS,
     TOPOLOGIES,
     P2PConfig,
     check_p2p,
@@ -39,6 +40,7 @@ from speechswarm.errors import ConfigError
 
 __all__ = [
     "ALGORITHMS",
+    "GRAPH_ALGORITHMS",
     "PRESET_DIR",
     "TOPOLOGIES",
     "AugmentConfig",

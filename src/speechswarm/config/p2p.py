@@ -14,7 +14,8 @@ from typing import Literal
 
 from speechswarm.errors import ConfigError
 
-ALGORITHMS = ("gossip", "async", "fedavg", "central", "local")
+ALGORITHMS = ("gossip", "async", "p2pbn", "fedavg", "central", "local")
+GRAPH_ALGORITHMS = ("gossip", "async", "p2pbn")  # those whose agents talk over a graph
 TOPOLOGIES = (
     "complete",
     "ring",
@@ -82,7 +83,7 @@ class P2PConfig:
     require_connected: bool = False
     redraw_every: int = 0  # rounds between fresh random topologies; 0: never
     # ---- how they learn
-    algorithm: Literal["gossip", "async", "fedavg", "central", "local"] = "gossip"
+    algorithm: Literal["gossip", "async", "p2pbn", "fedavg", "central", "local"] = "gossip"
     # Several runs compared in one command, each "algorithm" or "algorithm/topology",
     # e.g. [gossip/ring, gossip/regular, central, local, fedavg]; empty: just the one above.
     runs: tuple[str, ...] = ()
@@ -107,6 +108,10 @@ class P2PConfig:
     fault_scale: float = 1000.0
     # ---- execution
     workers: int = 0  # 0: all agents in this process; N: a pool of N processes
+    # p2pbn (the P2P seed's asynchronous algorithm): an agent whose own dev CER (its loss
+    # without a dev split) has not improved for this many of its activations trains only its
+    # BatchNorm layers from then on; 0: never
+    bn_stage_patience: int = 2
     eval_every: int = 1  # rounds between evaluations (the last round is always scored)
     # which model the headline scores (own_*, global_*) read: "premix", each agent's model
     # after its local training and before it mixes (its personalised model: the P2P seed's
@@ -134,7 +139,7 @@ def parse_run(spec: str, default_topology: str) -> tuple[str, str]:
 
 def run_name(algorithm: str, topology: str) -> str:
     """Folder name of one run: topology matters only where agents talk to neighbours."""
-    return f"{algorithm}-{topology}" if algorithm in ("gossip", "async") else algorithm
+    return f"{algorithm}-{topology}" if algorithm in GRAPH_ALGORITHMS else algorithm
 
 
 def check_p2p(cfg: P2PConfig) -> None:

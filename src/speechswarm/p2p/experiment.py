@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from speechswarm.build import build_features, build_model, build_tokenizer
-from speechswarm.config import Config, check_p2p, dump_yaml, parse_run, run_name
+from speechswarm.config import GRAPH_ALGORITHMS, Config, check_p2p, dump_yaml, parse_run, run_name
 from speechswarm.data.manifest import Utterance, write_manifest
 from speechswarm.p2p.partition import Agent, agents_from_splits, partition, split_agents
 from speechswarm.p2p.report import (
@@ -100,7 +100,7 @@ def run_experiment(
     (out / "config.yaml").write_text(dump_yaml(cfg))
     agents = make_agents(cfg, out, clients)
     for algorithm, topology in specs:  # a graph that cannot be built fails now, not mid-way
-        if algorithm in ("gossip", "async"):
+        if algorithm in GRAPH_ALGORITHMS:
             make_topology(topology, len(agents), seed=cfg.p2p.seed, **topology_options(cfg.p2p))
     agent_rows = write_agents(agents, out)
     global_test = []

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from speechswarm.checkpoint import load_checkpoint, save_checkpoint
-from speechswarm.config import Config, run_name, to_dict
+from speechswarm.config import GRAPH_ALGORITHMS, Config, run_name, to_dict
 from speechswarm.data.manifest import Utterance, spread_subset
 from speechswarm.p2p import mixing
 from speechswarm.p2p.partition import Agent
@@ -63,6 +63,7 @@ class Simulation:
         self.states: dict[int, dict] = {}
         # each agent's model after its local training, before mixing (scored as "premix")
         self.premix: dict[int, dict] = {}
+        self.bn_stage: dict[int, dict] = {}  # p2pbn: {"best", "since", "bn_only"} per agent
         self.global_model: dict = {}
         self.counters = {k: Counters() for k in range(self.n)}
         self.round = 0  # rounds completed
@@ -88,6 +89,8 @@ class Simulation:
             tests[f"agent{k}_train"] = (
                 spread_subset(list(a.train), p.train_score_max) if p.train_score_max else []
             )
+        for k, a in enumerate(self.agents):
+            tests[f"agent{k}_dev"] = list(a.dev)
         tests["global"] = list(global_test[: p.global_test_max or None])
         self.workspace = Workspace(self.cfg, trainers, tests, work)
         if p.workers:
@@ -141,9 +144,10 @@ class Simulation:
 
     # ------------------------------------------------------------------ one round
 
-    def train(self, trainers: list[int]) -> dict[int, dict]:
+    def train(self, trainers: list[int], bn_only: bool = False) -> dict[int, dict]:
         """Local work of `trainers` (in parallel with a pool); returns their stats."""
-        results = self.executor.map("train", [(k, self.states[k], self.round) for k in trainers])
+        calls = [(k, self.states[k], self.round, bn_only) for k in trainers]
+        results = self.executor.map("train", calls)
         stats = {}
         for k, (state, st) in zip(trainers, results, strict=True):
             self.states[k] = state
@@ -193,6 +197,53 @@ class Simulation:
             self.recompute_bn([i, j])
         return {k: _merge_stats(v) for k, v in stats.items()}
 
+    def round_p2pbn(self) -> dict[int, dict]:
+        """The P2P seed's asynchronous P2P-BN: n activations per round. An activated agent
+        trains its local epoch(s) and pushes its model to all its out-neighbours; each
+        receiver replaces its model by the mean of its own and the received one; the sender
+        keeps its own. An agent whose validation metric (own dev CER, or its training loss
+        without a dev split) has not improved for p2p.bn_stage_patience of its activations
+        trains only its BatchNorm layers from then on."""
+        adj = self.adjacency()
+        rng = np.random.default_rng(derive_seed(self.p.seed, self.round, 8))
+        nodes = self.nodes(Mailbox())
+        stats: dict[int, list[dict]] = {}
+        for _ in range(self.n):
+            i = int(rng.integers(self.n))
+            stage = self.bn_stage.setdefault(i, {"best": math.inf, "since": 0, "bn_only": False})
+            st = self.train([i], bn_only=stage["bn_only"])[i]
+            stats.setdefault(i, []).append(st)
+            self._track_bn_stage(i, st, stage)
+            self.push(i, np.flatnonzero(adj[:, i]).tolist(), nodes)  # j pulls i: adj[j, i]
+        return {k: _merge_stats(v) for k, v in stats.items()}
+
+    def push(self, sender: int, receivers: list[int], nodes: dict[int, GossipNode]) -> None:
+        """P2P-BN's exchange: each receiver takes the mean of its model and the sender's
+        (validated like any received model); the sender keeps its own."""
+        if not receivers:
+            return
+        nodes[sender].publish(self.states[sender]["model"], receivers, self.round)
+        for j in receivers:
+            own = self.states[j]["model"]
+            self.states[j]["model"] = nodes[j].mix(own, {j: 0.5, sender: 0.5}, self.round)
+        self.recompute_bn(receivers)
+
+    def _track_bn_stage(self, agent: int, stats: dict, stage: dict) -> None:
+        patience = self.p.bn_stage_patience
+        if stage["bn_only"] or not patience:
+            return
+        if self.agents[agent].dev:
+            metric = self.executor.map("evaluate", [(self.states[agent]["model"], f"agent{agent}_dev")])[0][1]  # fmt: skip
+        else:
+            metric = stats["loss"]
+        if math.isfinite(metric) and metric < stage["best"]:
+            stage["best"], stage["since"] = float(metric), 0
+            return
+        stage["since"] += 1
+        if stage["since"] >= patience:
+            stage["bn_only"] = True
+            log.info(f"agent {agent}: no better after {patience} activations: BatchNorm only")
+
     def round_fedavg(self) -> dict[int, dict]:
         p = self.p
         rng = np.random.default_rng(derive_seed(p.seed, self.round, 7))
@@ -239,6 +290,8 @@ class Simulation:
             return self.round_async()
         if self.algorithm == "fedavg":
             return self.round_fedavg()
+        if self.algorithm == "p2pbn":
+            return self.round_p2pbn()
         return self.train(self.trainers)  # central, local
 
     # ------------------------------------------------------------------ scoring
@@ -307,6 +360,7 @@ class Simulation:
                 "states": {str(k): v for k, v in self.states.items()},
                 "global_model": self.global_model,
                 "counters": {str(k): c.to_dict() for k, c in self.counters.items()},
+                "bn_stage": {str(k): dict(v) for k, v in self.bn_stage.items()},
                 "agents": self.fingerprint(),
                 "config": to_dict(self.cfg),
             },
@@ -324,6 +378,7 @@ class Simulation:
         self.states = {int(k): v for k, v in ckpt["states"].items()}
         self.global_model = ckpt["global_model"]
         self.counters = {int(k): Counters.from_dict(v) for k, v in ckpt["counters"].items()}
+        self.bn_stage = {int(k): dict(v) for k, v in ckpt.get("bn_stage", {}).items()}
 
 
 def _same_state(a: dict, b: dict) -> bool:
@@ -379,7 +434,7 @@ def simulate_run(
             if sim.round >= cfg.p2p.rounds:
                 log.info(f"{name}: already finished ({cfg.p2p.rounds} rounds): nothing to train")
         metrics = MetricsFile(run_dir / "metrics.jsonl", keep_rounds=sim.round)
-        if sim.algorithm in ("gossip", "async"):
+        if sim.algorithm in GRAPH_ALGORITHMS:
             _write_topology(sim, run_dir)
         stop_reason = "rounds"
         while sim.round < cfg.p2p.rounds:
@@ -417,6 +472,7 @@ def _rows(sim: Simulation, name: str, stats: dict[int, dict], scores: dict[int, 
             "train_loss": st.get("loss", math.nan),
             "local_steps": st.get("steps", 0),
             "diverged": bool(st.get("diverged", False)),
+            "bn_only": bool(sim.bn_stage.get(k, {}).get("bn_only", False)),
             "steps": agent_steps(state),
             "train_seconds": round(st.get("seconds", 0.0), 3),
             "msgs_sent": c.msgs_sent,

@@ -219,10 +219,13 @@ class Workspace:
 
     # ------------------------------------------------------------------ training
 
-    def train(self, trainer: int, state: AgentState, round_index: int) -> tuple[AgentState, dict]:
+    def train(
+        self, trainer: int, state: AgentState, round_index: int, bn_only: bool = False
+    ) -> tuple[AgentState, dict]:
         """One round of local work for `trainer` from `state`; returns the new state and
         {"loss" (mean CTC per utterance), "steps", "audio_seconds", "seconds", "nonfinite",
         "diverged" (`train.max_nonfinite` non-finite batches in a row ended the round)}.
+        `bn_only`: only the BatchNorm layers' parameters train (P2P-BN's second stage).
         `round_index` is for the record: an agent's randomness travels in its state."""
         start = time.perf_counter()
         steps_wanted, epochs_wanted = self.work[trainer]
@@ -240,11 +243,15 @@ class Workspace:
             return "round_end" if s.epoch - before.epoch >= epochs_wanted else ""
 
         diverged = False
+        frozen = self.freeze_all_but_batchnorm() if bn_only else []
         try:
             run_steps(run, ts, round_end, rng_to_restore=state["rng"])
         except TrainingDiverged as e:  # this agent is broken (e.g. NaN weights received):
             diverged = True  # it keeps its state and the others train on
             log.warning(f"trainer {trainer}, round {round_index}: {e}; its round ends here")
+        finally:
+            for param in frozen:
+                param.requires_grad_(True)
         new_state = {
             "model": snapshot(run.model.state_dict()),
             "optimizer": snapshot(run.optimizer.state_dict()),
@@ -263,6 +270,20 @@ class Workspace:
             "diverged": diverged,
         }
         return new_state, stats
+
+    def freeze_all_but_batchnorm(self) -> list[torch.nn.Parameter]:
+        """Stop gradients to every trainable parameter outside BatchNorm layers; returns them
+        (the caller thaws them). Frozen parameters take no optimizer step, decay included."""
+        norm = {
+            id(p)
+            for m in self.base.model.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+            for p in m.parameters()
+        }
+        frozen = [p for p in self.base.model.parameters() if p.requires_grad and id(p) not in norm]
+        for param in frozen:
+            param.requires_grad_(False)
+        return frozen
 
     @torch.no_grad()
     def recompute_bn(self, trainer: int, model_state: dict, round_index: int) -> dict:
