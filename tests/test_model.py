@@ -305,3 +305,48 @@ def test_tiny_model_overfits_a_few_utterances_and_greedy_decode_recovers_them():
                 break
     assert losses[-1] < 0.2 * losses[0], losses[::10]
     assert decoded == targets
+
+
+def test_the_seeds_head_relu_and_batchnorm_momentum():
+    """The P2P seed's Keras DeepSpeech2: ReLU after the convs, Dense(2u) + ReLU + Dropout
+    before the classifier, no BatchNorm on the classifier's input, Keras momentum 0.99."""
+    from speechswarm.model import DeepSpeech2, model_from_settings
+
+    m = DeepSpeech2(193, 29, rnn_hidden=16, rnn_layers=1, bidirectional_merge="concat",
+                    activation="relu", head_hidden=32, out_norm=False, bn_momentum=0.01,
+                    dropout=0.5)  # fmt: skip
+    assert isinstance(m.conv[0][2], torch.nn.ReLU)
+    assert [type(x).__name__ for x in m.head] == ["Linear", "ReLU", "Dropout"]
+    assert m.head[0].in_features == 32 and m.classifier.in_features == 32
+    assert isinstance(m.out_norm, torch.nn.Identity)
+    norms = [x for x in m.modules() if isinstance(x, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(x.momentum == 0.01 for x in norms)
+    m.eval()
+    log_probs, out_lens = m(torch.randn(2, 50, 193), torch.tensor([50, 30]))
+    assert log_probs.shape[:2] == (2, 25) and torch.isfinite(log_probs).all()
+    assert model_from_settings(m.settings()).settings() == m.settings()
+    plain = DeepSpeech2(193, 29, rnn_hidden=16, rnn_layers=1, bidirectional_merge="concat")
+    head_flops = m.flops_per_second() - plain.flops_per_second()
+    assert head_flops == pytest.approx(2 * 100 / 2 * (32 * 32 + 32 * 29 - 32 * 29))
+
+
+def test_settings_written_before_an_option_existed_still_match():
+    from speechswarm.model import DeepSpeech2, complete_settings
+
+    m = DeepSpeech2(80, 29, rnn_hidden=16, rnn_layers=1)
+    old = {k: v for k, v in m.settings().items() if k not in ("activation", "head_hidden",
+                                                               "out_norm", "bn_momentum")}  # fmt: skip
+    assert complete_settings(old) == m.settings()
+
+
+def test_the_p2p_ds2_preset_is_the_seeds_model():
+    from speechswarm.build import build_features, build_model
+    from speechswarm.config import load_config
+
+    cfg = load_config("p2p-ds2")
+    extractor = build_features(cfg.features, cfg.data.sample_rate)
+    model = build_model(cfg.model, extractor.num_features, 29)
+    assert extractor.num_features == 193 and cfg.optim.grad_clip == 0
+    assert model.settings()["activation"] == "relu" and model.head[0].out_features == 1024
+    assert isinstance(model.out_norm, torch.nn.Identity)
+    assert cfg.data.speed_factors == () and not cfg.augment.freq_masks

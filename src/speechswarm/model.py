@@ -98,6 +98,13 @@ class DeepSpeech2(nn.Module):
             unidirectional and > 0.
         dropout: probability on the input of each recurrent layer after the first and on the
             classifier's input; 0 disables it.
+        activation: "hardtanh" (clipped ReLU at 20: deepspeech.pytorch, MLPerf) or "relu"
+            (the Keras DeepSpeech2 of the P2P seed), after each conv layer.
+        head_hidden: > 0 puts Linear(H, head_hidden) -> activation -> dropout before the
+            classifier (the P2P seed's Dense(2u) + ReLU + Dropout); 0: none.
+        out_norm: BatchNorm1d on the classifier's input (the seed has none).
+        bn_momentum: every BatchNorm's running-statistics momentum, torch's convention
+            (0.1; Keras' momentum 0.99 is 0.01 here).
     """
 
     rnn_packing = "auto"
@@ -117,6 +124,10 @@ class DeepSpeech2(nn.Module):
         bidirectional_merge: str = "sum",
         lookahead: int = 0,
         dropout: float = 0.0,
+        activation: str = "hardtanh",
+        head_hidden: int = 0,
+        out_norm: bool = True,
+        bn_momentum: float = 0.1,
     ):
         super().__init__()
         self._settings = _check_settings(
@@ -132,6 +143,10 @@ class DeepSpeech2(nn.Module):
             bidirectional_merge=str(bidirectional_merge),
             lookahead=int(lookahead),
             dropout=float(dropout),
+            activation=str(activation),
+            head_hidden=int(head_hidden),
+            out_norm=bool(out_norm),
+            bn_momentum=float(bn_momentum),
         )
         s = self._settings
         self.conv_kernels, self.conv_strides = s["conv_kernels"], s["conv_strides"]
@@ -144,11 +159,22 @@ class DeepSpeech2(nn.Module):
         self.lookahead = None
         if not self.bidirectional and s["lookahead"] > 0:
             self.lookahead = nn.Sequential(
-                Lookahead(out_width, s["lookahead"]), nn.Hardtanh(0.0, 20.0, inplace=True)
+                Lookahead(out_width, s["lookahead"]), _activation(s["activation"])
             )
         self.dropout = nn.Dropout(s["dropout"])
-        self.out_norm = nn.BatchNorm1d(out_width)
+        self.out_norm = nn.BatchNorm1d(out_width) if s["out_norm"] else nn.Identity()
+        self.head = nn.Identity()
+        if s["head_hidden"]:
+            self.head = nn.Sequential(
+                nn.Linear(out_width, s["head_hidden"]),
+                _activation(s["activation"]),
+                nn.Dropout(s["dropout"]),
+            )
+            out_width = s["head_hidden"]
         self.classifier = nn.Linear(out_width, s["vocab_size"])
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = s["bn_momentum"]
 
     def _build_conv(self, s: dict[str, Any]) -> None:
         self.conv = nn.ModuleList()
@@ -160,7 +186,7 @@ class DeepSpeech2(nn.Module):
                 nn.Sequential(
                     nn.Conv2d(in_ch, ch, k, stride=st, padding=p, bias=False),
                     nn.BatchNorm2d(ch),
-                    nn.Hardtanh(0.0, 20.0, inplace=True),
+                    _activation(s["activation"]),
                 )
             )
             in_ch, freq = ch, conv_output_length(freq, k[0], st[0], p[0])
@@ -228,10 +254,12 @@ class DeepSpeech2(nn.Module):
         for rnn in self.rnns:
             per_step = 2.0 * _RNN_GATES[s["rnn_type"]] * (rnn.input_size * h + h * h)
             total += per_step * directions * fps
-        width = self.classifier.in_features
+        width = s["rnn_hidden"] * (2 if self.merge_concat else 1)
         if self.lookahead is not None:
             total += 2.0 * width * (s["lookahead"] + 1) * fps
-        total += 2.0 * width * s["vocab_size"] * fps
+        if s["head_hidden"]:
+            total += 2.0 * width * s["head_hidden"] * fps
+        total += 2.0 * self.classifier.in_features * s["vocab_size"] * fps
         return total
 
     def describe(self, frames_per_second: float = 100.0) -> str:
@@ -288,7 +316,9 @@ class DeepSpeech2(nn.Module):
                 x = x.view(n, t_out, 2, -1).sum(2)  # (N, T', H)
         if self.lookahead is not None:
             x = self.lookahead(x)  # (N, T', H); reads the zero padding as "after the end"
-        logits = per_frame(lambda d: self.classifier(self.out_norm(self.dropout(d))), x, mask)
+        logits = per_frame(
+            lambda d: self.classifier(self.head(self.out_norm(self.dropout(d)))), x, mask
+        )
         # float32 even under autocast: CTC loss and log_softmax in bf16/fp16 lose precision.
         log_probs = logits.float().log_softmax(dim=-1)
         return log_probs, lens.to(feat_lens.device)
@@ -335,6 +365,16 @@ def model_from_settings(d: dict[str, Any]) -> DeepSpeech2:
     return DeepSpeech2(**d)
 
 
+def complete_settings(d: dict[str, Any]) -> dict[str, Any]:
+    """`d` (a checkpoint's model settings) with every setting it predates at its default,
+    as `settings()` writes them: settings compare equal across versions."""
+    return {**{k: _jsonable(v) for k, v in _DEFAULTS.items()}, **d}
+
+
+def _activation(name: str) -> nn.Module:
+    return nn.ReLU(inplace=True) if name == "relu" else nn.Hardtanh(0.0, 20.0, inplace=True)
+
+
 def _jsonable(v: Any) -> Any:
     return [_jsonable(x) for x in v] if isinstance(v, (tuple, list)) else v
 
@@ -377,4 +417,8 @@ def _check_settings(**s: Any) -> dict[str, Any]:
         raise bad(f"vocab_size must count the blank and >= 1 token, got {s['vocab_size']}")
     if s["lookahead"] < 0 or not 0.0 <= s["dropout"] < 1.0:
         raise bad("lookahead must be >= 0 and dropout in [0, 1)")
+    if s["activation"] not in ("hardtanh", "relu"):
+        raise bad(f"activation must be 'hardtanh' or 'relu', got {s['activation']!r}")
+    if s["head_hidden"] < 0 or not 0.0 < s["bn_momentum"] <= 1.0:
+        raise bad("head_hidden must be >= 0 and bn_momentum in (0, 1]")
     return s

@@ -75,6 +75,10 @@ class ModelConfig:
     bidirectional_merge: Literal["sum", "concat"] = "sum"
     lookahead: int = 0
     dropout: float = 0.0
+    activation: Literal["hardtanh", "relu"] = "hardtanh"  # after each conv layer
+    head_hidden: int = 0  # > 0: Linear + activation + dropout before the classifier
+    out_norm: bool = True  # BatchNorm1d on the classifier's input
+    bn_momentum: float = 0.1  # torch's convention (Keras' 0.99 is 0.01)
 
 
 @dataclass(frozen=True)

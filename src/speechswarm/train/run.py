@@ -26,9 +26,10 @@ from speechswarm.data.dataset import SpeechDataset
 from speechswarm.data.manifest import Utterance
 from speechswarm.data.sampler import BucketBatchSampler
 from speechswarm.data.tokenizer import Tokenizer
+from speechswarm.errors import ConfigError
 from speechswarm.evaluate import eval_batches, evaluate
 from speechswarm.features import FeatureExtractor
-from speechswarm.model import DeepSpeech2
+from speechswarm.model import DeepSpeech2, complete_settings
 from speechswarm.plots import plot_run
 from speechswarm.report import MetricsLogger, write_summary
 from speechswarm.train import ddp
@@ -240,13 +241,14 @@ def make_checkpoint_state(run: Run, state) -> dict | None:
 
 def check_compatible(ckpt: dict, run: Run) -> None:
     """Refuse to resume a checkpoint made with another model, vocabulary or features."""
+    theirs = dict(ckpt, model_settings=complete_settings(ckpt.get("model_settings") or {}))
     for key, ours in (
         ("model_settings", run.model.settings()),
         ("features", run.extractor.feature_settings()),
         ("tokenizer", run.tokenizer.to_dict()),
     ):
-        if ckpt.get(key) != ours:
-            raise ValueError(
+        if theirs.get(key) != ours:
+            raise ConfigError(
                 f"cannot resume: the checkpoint's {key} differ from this config's; resume with the "
                 "config stored in the run folder (config.yaml), or use train.init_from to fine-tune"
             )
