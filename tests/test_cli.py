@@ -351,3 +351,20 @@ def test_an_unexpected_exception_keeps_its_traceback(tmp_path, kind):
     assert "in _lm_build" in proc.stderr and "in boom" in proc.stderr  # where it happened
     assert proc.stderr.strip().splitlines()[-1] == f"{kind}: boom"
     assert "error:" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--nproc", "-1"], "--nproc, --hogwild and --max-restarts take counts >= 0"),
+        (["train", "--config", "tiny", "--resume", "nope.pt"], "--resume nope.pt: no such"),
+        (["p2p", "--config", "p2p-tiny", "p2p.runs=[gossip/torus_kn]", "p2p.degree=3",
+          "data.train_manifest=/nonexistent.jsonl"], "does not exist"),
+    ],
+)  # fmt: skip
+def test_training_commands_report_user_errors_in_one_line(argv, message, capsys, tmp_path):
+    from speechswarm.cli import main
+
+    code = main([*argv, f"train.out_dir={tmp_path / 'run'}"] if "--config" in argv else argv)
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1 and message in err, err

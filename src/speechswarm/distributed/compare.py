@@ -23,6 +23,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from speechswarm.errors import UsageError
 from speechswarm.report import read_metrics
 
 MODES = ("central", "ddp", "hogwild")
@@ -111,7 +112,7 @@ def mode_command(mode: str, config: str, overrides: list[str], run_dir: Path, mi
         return [*base, "--nproc", str(processes), *common, "train.num_threads=1"]
     if mode == "hogwild":
         return [*base, "--hogwild", str(processes), *common, "train.num_threads=1"]
-    raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
+    raise UsageError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
 
 
 def compare(
@@ -127,7 +128,7 @@ def compare(
 ) -> tuple[list[ModeResult], float | None]:
     """Run `modes` one after the other and write compare.md/json/png into `out_dir`."""
     if minutes <= 0 or processes < 1:
-        raise ValueError("--minutes must be > 0 and --processes >= 1")
+        raise UsageError("--minutes must be > 0 and --processes >= 1")
     from speechswarm.config import load_config
 
     load_config(config, overrides)  # a bad key fails now, not three runs later

@@ -36,6 +36,7 @@ from speechswarm.checkpoint import load_checkpoint
 from speechswarm.config import Config, dump_yaml
 from speechswarm.data.dataset import make_loader
 from speechswarm.distributed.hogwild_sync import DONE, Control, HogwildWorkerSync, PipeSink
+from speechswarm.errors import SpeechswarmError, UnavailableError, UsageError
 from speechswarm.model import model_from_settings
 from speechswarm.report import MetricsLogger
 from speechswarm.train.assemble import build_run
@@ -57,7 +58,7 @@ from speechswarm.train.training_data import make_sampler
 POLL_SECONDS = 0.02  # how often the parent looks at the workers
 
 
-class HogwildWorkerFailed(RuntimeError):
+class HogwildWorkerFailed(SpeechswarmError, RuntimeError):
     """A Hogwild worker process died; the message names it and the checkpoint to resume from."""
 
 
@@ -76,21 +77,21 @@ def train_hogwild(
     early stopping, and `should_stop(state)`, asked by the parent between polls.
     """
     if workers < 1:
-        raise ValueError(f"--hogwild needs at least 1 worker, got {workers}")
+        raise UsageError(f"--hogwild needs at least 1 worker, got {workers}")
     if "fork" not in mp.get_all_start_methods():
-        raise RuntimeError("Hogwild needs the 'fork' start method (Linux); use DDP (--nproc)")
+        raise UnavailableError("Hogwild needs the 'fork' start method (Linux); use DDP (--nproc)")
     if cfg.data.shards:
-        raise ValueError("Hogwild reads a manifest (data.train_manifest); data.shards is for DDP")
+        raise UsageError("Hogwild reads a manifest (data.train_manifest); data.shards is for DDP")
     if cfg.optim.accumulate != 1:
-        raise ValueError("Hogwild steps after every batch: set optim.accumulate=1")
+        raise UsageError("Hogwild steps after every batch: set optim.accumulate=1")
     run = build_run(cfg, progress=progress)
     if run.device.type != "cpu":
-        raise ValueError(
+        raise UsageError(
             f"Hogwild shares one model in CPU memory; train.device={cfg.train.device} "
             f"resolved to {run.device}: use --device cpu, or DDP (--nproc) on GPUs"
         )
     if len(run.sampler.durations) < workers:
-        raise ValueError(
+        raise UsageError(
             f"{len(run.sampler.durations)} utterances cannot be shared by {workers} workers"
         )
     state, positions, resumed = _resume(run, resume, workers)

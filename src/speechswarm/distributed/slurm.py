@@ -18,6 +18,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
+from speechswarm.errors import UsageError
 from speechswarm.train.ddp import FRESH_STORE_PER_RESTART
 
 
@@ -40,12 +41,12 @@ class SlurmJob:
 
     def check(self) -> None:
         if self.nodes < 1 or self.gpus_per_node < 1 or self.cpus_per_gpu < 1:
-            raise ValueError("--nodes, --gpus-per-node and --cpus-per-gpu must be >= 1")
+            raise UsageError("--nodes, --gpus-per-node and --cpus-per-gpu must be >= 1")
         if self.max_restarts < 0 or self.monitor_seconds < 1:
-            raise ValueError("--max-restarts must be >= 0 and --monitor-seconds >= 1")
+            raise UsageError("--max-restarts must be >= 0 and --monitor-seconds >= 1")
         bad = [o for o in self.overrides if "=" not in o or o.startswith("train.out_dir=")]
         if bad:
-            raise ValueError(f"override(s) {bad}: give section.key=value; the run folder is --out")
+            raise UsageError(f"override(s) {bad}: give section.key=value; the run folder is --out")
 
 
 _MONITOR = r"""monitor_devices() {  # device use every $1 s into $RUN_DIR/devices-<host>.csv

@@ -22,6 +22,7 @@ from pathlib import Path
 from speechswarm.build import build_features, build_model, build_tokenizer
 from speechswarm.config import GRAPH_ALGORITHMS, Config, check_p2p, dump_yaml, parse_run, run_name
 from speechswarm.data.manifest import Utterance, write_manifest
+from speechswarm.errors import InputNotFoundError
 from speechswarm.p2p.partition import Agent, agents_from_splits, partition, split_agents
 from speechswarm.p2p.report import (
     plot_agents,
@@ -58,7 +59,7 @@ def make_agents(cfg: Config, out_dir: Path, clients: str = "") -> list[Agent]:
 def usable_utterances(cfg: Config, manifest: str, out_dir: Path) -> list[Utterance]:
     """A manifest's utterances without over-long ones and (data.validate) broken ones."""
     if not Path(manifest).is_file():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"{manifest} does not exist (data.train_manifest / data.test_manifest); make the "
             "built-in corpus with `speechswarm synth --out data/synth` or point the key at yours"
         )

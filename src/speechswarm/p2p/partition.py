@@ -29,9 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from speechswarm.data.manifest import Utterance
+from speechswarm.errors import DataError
 
 
-class PartitionError(ValueError):
+class PartitionError(DataError):
     """The data cannot be split as asked; the message says which key to change."""
 
 

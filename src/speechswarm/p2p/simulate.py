@@ -31,6 +31,7 @@ import torch
 from speechswarm.checkpoint import load_checkpoint, save_checkpoint
 from speechswarm.config import GRAPH_ALGORITHMS, Config, run_name, to_dict
 from speechswarm.data.manifest import Utterance, spread_subset
+from speechswarm.errors import UsageError
 from speechswarm.p2p import mixing
 from speechswarm.p2p.partition import Agent
 from speechswarm.p2p.report import MetricsFile, draw_topology
@@ -369,7 +370,7 @@ class Simulation:
     def load(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
         if ckpt.get("agents") != self.fingerprint():
-            raise ValueError(
+            raise UsageError(
                 f"cannot resume from {path}: its agents' data differ from this config's "
                 "(partition, seed or manifest changed); resume with the run's config.yaml"
             )
@@ -421,7 +422,7 @@ def simulate_run(
     name = run_name(algorithm, topology)
     ckpt_path = run_dir / "checkpoint.pt"
     if ckpt_path.exists() and not resume:
-        raise ValueError(
+        raise UsageError(
             f"{run_dir} already holds a simulation (checkpoint.pt); pass --resume to continue "
             "it or choose another train.out_dir"
         )

@@ -38,6 +38,7 @@ from speechswarm.config import Config
 from speechswarm.data.dataset import SpeechDataset, collate, make_loader
 from speechswarm.data.manifest import Utterance
 from speechswarm.data.sampler import BucketBatchSampler
+from speechswarm.errors import ConfigError
 from speechswarm.train.loop import TrainState, run_steps
 from speechswarm.train.model_stack import build_model_stack
 from speechswarm.train.optim import make_optimizer, make_scheduler
@@ -106,7 +107,7 @@ class Workspace:
         work: dict[int, tuple[int, int]],
     ):
         if cfg.optim.accumulate != 1:
-            raise ValueError("p2p runs do not support optim.accumulate > 1; set it to 1")
+            raise ConfigError("p2p runs do not support optim.accumulate > 1; set it to 1")
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         # An agent's round evaluates and saves nothing: the simulation scores and checkpoints.

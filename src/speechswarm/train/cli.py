@@ -7,6 +7,8 @@ speechswarm train --hogwild 2 --config tiny        # Hogwild, 2 CPU workers
 
 from __future__ import annotations
 
+from speechswarm.errors import UsageError
+
 
 def add_parser(sub) -> None:
     s = sub.add_parser("train", help="train a model (see configs: tiny, small, mlperf-ds2, ...)")
@@ -81,13 +83,13 @@ def _train(args) -> int:
 
 def _check_modes(args) -> None:
     if args.nproc < 0 or args.hogwild < 0 or args.max_restarts < 0:
-        raise ValueError("--nproc, --hogwild and --max-restarts take counts >= 0")
+        raise UsageError("--nproc, --hogwild and --max-restarts take counts >= 0")
     if args.nproc > 1 and args.hogwild:
-        raise ValueError(
+        raise UsageError(
             "--nproc (DDP) and --hogwild are two ways to use several processes; pick one"
         )
     if args.max_restarts and args.nproc <= 1:
-        raise ValueError(
+        raise UsageError(
             "--max-restarts needs --nproc N (N >= 2); under torchrun use its own --max-restarts"
         )
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from speechswarm.errors import ConfigError, UnavailableError, UsageError
 from speechswarm.train.sync import FLAGS, check_flag
 
 # torchrun (torch >= 2.4) shares its rendezvous TCPStore with the workers and keeps it across
@@ -85,10 +86,10 @@ def dist_env(environ: Mapping[str, str] | None = None) -> DistEnv:
         try:
             values[key] = int(text)
         except ValueError:
-            raise ValueError(f"environment variable {name}={text!r} is not an integer") from None
+            raise UsageError(f"environment variable {name}={text!r} is not an integer") from None
     env = DistEnv(**values)
     if env.world_size < 1 or not 0 <= env.rank < env.world_size or env.local_rank < 0:
-        raise ValueError(
+        raise UsageError(
             f"RANK={env.rank}, LOCAL_RANK={env.local_rank}, WORLD_SIZE={env.world_size} do not "
             "describe a worker; launch with torchrun or `speechswarm train --nproc N`"
         )
@@ -109,17 +110,17 @@ def worker_device(device_name: str, env: DistEnv) -> torch.device:
     if device.type != "cuda":
         return device
     if not torch.cuda.is_available():
-        raise RuntimeError(
+        raise UnavailableError(
             f"train.device={device_name} under DDP, but torch sees no GPU; use --device cpu"
         )
     if device.index is not None and env.world_size > 1:
-        raise ValueError(
+        raise ConfigError(
             f"train.device={device_name}: under DDP each worker takes cuda:LOCAL_RANK; "
             "say --device cuda (choose GPUs with CUDA_VISIBLE_DEVICES)"
         )
     count = torch.cuda.device_count()
     if env.local_rank >= count:
-        raise RuntimeError(
+        raise UsageError(
             f"local rank {env.local_rank} needs GPU {env.local_rank}, but this node has {count}; "
             "set --nproc_per_node to at most the node's GPU count"
         )

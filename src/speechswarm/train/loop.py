@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from speechswarm.checkpoint import load_checkpoint
 from speechswarm.config import Config, dump_yaml
+from speechswarm.errors import InputNotFoundError
 from speechswarm.evaluate import evaluate
 from speechswarm.report import MetricsLogger
 from speechswarm.train import ddp
@@ -100,7 +101,7 @@ def train(
     """
     if resume and resume != "auto" and not Path(resume).is_file():
         # Before setup: a typo should not cost a corpus validation or leave a run folder.
-        raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
+        raise InputNotFoundError(f"--resume {resume}: no such checkpoint")
     env = ddp.dist_env()
     if env.restart_count and not resume:
         resume = "auto"  # a restarted worker group continues from the last checkpoint

@@ -14,6 +14,7 @@ from speechswarm.build import build_features, build_model, build_tokenizer
 from speechswarm.checkpoint import load_checkpoint
 from speechswarm.config import Config
 from speechswarm.data.tokenizer import Tokenizer
+from speechswarm.errors import ConfigError
 from speechswarm.evaluate import eval_batches
 from speechswarm.features import FeatureExtractor, compute_global_stats
 from speechswarm.model import DeepSpeech2
@@ -75,7 +76,7 @@ def _freeze(model: torch.nn.Module, prefixes: tuple[str, ...], log) -> None:
             frozen += param.numel()
     if not frozen:
         names = sorted({n.split(".")[0] for n, _ in model.named_parameters()})
-        raise ValueError(
+        raise ConfigError(
             f"train.freeze={list(prefixes)} matches no parameter; top-level modules: {names}"
         )
     log.info(f"froze {frozen:,} parameters under {list(prefixes)}")

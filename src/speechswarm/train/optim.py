@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from speechswarm.config import Config
+from speechswarm.errors import ConfigError
 
 SCHEDULES = ("constant", "warmup", "cosine", "onecycle", "anneal")
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -51,7 +52,7 @@ def split_decay_groups(
             continue
         (decay if param.ndim >= 2 else no_decay).append(param)
     if not decay and not no_decay:
-        raise ValueError("build_optimizer: the model has no trainable parameters (all frozen?)")
+        raise ConfigError("build_optimizer: the model has no trainable parameters (all frozen?)")
     groups = []
     if decay:
         groups.append({"name": "decay", "params": decay, "weight_decay": weight_decay})
@@ -78,18 +79,18 @@ def build_optimizer(
     only (see `split_decay_groups`).
     """
     if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
+        raise ConfigError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
     if not (lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"optimizer lr must be a positive number, got {lr!r}")
+        raise ConfigError(f"optimizer lr must be a positive number, got {lr!r}")
     if weight_decay < 0:
-        raise ValueError(f"optimizer weight_decay must be >= 0, got {weight_decay!r}")
+        raise ConfigError(f"optimizer weight_decay must be >= 0, got {weight_decay!r}")
     groups = split_decay_groups(params, weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
     if name == "adam":
         return torch.optim.Adam(groups, lr=lr, betas=tuple(betas), eps=eps)
     if nesterov and momentum <= 0:
-        raise ValueError("sgd with nesterov=True needs momentum > 0 (optim.momentum)")
+        raise ConfigError("sgd with nesterov=True needs momentum > 0 (optim.momentum)")
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
 
 
@@ -117,19 +118,19 @@ def _check_schedule_args(
     name, total_steps, warmup_steps, steps_per_epoch, anneal_factor, pct_start
 ):
     if name not in SCHEDULES:
-        raise ValueError(f"unknown LR schedule {name!r}: choose one of {', '.join(SCHEDULES)}")
+        raise ConfigError(f"unknown LR schedule {name!r}: choose one of {', '.join(SCHEDULES)}")
     if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        raise ConfigError(f"warmup_steps must be >= 0, got {warmup_steps}")
     if name == "warmup" and warmup_steps == 0:
-        raise ValueError("schedule 'warmup' needs optim.warmup_steps > 0 (or use 'constant')")
+        raise ConfigError("schedule 'warmup' needs optim.warmup_steps > 0 (or use 'constant')")
     if name in ("cosine", "onecycle") and total_steps <= 0:
-        raise ValueError(f"schedule {name!r} needs total_steps > 0, got {total_steps}")
+        raise ConfigError(f"schedule {name!r} needs total_steps > 0, got {total_steps}")
     if name == "onecycle" and total_steps < 2:
-        raise ValueError("schedule 'onecycle' needs total_steps >= 2")
+        raise ConfigError("schedule 'onecycle' needs total_steps >= 2")
     if name == "onecycle" and not 0.0 <= pct_start <= 1.0:
-        raise ValueError(f"schedule 'onecycle' needs 0 <= pct_start <= 1, got {pct_start}")
+        raise ConfigError(f"schedule 'onecycle' needs 0 <= pct_start <= 1, got {pct_start}")
     if name == "anneal" and (steps_per_epoch <= 0 or anneal_factor <= 0):
-        raise ValueError(
+        raise ConfigError(
             f"schedule 'anneal' needs steps_per_epoch > 0 and anneal_factor > 0, "
             f"got {steps_per_epoch} and {anneal_factor}"
         )
@@ -298,11 +299,11 @@ def per_rank_accumulate(accumulate: int, world_size: int) -> int:
     micro-batches on one process, 4 on each of 2 ranks. accumulate=1 with W ranks cannot be
     divided: each rank steps after every batch (a global batch W times larger)."""
     if accumulate < 1:
-        raise ValueError(f"optim.accumulate must be >= 1, got {accumulate}")
+        raise ConfigError(f"optim.accumulate must be >= 1, got {accumulate}")
     if accumulate == 1:
         return 1
     if accumulate % world_size:
-        raise ValueError(
+        raise ConfigError(
             f"optim.accumulate={accumulate} is not divisible by the {world_size} processes: "
             f"use a multiple of {world_size} (it counts micro-batches across all of them)"
         )

@@ -18,6 +18,7 @@ from speechswarm.config import Config
 from speechswarm.data.dataset import make_loader
 from speechswarm.data.shards import ShardBatches, ShardDataset
 from speechswarm.data.tokenizer import Tokenizer
+from speechswarm.errors import DataError, InputNotFoundError
 from speechswarm.train import ddp
 
 
@@ -60,12 +61,12 @@ class ShardStream:
 def shard_source(cfg: Config, tokenizer: Tokenizer, log, env: ddp.DistEnv) -> tuple:
     """(dataset, stream, hours, utterances) for data.shards (written by `speechswarm shard`)."""
     if cfg.features.normalize == "global":
-        raise ValueError(
+        raise DataError(
             "features.normalize=global needs a manifest; with data.shards use 'utterance'"
         )
     index_path = Path(cfg.data.shards) / "shards.json"
     if not index_path.is_file():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"data.shards: {index_path} not found; write shards with `speechswarm shard`"
         )
     index = json.loads(index_path.read_text())

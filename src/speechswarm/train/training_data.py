@@ -12,6 +12,7 @@ from speechswarm.config import Config
 from speechswarm.data.manifest import Utterance, read_manifest
 from speechswarm.data.sampler import BucketBatchSampler
 from speechswarm.data.validate import validate_utterances
+from speechswarm.errors import DataError
 from speechswarm.train import ddp
 
 
@@ -73,7 +74,7 @@ def load_training_utterances(
     if env is not None and env.is_distributed:
         ddp.broadcast_from_main([u.id for u in utts])  # before raising: no rank left waiting
     if not utts:
-        raise ValueError(
+        raise DataError(
             f"{manifest}: no usable utterances left (see {run_dir}/data_report_{name}.json)"
         )
     return utts

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from speechswarm.config import Config
 from speechswarm.data.manifest import read_manifest, write_manifest
+from speechswarm.errors import InputNotFoundError
 from speechswarm.p2p.net.auth import Gate, run_secret_authorizer
 from speechswarm.p2p.net.hivemind_sync import (
     HivemindSync,
@@ -79,7 +80,7 @@ def _split(data: str, test: str, cfg: Config, out: Path) -> tuple[Path, Path]:
 
     for path, flag in ((data, "--data"), (test, "--test")):
         if path and not Path(path).is_file():
-            raise FileNotFoundError(f"{flag} {path}: no such manifest")
+            raise InputNotFoundError(f"{flag} {path}: no such manifest")
     if test:
         return Path(data), Path(test)
     agent = split_agents([read_manifest(data)], cfg.p2p.test_fraction, 0.0, seed=cfg.p2p.seed)[0]
