@@ -64,6 +64,7 @@ def test_cli_runs_compares_and_reports(tone_speakers, tmp_path, one_torch_thread
     for png in (
         "plots/compare_rounds.png",
         "plots/compare_bytes.png",
+        "plots/compare_steps_messages.png",
         "gossip-ring/topology.png",
         "gossip-regular/topology.png",
         "local/agents_wer_cer.png",

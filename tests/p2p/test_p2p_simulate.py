@@ -151,14 +151,23 @@ def test_scaled_agent_rejected_by_norm_and_outvoted_by_median(p2p_config):
     assert mixing.state_norm(models(ckpt)[0]) > 50 * norm[0]  # the plain mean is hijacked
 
 
-def test_central_trains_the_union_with_the_same_total_steps(p2p_config):
-    _, ckpt, rows, _ = run(p2p_config("c"), "central")
+def test_central_trains_the_union_with_one_agents_or_all_agents_steps(p2p_config):
+    _, ckpt, rows, _ = run(p2p_config("c", "p2p.central_compute=total"), "central")
     assert list(ckpt["states"]) == [str(CENTRAL)]
     assert (
         ckpt["states"][str(CENTRAL)]["train_state"]["step"] == 4 * 2 * 2
     )  # agents x local steps x rounds
     assert len(rows) == 8 and all(r["msgs_sent"] == 0 for r in rows)
     assert len({r["global_cer"] for r in rows if r["round"] == 2}) == 1  # one model
+    # per_agent (the default: one machine's compute): as many steps as each agent takes
+    _, ckpt, _, _ = run(p2p_config("c1"), "central")
+    assert ckpt["states"][str(CENTRAL)]["train_state"]["step"] == 2 * 2
+    # with local epochs: the mean agent's batches per epoch (batches of 2), each round
+    _, ckpt, _, _ = run(p2p_config("c2", "p2p.local_steps=0", "p2p.local_epochs=1"), "central")
+    agents = make_agents(p2p_config("c3"), out_dir=Path(p2p_config("c3").train.out_dir))
+    per_agent = [math.ceil(len(a.train) / 2) for a in agents]
+    expected = 2 * max(1, round(sum(per_agent) / len(per_agent)))
+    assert ckpt["states"][str(CENTRAL)]["train_state"]["step"] == expected
 
 
 def test_local_and_async_message_counts(p2p_config):

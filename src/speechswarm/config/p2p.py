@@ -108,6 +108,10 @@ class P2PConfig:
     fault_scale: float = 1000.0
     # ---- execution
     workers: int = 0  # 0: all agents in this process; N: a pool of N processes
+    # `central`'s work per round: "per_agent", what one agent does (each agent is one
+    # machine, so the central model gets one machine's compute: the P2P seed's comparison),
+    # or "total", the agents' combined work (equal total steps)
+    central_compute: Literal["per_agent", "total"] = "per_agent"
     # p2pbn (the P2P seed's asynchronous algorithm): an agent whose own dev CER (its loss
     # without a dev split) has not improved for this many of its activations trains only its
     # BatchNorm layers from then on; 0: never

@@ -223,7 +223,42 @@ def plot_comparison(runs: dict[str, list[dict]], out_dir: str | os.PathLike) -> 
     fig.savefig(out_dir / "compare_rounds.png")
     written.append(out_dir / "compare_rounds.png")
     written.append(_plot_bytes(runs, out_dir / "compare_bytes.png"))
+    written.append(_plot_steps_messages(runs, out_dir / "compare_steps_messages.png"))
     return written
+
+
+def per_round_sum(rows: Sequence[dict], key: str, mean: bool = False) -> dict[int, float]:
+    """round -> the sum (or mean) over agents of a cumulative counter (steps, messages)."""
+    out: dict[int, list[float]] = {}
+    for r in rows:
+        out.setdefault(r["round"], []).append(float(r.get(key) or 0))
+    return {k: (sum(v) / len(v) if mean else sum(v)) for k, v in out.items()}
+
+
+def _plot_steps_messages(runs: dict[str, list[dict]], path: Path) -> Path:
+    """Mean own-test CER against each agent's optimizer steps (the compute one machine
+    spends) and against the messages sent by all agents."""
+    fig = _figure((11, 4.2))
+    axes = fig.subplots(1, 2)
+    for name, rows in runs.items():
+        x, mean, _, _ = per_round(rows, "own_cer")
+        if not len(x):
+            continue
+        steps = per_round_sum(rows, "steps", mean=True)
+        axes[0].plot([steps[r] for r in x], 100 * mean, marker="o", ms=3, label=name)
+        msgs = per_round_sum(rows, "msgs_sent")
+        if max(msgs[r] for r in x) > 0:
+            axes[1].plot([msgs[r] for r in x], 100 * mean, marker="o", ms=3, label=name)
+    axes[0].set_xlabel("optimizer steps per agent (central: its model's)")
+    axes[1].set_xlabel("messages sent by all agents so far")
+    for ax in axes:
+        ax.set_ylabel("mean CER, own test split (%)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle("Accuracy against per-agent compute and messages")
+    fig.savefig(path)
+    return path
 
 
 def _plot_bytes(runs: dict[str, list[dict]], path: Path) -> Path:

@@ -46,6 +46,7 @@ from speechswarm.p2p.workspace import (
     derive_seed,
     snapshot,
 )
+from speechswarm.train.training_data import make_sampler
 
 log = logging.getLogger("speechswarm.p2p")
 CHECKPOINT_FORMAT = 1
@@ -82,9 +83,9 @@ class Simulation:
         p = self.p
         trainers = {k: a.train for k, a in enumerate(self.agents)}
         work = {k: (p.local_steps, p.local_epochs) for k in range(self.n)}
-        if self.algorithm == "central":  # the union, with the agents' combined work per round
+        if self.algorithm == "central":  # one model on the union of the agents' data
             trainers = {CENTRAL: tuple(u for a in self.agents for u in a.train)}
-            work = {CENTRAL: (p.local_steps * self.n, p.local_epochs)}
+            work = {CENTRAL: self.central_work()}
         tests = {f"agent{k}": list(a.test) for k, a in enumerate(self.agents)}
         for k, a in enumerate(self.agents):  # a spread sample of each agent's own train split
             tests[f"agent{k}_train"] = (
@@ -101,6 +102,21 @@ class Simulation:
         for k in self.trainers:
             self.states[k] = self.workspace.initial_state(k)
         self.global_model = snapshot(self.states[self.trainers[0]]["model"])
+
+    def central_work(self) -> tuple[int, int]:
+        """(steps, epochs) per round of the central model: the agents' combined work
+        (p2p.central_compute=total) or one agent's (per_agent: the mean agent's batches)."""
+        p = self.p
+        if p.central_compute == "total":
+            return p.local_steps * self.n, p.local_epochs
+        if p.local_steps:
+            return p.local_steps, 0
+        batches = []
+        for a in self.agents:
+            sampler = make_sampler(self.cfg, [u.duration for u in a.train])
+            sampler.set_epoch(0)
+            batches.append(len(sampler))
+        return max(1, round(sum(batches) / len(batches) * p.local_epochs)), 0
 
     def close(self) -> None:
         if self.executor is not None:
