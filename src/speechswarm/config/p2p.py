@@ -49,21 +49,7 @@ class P2PConfig:
     clients: str = ""  # module:function hook returning load_clients_data()-style splits
     global_test_max: int = 100  # utterances of data.test_manifest scored per agent; 0: all
     # ---- who talks to whom
-    topology: Literal[
-        "complete",
-        "ring",
-        "regular",
-        "directed",
-        "erdos_renyi",
-        "torus",
-        "grid",
-        "clustered",
-        "directed_regular",
-        "torus_kn",
-        "cylinder",
-        "erdos_renyi_directed",
-        "sparse_clusters",
-    ] = "ring"
+    topology: Literal[TOPOLOGIES] = "ring"
     # regular / directed / directed_regular / sparse_clusters: neighbours per agent;
     # erdos_renyi_directed: expected neighbours (p = degree / agents); torus_kn / cylinder:
     # the lattice's k rows (degree x agents/degree)
@@ -83,7 +69,7 @@ class P2PConfig:
     require_connected: bool = False
     redraw_every: int = 0  # rounds between fresh random topologies; 0: never
     # ---- how they learn
-    algorithm: Literal["gossip", "async", "p2pbn", "fedavg", "central", "local"] = "gossip"
+    algorithm: Literal[ALGORITHMS] = "gossip"
     # Several runs compared in one command, each "algorithm" or "algorithm/topology",
     # e.g. [gossip/ring, gossip/regular, central, local, fedavg]; empty: just the one above.
     runs: tuple[str, ...] = ()

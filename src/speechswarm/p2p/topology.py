@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from speechswarm.config import TOPOLOGIES
 from speechswarm.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -429,16 +430,7 @@ def make_topology(
     )
 
 
-_KINDS = (
-    "complete",
-    "ring",
-    "regular",
-    "directed",
-    "erdos_renyi",
-    "torus",
-    "grid",
-    "clustered",
-) + SEED_GRAPHS
+_KINDS = TOPOLOGIES
 
 
 def topology_options(p: P2PConfig) -> dict:
