@@ -33,7 +33,8 @@ def test_demo_trains_tests_on_unseen_voices_and_reports_greedy_and_lm(
     assert results["test_utterances"] == len(read_manifest(synth_corpus.test))
     for key in ("test_cer", "test_wer", "greedy_cer", "greedy_wer"):
         assert results[key] >= 0
-    assert set(results["by_engine"]) == {"espeak", "flite", "festival"}
+    engines = set(results["by_engine"])
+    assert {"espeak", "flite", "festival"} <= engines <= {"espeak", "flite", "festival", "kokoro", "piper"}  # fmt: skip
     assert f"CER {results['test_cer']:.1%} with the LM" in printed
     assert "heard:" in printed and "model:" in printed
     assert read_arpa(results["lm"]["path"]).order == 3
