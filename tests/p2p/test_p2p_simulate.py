@@ -22,7 +22,8 @@ from speechswarm.data.manifest import read_manifest, write_manifest
 from speechswarm.p2p import mixing
 from speechswarm.p2p.experiment import make_agents
 from speechswarm.p2p.report import read_rows
-from speechswarm.p2p.simulate import CENTRAL, simulate_run
+from speechswarm.p2p.runner import simulate_run
+from speechswarm.p2p.simulate import CENTRAL
 from speechswarm.p2p.sync import Mailbox
 from speechswarm.p2p.topology import make_topology
 from speechswarm.p2p.workspace import snapshot

@@ -31,7 +31,7 @@ from speechswarm.p2p.report import (
     report_markdown,
     summarize,
 )
-from speechswarm.p2p.simulate import simulate_run
+from speechswarm.p2p.runner import simulate_run
 from speechswarm.p2p.topology import make_topology, topology_options
 from speechswarm.report import pct
 
