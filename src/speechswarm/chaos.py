@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,7 +55,8 @@ _MARKERS = (
 class KillTrial:
     index: int
     target: str  # the phase the trial waited for
-    phase: str  # the phase the process was in when killed ("finished": it ended first)
+    phase: str  # the phase it was in when killed ("finished": it ended first; "died": it
+    # exited with an error before the kill)
     killed_at: float  # seconds after the start
     step_at_kill: int  # the last checkpoint's step when killed (-1: none yet)
     checkpoints: int  # checkpoint files found after the kill
@@ -74,10 +76,12 @@ class KillCampaign:
 
     def summary(self) -> dict:
         n = len(self.trials)
-        phases = {p: sum(t.phase == p for t in self.trials) for p in (*PHASES, "finished", "other")}
+        phases = {p: sum(t.phase == p for t in self.trials)
+                  for p in (*PHASES, "finished", "died", "other")}  # fmt: skip
         return {
             "trials": n,
             "kills_by_phase": {k: v for k, v in phases.items() if v},
+            "before_first_checkpoint": sum(t.step_at_kill < 0 for t in self.trials),
             "resumed": sum(t.resumed_ok for t in self.trials),
             "bit_identical": sum(t.identical for t in self.trials),
             "unreadable_checkpoints": sum(len(t.unreadable) for t in self.trials),
@@ -88,10 +92,12 @@ class KillCampaign:
         s = self.summary()
         kills = ", ".join(f"{k} {v}" for k, v in s["kills_by_phase"].items())
         return "\n".join([
-            "| trials | kills by phase | resumed to the end | final weights bit-identical "
-            "| unreadable checkpoints | finished run resumed: no step, no write |",
-            "|---|---|---|---|---|---|",
-            f"| {s['trials']} | {kills} | {s['resumed']}/{s['trials']} | "
+            "| trials | kills by phase | killed before the first checkpoint | resumed to the end "
+            "| final weights bit-identical | unreadable checkpoints "
+            "| finished run resumed: no step, no write |",
+            "|---|---|---|---|---|---|---|",
+            f"| {s['trials']} | {kills} | {s['before_first_checkpoint']} | "
+            f"{s['resumed']}/{s['trials']} | "
             f"{s['bit_identical']}/{s['trials']} | {s['unreadable_checkpoints']} | "
             f"{s['finished_resume_ok']}/{s['trials']} |",
         ])  # fmt: skip
@@ -138,6 +144,8 @@ def run_kill_campaign(
     corpus_dir = Path(corpus) if corpus else _small_corpus(out / "corpus")
     rng = random.Random(seed)
     started = time.perf_counter()
+    for old in [out / "reference", *out.glob("trial-*")]:  # runs of an earlier campaign
+        shutil.rmtree(old)
     ref = _train(corpus_dir, out / "reference", steps)
     if ref.returncode != 0:
         raise RuntimeError(f"the reference run failed:\n{ref.stderr[-3000:]}")
@@ -245,7 +253,7 @@ def _wait_for_phase(proc, stderr_path: Path, target: str, t0: float, earliest: f
     offset = 0
     while True:
         if proc.poll() is not None:
-            return "finished"
+            return "finished" if proc.returncode == 0 else "died"
         elapsed = time.perf_counter() - t0
         if elapsed < earliest:
             time.sleep(min(0.05, earliest - elapsed))
@@ -254,7 +262,8 @@ def _wait_for_phase(proc, stderr_path: Path, target: str, t0: float, earliest: f
         try:
             os.kill(proc.pid, signal.SIGUSR1)
         except ProcessLookupError:
-            return "finished"
+            proc.wait()
+            return "finished" if proc.returncode == 0 else "died"
         stack = _read_dump(stderr_path, offset)
         if stack is None:
             continue

@@ -19,6 +19,7 @@ import torch
 
 from speechswarm.checkpoint import load_checkpoint
 from speechswarm.data.manifest import read_manifest, write_manifest
+from speechswarm.errors import UsageError
 from speechswarm.p2p import mixing
 from speechswarm.p2p.experiment import make_agents
 from speechswarm.p2p.report import read_rows
@@ -397,3 +398,14 @@ def test_a_p2pbn_run_reports_each_agents_stage(p2p_config):
     assert result["name"] == "p2pbn-directed_regular" and {r["round"] for r in rows} == {1, 2}
     assert all(isinstance(r["bn_only"], bool) for r in rows)
     assert any(r["local_steps"] for r in rows)
+
+
+def test_a_checkpoint_of_another_format_is_refused_by_name(p2p_config):
+    cfg = p2p_config("fmt", "p2p.rounds=1")
+    _, _, _, result = run(cfg, "local")
+    path = result["dir"] / "checkpoint.pt"
+    from speechswarm.checkpoint import save_checkpoint
+
+    save_checkpoint(path, dict(load_checkpoint(path), format=1))
+    with pytest.raises(UsageError, match="format 1, this speechswarm reads format 2"):
+        run(cfg, "local", resume=True)

@@ -689,3 +689,25 @@ def test_a_finished_run_resumed_with_a_higher_limit_trains_on(synth_corpus, make
     more = make_config(THREE_BATCHES, "train.max_steps=4", manifest=synth_corpus.few)
     again = train(more, resume="auto", progress=False)
     assert (again.stop_reason, again.state.step) == ("max_steps", 4)
+
+
+def test_a_budget_spent_in_the_last_evaluation_stays_spent(synth_corpus, make_config, monkeypatch):
+    """The evaluation at an epoch's end uses up the budget: the checkpoint written after it
+    counts that time, so resuming the run trains nothing."""
+    clock = {"offset": 0.0}
+    real_clock, real_evaluate = loop.time.perf_counter, loop.evaluate
+
+    def slow_evaluate(*args, **kwargs):
+        clock["offset"] += 3600.0  # an hour-long dev evaluation
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: real_clock() + clock["offset"])
+    monkeypatch.setattr(loop, "evaluate", slow_evaluate)
+    cfg = make_config(THREE_BATCHES, "train.epochs=3", "train.time_budget_min=30",
+                      manifest=synth_corpus.few)  # fmt: skip
+    done = train(cfg, progress=False)
+    assert (done.stop_reason, done.state.step) == ("time_budget", 3)
+    saved = load_checkpoint(done.run_dir / "checkpoints/last.pt")["train_state"]
+    assert saved["wall_seconds"] >= 3600
+    again = train(cfg, resume="auto", progress=False)
+    assert (again.stop_reason, again.state.step) == ("time_budget", 3)

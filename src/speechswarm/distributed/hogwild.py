@@ -51,6 +51,7 @@ from speechswarm.train.loop import (
     run_steps,
     save,
 )
+from speechswarm.train.optim import BudgetedLR
 from speechswarm.train.rng import restore_rng_state, seed_everything
 from speechswarm.train.run import RANK_SEED_STRIDE, Run
 from speechswarm.train.training_data import make_sampler
@@ -129,6 +130,8 @@ def _resume(run: Run, resume: str | None, workers: int) -> tuple[TrainState, lis
         ckpt = load_checkpoint(path)
         restore_rng_state(run.load_state(ckpt))
         vars(state).update(vars(TrainState.from_dict(ckpt["train_state"])))
+        if isinstance(run.scheduler, BudgetedLR):
+            run.scheduler.resume_clock(state.wall_seconds)  # the budget spans resumes
         saved = ckpt.get("hogwild", {}).get("positions", [])
         if len(saved) == workers:
             positions = [list(p) for p in saved]

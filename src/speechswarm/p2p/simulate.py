@@ -47,7 +47,8 @@ from speechswarm.p2p.workspace import (
 from speechswarm.train.training_data import make_sampler
 
 log = logging.getLogger("speechswarm.p2p")
-CHECKPOINT_FORMAT = 1
+# 2: agents carry their RNG streams and TrainState (they train through train.loop.run_steps)
+CHECKPOINT_FORMAT = 2
 
 
 class Simulation:
@@ -383,6 +384,12 @@ class Simulation:
 
     def load(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise UsageError(
+                f"cannot resume from {path}: a simulation checkpoint of format "
+                f"{ckpt.get('format')}, this speechswarm reads format {CHECKPOINT_FORMAT} "
+                "(agents' states changed); start the run again in another train.out_dir"
+            )
         if ckpt.get("agents") != self.fingerprint():
             raise UsageError(
                 f"cannot resume from {path}: its agents' data differ from this config's "

@@ -10,9 +10,11 @@ is plain data (`AgentState`: model, optimizer and schedule state dicts, its RNG 
 its `TrainState`), so 50 agents cost 50 state dicts, not 50 modules. A round of an agent
 loads its state into the run and trains it with the training loop's own `run_steps` and
 `train_step`, exactly as `speechswarm train` does (the same non-finite rules, the same
-schedule), with a stop rule that ends the round. Agent k draws its randomness (batch order,
-dropout, augmentation) as rank k of a `speechswarm train` run with `train.seed` would, and
-carries its RNG state from round to round: an agent's round gives the same weights whether
+schedule), with a stop rule that ends the round. Agent k's randomness comes from
+`train.seed`: its batch order and speed perturbation from `train.seed + k`, its dropout from
+`seed_everything(train.seed, k)` (agent 0 and the central model: the stream that built the
+model, as in `speechswarm train`), its augmentation from rank k's generator seed; it carries
+its RNG state from round to round: an agent's round gives the same weights whether
 it runs here, in a worker process or after a resume, and a one-agent `central` simulation
 trains exactly as `speechswarm train` on the same data. `Executor`s run a list of such calls
 in this process or in a pool of worker processes, each with its own Workspace.

@@ -272,12 +272,13 @@ class RunLimits:
     `state.wall_seconds`, which checkpoints carry."""
 
     def __init__(self, run: Run, state: TrainState, should_stop=None) -> None:
-        self.cfg, self.dev_history, self.should_stop = run.cfg.train, run.dev_history, should_stop
-        self.origin = time.perf_counter() - state.wall_seconds
+        self.run, self.cfg, self.should_stop = run, run.cfg.train, should_stop
+        self.dev_history = run.dev_history
+        run.wall_origin = time.perf_counter() - state.wall_seconds
 
     def __call__(self, state: TrainState) -> str:
         cfg = self.cfg
-        state.wall_seconds = time.perf_counter() - self.origin
+        tick(self.run, state)
         if state.epoch >= cfg.epochs:
             return "epochs"
         if cfg.max_steps and state.step >= cfg.max_steps:
@@ -296,8 +297,15 @@ class RunLimits:
         return self.dev_history[-1]["dev_wer"]
 
 
+def tick(run: Run, state: TrainState) -> None:
+    """Bring `state.wall_seconds` up to now (a run the loop's stop rule times)."""
+    if run.wall_origin is not None:
+        state.wall_seconds = time.perf_counter() - run.wall_origin
+
+
 def save(run: Run, state: TrainState, metric: float | None = None) -> None:
     """Checkpoint the run (every process calls it; the main process writes)."""
+    tick(run, state)  # a checkpoint after an evaluation counts the evaluation's time
     ckpt = make_checkpoint_state(run, state)
     if ckpt is not None:
         run.checkpoints.save(ckpt, step=state.step, metric=metric)

@@ -81,6 +81,9 @@ class Run:
     last_save_step: int | None = None  # step of the latest checkpoint (every rank knows it)
     checkpoint_extra: dict = field(default_factory=dict)  # more keys for checkpoints (Hogwild)
     accumulated: int = 0  # finite micro-batches since the last optimizer step
+    # perf_counter() at which the run's wall time (TrainState.wall_seconds, across resumes)
+    # was 0; set by the loop's stop rule (train.loop.RunLimits). None: not timed.
+    wall_origin: float | None = None
     norm_stats: NormStatistics = field(init=False)  # put back when a batch is skipped
 
     def __post_init__(self) -> None:

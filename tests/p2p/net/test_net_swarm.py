@@ -205,3 +205,10 @@ def test_resuming_a_finished_peer_trains_nothing(swarm_setup, tmp_path):
         assert (out / "train.log").read_text().count("run already finished (max_steps)") == attempt
         assert "listening" not in again.log_path.read_text()  # no DHT joined
         assert json.loads((out / "summary.json").read_text()) == summary
+    # stopped after its last checkpoint, before its summary: scored now, rounds from its rows
+    (out / "summary.json").unlink()
+    again = PeerProcess([*args, "--resume", "auto"], out, peer_env(SECRET))
+    assert _finish([again]) == [0], again.log_path.read_text()[-3000:]
+    rebuilt = json.loads((out / "summary.json").read_text())
+    assert rebuilt["steps"] == 4 and rebuilt["rounds"] == summary["rounds"]
+    assert rebuilt["own_cer"] == pytest.approx(summary["own_cer"])

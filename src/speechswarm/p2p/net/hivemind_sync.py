@@ -69,6 +69,17 @@ class HivemindSync:
         self.group_sizes: list[int] = []
         self.reasons: dict[str, int] = {}
         self.partial = 0  # rounds that averaged without a member for part of the vector
+        for row in kept:  # the whole run's counts, not this session's
+            self._count(row)
+
+    def _count(self, row: dict) -> None:
+        self.averaging_seconds += float(row["seconds"])
+        reason = row["reason"] or "ok"
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        if row["ok"]:
+            self.joined += 1
+            self.group_sizes.append(int(row["group_size"]))
+        self.partial += bool(row.get("partial"))
 
     def agree(self, flag: str) -> str:
         return flag
@@ -109,21 +120,16 @@ class HivemindSync:
                 reason = mixing.check_received(received, own, self.p2p.max_norm_ratio)
             if not reason:
                 model.load_state_dict({**model.state_dict(), **received})
-                self.joined += 1
-                self.group_sizes.append(group)
         counts = {k: int(self.averager.counter(k) - before[k]) for k in _ROUND_COUNTERS}
         partial = not reason and (counts["values_kept_local"] > 0 or counts["senders_dropped"] > 0)
         if partial:
-            self.partial += 1
             self.log.info(
                 f"averaging at step {step}: a member stalled mid-round; "
                 f"{counts['values_kept_local']} values kept local, "
                 f"{counts['senders_dropped']} sender(s) left out of this peer's part"
             )
-        self.reasons[reason or "ok"] = self.reasons.get(reason or "ok", 0) + 1
         shared = self.share(model, step)
         seconds = time.perf_counter() - start
-        self.averaging_seconds += seconds
         self.round += 1
         row = {
             "round": self.round,
@@ -137,6 +143,7 @@ class HivemindSync:
             **counts,
             "state_sum": shared,
         }
+        self._count(row)
         with open(self.rounds_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         return row

@@ -35,6 +35,7 @@ from speechswarm.p2p.net.hivemind_sync import (
     averaged_names,
     hivemind_compression,
     load_from_peers,
+    read_rows_file,
 )
 from speechswarm.p2p.net.settings import NetSettings
 from speechswarm.report import pct
@@ -64,12 +65,33 @@ def start_dht(settings: NetSettings, gate: Gate, initial_peers, identity: str):
         raise RuntimeError(f"could not join the run's DHT: {e}; {hint}") from e
 
 
-def _finished_summary(out_dir: Path) -> dict:
-    """The summary a finished peer wrote (printed again), or {} where it has none."""
+def _finished_summary(run, state, out_dir: Path, test_path: Path, global_test: str) -> dict:
+    """The summary a finished peer wrote, printed again. A peer stopped after its last
+    checkpoint but before its summary is scored now; its network figures come from its
+    rounds.jsonl (bytes, rounds joined), the rest of hivemind's counters are lost."""
     path = out_dir / "summary.json"
-    if not path.is_file():
-        return {}
-    summary = json.loads(path.read_text())
+    if path.is_file():
+        summary = json.loads(path.read_text())
+    else:
+        rows = read_rows_file(out_dir / "rounds.jsonl")
+        joined = [r for r in rows if r["ok"]]
+        summary = {
+            "peer_id": "(resumed)",
+            "steps": state.step,
+            **_score(run, test_path, global_test),
+            "rounds": len(rows),
+            "rounds_joined": len(joined),
+            "partial_rounds": sum(bool(r.get("partial")) for r in rows),
+            "mean_group_size": (
+                sum(r["group_size"] for r in joined) / len(joined) if joined else 0.0
+            ),
+            "bytes_sent": sum(int(r.get("bytes_sent", 0)) for r in rows),
+            "bytes_recv": sum(int(r.get("bytes_recv", 0)) for r in rows),
+            "averaging_seconds": round(sum(float(r["seconds"]) for r in rows), 3),
+            "training_seconds": round(state.train_seconds, 3),
+            "train_utts": len(run.sampler.durations),
+        }
+        path.write_text(json.dumps(summary, indent=1) + "\n")
     print(summary_line(summary), flush=True)
     return summary
 
@@ -165,7 +187,7 @@ def run_peer(
         finished = RunLimits(run, state)(state)
         if finished in FINISHED:
             log_finished(run, state, finished)
-            return _finished_summary(out_dir)
+            return _finished_summary(run, state, out_dir, test_path, global_test)
     names = averaged_names(run.model, cfg.p2p.bn_stats)
     weight = float(len(run.sampler.durations)) if cfg.p2p.weights == "data_size" else 1.0
     dht = start_dht(settings, gate, initial_peers, identity)
