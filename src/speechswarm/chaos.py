@@ -145,7 +145,8 @@ def run_kill_campaign(
     rng = random.Random(seed)
     started = time.perf_counter()
     for old in [out / "reference", *out.glob("trial-*")]:  # runs of an earlier campaign
-        shutil.rmtree(old)
+        if old.exists():
+            shutil.rmtree(old)
     ref = _train(corpus_dir, out / "reference", steps)
     if ref.returncode != 0:
         raise RuntimeError(f"the reference run failed:\n{ref.stderr[-3000:]}")
