@@ -304,6 +304,7 @@ class Workspace:
         seed = self.cfg.p2p.seed
         torch.manual_seed(derive_seed(seed, trainer, round_index, 3))
         rng = np.random.default_rng(derive_seed(seed, trainer, round_index, 4))
+        run.sampler.set_epoch(round_index)  # the same batches in any process, after a resume
         batches = run.sampler.rank_batches()
         picks = rng.choice(
             len(batches), size=min(len(batches), self.cfg.p2p.bn_batches), replace=False
