@@ -33,6 +33,10 @@ def test_demo_trains_tests_on_unseen_voices_and_reports_greedy_and_lm(
     assert results["test_utterances"] == len(read_manifest(synth_corpus.test))
     for key in ("test_cer", "test_wer", "greedy_cer", "greedy_wer"):
         assert results[key] >= 0
+    persons = results["by_person"]
+    assert len(persons) >= len(results["by_engine"])  # each engine has one or more persons
+    assert sum(r["utterances"] for r in persons.values()) == results["test_utterances"]
+    assert "by person (all test persons unseen" in printed
     engines = set(results["by_engine"])
     assert {"espeak", "flite", "festival"} <= engines <= {"espeak", "flite", "festival", "kokoro", "piper"}  # fmt: skip
     assert f"CER {results['test_cer']:.1%} with the LM" in printed

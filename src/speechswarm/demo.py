@@ -76,14 +76,19 @@ def run_demo(
     print(f"greedy decoding (the acoustic model alone): WER {greedy.wer:.2%}, CER {greedy.cer:.2%}")
     print(f"beam search + LM (alpha {decoder.alpha:g}, beta {decoder.beta:g}):")
     print(format_report(test, worst=3))
-    by_engine = engine_breakdown(test, manifests["test"])
-    greedy_by_engine = engine_breakdown(greedy, manifests["test"])
-    print("\nby TTS engine (all test voices unseen; CER greedy -> with LM):")
-    for engine, row in by_engine.items():
-        print(
-            f"  {engine:<10} {row['utterances']:>5} utts  WER {row['wer']:7.2%}  "
-            f"CER {greedy_by_engine[engine]['cer']:7.2%} -> {row['cer']:7.2%}"
-        )
+    engine_of, person_of = engines_and_persons(manifests["test"])
+    by_engine, greedy_by_engine = breakdown(test, engine_of), breakdown(greedy, engine_of)
+    by_person, greedy_by_person = breakdown(test, person_of), breakdown(greedy, person_of)
+    for title, rows, greedy_rows in (
+        ("TTS engine", by_engine, greedy_by_engine),
+        ("person", by_person, greedy_by_person),
+    ):
+        print(f"\nby {title} (all test persons unseen; CER greedy -> with LM):")
+        for name, row in rows.items():
+            print(
+                f"  {name:<30} {row['utterances']:>5} utts  WER {row['wer']:7.2%}  "
+                f"CER {greedy_rows[name]['cer']:7.2%} -> {row['cer']:7.2%}"
+            )
 
     print("\n[5/5] transcribing three test files (beam search + LM):")
     _transcribe_examples(final, manifests["test"], decoder)
@@ -96,6 +101,8 @@ def run_demo(
         "lm": {"path": str(lm), "order": LM_ORDER, "alpha": decoder.alpha, "beta": decoder.beta},
         "by_engine": by_engine,
         "greedy_by_engine": greedy_by_engine,
+        "by_person": by_person,
+        "greedy_by_person": greedy_by_person,
         "train_minutes": round(result.state.train_seconds / 60, 2),
         "steps": result.state.step,
         "stop_reason": result.stop_reason,
@@ -145,16 +152,30 @@ def tune_demo_lm(checkpoint: Path, dev: Path, lm: Path, device: str) -> DecoderO
     return DecoderOptions("beam", lm=lm, beam_size=LM_BEAM_SIZE, alpha=best.alpha, beta=best.beta)
 
 
-def engine_breakdown(result: EvalResult, manifest: Path) -> dict[str, dict]:
-    """WER/CER per TTS engine of the test voices (from the manifest's `engine` field)."""
-    engine_of = {u.id: u.extra.get("engine", "?") for u in read_manifest(manifest)}
+def engines_and_persons(manifest: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """utterance id -> TTS engine, and -> person (the corpus's voices.json `identity`, e.g.
+    "kokoro:gongitsune100" or "rms"; without it, "engine:voice")."""
+    voices_path = Path(manifest).parent / "voices.json"
+    voices = json.loads(voices_path.read_text()) if voices_path.is_file() else {}
+    engine_of, person_of = {}, {}
+    for u in read_manifest(manifest):
+        engine = u.extra.get("engine", "?")
+        engine_of[u.id] = engine
+        person_of[u.id] = voices.get(u.speaker, {}).get("identity") or (
+            f"{engine}:{u.extra.get('voice', '?')}"
+        )
+    return engine_of, person_of
+
+
+def breakdown(result: EvalResult, group_of: dict[str, str]) -> dict[str, dict]:
+    """WER/CER of `result`'s utterances per group (`group_of`: utterance id -> group)."""
     groups = defaultdict(list)
     for score in result.scores:
-        groups[engine_of.get(score.id, "?")].append(score)
+        groups[group_of.get(score.id, "?")].append(score)
     rows = {}
-    for engine, scores in sorted(groups.items()):
+    for name, scores in sorted(groups.items()):
         sub = EvalResult(scores)
-        rows[engine] = {"utterances": sub.utterances, "wer": sub.wer, "cer": sub.cer}
+        rows[name] = {"utterances": sub.utterances, "wer": sub.wer, "cer": sub.cer}
     return rows
 
 
