@@ -69,7 +69,7 @@ class HivemindSync:
         self.group_sizes: list[int] = []
         self.reasons: dict[str, int] = {}
         self.partial = 0  # rounds that averaged without a member for part of the vector
-        for row in kept:  # the whole run's counts, not this session's
+        for row in kept:  # the whole run's counts, not only this process's
             self._count(row)
 
     def _count(self, row: dict) -> None:
