@@ -7,6 +7,10 @@ speechswarm train --hogwild 2 --config tiny        # Hogwild, 2 CPU workers
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+
 from speechswarm.errors import UsageError
 
 
@@ -78,7 +82,23 @@ def _train(args) -> int:
             f"stopped: {result.stop_reason}; run folder {result.run_dir}; "
             f"best checkpoint {result.best_checkpoint}"
         )
+    _exit_if_torchrun_worker()
     return 0
+
+
+def _exit_if_torchrun_worker() -> None:
+    """A torchrun worker whose run is complete (checkpoints written, process group left)
+    exits without Python's finalization: tearing down gloo's and DDP's C++ state in the
+    interpreter's arbitrary order aborted a rank ("terminate called without an active
+    exception", exit -6) in about 1 of 10 launches here, after the run had finished."""
+    from speechswarm.train.ddp import dist_env
+
+    if not dist_env().is_distributed:
+        return
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _check_modes(args) -> None:
