@@ -105,27 +105,22 @@ class Run:
         self.dataset.set_epoch(epoch)
 
     def dev_loader(self):
+        return self._eval_batches(self.dev_utts, num_workers=min(self.cfg.data.num_workers, 2))
+
+    def _eval_batches(self, utts: list[Utterance], num_workers: int):
         data = self.cfg.data
         return eval_batches(
-            self.dev_utts,
-            self.tokenizer,
-            data.sample_rate,
-            max_batch_seconds=data.max_batch_seconds,
-            max_batch_size=data.max_batch_size,
-            num_workers=min(data.num_workers, 2),
-        )
-
-    def score(self, utts: list[Utterance]):
-        """`evaluate.evaluate` of the current model on `utts` (greedy, in this process)."""
-        data = self.cfg.data
-        batches = eval_batches(
             utts,
             self.tokenizer,
             data.sample_rate,
             max_batch_seconds=data.max_batch_seconds,
             max_batch_size=data.max_batch_size,
-            num_workers=0,
+            num_workers=num_workers,
         )
+
+    def score(self, utts: list[Utterance]):
+        """`evaluate.evaluate` of the current model on `utts` (greedy, in this process)."""
+        batches = self._eval_batches(utts, num_workers=0)
         return evaluate(
             self.model,
             self.extractor,
