@@ -85,6 +85,22 @@ def test_onnx_and_pytorch_give_the_same_log_probs_and_text(exported, one_torch_t
     np.testing.assert_allclose(log_probs, expected.numpy(), atol=1e-3)
 
 
+def test_onnx_word_timings_match_pytorch(exported, one_torch_thread):
+    import speechswarm
+
+    ckpt, path, wav = exported
+    onnx_asr, torch_asr = OnnxRecognizer(path), speechswarm.load(ckpt, device="cpu")
+    assert onnx_asr.frame_seconds == torch_asr.frame_seconds
+    (got,), (want,) = onnx_asr.recognize_batch([wav]), torch_asr.recognize_batch([wav])
+    assert got.text == want.text and got.duration == want.duration == 0.75
+    assert [(w.word, w.start, w.end) for w in got.words] == [
+        (w.word, w.start, w.end) for w in want.words
+    ]
+    assert [w.confidence for w in got.words] == pytest.approx(
+        [w.confidence for w in want.words], abs=1e-3
+    )
+
+
 def test_bad_inputs_fail_clearly(exported, tmp_path):
     _, path, _ = exported
     with pytest.raises(FileNotFoundError, match="speechswarm export"):

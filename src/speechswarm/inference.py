@@ -11,7 +11,8 @@ to be re-derived from a config.
 `precision="auto"` is bf16 autocast on CPUs with native bf16 (and on GPUs), as in training:
 measured on one core (docs/speed.md), batches of 8 files ran 1.3-1.6x faster than fp32 with
 the same test-set CER; a lone file (batch 1) ran ~0.8x, so `precision="fp32"` suits one file
-at a time. Transcribe many files with `transcribe_batch` on files of similar length.
+at a time. Transcribe many files with `transcribe_batch` on files of similar length;
+`recognize_batch` adds each word's start, end and confidence (`decode/timestamps.py`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from speechswarm.checkpoint import CheckpointError, load_checkpoint
 from speechswarm.data.audio import load_audio
 from speechswarm.data.tokenizer import tokenizer_from_dict
 from speechswarm.decode import DecoderOptions, make_decoder
+from speechswarm.decode.timestamps import TimedTranscript, frame_seconds, timed_transcripts
 from speechswarm.errors import UsageError
 from speechswarm.features import FeatureExtractor
 from speechswarm.model import model_from_settings
@@ -60,16 +62,39 @@ class Recognizer:
         self.model.load_state_dict(checkpoint["model"])
         self.model.to(self.device).eval()
         self.sample_rate = self.extractor.sample_rate
+        # seconds per output frame: feature hop x the conv stack's time strides
+        self.frame_seconds = frame_seconds(
+            self.extractor.hop, self.sample_rate, self.model.time_reduction
+        )
         self.decoder = make_decoder(decoder or DecoderOptions(), self.tokenizer.tokens)
 
     def transcribe(self, audio: AudioInput, sample_rate: int | None = None) -> str:
         """Text for one file path or one mono waveform (float, [-1, 1], at `sample_rate`)."""
         return self.transcribe_batch([audio], sample_rate=sample_rate)[0]
 
-    @torch.inference_mode()
     def transcribe_batch(
         self, audios: Sequence[AudioInput], sample_rate: int | None = None
     ) -> list[str]:
+        """Texts of several files or waveforms, run as one padded batch."""
+        log_probs, out_lens, _ = self._forward(audios, sample_rate)
+        hyps = self.decoder.decode(log_probs, out_lens)
+        return [self.tokenizer.decode(ids) for ids in hyps]
+
+    def recognize_batch(
+        self, audios: Sequence[AudioInput], sample_rate: int | None = None
+    ) -> list[TimedTranscript]:
+        """`transcribe_batch` with each word's start, end (seconds) and confidence, read
+        from the decoder's frame path (`speechswarm.decode.timestamps`)."""
+        log_probs, out_lens, durations = self._forward(audios, sample_rate)
+        return timed_transcripts(
+            self.decoder, self.tokenizer, log_probs, out_lens, self.frame_seconds, durations
+        )
+
+    @torch.inference_mode()
+    def _forward(
+        self, audios: Sequence[AudioInput], sample_rate: int | None
+    ) -> tuple[np.ndarray, np.ndarray, list[float]]:
+        """(log_probs (N, T', V) float32, out_lens (N,) int64, durations in seconds)."""
         waves = [self._as_wave(a, sample_rate) for a in audios]
         wave_lens = torch.tensor([len(w) for w in waves], dtype=torch.int64)
         batch = torch.zeros(len(waves), int(wave_lens.max()), dtype=torch.float32)
@@ -77,11 +102,10 @@ class Recognizer:
             batch[i, : len(w)] = w
         batch, wave_lens = batch.to(self.device), wave_lens.to(self.device)
         feats, feat_lens = self.extractor(batch, wave_lens)  # (N, T, F), (N,)
-        ctx = autocast(self.device, self.amp_dtype)
-        with ctx:
+        with autocast(self.device, self.amp_dtype):
             log_probs, out_lens = self.model(feats, feat_lens)  # (N, T', V)
-        hyps = self.decoder.decode(log_probs.float(), out_lens)
-        return [self.tokenizer.decode(ids) for ids in hyps]
+        durations = [len(w) / self.sample_rate for w in waves]
+        return log_probs.float().cpu().numpy(), out_lens.cpu().numpy(), durations
 
     def _as_wave(self, audio: AudioInput, sample_rate: int | None) -> torch.Tensor:
         if isinstance(audio, (str, os.PathLike)):

@@ -23,7 +23,9 @@ import numpy as np
 from speechswarm.data.audio import load_audio
 from speechswarm.data.tokenizer import tokenizer_from_dict
 from speechswarm.decode import DecoderOptions, make_decoder
+from speechswarm.decode.timestamps import TimedTranscript, frame_seconds, timed_transcripts
 from speechswarm.errors import InputNotFoundError, SpeechswarmError, UnavailableError, UsageError
+from speechswarm.frames import time_reduction
 
 FORMAT_VERSION = 1  # = speechswarm.export.FORMAT_VERSION (not imported: that module needs torch)
 REQUIRED_METADATA = ("speechswarm_onnx_format", "tokenizer", "sample_rate", "vocab_size")
@@ -135,6 +137,29 @@ class OnnxRecognizer:
             batch[i, : len(w)] = w
         log_probs, out_lens = self.model.run(batch, wave_lens)  # (N, T', V), (N,)
         return [self.tokenizer.decode(ids) for ids in self.decoder.decode(log_probs, out_lens)]
+
+    def recognize_batch(
+        self, audios: Sequence[str | os.PathLike | np.ndarray], sample_rate: int | None = None
+    ) -> list[TimedTranscript]:
+        """`transcribe_batch` with each word's start, end (seconds) and confidence."""
+        waves = [self._as_wave(a, sample_rate) for a in audios]
+        wave_lens = np.array([len(w) for w in waves], dtype=np.int64)
+        batch = np.zeros((len(waves), int(wave_lens.max())), dtype=np.float32)
+        for i, w in enumerate(waves):
+            batch[i, : len(w)] = w
+        log_probs, out_lens = self.model.run(batch, wave_lens)  # (N, T', V), (N,)
+        durations = [len(w) / self.sample_rate for w in waves]
+        return timed_transcripts(
+            self.decoder, self.tokenizer, log_probs, out_lens, self.frame_seconds, durations
+        )
+
+    @property
+    def frame_seconds(self) -> float:
+        """Seconds per output frame, from the feature hop and conv strides in the metadata."""
+        features = json.loads(self.model.metadata["features"])
+        strides = json.loads(self.model.metadata["model_settings"])["conv_strides"]
+        hop = round(self.sample_rate * float(features["hop_ms"]) / 1000)
+        return frame_seconds(hop, self.sample_rate, time_reduction(strides))
 
     def _as_wave(self, audio, sample_rate: int | None) -> np.ndarray:
         if isinstance(audio, (str, os.PathLike)):

@@ -21,10 +21,11 @@ from typing import Any
 
 from speechswarm.data.audio import AudioError, audio_info, expand_audio_paths, load_audio
 from speechswarm.decode import DecoderOptions
+from speechswarm.decode.timestamps import TimedTranscript
 from speechswarm.errors import UsageError
 
-# (path, text or None, audio seconds, the file's AudioError or None)
-Transcript = tuple[str, str | None, float, AudioError | None]
+# (path, text (a TimedTranscript when timed) or None, audio seconds, AudioError or None)
+Transcript = tuple[str, str | TimedTranscript | None, float, AudioError | None]
 
 
 def open_recognizer(
@@ -58,13 +59,16 @@ def open_recognizer(
     return asr, f"PyTorch on {asr.device}, {asr.precision}"
 
 
-def transcribe_paths(asr, paths: Sequence[str], batch_size: int) -> Iterator[Transcript]:
+def transcribe_paths(
+    asr, paths: Sequence[str], batch_size: int, *, timed: bool = False
+) -> Iterator[Transcript]:
     """Yield (path, text, audio seconds, error) for each of `paths`, in their order.
 
     `asr`: a `Recognizer` or `OnnxRecognizer`. Files are sorted by length (from their
     headers) and transcribed `batch_size` at a time, so a batch pads little; a result is
     yielded as soon as every earlier path has one. A file that cannot be read yields its
-    AudioError (and None text) instead of stopping the others."""
+    AudioError (and None text) instead of stopping the others. `timed`: the text is a
+    `TimedTranscript` (words with start, end, confidence: `asr.recognize_batch`)."""
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
     results: dict[int, Transcript] = {}
@@ -85,7 +89,8 @@ def transcribe_paths(asr, paths: Sequence[str], batch_size: int) -> Iterator[Tra
                 group.append(i)
             except AudioError as e:  # a header that reads, samples that do not
                 results[i] = (paths[i], None, 0.0, e)
-        texts = asr.transcribe_batch(waves) if waves else []
+        run = asr.recognize_batch if timed else asr.transcribe_batch
+        texts = run(waves) if waves else []
         for i, wave, text in zip(group, waves, texts, strict=True):
             results[i] = (paths[i], text, len(wave) / asr.sample_rate, None)
         while emitted in results:
@@ -107,7 +112,8 @@ def transcribe_files(
     decoder: DecoderOptions | None = None,
     as_json: bool = False,
 ) -> bool:
-    """`speechswarm transcribe`: print `path<TAB>text` (or one JSON object) per file, in the
+    """`speechswarm transcribe`: print `path<TAB>text` (or one JSON object with the text,
+    each word's start and end in seconds and confidence, and the duration) per file, in the
     order given, folders expanded to their audio files; a file that cannot be read prints
     its error (on stderr, or as a JSON "error") and the others go on. A summary with the
     real-time factor goes to stderr. Returns False when no file could be transcribed."""
@@ -124,7 +130,7 @@ def transcribe_files(
     )
     paths = expand_audio_paths(list(files))
     failed, audio_seconds, start = 0, 0.0, time.perf_counter()
-    for path, text, seconds, error in transcribe_paths(asr, paths, batch_size):
+    for path, text, seconds, error in transcribe_paths(asr, paths, batch_size, timed=as_json):
         if error is not None:
             failed += 1
             if as_json:
@@ -133,7 +139,10 @@ def transcribe_files(
                 print(f"{path}\tERROR: {error}", file=sys.stderr)
             continue
         audio_seconds += seconds
-        print(json.dumps({"file": path, "text": text}) if as_json else f"{path}\t{text}")
+        if as_json:  # {"file", "text", "words": [{"word", "start", "end", "confidence"}], ...}
+            print(json.dumps({"file": path, **text.to_json()}))
+        else:
+            print(f"{path}\t{text}")
     busy = time.perf_counter() - start
     done = len(paths) - failed
     if done:

@@ -31,15 +31,19 @@ class GreedyDecoder:
         self.blank = blank
 
     def decode(self, log_probs: Any, out_lens: Any) -> list[list[int]]:
-        scores, lens = check_scores(log_probs, out_lens, "greedy")
-        best = scores.argmax(axis=-1)  # (N, T')
         out = []
-        for row, n in zip(best, lens.tolist(), strict=True):
-            row = row[:n]
-            keep = np.ones(n, dtype=bool)
+        for row in self.best_paths(log_probs, out_lens):
+            keep = np.ones(len(row), dtype=bool)
             keep[1:] = row[1:] != row[:-1]  # first frame of each run
             out.append([int(i) for i in row[keep & (row != self.blank)]])
         return out
+
+    def best_paths(self, log_probs: Any, out_lens: Any) -> list[np.ndarray]:
+        """The frame path of each utterance: (out_lens[n],) int64, the argmax per frame
+        (what `decode` collapses; `timestamps.word_timings` reads it)."""
+        scores, lens = check_scores(log_probs, out_lens, "greedy")
+        best = scores.argmax(axis=-1)  # (N, T')
+        return [row[:n].astype(np.int64) for row, n in zip(best, lens.tolist(), strict=True)]
 
 
 def make_decoder(options: DecoderOptions, tokens: Sequence[str]) -> Decoder:

@@ -125,16 +125,21 @@ class BeamDecoder:
         return twin
 
     def decode(self, log_probs: Any, out_lens: Any) -> list[list[int]]:
+        return [self._collapse(path) for path in self.best_paths(log_probs, out_lens)]
+
+    def best_paths(self, log_probs: Any, out_lens: Any) -> list[np.ndarray]:
+        """The best hypothesis's frame alignment per utterance, (out_lens[n],) int64: the
+        token (or blank) it took at each frame; `decode` is its CTC collapse."""
         scores, lens = check_scores(log_probs, out_lens, "beam")
         out = []
         for row, n in zip(scores, lens.tolist(), strict=True):
             if n == 0:
-                out.append([])
+                out.append(np.zeros(0, dtype=np.int64))
                 continue
             emissions = np.ascontiguousarray(row[:n], dtype=np.float32)  # (T', V)
             best = self._decoder.decode(emissions.ctypes.data, n, emissions.shape[1])[0]
             path = list(best.tokens)  # (T' + 2,): flashlight pads one silence frame at each end
-            out.append(self._collapse(path[1:-1] if len(path) == n + 2 else path))
+            out.append(np.asarray(path[1:-1] if len(path) == n + 2 else path, dtype=np.int64))
         return out
 
     def _collapse(self, path: Sequence[int]) -> list[int]:

@@ -25,6 +25,11 @@ class Decoder(Protocol):
 
     def decode(self, log_probs: Any, out_lens: Any) -> list[list[int]]: ...
 
+    def best_paths(self, log_probs: Any, out_lens: Any) -> list[np.ndarray]:
+        """The frame path behind each of `decode`'s answers: (out_lens[n],) int64 token ids
+        (blank included) whose CTC collapse is that answer; word timestamps read it."""
+        ...
+
 
 @dataclass(frozen=True)
 class DecoderOptions:

@@ -1,0 +1,60 @@
+"""Word timestamps through the public API and `speechswarm transcribe --json`.
+
+    .venv/bin/python -m pytest tests/test_word_timestamps.py -q
+
+The hand-computed math is in tests/decode/test_timestamps.py; here the `overfit_run` model
+(tests/conftest.py), which reads its 6 memorised utterances as words, checks that timed
+transcripts agree with plain ones for greedy and beam search, and that the times make sense.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import speechswarm
+from speechswarm.data.manifest import read_manifest
+from speechswarm.decode import DecoderOptions
+from speechswarm.transcribe import transcribe_files
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+
+
+@pytest.fixture(scope="module")
+def files(overfit_run):
+    return [u.audio for u in read_manifest(overfit_run.manifest)]
+
+
+def check_timed(timed, texts):
+    assert [t.text for t in timed] == texts
+    for t in timed:
+        assert [w.word for w in t.words] == t.text.split()
+        ends = [0.0] + [x for w in t.words for x in (w.start, w.end)] + [t.duration]
+        assert ends == sorted(ends)  # words in order, inside the audio, none overlapping
+        assert all(w.end > w.start and 0 < w.confidence <= 1 for w in t.words)
+
+
+@pytest.mark.parametrize("kind", ["greedy", "beam"])
+def test_recognize_batch_times_the_words_of_transcribe_batch(overfit_run, files, kind):
+    asr = speechswarm.load(overfit_run.checkpoint, decoder=DecoderOptions(kind))
+    assert asr.frame_seconds == pytest.approx(0.02)  # 10 ms hop x time strides 2 x 1
+    texts = asr.transcribe_batch(files)
+    assert all(texts)
+    check_timed(asr.recognize_batch(files), texts)
+
+
+def test_memorised_words_are_confident(overfit_run, files):
+    asr = speechswarm.load(overfit_run.checkpoint)
+    words = [w for t in asr.recognize_batch(files) for w in t.words]
+    assert sum(w.confidence for w in words) / len(words) > 0.5
+
+
+def test_transcribe_json_lines_carry_words(overfit_run, files, capsys):
+    assert transcribe_files(files[:2], checkpoint=overfit_run.checkpoint, as_json=True)
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["file"] for r in rows] == files[:2]
+    for r in rows:
+        assert set(r) == {"file", "text", "words", "duration"}
+        assert [w["word"] for w in r["words"]] == r["text"].split()
+        assert set(r["words"][0]) == {"word", "start", "end", "confidence"}
