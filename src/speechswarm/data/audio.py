@@ -13,6 +13,7 @@ one, which `validate_utterances` reports as duration_mismatch.
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 from pathlib import Path
@@ -23,13 +24,20 @@ import soxr
 
 from speechswarm.errors import ConfigError, SpeechswarmError
 
-AUDIO_REASONS = ("missing_file", "unreadable_audio", "empty_audio", "nonfinite_samples")
+AUDIO_REASONS = (
+    "missing_file",
+    "unreadable_audio",
+    "empty_audio",
+    "nonfinite_samples",
+    "bad_duration",
+)
 
 _HINTS = {
     "missing_file": "check the path (a manifest's audio paths are relative to its folder)",
     "unreadable_audio": "the file is truncated or not audio; re-download or re-encode it",
     "empty_audio": "drop the utterance or fix its offset/duration",
     "nonfinite_samples": "the file holds NaN/inf samples; re-encode it from the source",
+    "bad_duration": "offset and duration must be finite seconds >= 0; re-run the preparer",
 }
 
 # libsndfile's header log for a WAV whose data chunk runs past the end of the file, e.g.
@@ -184,6 +192,9 @@ def _decode(
     path: str | os.PathLike, f: sf.SoundFile, offset: float, duration: float | None
 ) -> np.ndarray:
     """(S, C) float32 frames of an open file: `duration` s (None: to the end) from `offset` s."""
+    for name, value in (("offset", offset), ("duration", duration)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise AudioError(path, "bad_duration", f"{name} {value} s")
     start = max(0, round(offset * f.samplerate))
     frames = -1 if duration is None else max(0, round(duration * f.samplerate))
     if start > 0:

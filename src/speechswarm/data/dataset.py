@@ -9,7 +9,9 @@
         loader.batch_sampler.set_epoch(epoch); dataset.set_epoch(epoch)
         for batch in loader: batch = batch.to(device)   # waves (N, S), tokens (N, L)
 
-A file that fails to load is logged (path and reason) and becomes `None`; `collate` drops it
+A file that fails to load, or holds over 0.1 s less audio than the manifest's duration (a
+stale manifest: its transcript may not match), is logged (path and reason), listed in `skip_log` (a JSONL file, one
+line per failed load: id, audio, reason, detail, epoch) and becomes `None`; `collate` drops it
 and counts it in `Batch.skipped`, so one bad file costs one utterance, not the run. A batch
 whose files all failed has no ids (N = 0): the loop skips it. A transcript the tokenizer
 cannot encode is a data bug and raises (naming the utterance); `validate_utterances` finds
@@ -21,10 +23,13 @@ manifest whose durations are rounded to milliseconds loses at most half a millis
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from speechswarm.data.audio import AudioError, load_audio, speed_perturb
 from speechswarm.data.manifest import Utterance
 from speechswarm.data.sampler import epoch_speed_factors
+from speechswarm.data.validate import DURATION_TOLERANCE
 from speechswarm.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -114,6 +120,7 @@ class SpeechDataset(Dataset):
         sample_rate: int = 16000,
         speed_factors: Sequence[float] = (),
         seed: int = 0,
+        skip_log: str | os.PathLike | None = None,
     ):
         if any(f <= 0 for f in speed_factors):
             raise ConfigError(f"speed_factors must be > 0, got {tuple(speed_factors)}")
@@ -122,6 +129,7 @@ class SpeechDataset(Dataset):
         self.sample_rate = int(sample_rate)
         self.speed_factors = tuple(float(f) for f in speed_factors)
         self.seed = int(seed)
+        self.skip_log = None if skip_log is None else Path(skip_log)
         # In shared memory so persistent DataLoader workers (copies of this object made
         # at the first epoch) still see set_epoch() calls made in the main process.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
@@ -153,6 +161,13 @@ class SpeechDataset(Dataset):
             wave = load_audio(utt.audio, self.sample_rate, utt.offset, utt.duration)
         except AudioError as e:
             log.warning("skipping utterance %s: %s", utt.id, e)
+            self._record_skip(utt, e.reason, e.detail)
+            return None
+        seconds = len(wave) / self.sample_rate
+        if seconds < utt.duration - DURATION_TOLERANCE:  # stale manifest or wrong file
+            detail = f"manifest says {utt.duration:.2f} s, the file holds {seconds:.2f} s"
+            log.warning("skipping utterance %s: duration_mismatch (%s)", utt.id, detail)
+            self._record_skip(utt, "duration_mismatch", detail)
             return None
         wave = speed_perturb(wave, self.speed_factor(index), self.sample_rate)
         try:
@@ -162,6 +177,17 @@ class SpeechDataset(Dataset):
                 f"utterance {utt.id}: {e}; find all such utterances with `speechswarm validate`"
             ) from e
         return Sample(utt.id, torch.from_numpy(wave), torch.tensor(ids, dtype=torch.int64))
+
+    def _record_skip(self, utt: Utterance, reason: str, detail: str) -> None:
+        """One line in `skip_log`; loader workers append to the same file (O_APPEND keeps
+        each line whole)."""
+        if self.skip_log is None:
+            return
+        record = {"id": utt.id, "audio": utt.audio, "reason": reason, "detail": detail,
+                  "epoch": self.epoch}  # fmt: skip
+        self.skip_log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.skip_log, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def make_loader(

@@ -7,6 +7,9 @@
 counted notes. Problem reasons (`PROBLEM_REASONS`):
 
 - missing_file, unreadable_audio (incl. truncated files), empty_audio, nonfinite_samples
+- bad_duration: `duration` or `offset` is not a finite number of seconds >= 0 (NaN, -1.5);
+  too_long: longer than `max_duration` seconds (`data.max_duration` when training). Neither
+  has its audio read: the manifest's numbers are wrong, or the file is too long to train on.
 - empty_text; text_out_of_alphabet (detail lists the characters)
 - too_short_for_ctc: CTC needs T' >= tokens + adjacent repeats (a blank must separate
   repeated tokens), T' = ceil(duration * frames_per_second / time_reduction)
@@ -50,6 +53,8 @@ PROBLEM_REASONS = (
     "too_short_for_ctc",
     "duplicate_id",
     "duration_mismatch",
+    "bad_duration",
+    "too_long",
 )
 NOTE_REASONS = ("resampled", "downmixed", "trimmed")
 DURATION_TOLERANCE = 0.1  # seconds
@@ -138,25 +143,26 @@ def validate_utterances(
     frames_per_second: float = 100.0,
     time_reduction: int = 2,
     check_audio: bool = True,
+    max_duration: float | None = None,
     workers: int = 2,
     progress: bool = False,
 ) -> ValidationReport:
     """Check every utterance (see module docstring); audio files are read in `workers`
-    threads (decoding releases the GIL) with a progress bar when `progress`."""
+    threads (decoding releases the GIL) with a progress bar when `progress`.
+    `check_audio=False` checks only ids, durations and text (no file is opened)."""
     utts = list(utts)
     first_seen: dict[str, int] = {}
-    duplicate = []
+    early = []  # per utterance: a problem found without its audio (duplicate, duration)
     for i, u in enumerate(utts):
-        duplicate.append(u.id in first_seen)
+        early.append(_check_record(u, first_seen, max_duration))
         first_seen.setdefault(u.id, i)
-    to_check = [u for u, dup in zip(utts, duplicate, strict=True) if not dup and check_audio]
+    to_check = [u for u, e in zip(utts, early, strict=True) if e is None and check_audio]
     audio_results = iter(_check_all_audio(to_check, sample_rate, workers, progress))
     oov_cache: dict[str, bool] = {}
     ok, problems, notes = [], [], Counter({k: 0 for k in NOTE_REASONS})
-    for u, dup in zip(utts, duplicate, strict=True):
-        if dup:
-            detail = f"first seen at record {first_seen[u.id] + 1} of the manifest"
-            found = [Problem(u.id, u.audio, "duplicate_id", detail)]
+    for u, problem in zip(utts, early, strict=True):
+        if problem is not None:
+            found = [problem]
         else:
             found, seconds = [], u.duration
             if check_audio:
@@ -172,6 +178,22 @@ def validate_utterances(
         if not found:
             ok.append(u)
     return ValidationReport(ok, problems, dict(notes), len(utts))
+
+
+def _check_record(u: Utterance, first_seen: dict[str, int], max_duration: float | None):
+    """The problem of `u` that needs no audio (a repeated id, a duration that is not one or
+    too long), or None."""
+    if u.id in first_seen:
+        detail = f"first seen at record {first_seen[u.id] + 1} of the manifest"
+        return Problem(u.id, u.audio, "duplicate_id", detail)
+    for name, value in (("duration", u.duration), ("offset", u.offset)):
+        if not (math.isfinite(value) and value >= 0):
+            detail = f"{name} {value} s is not a finite number >= 0; re-run the preparer"
+            return Problem(u.id, u.audio, "bad_duration", detail)
+    if max_duration is not None and u.duration > max_duration:
+        detail = f"{u.duration:.2f} s > data.max_duration={max_duration} s"
+        return Problem(u.id, u.audio, "too_long", detail)
+    return None
 
 
 def _check_all_audio(utts: list[Utterance], sample_rate: int, workers: int, progress: bool):

@@ -75,6 +75,7 @@ def build_run(cfg: Config, *, progress: bool = True, env: ddp.DistEnv | None = N
             cfg.data.sample_rate,
             speed_factors=cfg.data.speed_factors,
             seed=cfg.train.seed,
+            skip_log=run_dir / f"skipped_{Path(cfg.data.train_manifest).stem}.jsonl",
         )
         sampler = make_sampler(cfg, [u.duration for u in train_utts], env.rank, env.world_size)
         loader = make_loader(

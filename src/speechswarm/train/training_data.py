@@ -43,38 +43,38 @@ def load_training_utterances(
     progress: bool,
     env: ddp.DistEnv | None = None,
 ) -> list[Utterance]:
-    """Read a manifest, drop over-long utterances and (if configured) invalid ones, with a report.
+    """Read a manifest and drop, with a report, what cannot be trained on.
+
+    Ids, durations (`data.max_duration`, NaN, negative) and transcripts are always checked;
+    audio too with `data.validate` (otherwise a file that fails to load is skipped by the
+    dataset, counted and listed in `skipped_<name>.jsonl`). Every dropped utterance is named,
+    with its reason, in `<run_dir>/data_report_<name>.json`.
 
     Under DDP rank 0 validates and writes the report; the others keep the utterances it kept
     (every rank must hold the same list for the sampler's deal to be one partition)."""
     utts = read_manifest(manifest)
-    too_long = [u for u in utts if u.duration > cfg.data.max_duration]
-    utts = [u for u in utts if u.duration <= cfg.data.max_duration]
     name = Path(manifest).stem
     if env is not None and env.is_distributed and not env.is_main:
-        kept = set(ddp.broadcast_from_main(None))
-        return [u for u in utts if u.id in kept]
-    if cfg.data.validate:
-        report = validate_utterances(
-            utts,
-            tokenizer,
-            sample_rate=cfg.data.sample_rate,
-            frames_per_second=1000.0 / cfg.features.hop_ms,
-            time_reduction=model.time_reduction,
-            workers=max(1, os.cpu_count() or 1),
-            progress=progress,
-        )
-        report.write(run_dir / f"data_report_{name}.json")
-        log.info(f"{name}: {report.summary()}")
-        utts = report.ok
-    if too_long:
-        log.info(
-            f"{name}: skipped {len(too_long)} utterances longer than data.max_duration={cfg.data.max_duration} s"
-        )
-    if env is not None and env.is_distributed:
-        ddp.broadcast_from_main([u.id for u in utts])  # before raising: no rank left waiting
+        return [utts[i] for i in ddp.broadcast_from_main(None)]
+    report = validate_utterances(
+        utts,
+        tokenizer,
+        sample_rate=cfg.data.sample_rate,
+        frames_per_second=1000.0 / cfg.features.hop_ms,
+        time_reduction=model.time_reduction,
+        check_audio=cfg.data.validate,
+        max_duration=cfg.data.max_duration,
+        workers=max(1, os.cpu_count() or 1),
+        progress=progress and cfg.data.validate,
+    )
+    report_path = run_dir / f"data_report_{name}.json"
+    report.write(report_path)
+    checked = "" if cfg.data.validate else " (audio not checked: data.validate=false)"
+    log.info(f"{name}: {report.summary()}{checked} — report: {report_path.name}")
+    if env is not None and env.is_distributed:  # positions, not ids: ids may repeat
+        position = {id(u): i for i, u in enumerate(utts)}
+        ddp.broadcast_from_main([position[id(u)] for u in report.ok])  # before raising
+    utts = report.ok
     if not utts:
-        raise DataError(
-            f"{manifest}: no usable utterances left (see {run_dir}/data_report_{name}.json)"
-        )
+        raise DataError(f"{manifest}: no usable utterances left (see {report_path})")
     return utts
