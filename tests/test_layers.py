@@ -13,7 +13,8 @@ including those inside functions (a lazy import is still a dependency) and under
     3  assembly   build (config -> objects), inference, transcribe, evaluate, export,
                   onnx_runtime
     4  train      the loop and its seam (Synchronizer, DDP glue, SyncBatchNorm)
-    5  drivers    distributed, p2p, demo, benchmark: what runs the loop in other ways
+    5  drivers    distributed, p2p, demo, benchmark: what runs the loop in other ways;
+                  serve (the HTTP server)
     6  cli        every module named cli.py, and __main__.py, wherever it lives
 
 A module imports only from its own layer or below. Within the whole graph, the units (the
@@ -56,6 +57,8 @@ LAYERS = {
     "speechswarm.transcribe": 3,
     "speechswarm.evaluate": 3,
     "speechswarm.export": 3,
+    "speechswarm.safetensors_export": 3,
+    "speechswarm.average": 3,
     "speechswarm.onnx_runtime": 3,
     "speechswarm.train": 4,
     "speechswarm.distributed": 5,
@@ -63,6 +66,7 @@ LAYERS = {
     "speechswarm.demo": 5,
     "speechswarm.chaos": 5,
     "speechswarm.benchmark": 5,
+    "speechswarm.serve": 5,
 }
 
 # Known upward imports in code still being moved, as (importing file relative to src/,

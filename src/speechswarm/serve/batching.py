@@ -1,0 +1,120 @@
+"""Concurrent requests into padded batches: a small queue that one worker thread drains.
+
+    queue = BatchQueue(asr.recognize_batch, max_batch=8, max_wait_ms=5)
+    await queue.start()
+    transcript = await queue.submit(wave)            # from any number of request handlers
+
+A request's waveform waits in an asyncio queue. The worker takes the first one, then collects
+more for up to `max_wait_ms` (or until `max_batch` are waiting) and runs them as one padded
+batch through `run_batch` in a single worker thread, so the event loop keeps accepting
+requests meanwhile. Requests that arrive while a batch runs are waiting when it ends and form
+the next batch at once. Why: on a CPU, a batch of 4 utterances costs far less than 4 batches of
+one (the recurrent layers turn matrix-vector products into matrix products), and the model
+runs one batch at a time, so requests never fight over the cores.
+
+Batching does not change answers: the model masks padding, so an utterance decodes the same
+alone or in a batch (tests/serve/test_server.py compares them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+
+class BatchQueue:
+    """Collects waveforms from concurrent callers and answers each from one batched call.
+
+    `run_batch(waves) -> answers`: list in, list of the same length out (blocking; it runs in
+    the queue's own thread). `max_batch`: most waveforms per call; `max_wait_ms`: how long the
+    first waiting request waits for company; `max_batch_samples`: a cap on the padded batch
+    (longest wave x batch size) that keeps long files from being padded together with many.
+    """
+
+    def __init__(
+        self,
+        run_batch: Callable[[Sequence[np.ndarray]], list[Any]],
+        *,
+        max_batch: int = 8,
+        max_wait_ms: float = 5.0,
+        max_batch_samples: int | None = None,
+    ) -> None:
+        if max_batch < 1 or max_wait_ms < 0:
+            raise ValueError(f"BatchQueue: max_batch {max_batch} >= 1, max_wait_ms >= 0")
+        self.run_batch = run_batch
+        self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000.0
+        self.max_batch_samples = max_batch_samples
+        self.batches = 0  # calls of run_batch so far
+        self.requests = 0  # waveforms answered so far
+        self._queue: asyncio.Queue | None = None
+        self._held: tuple[np.ndarray, asyncio.Future] | None = None  # opens the next batch
+        self._worker: asyncio.Task | None = None
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batch")
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._worker = asyncio.create_task(self._serve())
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+        self._thread.shutdown(wait=True)
+
+    async def submit(self, wave: np.ndarray) -> Any:
+        """The answer for `wave`, computed in a batch with whatever else is waiting."""
+        if self._queue is None:
+            raise RuntimeError("BatchQueue.submit before start()")
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put((wave, future))
+        return await future
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect(loop)
+            waves = [w for w, _ in batch]
+            try:
+                answers = await loop.run_in_executor(self._thread, self.run_batch, waves)
+            except Exception as e:  # every caller of this batch gets the error
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            self.batches += 1
+            self.requests += len(batch)
+            for (_, future), answer in zip(batch, answers, strict=True):
+                if not future.done():  # a caller that went away cancelled its future
+                    future.set_result(answer)
+
+    async def _collect(self, loop) -> list[tuple[np.ndarray, asyncio.Future]]:
+        """The next batch: the first waiting item, plus what arrives within max_wait."""
+        assert self._queue is not None
+        first, self._held = self._held, None
+        batch = [first if first is not None else await self._queue.get()]
+        longest = len(batch[0][0])
+        deadline = loop.time() + self.max_wait
+        while len(batch) < self.max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), left)
+                except asyncio.TimeoutError:
+                    break
+            if self._too_big(max(longest, len(item[0])), len(batch) + 1):
+                self._held = item
+                break
+            batch.append(item)
+            longest = max(longest, len(item[0]))
+        return batch
+
+    def _too_big(self, longest: int, size: int) -> bool:
+        return self.max_batch_samples is not None and longest * size > self.max_batch_samples

@@ -1,0 +1,80 @@
+"""The request queue: concurrent waveforms into batches, answers back to their callers.
+
+.venv/bin/python -m pytest tests/serve/test_serve_batching.py -q
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from speechswarm.serve.batching import BatchQueue
+
+
+class Recorder:
+    """run_batch that answers each wave's length and records the batch sizes."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def __call__(self, waves):
+        self.sizes.append(len(waves))
+        return [len(w) for w in waves]
+
+
+async def submit_all(queue: BatchQueue, lengths: list[int]) -> list[int]:
+    await queue.start()
+    try:
+        return await asyncio.gather(*(queue.submit(np.zeros(n)) for n in lengths))
+    finally:
+        await queue.stop()
+
+
+def test_requests_that_arrive_together_run_as_one_batch():
+    run = Recorder()
+    answers = asyncio.run(submit_all(BatchQueue(run, max_batch=8, max_wait_ms=50), [3, 1, 2]))
+    assert answers == [3, 1, 2] and run.sizes == [3]
+
+
+def test_batches_hold_at_most_max_batch_in_arrival_order():
+    run = Recorder()
+    answers = asyncio.run(submit_all(BatchQueue(run, max_batch=2, max_wait_ms=50), [1, 2, 3, 4, 5]))
+    assert answers == [1, 2, 3, 4, 5] and run.sizes == [2, 2, 1]
+
+
+def test_a_long_wave_is_not_padded_together_with_many():
+    run = Recorder()
+    queue = BatchQueue(run, max_batch=8, max_wait_ms=50, max_batch_samples=100)
+    assert asyncio.run(submit_all(queue, [10, 10, 90, 10])) == [10, 10, 90, 10]
+    assert run.sizes == [2, 1, 1]  # 3 x 90 > 100; the held-over wave opens the next batch
+
+
+def test_an_error_reaches_every_caller_of_its_batch_and_the_queue_goes_on():
+    calls = []
+
+    def run(waves):
+        calls.append(len(waves))
+        if len(calls) == 1:
+            raise ValueError("bad batch")
+        return [len(w) for w in waves]
+
+    async def scenario():
+        queue = BatchQueue(run, max_batch=8, max_wait_ms=50)
+        await queue.start()
+        try:
+            first = await asyncio.gather(
+                queue.submit(np.zeros(1)), queue.submit(np.zeros(2)), return_exceptions=True
+            )
+            return first, await queue.submit(np.zeros(3))
+        finally:
+            await queue.stop()
+
+    first, later = asyncio.run(scenario())
+    assert [type(e) for e in first] == [ValueError, ValueError] and later == 3
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError):
+        BatchQueue(Recorder(), max_batch=0)
