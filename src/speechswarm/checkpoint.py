@@ -20,6 +20,8 @@ hard links), never symlinks: a symlink would dangle once its step file is pruned
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
@@ -84,26 +86,83 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+# errno -> what to do when a checkpoint cannot be written (a full disk, a read-only folder).
+_WRITE_HINTS = {
+    errno.ENOSPC: "the disk is full: free space (or set train.out_dir to another disk)",
+    errno.EDQUOT: "the disk quota is used up: free space (or set train.out_dir elsewhere)",
+    errno.EFBIG: "the file size limit is reached (ulimit -f): raise it",
+    errno.EROFS: "the file system is read-only: remount it writable (or set train.out_dir)",
+    errno.EACCES: "the folder is not writable: fix its permissions (or set train.out_dir)",
+    errno.EPERM: "the folder is not writable: fix its permissions (or set train.out_dir)",
+}
+
+
+class _ErrorRecorder:
+    """A binary file whose first OSError on write is kept: torch.save turns a failed write
+    into RuntimeError('unexpected pos ...'), which no longer says the disk is full."""
+
+    def __init__(self, f):
+        self.f = f
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.f.flush()
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+
 def _atomic_write(path: Path, write) -> None:
     """Call `write(file)` on a temp file beside `path`, fsync, then rename over `path`.
 
     A crash at any point leaves either the old file or the new one, never a mix, and
     removes the temp file (a hard kill can leave a `.<name>.*.tmp`, never a bad `path`).
+    A write the file system refuses (full disk, read-only or unwritable folder) raises
+    CheckpointError(reason "unwritable") naming the path, the OS error and what to do.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
+            out = _ErrorRecorder(f)
+            try:
+                write(out)
+                out.flush()
+            except Exception as e:  # torch.save hides the OSError; raise the one it hid
+                if out.error is not None:
+                    raise out.error from e
+                raise
             os.fsync(f.fileno())
         if _FAULT_SAVE_DELAY_S:  # fault injection (`speechswarm chaos`): widen the window
             time.sleep(_FAULT_SAVE_DELAY_S)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in _WRITE_HINTS:
+            raise unwritable(path, e) from e
         raise
     _fsync_dir(path.parent)
+
+
+def unwritable(path: Path, e: OSError) -> CheckpointError:
+    """The one-line error for a checkpoint file the file system refused to take."""
+    return CheckpointError(
+        path,
+        "unwritable",
+        f"cannot be written ({os.strerror(e.errno)}); {_WRITE_HINTS[e.errno]}, then "
+        "resume with --resume auto: the checkpoints written before are intact",
+    )
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
@@ -165,14 +224,24 @@ def _corrupt(path: Path, e: Exception) -> CheckpointError:
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
-    """Atomically make `dst` the same content as `src`: hard link, else a copy."""
+    """Atomically make `dst` the same content as `src`: hard link, else a copy. A failed
+    copy leaves no temporary file (CheckpointError "unwritable" on a full disk)."""
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link.tmp")
-    tmp.unlink(missing_ok=True)
     try:
-        os.link(src, tmp)
-    except OSError:  # no hard links here (some network or FAT file systems): copy
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError as e:  # no hard links here (some network or FAT file systems): copy
+            if e.errno in _WRITE_HINTS and e.errno not in (errno.EPERM,):
+                raise
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if e.errno in _WRITE_HINTS:
+            raise unwritable(dst, e) from e
+        raise
 
 
 class CheckpointManager:

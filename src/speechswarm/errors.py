@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import faulthandler
 import os
 import signal
@@ -56,7 +57,7 @@ class CheckpointError(SpeechswarmError):
     """A checkpoint that cannot be loaded; the message names the file and what to do.
 
     `reason` is one of: missing_file, corrupt_file, unsafe_content, nonfinite_weights (raised
-    by `speechswarm.inference.load`).
+    by `speechswarm.inference.load`), unwritable (a full disk or read-only folder on save).
     """
 
     def __init__(self, path: str | os.PathLike, reason: str, detail: str):
@@ -68,12 +69,16 @@ class CheckpointError(SpeechswarmError):
 # A missing input path is the user's to fix even where a library raised the builtin (an
 # open() of a path from the command line); the OS message names the path.
 USER_ERRORS: tuple[type[BaseException], ...] = (SpeechswarmError, FileNotFoundError)
+# So is a write the file system refuses (a full disk, a read-only or unwritable folder),
+# wherever it happens (a log, a report, a checkpoint); the OS message names the path.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES})
 
 
 def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     """Parse `argv` with `parser` and call the chosen command's `func(args)`; returns the
     exit code. A user error (`USER_ERRORS`) prints `<prog> <command>: error: <message>` on
-    stderr and returns 1; Ctrl-C returns 130; anything else propagates with its traceback.
+    stderr and returns 1, as does a write the file system refuses (`DISK_ERRNOS`); Ctrl-C
+    returns 130; anything else propagates with its traceback.
     SIGUSR1 prints every thread's Python stack on stderr and the command goes on."""
     args = parser.parse_args(argv)
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>`: where is a slow or stuck run?
@@ -89,4 +94,12 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) 
         return 130
     except USER_ERRORS as e:
         print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS:
+            raise
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        hint = "free space" if full else "make the folder writable"
+        hint += " (or write elsewhere), then run the command again"
+        print(f"{parser.prog} {args.command}: error: {e}; {hint}", file=sys.stderr)
         return 1
