@@ -1,0 +1,148 @@
+"""The upload page in a real browser: headless Chromium (Debian's `chromium`) driven over the
+DevTools protocol loads /, uploads a file, records from a fake microphone, and shows the text.
+
+    .venv/bin/python -m pytest tests/serve/test_serve_page.py -q
+
+Screenshots land in the test's tmp folder (page-upload.png, page-recording.png).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import speechswarm
+from speechswarm.data.manifest import read_manifest
+from speechswarm.serve.app import make_app
+from speechswarm.serve.server import ServerThread
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (scripts/setup.sh)"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
+
+
+class DevTools:
+    """One page of a headless Chromium, driven through the DevTools protocol."""
+
+    def __init__(self, profile: Path) -> None:
+        import websocket  # websocket-client
+
+        self.process = subprocess.Popen(
+            [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--remote-debugging-port=0", "--remote-allow-origins=*",
+             "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+             f"--user-data-dir={profile}", "--window-size=900,700", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not (port_file.is_file() and port_file.read_text().strip()):
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError("chromium did not open its DevTools port")
+            time.sleep(0.1)
+        port = port_file.read_text().split()[0]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list") as r:
+            page = next(t for t in json.loads(r.read()) if t["type"] == "page")
+        self.ws = websocket.create_connection(
+            page["webSocketDebuggerUrl"], timeout=60, suppress_origin=True
+        )
+        self.next_id = 0
+
+    def call(self, method: str, **params) -> dict:
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:  # events arrive in between; skip them
+            message = json.loads(self.ws.recv())
+            if message.get("id") == self.next_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message["result"]
+
+    def evaluate(self, expression: str):
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float = 60.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = self.evaluate(expression)
+            if value:
+                return value
+            time.sleep(0.05)
+        raise TimeoutError(f"{expression} stayed falsy for {timeout} s")
+
+    def screenshot(self, path: Path) -> None:
+        path.write_bytes(
+            base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
+        )
+
+    def close(self) -> None:
+        self.ws.close()
+        self.process.terminate()
+        self.process.wait(20)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    devtools = DevTools(tmp_path / "profile")
+    yield devtools
+    devtools.close()
+
+
+@pytest.fixture(scope="module")
+def served(overfit_run):
+    asr = speechswarm.load(overfit_run.checkpoint, device="cpu", precision="fp32")
+    files = [Path(u.audio) for u in read_manifest(overfit_run.manifest)]
+    with ServerThread(make_app(asr)) as server:
+        yield server, asr, files
+
+
+def open_page(browser: DevTools, url: str) -> None:
+    browser.call("Page.navigate", url=url)
+    browser.wait_for("document.readyState === 'complete' && document.body.dataset.state")
+
+
+def test_uploading_a_file_shows_its_transcript(served, browser, tmp_path):
+    server, asr, files = served
+    expected = asr.recognize_batch([files[0]])[0]
+    open_page(browser, server.url)
+    root = browser.call("DOM.getDocument")["root"]["nodeId"]
+    node = browser.call("DOM.querySelector", nodeId=root, selector="#file")["nodeId"]
+    browser.call("DOM.setFileInputFiles", files=[str(files[0])], nodeId=node)
+    state = browser.wait_for(
+        "['done', 'error'].includes(document.body.dataset.state) && document.body.dataset.state"
+    )
+    browser.screenshot(tmp_path / "page-upload.png")
+    assert state == "done", browser.evaluate("document.getElementById('status').textContent")
+    assert browser.evaluate("document.getElementById('text').textContent") == expected.text
+    words = browser.evaluate(
+        "[...document.querySelectorAll('#words span')].map(s => s.firstChild.textContent)"
+    )
+    assert words == [w.word for w in expected.words]
+    assert files[0].name in browser.evaluate("document.getElementById('status').textContent")
+
+
+def test_a_microphone_recording_is_sent_and_transcribed(served, browser, tmp_path):
+    server, _, _ = served
+    open_page(browser, server.url)
+    browser.evaluate("document.getElementById('record').click()")
+    browser.wait_for("document.body.dataset.state === 'recording'", timeout=20)
+    time.sleep(1.5)  # Chromium's fake microphone: a beep every second
+    browser.evaluate("document.getElementById('record').click()")
+    state = browser.wait_for(
+        "['done', 'error'].includes(document.body.dataset.state) && document.body.dataset.state"
+    )
+    browser.screenshot(tmp_path / "page-recording.png")
+    status = browser.evaluate("document.getElementById('status').textContent")
+    assert state == "done", status
+    assert status.startswith("recording.wav: 1.") or status.startswith("recording.wav: 2."), status
