@@ -20,8 +20,9 @@ from speechswarm.features import FeatureExtractor
 from speechswarm.model import DeepSpeech2
 
 
-def build_tokenizer(cfg: TokenizerConfig) -> Tokenizer:
-    return make_tokenizer(cfg.kind, cfg.alphabet, cfg.path)
+def build_tokenizer(cfg: TokenizerConfig, train_manifest: str = "") -> Tokenizer:
+    """`train_manifest`: where `alphabet: auto` takes its characters from."""
+    return make_tokenizer(cfg.kind, cfg.alphabet, cfg.path, train_manifest)
 
 
 def build_features(cfg: FeatureConfig, sample_rate: int) -> FeatureExtractor:

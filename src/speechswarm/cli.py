@@ -27,7 +27,11 @@ COMMAND_MODULES = (
     "speechswarm.benchmark.cli",
 )
 
-PREPARE_FORMATS = ("librispeech", "ljspeech", "userlibri", "commonvoice", "csv", "nemo", "clients")
+PREPARE_FORMATS = (
+    *("librispeech", "ljspeech", "userlibri", "commonvoice", "csv", "nemo", "kaldi", "lhotse"),
+    "clients",
+)
+MANIFEST_EXPORT_FORMATS = ("nemo", "lhotse")  # = speechswarm.data.corpora.EXPORTERS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,13 +80,32 @@ def _parser() -> argparse.ArgumentParser:
         "seed's clients); default: every split",
     )
     s.add_argument(
+        "--alphabet",
+        choices=("english", "auto"),
+        default="english",
+        help="english: a-z ' and space (accents folded, numbers spelled); auto: the data's own "
+        "letters, nothing folded (train with tokenizer.alphabet=auto); either way what changed "
+        "is counted in OUT.text.json",
+    )
+    s.add_argument(
         "--digits",
         choices=("spell", "keep"),
-        default="spell",
-        help="spell out digits or keep them (validate flags them)",
+        default=None,
+        help="spell out numbers in English words or keep digits (default: spell with "
+        "--alphabet english, keep with auto)",
     )
     s.add_argument("--workers", type=int, default=4, help="threads reading audio headers")
     s.set_defaults(func=_prepare)
+
+    s = sub.add_parser("manifest", help="write a manifest in another toolkit's format")
+    msub = s.add_subparsers(dest="action", required=True)
+    t = msub.add_parser("export", help="as a NeMo JSONL manifest or a lhotse CutSet")
+    t.add_argument("--format", required=True, choices=MANIFEST_EXPORT_FORMATS)
+    t.add_argument("--manifest", required=True, help="a speechswarm manifest (.jsonl)")
+    t.add_argument(
+        "--out", required=True, help="nemo: manifest.json; lhotse: cuts.jsonl.gz (gzip by suffix)"
+    )
+    t.set_defaults(func=_manifest_export)
 
     s = sub.add_parser("validate", help="check a manifest's audio and text; report problems")
     s.add_argument("manifest")
@@ -276,7 +299,9 @@ def _prepare(args) -> int:
     if args.format == "clients":
         from speechswarm.data.prepare import prepare_clients
 
-        prepare_clients(args.src, Path(args.out), digits=args.digits)
+        if args.alphabet != "english":
+            raise UsageError("--alphabet auto applies to corpus formats, not clients")
+        prepare_clients(args.src, Path(args.out), digits=args.digits or "spell")
         return 0
     from speechswarm.data.prepare import prepare_manifest
 
@@ -285,10 +310,18 @@ def _prepare(args) -> int:
         Path(args.src),
         Path(args.out),
         split=args.split,
+        alphabet=args.alphabet,
         digits=args.digits,
         workers=args.workers,
         subsets=tuple(x for x in args.subsets.split(",") if x),
     )
+    return 0
+
+
+def _manifest_export(args) -> int:
+    from speechswarm.data.prepare import export_manifest
+
+    export_manifest(args.format, args.manifest, args.out)
     return 0
 
 

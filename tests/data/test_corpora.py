@@ -341,7 +341,9 @@ def test_nemo_manifest(tmp_path):
 
 
 def test_registry_dispatches_by_format_name(libri):
-    assert set(IMPORTERS) == {"librispeech", "ljspeech", "userlibri", "commonvoice", "csv", "nemo"}
+    assert set(IMPORTERS) == {
+        *("librispeech", "ljspeech", "userlibri", "commonvoice", "csv", "nemo", "kaldi", "lhotse")
+    }
     assert prepare("librispeech", libri) == prepare_librispeech(libri)
     with pytest.raises(ValueError, match="unknown corpus format 'timit'; choose one of"):
         prepare("timit", libri)

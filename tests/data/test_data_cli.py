@@ -92,7 +92,9 @@ def test_prepare_librispeech_writes_manifest_summary_and_problems(tmp_path):
     # 0.5 + 1.0 + 1.5 + 0.25 s = 3.25 s = 0.0009 h; 4 utts; speakers 84 and 1688
     assert proc.stdout.splitlines() == [
         "prepare librispeech: 0.00 h audio, 4 utts, 2 speakers, 1 skipped"
-        " — see m.problems.json -> m.jsonl"
+        " — see m.problems.json -> m.jsonl",
+        "text: 3 characters outside the alphabet folded, spelled or removed"
+        " ('1'->'(number words)' x2, '0'->'(number words)' x1) — see m.text.json",
     ]
     got = records(tmp_path / "m.jsonl")
     assert [(r["id"], r["text"], r["duration"], r["speaker"]) for r in got] == [
@@ -122,7 +124,7 @@ def test_prepare_librispeech_writes_manifest_summary_and_problems(tmp_path):
     trans = tmp_path / "LibriSpeech/dev-clean/84/121123/84-121123.trans.txt"
     trans.write_text("\n".join(trans.read_text().splitlines()[:2]) + "\n")
     proc = ok(speechswarm(tmp_path, "prepare", "librispeech", "LibriSpeech", "--out", "m.jsonl"))
-    assert proc.stdout.strip().endswith("0.00 h audio, 4 utts, 2 speakers -> m.jsonl")
+    assert proc.stdout.splitlines()[0].endswith("0.00 h audio, 4 utts, 2 speakers -> m.jsonl")
     assert (tmp_path / "m.jsonl").read_text() == manifest_before
     assert not (tmp_path / "m.problems.json").exists()
 

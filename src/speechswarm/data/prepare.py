@@ -1,6 +1,8 @@
 """Commands that turn data on disk into manifests: prepare, synth, clients, validate.
 
     speechswarm prepare librispeech /data/LibriSpeech/dev-clean --out data/dev-clean.jsonl
+    speechswarm prepare kaldi data/de/train --alphabet auto --out data/de/train.jsonl
+    speechswarm manifest export --format lhotse --manifest data/dev.jsonl --out dev_cuts.jsonl.gz
     speechswarm synth --out data/synth
     speechswarm prepare clients my_module:load_clients_data --out data/clients
     speechswarm validate data/dev-clean.jsonl
@@ -17,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from speechswarm.data.manifest import Utterance, read_manifest, total_hours, write_manifest
+from speechswarm.data.text import AUTO_ALPHABET, DEFAULT_ALPHABET, alphabet_of, normalize_text
 from speechswarm.errors import UsageError
 
 
@@ -26,15 +29,25 @@ def prepare_manifest(
     out: Path,
     *,
     split: str = "train",
-    digits: str = "spell",
+    alphabet: str = "english",
+    digits: str | None = None,
     workers: int = 4,
     subsets: tuple[str, ...] = (),
 ) -> list[Utterance]:
-    """Import corpus `src` of format `fmt` into manifest `out` (+ `out`.problems.json if any).
+    """Import corpus `src` of format `fmt` into manifest `out` (+ `out`.problems.json if any,
+    + `out`.text.json when normalisation changed characters outside the alphabet).
+
+    `alphabet`: "english" (a-z, apostrophe, space; accents folded, numbers spelled) or
+    "auto" (the data's own letters, nothing folded; digits kept unless `digits="spell"`).
     `subsets`: UserLibri split folders to import (e.g. ("test-clean",)); default: all."""
     from speechswarm.data.corpora import prepare
 
-    kwargs = {"digits": digits, "workers": workers}
+    if alphabet not in ("english", "auto"):
+        raise UsageError(f"--alphabet must be 'english' or 'auto', got {alphabet!r}")
+    auto = alphabet == "auto"
+    digits = digits or ("keep" if auto else "spell")
+    kwargs = {"alphabet": AUTO_ALPHABET if auto else DEFAULT_ALPHABET}
+    kwargs |= {"digits": digits, "workers": workers}
     if fmt == "commonvoice":
         kwargs["split"] = split
     if subsets:
@@ -45,7 +58,65 @@ def prepare_manifest(
     write_manifest(out, result.utts)
     problems_path = _write_problems(out, result.problems)
     print(_summary(f"prepare {fmt}", result.utts, len(result.problems), problems_path, out))
+    for line in _text_report(out, result, kwargs["alphabet"], digits):
+        print(line)
     return result.utts
+
+
+def _text_report(out: Path, result, alphabet: str, digits: str) -> list[str]:
+    """Lines saying what normalisation changed, and `out`.text.json with every count."""
+    texts = [u.text for u in result.utts]
+    found = alphabet_of(texts)
+    path = out.with_suffix(".text.json")
+    changed = {
+        ch: {"count": n, "becomes": _becomes(ch, alphabet, digits)}
+        for ch, n in result.outside.items()
+    }
+    report = {"alphabet": alphabet, "digits": digits, "alphabet_found": found}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report | {"outside_alphabet": changed}, ensure_ascii=False, indent=1))
+    os.replace(tmp, path)
+    lines = []
+    if changed:
+        shown = ", ".join(
+            f"{c!r}->{v['becomes']!r} x{v['count']:,}" for c, v in list(changed.items())[:6]
+        )
+        total = sum(result.outside.values())
+        lines.append(
+            f"text: {total:,} characters outside the alphabet folded, spelled or removed "
+            f"({shown}{', ...' if len(changed) > 6 else ''}) — see {path}"
+        )
+    if alphabet == AUTO_ALPHABET:
+        lines.append(
+            f"alphabet (auto): {len(found)} characters {found!r}; train with tokenizer.alphabet=auto"
+        )
+        with_digits = sum(any(c.isdigit() for c in t) for t in texts)
+        if with_digits and digits == "keep":
+            lines.append(
+                f"note: digits kept as written in {with_digits:,} transcripts (the model learns "
+                "them as characters); spell them out in the corpus's language for a spoken-form "
+                "model, or use --digits spell for English number words"
+            )
+    return lines
+
+
+def _becomes(ch: str, alphabet: str, digits: str) -> str:
+    """What normalisation makes of one character outside the alphabet, for the report."""
+    if ch.isdigit() and digits == "spell":
+        return "(number words)"
+    return normalize_text(ch, alphabet, digits) or "(removed)"
+
+
+def export_manifest(fmt: str, manifest: str | os.PathLike, out: str | os.PathLike) -> int:
+    """`speechswarm manifest export`: write `manifest` in format `fmt` (nemo, lhotse) at `out`."""
+    from speechswarm.data.corpora import EXPORTERS
+
+    if fmt not in EXPORTERS:
+        raise UsageError(f"unknown export format {fmt!r}; choose one of {sorted(EXPORTERS)}")
+    utts = read_manifest(manifest)
+    n = EXPORTERS[fmt](utts, out)
+    print(f"manifest export {fmt}: {n:,} utts, {total_hours(utts):.2f} h audio -> {out}")
+    return n
 
 
 def synthesize_and_prepare(
@@ -127,7 +198,7 @@ def validate_manifest_cli(
     tok = cfg.tokenizer
     report = validate_utterances(
         read_manifest(manifest),
-        make_tokenizer(tok.kind, tok.alphabet, tok.path),
+        make_tokenizer(tok.kind, tok.alphabet, tok.path, manifest),
         sample_rate=cfg.data.sample_rate,
         frames_per_second=1000.0 / cfg.features.hop_ms,
         time_reduction=time_reduction(cfg.model.conv_strides),
@@ -152,7 +223,7 @@ def _voices(out_dir: Path) -> dict[str, dict]:
     if not path.is_file():
         return {}
     voices = json.loads(path.read_text())
-    keep = ("engine", "voice", "split")
+    keep = ("engine", "voice", "identity", "split")
     return {spk: {k: v[k] for k in keep if k in v} for spk, v in voices.items()}
 
 

@@ -28,6 +28,13 @@
 
 Letters outside the alphabet that cannot be folded (`ж`, `中`) are kept, not deleted, so
 that validation reports them instead of the transcript silently losing words.
+
+`alphabet="auto"` (any language): each transcript's own letters, combining marks and (with
+`digits="keep"`) digits form its alphabet, plus `'` and space, so nothing is folded (`ä`,
+`ß`, `ç`, `ё` stay). Punctuation and symbols still become spaces (step 4, without the
+English words for `&` and `%`), apostrophe and dash variants are still unified (step 1).
+`alphabet_of(texts)` is then the corpus's alphabet (what `tokenizer.alphabet=auto` uses),
+and `outside_alphabet` counts what was changed, for the import report.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import unicodedata
 from speechswarm.errors import UsageError
 
 DEFAULT_ALPHABET = "abcdefghijklmnopqrstuvwxyz' "
+AUTO_ALPHABET = "auto"  # the alphabet is taken from the data (module docstring)
 
 _APOSTROPHES = "\u2019\u2018\u201b\u02bc\u02b9\u0060\u00b4\u2032\uff07"
 _DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d"
@@ -203,10 +211,10 @@ def _fold_char(ch: str, alphabet: str) -> str:
     return ch
 
 
-def _drop_punctuation(text: str, alphabet: str) -> str:
+def _drop_punctuation(text: str, alphabet: str, symbol_words: bool = True) -> str:
     """Step 4: symbols to words, acronym periods dropped, other punctuation to spaces."""
     for symbol, word in _SYMBOL_WORDS.items():
-        if symbol not in alphabet:
+        if symbol_words and symbol not in alphabet:
             text = text.replace(symbol, word)
     text = _ACRONYM_PERIOD.sub("", text)
     out = []
@@ -237,10 +245,12 @@ def normalize_text(text: str, alphabet: str = DEFAULT_ALPHABET, digits: str = "s
     if digits not in ("spell", "keep"):
         raise UsageError(f"normalize_text: digits must be 'spell' or 'keep', got {digits!r}")
     text = unicodedata.normalize("NFC", text).lower()
+    english = alphabet != AUTO_ALPHABET
+    alphabet = text_alphabet(text, alphabet, digits)
     text = "".join(_fold_char(ch, alphabet) for ch in text)
     # "keep" still drops grouping commas so "1,000" stays one token, "1000".
     text = spell_numbers(text) if digits == "spell" else _GROUPING_COMMA.sub("", text)
-    text = _drop_punctuation(text, alphabet)
+    text = _drop_punctuation(text, alphabet, symbol_words=english)
     words = (_strip_word_apostrophes(w) for w in text.split())
     return " ".join(w for w in words if w)
 
@@ -248,3 +258,40 @@ def normalize_text(text: str, alphabet: str = DEFAULT_ALPHABET, digits: str = "s
 def out_of_alphabet(text: str, alphabet: str = DEFAULT_ALPHABET) -> set[str]:
     """Characters of `text` the alphabet lacks (empty set: the text is clean)."""
     return set(text) - set(alphabet)
+
+
+def _is_word_char(ch: str, digits: str) -> bool:
+    """Letters and combining marks (Devanagari vowel signs are marks), and decimal digits
+    when they are kept: what `alphabet="auto"` never folds or removes."""
+    category = unicodedata.category(ch)
+    return category[0] in "LM" or (category == "Nd" and digits == "keep")
+
+
+def text_alphabet(text: str, alphabet: str, digits: str = "spell") -> str:
+    """The alphabet `normalize_text` applies to `text`: `alphabet` itself, or with "auto" the
+    text's own word characters (NFC, lower-cased) plus apostrophe and space."""
+    if alphabet != AUTO_ALPHABET:
+        return alphabet
+    text = unicodedata.normalize("NFC", text).lower()
+    return "".join(sorted({ch for ch in text if _is_word_char(ch, digits)})) + "' "
+
+
+def alphabet_of(texts) -> str:
+    """Every character of the (normalised) `texts`, sorted by code point: a corpus's alphabet."""
+    chars: set[str] = set()
+    for text in texts:
+        chars.update(text)
+    return "".join(sorted(chars))
+
+
+def outside_alphabet(raw: str, alphabet: str, digits: str = "spell") -> dict[str, int]:
+    """{character: count} of the raw transcript's characters (NFC, lower-cased, whitespace
+    aside) that the alphabet `normalize_text` applies lacks: those it folded, spelled,
+    replaced or removed. An empty dict: the transcript was kept as written."""
+    text = unicodedata.normalize("NFC", raw).lower()
+    keep = set(text_alphabet(text, alphabet, digits))
+    counts: dict[str, int] = {}
+    for ch in text:
+        if ch not in keep and not ch.isspace():
+            counts[ch] = counts.get(ch, 0) + 1
+    return counts

@@ -25,7 +25,7 @@ from typing import Protocol, runtime_checkable
 
 import sentencepiece as spm
 
-from speechswarm.data.text import DEFAULT_ALPHABET
+from speechswarm.data.text import AUTO_ALPHABET, DEFAULT_ALPHABET, alphabet_of
 from speechswarm.errors import ConfigError, DataError, InputNotFoundError, UsageError
 
 BLANK = "<blank>"
@@ -272,10 +272,17 @@ def load_tokenizer(path: str | os.PathLike) -> CharTokenizer | SentencePieceToke
 
 
 def make_tokenizer(
-    kind: str, alphabet: str = DEFAULT_ALPHABET, path: str | os.PathLike = ""
+    kind: str,
+    alphabet: str = DEFAULT_ALPHABET,
+    path: str | os.PathLike = "",
+    manifest: str | os.PathLike = "",
 ) -> CharTokenizer | SentencePieceTokenizer:
     """The tokenizer a `tokenizer:` config section describes, from its plain values: a
-    `CharTokenizer(alphabet)` for "char", the tokenizer file at `path` for "sentencepiece"."""
+    `CharTokenizer(alphabet)` for "char", the tokenizer file at `path` for "sentencepiece".
+    `alphabet="auto"`: every character of `manifest`'s transcripts (the training manifest),
+    sorted, so a corpus prepared with `--alphabet auto` trains in its own alphabet."""
+    if kind == "char" and alphabet == AUTO_ALPHABET:
+        return CharTokenizer(manifest_alphabet(manifest))
     if kind == "char":
         return CharTokenizer(alphabet)
     if kind != "sentencepiece":
@@ -288,6 +295,21 @@ def make_tokenizer(
     if not Path(path).is_file():
         raise InputNotFoundError(f"tokenizer.path {path} does not exist")
     return load_tokenizer(path)
+
+
+def manifest_alphabet(manifest: str | os.PathLike) -> str:
+    """The sorted characters of a manifest's transcripts (`tokenizer.alphabet=auto`)."""
+    from speechswarm.data.manifest import read_manifest
+
+    if not manifest:
+        raise ConfigError(
+            "tokenizer.alphabet=auto takes the alphabet from data.train_manifest, which is not "
+            'set here; set it, or give the characters: tokenizer.alphabet="abc...\' "'
+        )
+    alphabet = alphabet_of(u.text for u in read_manifest(manifest))
+    if not alphabet.strip():
+        raise DataError(f"tokenizer.alphabet=auto: {manifest} has no transcript text")
+    return alphabet
 
 
 def train_tokenizer(

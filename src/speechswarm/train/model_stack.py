@@ -26,7 +26,7 @@ def build_model_stack(
     """(tokenizer, feature extractor, model on `device`, RNN kernel name) as `cfg` says:
     weights from `train.init_from` where set, `train.freeze` applied. Seed the global RNG
     first: the model's initial weights draw from it."""
-    tokenizer = build_tokenizer(cfg.tokenizer)
+    tokenizer = build_tokenizer(cfg.tokenizer, cfg.data.train_manifest)
     extractor = build_features(cfg.features, cfg.data.sample_rate).to(device)
     model = build_model(cfg.model, extractor.num_features, len(tokenizer))
     if cfg.train.init_from:
@@ -83,7 +83,9 @@ def _freeze(model: torch.nn.Module, prefixes: tuple[str, ...], log) -> None:
 
 
 def with_global_stats(extractor, utts, cfg, device, log):
-    batches = eval_batches(utts[:500], build_tokenizer(cfg.tokenizer), cfg.data.sample_rate)
+    batches = eval_batches(
+        utts[:500], build_tokenizer(cfg.tokenizer, cfg.data.train_manifest), cfg.data.sample_rate
+    )
     mean, std = compute_global_stats(
         extractor, ((b.waves.to(device), b.wave_lens.to(device)) for b in batches)
     )

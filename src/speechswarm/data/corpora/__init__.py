@@ -14,16 +14,21 @@ Every `prepare_<name>(src, *, alphabet, digits, workers, ...) -> ImportResult` r
   left out of `utts` and listed in `problems` as `(where, reason)`: `where` is a file path
   (or `file:line`), `reason` starts with one of `missing_file`, `unreadable_audio`,
   `empty_audio`, `missing_transcript`, `empty_text`, `duplicate_id`, `bad_line`,
-  `offset_beyond_end`, then `: detail`.
+  `offset_beyond_end`, `unsupported_audio`, `unsupported_cut`, then `: detail`;
+- counts the transcripts' characters outside the alphabet (`ImportResult.outside`), which
+  normalisation folded, spelled or removed (`alphabet="auto"`: only punctuation and
+  symbols), so the report says what changed.
 
 `IMPORTERS` maps the CLI's format names to the functions; `prepare(format, src, **kw)`
-dispatches. Shared machinery (`Candidate`, `build_result`, `probe_durations`) sits here,
+dispatches. `EXPORTERS` writes a manifest in a format its importer reads back unchanged
+(`speechswarm manifest export`). Shared machinery (`Candidate`, `build_result`, `probe_durations`) sits here,
 above the importer imports at the bottom, because every importer needs it.
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,7 +38,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from speechswarm.data.manifest import Utterance
-from speechswarm.data.text import DEFAULT_ALPHABET, normalize_text
+from speechswarm.data.text import DEFAULT_ALPHABET, normalize_text, outside_alphabet
 from speechswarm.errors import InputNotFoundError, UsageError
 
 
@@ -43,6 +48,9 @@ class ImportResult:
 
     utts: list[Utterance]
     problems: list[tuple[str, str]] = field(default_factory=list)  # (where, reason)
+    # {character: count} of the kept transcripts' characters outside the alphabet, which
+    # normalisation folded, spelled or removed (`text.outside_alphabet`)
+    outside: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line for people: `3,102 utts, 12.4 h audio, 2 problems`."""
@@ -101,6 +109,7 @@ def build_result(
     """Probe audio, normalise text, drop (and report) what cannot be used."""
     problems = list(problems)
     probes = probe_durations([c.audio for c in candidates], workers)
+    outside: Counter[str] = Counter()
     utts: list[Utterance] = []
     seen: dict[str, Path] = {}
     for cand, (file_seconds, reason) in zip(candidates, probes, strict=True):
@@ -120,6 +129,7 @@ def build_result(
         if not text:
             problems.append((where, f"empty_text: transcript {cand.raw_text!r}"))
             continue
+        outside.update(outside_alphabet(cand.raw_text, alphabet, digits))
         extra = dict(cand.extra)
         if text != cand.raw_text:
             extra["raw_text"] = cand.raw_text
@@ -136,7 +146,7 @@ def build_result(
                 extra=extra,
             )
         )
-    return ImportResult(utts, problems)
+    return ImportResult(utts, problems, dict(outside.most_common()))
 
 
 def require_dir(src: str | os.PathLike, corpus: str, hint: str) -> Path:
@@ -145,6 +155,16 @@ def require_dir(src: str | os.PathLike, corpus: str, hint: str) -> Path:
     if not path.is_dir():
         raise InputNotFoundError(f"{corpus}: {src} is not a folder; expected {hint}")
     return path
+
+
+def portable_path(audio: str | os.PathLike, base_dir: Path) -> str:
+    """`audio` relative to `base_dir` when it lies under it (a corpus folder moves as a
+    whole), else absolute: how manifests and exports name audio files."""
+    audio = Path(audio).resolve()
+    try:
+        return str(audio.relative_to(base_dir))
+    except ValueError:
+        return str(audio)
 
 
 def require_file(src: str | os.PathLike, corpus: str, hint: str) -> Path:
@@ -157,9 +177,11 @@ def require_file(src: str | os.PathLike, corpus: str, hint: str) -> Path:
 # Importers are imported after the shared machinery above, which they use.
 from speechswarm.data.corpora.commonvoice import prepare_commonvoice  # noqa: E402
 from speechswarm.data.corpora.csv_manifest import prepare_csv_manifest  # noqa: E402
+from speechswarm.data.corpora.kaldi import prepare_kaldi  # noqa: E402
+from speechswarm.data.corpora.lhotse import export_lhotse, prepare_lhotse  # noqa: E402
 from speechswarm.data.corpora.librispeech import prepare_librispeech  # noqa: E402
 from speechswarm.data.corpora.ljspeech import prepare_ljspeech  # noqa: E402
-from speechswarm.data.corpora.nemo import prepare_nemo  # noqa: E402
+from speechswarm.data.corpora.nemo import export_nemo, prepare_nemo  # noqa: E402
 from speechswarm.data.corpora.userlibri import (  # noqa: E402
     prepare_userlibri,
     userlibri_lm_metadata,
@@ -173,6 +195,14 @@ IMPORTERS: dict[str, Callable[..., ImportResult]] = {
     "commonvoice": prepare_commonvoice,
     "csv": prepare_csv_manifest,
     "nemo": prepare_nemo,
+    "kaldi": prepare_kaldi,
+    "lhotse": prepare_lhotse,
+}
+
+# Formats a manifest can be written in: `fn(utts, out) -> count`, read back by IMPORTERS.
+EXPORTERS: dict[str, Callable[[list[Utterance], str | os.PathLike], int]] = {
+    "nemo": export_nemo,
+    "lhotse": export_lhotse,
 }
 
 
@@ -184,13 +214,19 @@ def prepare(format: str, src: str | os.PathLike, **kwargs) -> ImportResult:
 
 
 __all__ = [
+    "EXPORTERS",
     "IMPORTERS",
     "Candidate",
     "ImportResult",
     "build_result",
+    "export_lhotse",
+    "export_nemo",
+    "portable_path",
     "prepare",
     "prepare_commonvoice",
     "prepare_csv_manifest",
+    "prepare_kaldi",
+    "prepare_lhotse",
     "prepare_librispeech",
     "prepare_ljspeech",
     "prepare_nemo",
