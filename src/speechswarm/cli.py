@@ -5,6 +5,7 @@ speechswarm synth --out data/synth --hours 1
 speechswarm train --config tiny train.out_dir=runs/mine
 speechswarm lm build --manifest data/synth/train.jsonl --order 3 --out lm.arpa
 speechswarm export --checkpoint runs/mine/checkpoints/best.pt --out model.onnx --check
+speechswarm average runs/mine/checkpoints/step-*.pt --out runs/mine/avg.pt
 speechswarm transcribe --onnx model.onnx --decoder beam --lm lm.arpa a.flac b.flac
 """
 
@@ -198,11 +199,22 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=_tune_lm)
 
-    s = sub.add_parser("export", help="export a checkpoint to ONNX (waveform in, log-probs out)")
+    s = sub.add_parser(
+        "export", help="export a checkpoint to ONNX (waveform in) or safetensors (weights + JSON)"
+    )
     s.add_argument("--checkpoint", required=True)
-    s.add_argument("--out", required=True, help="model.onnx")
     s.add_argument(
-        "--check", action="store_true", help="compare onnxruntime with PyTorch on random batches"
+        "--format",
+        choices=("onnx", "safetensors"),
+        default="onnx",
+        help="onnx: the whole model incl. features, for onnxruntime; safetensors: the weights, "
+        "and OUT with .json holding what rebuilds the model",
+    )
+    s.add_argument("--out", required=True, help="model.onnx or model.safetensors")
+    s.add_argument(
+        "--check",
+        action="store_true",
+        help="compare the exported model with PyTorch on random batches",
     )
     s.add_argument(
         "--quantize",
@@ -211,6 +223,11 @@ def _parser() -> argparse.ArgumentParser:
         help="also write OUT with .int8.onnx: dynamic int8 weights",
     )
     s.set_defaults(func=_export)
+
+    s = sub.add_parser("average", help="average the weights of checkpoints of one run")
+    s.add_argument("checkpoints", nargs="+", help="e.g. runs/x/checkpoints/step-*.pt (2 or more)")
+    s.add_argument("--out", required=True, help="the averaged checkpoint (for eval, export, ...)")
+    s.set_defaults(func=_average)
 
     s = sub.add_parser("demo", help="synthesise, train, evaluate on unseen voices, transcribe")
     s.add_argument("--out", default="runs/demo")
@@ -446,10 +463,26 @@ def _tune_lm(args) -> int:
 
 
 def _export(args) -> int:
+    if args.format == "safetensors":
+        from speechswarm.safetensors_export import export_safetensors, export_safetensors_checked
+
+        if args.quantize:
+            raise UsageError("--quantize applies to --format onnx")
+        if args.check:
+            return 0 if export_safetensors_checked(args.checkpoint, args.out) else 1
+        export_safetensors(args.checkpoint, args.out)
+        return 0
     from speechswarm.export import export_and_check
 
     ok = export_and_check(args.checkpoint, args.out, check=args.check, quantize=args.quantize)
     return 0 if ok else 1
+
+
+def _average(args) -> int:
+    from speechswarm.average import average_checkpoints
+
+    average_checkpoints(args.checkpoints, args.out)
+    return 0
 
 
 def _demo(args) -> int:
