@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from speechswarm.checkpoint import load_checkpoint
 from speechswarm.config import ConfigError, check_p2p, load_config
 from speechswarm.p2p import cli
 from speechswarm.p2p.experiment import run_experiment
@@ -91,9 +92,27 @@ def test_bad_settings_fail_with_the_key_named():
         ("p2p.local_steps=-1", "p2p.local_steps"),
         ("p2p.local_epochs=0", "p2p.local_steps"),  # and local_steps is 0: no work at all
         ("p2p.trim_fraction=0.5", "p2p.trim_fraction"),
+        ("p2p.runs=[fedavg rounds=3]", "rounds=3"),  # would make the runs incomparable
+        ("p2p.runs=[fedavg outer_lr]", "outer_lr"),
+        ("p2p.runs=[fedavg outer_speed=2]", "outer_speed=2"),
     ):
         with pytest.raises(ValueError, match=key):
             check_p2p(load_config("p2p-tiny", [override]).p2p)
+
+
+def test_a_run_with_its_own_p2p_keys_gets_its_own_folder_and_settings(p2p_config):
+    cfg = p2p_config("opts", "p2p.runs=[fedavg, fedavg outer_lr=0.7 outer_momentum=0.9]")
+    result = run_experiment(cfg, progress=False)
+    names = [s["run"] for s in result["runs"]]
+    assert names == ["fedavg", "fedavg-outer_lr0.7-outer_momentum0.9"]
+    assert result["runs"][1]["options"] == {"outer_lr": 0.7, "outer_momentum": 0.9}
+    plain = load_checkpoint(Path(cfg.train.out_dir) / names[0] / "checkpoint.pt")
+    outer = load_checkpoint(Path(cfg.train.out_dir) / names[1] / "checkpoint.pt")
+    assert not plain["outer_momentum"] and set(outer["outer_momentum"]) == {"-1"}
+    with pytest.raises(ConfigError, match="p2p.outer_momentum"):  # checked before any run
+        run_experiment(
+            p2p_config("bad", "p2p.runs=[central, fedavg outer_momentum=1.5]"), progress=False
+        )
 
 
 def test_missing_manifest_is_explained(tmp_path):

@@ -167,3 +167,28 @@ def test_ring_consensus_converges_to_the_stationary_mean():
         np.testing.assert_allclose(stacked, np.tile(expected, (8, 1)), atol=1e-8)
         assert spreads[-1] < 1e-8 < spreads[0]
         assert all(b <= a + 1e-12 for a, b in zip(spreads[::10], spreads[10::10], strict=False))
+
+
+def test_outer_step_by_hand_nesterov_and_heavy_ball():
+    def st(w, bn=5.0):
+        return {"w": torch.tensor([w]), "bn.running_mean": torch.tensor([bn]), "n": torch.tensor(3)}
+
+    # round 1: g = 1.0 - 0.8 = 0.2, m = 0.2; Nesterov step g + 0.5 m = 0.3
+    new, m = mixing.outer_step(st(1.0), st(0.8, bn=7.0), None, 1.0, 0.5, skip=["bn.running_mean"])
+    assert new["w"].item() == pytest.approx(0.7)
+    assert new["bn.running_mean"].item() == 7.0 and new["n"].item() == 3  # taken from mixed
+    assert set(m) == {"w"}
+    # round 2: g = 0.7 - 0.6 = 0.1, m = 0.5 * 0.2 + 0.1 = 0.2, step 0.1 + 0.1 = 0.2
+    new, m = mixing.outer_step(new, st(0.6), m, 1.0, 0.5)
+    assert new["w"].item() == pytest.approx(0.5) and m["w"].item() == pytest.approx(0.2)
+    # heavy ball with outer lr 0.5: step = m = 0.2 -> 1.0 - 0.5 * 0.2
+    new, _ = mixing.outer_step(st(1.0), st(0.8), None, 0.5, 0.9, nesterov=False)
+    assert new["w"].item() == pytest.approx(0.9)
+
+
+def test_outer_step_with_lr_one_and_no_momentum_is_plain_averaging():
+    gen = torch.Generator().manual_seed(0)
+    anchor = {"w": torch.randn(4, 3, generator=gen)}
+    mixed = {"w": torch.randn(4, 3, generator=gen)}
+    new, _ = mixing.outer_step(anchor, mixed, None, 1.0, 0.0)
+    assert torch.allclose(new["w"], mixed["w"], atol=1e-6)

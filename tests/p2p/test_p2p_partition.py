@@ -48,6 +48,33 @@ def test_speaker_partition_keeps_speakers_whole_and_balanced():
     assert partition(utts, "speaker", 3, seed=0) == groups  # seeded
 
 
+def test_person_partition_keeps_every_variant_of_a_voice_on_one_agent():
+    # 12 speaker ids, 4 persons: each TTS voice synthesised under three speaker ids
+    utts = [
+        Utterance(f"{s}-{j}", f"{s}-{j}.flac", 1.0, "a", str(s), extra=extra)
+        for s in range(12)
+        for j in range(3)
+        for extra in [{"engine": "flite" if s % 4 < 2 else "kokoro", "voice": f"v{s % 4}"}]
+    ]
+    groups = partition(utts, "person", 2, seed=0)
+    assert ids(groups) == sorted(u.id for u in utts)
+    for g in groups:
+        assert len({u.speaker for u in g}) == 6  # 2 persons x 3 speaker ids
+    persons = [sorted({f"{u.extra['engine']}:{u.extra['voice']}" for u in g}) for g in groups]
+    assert sorted(p for ps in persons for p in ps) == [
+        "flite:v0",
+        "flite:v1",
+        "kokoro:v2",
+        "kokoro:v3",
+    ]
+    agents = split_agents(groups, 0.3, seed=0)
+    assert agents[0].summary()["persons"] == persons[0]
+    with pytest.raises(PartitionError, match="4 persons for p2p.agents=5"):
+        partition(utts, "person", 5)
+    # a manifest without engine/voice fields: persons are its speakers
+    assert partition(corpus(4), "person", 2, seed=0) == partition(corpus(4), "speaker", 2, seed=0)
+
+
 def test_speaker_partition_needs_enough_speakers():
     with pytest.raises(PartitionError, match="p2p.agents"):
         partition(corpus(3), "speaker", 4)
@@ -113,3 +140,13 @@ def test_agents_from_hook_splits():
     # client 1 had no test split: round(0.3 * 5) = 2 of its 5 are cut for testing
     assert [len(a.train) for a in agents] == [5, 3]
     assert [len(a.test) for a in agents] == [1, 2]
+
+
+def test_agents_keep_at_most_max_utts_picked_at_random():
+    groups = partition(corpus(4, per=(10, 30)), "speaker", 2, seed=0)
+    capped = split_agents(groups, 0.3, seed=0, max_utts=12)
+    assert [len(a.train) + len(a.test) for a in capped] == [12, 12]
+    full = split_agents(groups, 0.3, seed=0)
+    for a, b in zip(capped, full, strict=True):
+        assert {u.id for u in a.train + a.test} <= {u.id for u in b.train + b.test}
+    assert split_agents(groups, 0.3, seed=0, max_utts=12) == capped  # seeded

@@ -24,7 +24,7 @@ from speechswarm.p2p import mixing
 from speechswarm.p2p.experiment import make_agents
 from speechswarm.p2p.report import read_rows
 from speechswarm.p2p.runner import simulate_run
-from speechswarm.p2p.simulate import CENTRAL
+from speechswarm.p2p.simulate import CENTRAL, Simulation
 from speechswarm.p2p.sync import Mailbox
 from speechswarm.p2p.topology import make_topology
 from speechswarm.p2p.workspace import snapshot
@@ -95,9 +95,16 @@ def test_complete_gossip_equals_fedavg(p2p_config):
     assert [(r["msgs_sent"], r["msgs_recv"]) for r in rows if r["round"] == 2] == [(2, 2)] * 4
 
 
-@pytest.mark.parametrize("algorithm", ["gossip", "async", "p2pbn"])
-def test_resume_after_interruption_is_exact(p2p_config, algorithm):
+OUTER = ("p2p.outer_lr=0.7", "p2p.outer_momentum=0.9")
+
+
+@pytest.mark.parametrize(
+    "algorithm,extra",
+    [("gossip", ()), ("async", ()), ("p2pbn", ()), ("gossip", OUTER), ("fedavg", OUTER)],
+)
+def test_resume_after_interruption_is_exact(p2p_config, algorithm, extra):
     overrides = ("p2p.rounds=3", "p2p.eval_every=1", "p2p.topology=regular", "p2p.degree=2")
+    overrides += extra
     _, straight, rows_a, _ = run(p2p_config("a", *overrides), algorithm, "regular")
     cfg = p2p_config("b", *overrides)
     _, _, _, first = run(cfg, algorithm, "regular", should_stop=lambda done: done == 1)
@@ -116,6 +123,33 @@ def test_resume_after_interruption_is_exact(p2p_config, algorithm):
     strip = [{k: v for k, v in r.items() if k not in TIMING} for r in rows_a]
     assert strip == [{k: v for k, v in r.items() if k not in TIMING} for r in rows_b]
     assert len(rows_b) == 3 * 4
+
+
+@pytest.mark.parametrize("algorithm", ["gossip", "fedavg"])
+def test_an_outer_step_extrapolates_the_rounds_change(p2p_config, algorithm):
+    """Round 1 with outer LR 1.5 and Nesterov momentum 0.5: every agent starts from the
+    same model x0, so new = x0 + 1.5 * (1 + 0.5) * (mixed - x0); running statistics and
+    batch counters are the mixed model's."""
+    agents, plain, _, _ = run(p2p_config("plain", "p2p.rounds=1"), algorithm, "ring")
+    cfg = p2p_config("outer", "p2p.rounds=1", "p2p.outer_lr=1.5", "p2p.outer_momentum=0.5")
+    _, outer, _, _ = run(cfg, algorithm, "ring")
+    sim = Simulation(cfg, algorithm, "ring", agents, Path(cfg.train.out_dir) / "x0")
+    sim.open([])
+    x0, bn = sim.states[0]["model"], set(sim.workspace.bn_names)
+    sim.close()
+    pairs = [(models(plain)[k], models(outer)[k]) for k in range(4)]
+    if algorithm == "fedavg":
+        pairs.append((plain["global_model"], outer["global_model"]))
+    for mixed, new in pairs:
+        for name, t in new.items():
+            if name in bn or not t.is_floating_point():
+                assert torch.equal(t, mixed[name]), name
+            else:
+                by_hand = x0[name].double() + 2.25 * (mixed[name].double() - x0[name].double())
+                torch.testing.assert_close(t.double(), by_hand, rtol=0, atol=1e-5)
+    assert set(outer["outer_momentum"]) == (
+        {"-1"} if algorithm == "fedavg" else {"0", "1", "2", "3"}
+    )
 
 
 def test_poisoned_agent_is_rejected_by_its_neighbours(p2p_config):

@@ -9,8 +9,11 @@ data settings of each agent come from the other sections of the same config.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
+
+import yaml
 
 from speechswarm.errors import ConfigError
 
@@ -38,15 +41,19 @@ TOPOLOGIES = (
 class P2PConfig:
     # ---- agents and their data
     agents: int = 8
-    # speaker: whole speakers per agent; book: one agent per (speaker, book/chapter) group,
+    # speaker: whole speakers per agent; person: whole persons (the built-in corpus's
+    # engine:voice, e.g. every variant of flite awb on one agent); book: one agent per (speaker, book/chapter) group,
     # UserLibri style; client: the manifest's `client` field (a --clients hook, UserLibri);
     # iid: utterances dealt at random; dirichlet: each speaker's utterances spread over
     # agents with Dirichlet(dirichlet_alpha) shares (small alpha: very non-IID).
-    partition: Literal["speaker", "book", "client", "iid", "dirichlet"] = "speaker"
+    partition: Literal["speaker", "person", "book", "client", "iid", "dirichlet"] = "speaker"
     dirichlet_alpha: float = 0.5
     test_fraction: float = 0.3  # of each agent's utterances (the seed: 70/30 train/test)
     dev_fraction: float = 0.0
     clients: str = ""  # module:function hook returning load_clients_data()-style splits
+    # utterances each agent keeps (picked at random, before its test/dev/train cut); 0: all.
+    # Sizes an experiment without a new corpus (the seed's UserLibri users hold ~50-150).
+    agent_max_utts: int = 0
     global_test_max: int = 100  # utterances of data.test_manifest scored per agent; 0: all
     # ---- who talks to whom
     topology: Literal[TOPOLOGIES] = "ring"
@@ -72,6 +79,7 @@ class P2PConfig:
     algorithm: Literal[ALGORITHMS] = "gossip"
     # Several runs compared in one command, each "algorithm" or "algorithm/topology",
     # e.g. [gossip/ring, gossip/regular, central, local, fedavg]; empty: just the one above.
+    # A run may set p2p keys of its own after its name: "fedavg outer_lr=0.7".
     runs: tuple[str, ...] = ()
     rounds: int = 10
     local_epochs: int = 1  # per round (the seed); used when local_steps is 0
@@ -84,6 +92,14 @@ class P2PConfig:
     bn_stats: Literal["average", "local", "recompute"] = "average"
     bn_batches: int = 4
     fedavg_fraction: float = 1.0  # share of agents the virtual server asks each round
+    # Outer optimizer (SlowMo, Wang et al. 2020; DiLoCo, Douillard et al. 2023) for gossip
+    # and fedavg: the change a round made (anchor - mixed) is a pseudo-gradient applied
+    # with outer_lr and Nesterov/heavy-ball momentum outer_momentum. 1.0 and 0.0: plain
+    # averaging. DiLoCo's choice: 0.7 and 0.9 with many local steps (p2p.local_steps).
+    # Symptom for raising them: decentralised runs learn more slowly per step than central.
+    outer_lr: float = 1.0
+    outer_momentum: float = 0.0
+    outer_nesterov: bool = True
     # ---- messages
     compression: Literal["none", "fp16", "int8"] = "none"
     validate: bool = True  # reject received weights: wrong shapes, NaN/Inf, norm out of bounds
@@ -112,9 +128,19 @@ class P2PConfig:
     seed: int = 0
 
 
-def parse_run(spec: str, default_topology: str) -> tuple[str, str]:
-    """ "gossip/ring" -> ("gossip", "ring"); "central" -> ("central", default_topology)."""
-    algorithm, _, topology = spec.partition("/")
+# keys a run may not change: they define the agents and the comparison itself
+SHARED_KEYS = (
+    "agents", "partition", "dirichlet_alpha", "test_fraction", "dev_fraction", "clients",
+    "agent_max_utts", "global_test_max", "train_score_max", "runs", "rounds", "seed",
+)  # fmt: skip
+
+
+def parse_run(spec: str, default_topology: str) -> tuple[str, str, dict]:
+    """ "gossip/ring" -> ("gossip", "ring", {}); "central" -> ("central", default_topology,
+    {}); "fedavg outer_lr=0.7 outer_momentum=0.9" -> ("fedavg", ..., {"outer_lr": 0.7,
+    "outer_momentum": 0.9}): p2p keys this run sets differently from the others."""
+    head, *rest = spec.split()
+    algorithm, _, topology = head.partition("/")
     topology = topology or default_topology
     if algorithm not in ALGORITHMS:
         raise ConfigError(
@@ -124,12 +150,24 @@ def parse_run(spec: str, default_topology: str) -> tuple[str, str]:
         raise ConfigError(
             f"p2p.runs: {spec!r}: unknown topology {topology!r}; choose from {', '.join(TOPOLOGIES)}"
         )
-    return algorithm, topology
+    options = {}
+    fields = {f.name for f in dataclasses.fields(P2PConfig)}
+    for item in rest:
+        key, sep, text = item.partition("=")
+        if not sep or key not in fields or key in SHARED_KEYS + ("algorithm", "topology"):
+            raise ConfigError(
+                f"p2p.runs: {spec!r}: {item!r} must be key=value with a p2p key a run may set "
+                f"on its own (not {', '.join(SHARED_KEYS)}; algorithm/topology go before)"
+            )
+        options[key] = yaml.safe_load(text)
+    return algorithm, topology, options
 
 
-def run_name(algorithm: str, topology: str) -> str:
-    """Folder name of one run: topology matters only where agents talk to neighbours."""
-    return f"{algorithm}-{topology}" if algorithm in GRAPH_ALGORITHMS else algorithm
+def run_name(algorithm: str, topology: str, options: dict | None = None) -> str:
+    """Folder name of one run: topology matters only where agents talk to neighbours;
+    a run's own p2p keys are appended (`fedavg-outer_lr0.7-outer_momentum0.9`)."""
+    name = f"{algorithm}-{topology}" if algorithm in GRAPH_ALGORITHMS else algorithm
+    return name + "".join(f"-{k}{v}" for k, v in (options or {}).items())
 
 
 def check_p2p(cfg: P2PConfig) -> None:
@@ -150,9 +188,14 @@ def check_p2p(cfg: P2PConfig) -> None:
         raise ConfigError(f"p2p.trim_fraction must be in [0, 0.5), got {cfg.trim_fraction}")
     if cfg.max_norm_ratio <= 1.0:
         raise ConfigError(f"p2p.max_norm_ratio must be > 1, got {cfg.max_norm_ratio}")
+    if cfg.outer_lr <= 0 or not 0.0 <= cfg.outer_momentum < 1.0:
+        raise ConfigError(
+            f"p2p.outer_lr must be > 0 and p2p.outer_momentum in [0, 1), got {cfg.outer_lr} "
+            f"and {cfg.outer_momentum}"
+        )
     if not 0.0 < cfg.fedavg_fraction <= 1.0:
         raise ConfigError(f"p2p.fedavg_fraction must be in (0, 1], got {cfg.fedavg_fraction}")
-    for key in ("workers", "redraw_every", "global_test_max", "train_score_max"):
+    for key in ("workers", "redraw_every", "global_test_max", "train_score_max", "agent_max_utts"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"p2p.{key} must be >= 0, got {getattr(cfg, key)}")
     for key in ("eval_every", "checkpoint_every", "degree", "clusters", "bn_batches"):

@@ -12,6 +12,7 @@ writes `<out>/report.md` and `<out>/summary.json`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -20,7 +21,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from speechswarm.build import build_features, build_model, build_tokenizer
-from speechswarm.config import GRAPH_ALGORITHMS, Config, check_p2p, dump_yaml, parse_run, run_name
+from speechswarm.config import (
+    GRAPH_ALGORITHMS,
+    Config,
+    P2PConfig,
+    check_p2p,
+    dump_yaml,
+    from_dict,
+    parse_run,
+    run_name,
+    to_dict,
+)
 from speechswarm.data.manifest import Utterance, write_manifest
 from speechswarm.errors import InputNotFoundError
 from speechswarm.p2p.partition import Agent, agents_from_splits, partition, split_agents
@@ -53,7 +64,9 @@ def make_agents(cfg: Config, out_dir: Path, clients: str = "") -> list[Agent]:
         return agents_from_splits(splits, p.test_fraction, p.seed)
     utts = usable_utterances(cfg, cfg.data.train_manifest, out_dir)
     groups = partition(utts, p.partition, p.agents, seed=p.seed, alpha=p.dirichlet_alpha)
-    return split_agents(groups, p.test_fraction, p.dev_fraction, seed=p.seed)
+    return split_agents(
+        groups, p.test_fraction, p.dev_fraction, seed=p.seed, max_utts=p.agent_max_utts
+    )
 
 
 def usable_utterances(cfg: Config, manifest: str, out_dir: Path) -> list[Utterance]:
@@ -93,16 +106,19 @@ def run_experiment(
     """Run every configured run; returns {"dir", "runs": [summary...], "report", "stopped"}."""
     check_p2p(cfg.p2p)
     specs = [parse_run(s, cfg.p2p.topology) for s in cfg.p2p.runs] or [
-        (cfg.p2p.algorithm, cfg.p2p.topology)
+        (cfg.p2p.algorithm, cfg.p2p.topology, {})
     ]
+    configs = [with_run_options(cfg, options) for _, _, options in specs]  # all checked now
     out = Path(cfg.train.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _log_to(out / "p2p.log", progress)
     (out / "config.yaml").write_text(dump_yaml(cfg))
     agents = make_agents(cfg, out, clients)
-    for algorithm, topology in specs:  # a graph that cannot be built fails now, not mid-way
-        if algorithm in GRAPH_ALGORITHMS:
-            make_topology(topology, len(agents), seed=cfg.p2p.seed, **topology_options(cfg.p2p))
+    for (algorithm, topology, _), run_cfg in zip(specs, configs, strict=True):
+        if algorithm in GRAPH_ALGORITHMS:  # a graph that cannot be built fails now, not mid-way
+            make_topology(
+                topology, len(agents), seed=run_cfg.p2p.seed, **topology_options(run_cfg.p2p)
+            )
     agent_rows = write_agents(agents, out)
     global_test = []
     if cfg.data.test_manifest and Path(cfg.data.test_manifest).is_file():
@@ -114,10 +130,10 @@ def run_experiment(
     )
     stopped = False
     summaries = []
-    for algorithm, topology in specs:
-        name = run_name(algorithm, topology)
+    for (algorithm, topology, options), run_cfg in zip(specs, configs, strict=True):
+        name = run_name(algorithm, topology, options)
         result = simulate_run(
-            cfg,
+            run_cfg,
             algorithm,
             topology,
             agents,
@@ -126,11 +142,17 @@ def run_experiment(
             resume=resume,
             should_stop=should_stop,
             on_round=_print_round if progress else None,
+            name=name,
         )
         rows = read_rows(out / name / "metrics.jsonl")
         plot_agents(rows, out / name / "agents_wer_cer.png")
         summary = summarize(rows)
-        summary.update(algorithm=algorithm, topology=topology, stop_reason=result["stop_reason"])
+        summary.update(
+            algorithm=algorithm,
+            topology=topology,
+            options=options,
+            stop_reason=result["stop_reason"],
+        )
         (out / name / "summary.json").write_text(json.dumps(_plain(summary), indent=1) + "\n")
         summaries.append(summary)
         if result["stop_reason"] == "interrupted":
@@ -156,6 +178,16 @@ def run_experiment(
             print(_summary_line(s))
         print(f"report: {report}")
     return {"dir": out, "runs": summaries, "report": report, "stopped": stopped}
+
+
+def with_run_options(cfg: Config, options: dict) -> Config:
+    """`cfg` with one run's own p2p keys (`p2p.runs` entries like "fedavg outer_lr=0.7"),
+    type-checked and range-checked like the config file's."""
+    if not options:
+        return cfg
+    p2p = from_dict(P2PConfig, {**to_dict(cfg.p2p), **options}, "p2p")
+    check_p2p(p2p)
+    return dataclasses.replace(cfg, p2p=p2p)
 
 
 def _plain(value):

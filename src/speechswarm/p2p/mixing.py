@@ -169,6 +169,40 @@ def keep_local(mixed: State, own: State, names: Sequence[str]) -> State:
     return out
 
 
+# ----------------------------------------------------------------------------- outer steps
+
+
+def outer_step(
+    anchor: State,
+    mixed: State,
+    momentum: State | None,
+    lr: float,
+    beta: float,
+    nesterov: bool = True,
+    skip: Sequence[str] = (),
+) -> tuple[State, State]:
+    """SlowMo / DiLoCo's outer optimizer: (new state, new momentum buffer).
+
+    The change since the last outer step is a pseudo-gradient g = anchor - mixed; with
+    buffer m <- beta * m + g, the new state is anchor - lr * (g + beta * m) (Nesterov) or
+    anchor - lr * m. lr = 1, beta = 0 gives `mixed` back (plain averaging). Tensors named in
+    `skip` (BatchNorm running statistics: measured, not learned) and integer tensors are
+    taken from `mixed`. Float64 arithmetic, results in each tensor's dtype."""
+    out: State = {}
+    buf: State = {}
+    skip = set(skip)
+    for name, new in mixed.items():
+        if not new.is_floating_point() or name in skip:
+            out[name] = new.clone()
+            continue
+        g = anchor[name].double() - new.double()
+        m = g if momentum is None or name not in momentum else beta * momentum[name] + g
+        step = g + beta * m if nesterov else m
+        out[name] = (anchor[name].double() - lr * step).to(new.dtype)
+        buf[name] = m
+    return out, buf
+
+
 # ----------------------------------------------------------------------------- validation
 
 

@@ -6,6 +6,9 @@
 Modes:
 - `speaker`: whole speakers per agent, speakers dealt so utterance counts stay balanced
   (largest first to the agent with fewest utterances). No speaker is on two agents.
+- `person`: the same with whole *persons*: the built-in corpus's `identity` field (every
+  speaker id of one recorded person, espeak-ng timbre or neural blend; flite kal and
+  festival kal_diphone are one person), else `engine:voice`, else the speaker.
 - `book`: one agent per (speaker, book) group, UserLibri style (`book`, else `chapter`
   from the manifest's extra fields); `agents` must not exceed the number of groups, the
   largest groups are kept when it is smaller.
@@ -57,6 +60,7 @@ class Agent:
             "test_utts": len(self.test),
             "train_minutes": round(self.train_seconds / 60, 2),
             "speakers": len({u.speaker for u in self.train + self.dev + self.test}),
+            "persons": sorted({person_key(u) for u in self.train + self.dev + self.test}),
         }
 
 
@@ -67,11 +71,23 @@ def _groups_by(utts: Sequence[Utterance], key) -> dict[str, list[Utterance]]:
     return dict(groups)
 
 
-def by_speaker(utts: Sequence[Utterance], agents: int, seed: int) -> list[list[Utterance]]:
-    groups = _groups_by(utts, lambda u: u.speaker)
+def person_key(u: Utterance) -> str:
+    """Who speaks: the built-in corpus's `identity` (one person across the speaker ids its
+    settings got), else `engine:voice`, else the speaker."""
+    if "identity" in u.extra:
+        return str(u.extra["identity"])
+    if "voice" in u.extra:
+        return f"{u.extra.get('engine', '')}:{u.extra['voice']}".lstrip(":")
+    return u.speaker
+
+
+def by_speaker(
+    utts: Sequence[Utterance], agents: int, seed: int, key=lambda u: u.speaker, what="speaker"
+) -> list[list[Utterance]]:
+    groups = _groups_by(utts, key)
     if len(groups) < agents:
         raise PartitionError(
-            f"partition=speaker: {len(groups)} speakers for p2p.agents={agents}; lower "
+            f"partition={what}: {len(groups)} {what}s for p2p.agents={agents}; lower "
             "p2p.agents or use partition=iid or dirichlet"
         )
     rng = np.random.default_rng([seed, 1])
@@ -160,6 +176,8 @@ def partition(
         raise PartitionError("no utterances to split into agents (empty manifest?)")
     if mode == "speaker":
         return by_speaker(utts, agents, seed)
+    if mode == "person":
+        return by_speaker(utts, agents, seed, key=person_key, what="person")
     if mode == "book":
         return by_field(utts, book_key, agents, "book")
     if mode == "client":
@@ -168,7 +186,9 @@ def partition(
         return iid(utts, agents, seed)
     if mode == "dirichlet":
         return dirichlet(utts, agents, alpha, seed)
-    raise PartitionError(f"unknown partition {mode!r}: speaker, book, client, iid or dirichlet")
+    raise PartitionError(
+        f"unknown partition {mode!r}: speaker, person, book, client, iid or dirichlet"
+    )
 
 
 def split_counts(n: int, test_fraction: float, dev_fraction: float) -> tuple[int, int, int]:
@@ -187,13 +207,17 @@ def split_agents(
     dev_fraction: float = 0.0,
     seed: int = 0,
     names: Sequence[str] | None = None,
+    max_utts: int = 0,
 ) -> list[Agent]:
-    """Agents with random test/dev/train cuts of their utterances (seeded per agent)."""
+    """Agents with random test/dev/train cuts of their utterances (seeded per agent); with
+    `max_utts`, each agent first keeps that many of its utterances, picked at random."""
     agents = []
     width = max(2, math.ceil(math.log10(max(len(groups), 1) + 1)))
     for k, group in enumerate(groups):
-        n_train, n_dev, n_test = split_counts(len(group), test_fraction, dev_fraction)
         order = np.random.default_rng([seed, 4, k]).permutation(len(group))
+        if max_utts:
+            order = order[:max_utts]
+        n_train, n_dev, n_test = split_counts(len(order), test_fraction, dev_fraction)
         items = [group[i] for i in order]
         name = names[k] if names else f"agent{k:0{width}d}"
         agents.append(

@@ -337,13 +337,14 @@ def report_markdown(summaries: list[dict], agents: list[dict], notes: list[str],
         lines += [
             "## Agents",
             "",
-            "| agent | train utts | test utts | train min | speakers |",
-            "|---|---|---|---|---|",
+            "| agent | train utts | test utts | train min | speakers | persons |",
+            "|---|---|---|---|---|---|",
         ]
         for a in agents:
+            persons = ", ".join(a.get("persons", [])) or "-"  # agents.json before persons: none
             lines.append(
                 f"| {a['name']} | {a['train_utts']} | {a['test_utts']} | "
-                f"{a['train_minutes']} | {a['speakers']} |"
+                f"{a['train_minutes']} | {a['speakers']} | {persons} |"
             )
         lines.append("")
     plots = sorted(base.glob("plots/*.png")) + sorted(base.glob("*/topology.png"))

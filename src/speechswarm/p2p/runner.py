@@ -44,6 +44,7 @@ def simulate_run(
     resume: bool = False,
     should_stop: Callable[[int], bool] | None = None,
     on_round: Callable[[str, int, list[dict]], None] | None = None,
+    name: str = "",
 ) -> dict:
     """Run (or resume) one algorithm; returns {"name", "stop_reason", "round", "rows"}.
 
@@ -51,7 +52,7 @@ def simulate_run(
     returns (stop_reason "interrupted"). `on_round(name, round, rows)` sees each round's rows.
     """
     run_dir = Path(run_dir)
-    name = run_name(algorithm, topology)
+    name = name or run_name(algorithm, topology)
     ckpt_path = run_dir / "checkpoint.pt"
     if ckpt_path.exists() and not resume:
         raise UsageError(

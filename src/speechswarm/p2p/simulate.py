@@ -66,6 +66,7 @@ class Simulation:
         self.premix: dict[int, dict] = {}
         self.bn_stage: dict[int, dict] = {}  # p2pbn: {"best", "since", "bn_only"} per agent
         self.global_model: dict = {}
+        self.outer_momentum: dict[int, dict] = {}  # outer optimizer's buffers (-1: the server)
         self.counters = {k: Counters() for k in range(self.n)}
         self.round = 0  # rounds completed
         self.wall_time = 0.0
@@ -178,7 +179,24 @@ class Simulation:
         for k, model in zip(agents, self.executor.map("recompute_bn", calls), strict=True):
             self.states[k]["model"] = model
 
+    @property
+    def outer(self) -> bool:
+        return self.p.outer_lr != 1.0 or self.p.outer_momentum != 0.0
+
+    def outer_step(self, key: int, anchor: dict, mixed: dict) -> dict:
+        """`mixed` moved by the outer optimizer from `anchor` (the model this round began
+        with); a no-op without p2p.outer_*."""
+        if not self.outer:
+            return mixed
+        p = self.p
+        new, self.outer_momentum[key] = mixing.outer_step(
+            anchor, mixed, self.outer_momentum.get(key), p.outer_lr, p.outer_momentum,
+            nesterov=p.outer_nesterov, skip=self.workspace.bn_names,
+        )  # fmt: skip
+        return new
+
     def round_gossip(self) -> dict[int, dict]:
+        anchors = {k: self.states[k]["model"] for k in self.trainers}
         stats = self.train(self.trainers)
         adj = self.adjacency()
         nodes = self.nodes(Mailbox())
@@ -188,7 +206,8 @@ class Simulation:
             # Row k of mixing.pull_matrix(adj, sizes), unnormalised: weight ~ data size. The
             # node renormalises over the peers it accepted (a rejected one drops out).
             weights = {j: self.sizes[j] for j in range(self.n) if j == k or adj[k, j]}
-            self.states[k]["model"] = node.mix(self.states[k]["model"], weights, self.round)
+            mixed = node.mix(self.states[k]["model"], weights, self.round)
+            self.states[k]["model"] = self.outer_step(k, anchors[k], mixed)
         self.recompute_bn(list(range(self.n)))
         return stats
 
@@ -280,12 +299,13 @@ class Simulation:
         accepted = server_node.receive_valid(self.global_model)
         if accepted:
             order = sorted(accepted)
-            self.global_model = mixing.aggregate(
+            mixed = mixing.aggregate(
                 [accepted[k] for k in order],
                 [self.sizes[k] for k in order],
                 method=p.aggregation,
                 trim=p.trim_fraction,
             )
+            self.global_model = self.outer_step(-1, self.global_model, mixed)
         for k in range(self.n):  # for scoring: every agent holds the new global model
             self.states[k]["model"] = self.adopt(self.global_model, self.states[k]["model"])
         self.recompute_bn(list(range(self.n)))
@@ -377,6 +397,7 @@ class Simulation:
                 "global_model": self.global_model,
                 "counters": {str(k): c.to_dict() for k, c in self.counters.items()},
                 "bn_stage": {str(k): dict(v) for k, v in self.bn_stage.items()},
+                "outer_momentum": {str(k): v for k, v in self.outer_momentum.items()},
                 "agents": self.fingerprint(),
                 "config": to_dict(self.cfg),
             },
@@ -401,6 +422,7 @@ class Simulation:
         self.global_model = ckpt["global_model"]
         self.counters = {int(k): Counters.from_dict(v) for k, v in ckpt["counters"].items()}
         self.bn_stage = {int(k): dict(v) for k, v in ckpt.get("bn_stage", {}).items()}
+        self.outer_momentum = {int(k): v for k, v in ckpt.get("outer_momentum", {}).items()}
 
 
 def _same_state(a: dict, b: dict) -> bool:
