@@ -30,6 +30,7 @@ AUDIO_REASONS = (
     "empty_audio",
     "nonfinite_samples",
     "bad_duration",
+    "too_long",
 )
 
 _HINTS = {
@@ -38,7 +39,14 @@ _HINTS = {
     "empty_audio": "drop the utterance or fix its offset/duration",
     "nonfinite_samples": "the file holds NaN/inf samples; re-encode it from the source",
     "bad_duration": "offset and duration must be finite seconds >= 0; re-run the preparer",
+    "too_long": "split it into parts (e.g. `ffmpeg -i IN -f segment -segment_time 600 "
+    "part%03d.flac`) or raise SPEECHSWARM_MAX_AUDIO_SECONDS if memory allows",
 }
+# The most audio one read may decode. Recognising a file takes memory in proportion to its
+# length (about 35 MB per minute with the demo model on a CPU, on top of ~300 MB), so an
+# hours-long recording is refused by its header before a byte is decoded, not run out of
+# memory on. Training utterances are capped far lower by data.max_duration.
+MAX_AUDIO_SECONDS = float(os.environ.get("SPEECHSWARM_MAX_AUDIO_SECONDS", "3600") or 3600)
 
 # libsndfile's header log for a WAV whose data chunk runs past the end of the file, e.g.
 # "data : 32000 (should be 15978)". libsndfile silently clamps such files, so without this
@@ -203,8 +211,13 @@ def _decode(
             raise AudioError(path, "empty_audio", detail)
         f.seek(start)
     available = f.frames - start
-    data = f.read(frames, dtype="float32", always_2d=True)  # (S, C)
     wanted = available if frames < 0 else min(frames, available)
+    if wanted > MAX_AUDIO_SECONDS * f.samplerate:
+        seconds = wanted / f.samplerate
+        length = f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds:.1f} s"
+        detail = f"{length} > {MAX_AUDIO_SECONDS:g} s at once"
+        raise AudioError(path, "too_long", detail)
+    data = f.read(frames, dtype="float32", always_2d=True)  # (S, C)
     # The decoder stopped early: a damaged or truncated stream. MP3 frame counts are
     # estimates, so a short read there is not evidence of damage.
     if len(data) < wanted and f.format != "MPEG":

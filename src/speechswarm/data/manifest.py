@@ -94,8 +94,15 @@ def write_manifest(path: str | os.PathLike, utts: Iterable[Utterance]) -> int:
 def iter_manifest(path: str | os.PathLike) -> Iterator[Utterance]:
     path = Path(path)
     base_dir = path.parent.resolve()
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:  # bytes: a line that is not UTF-8 is named, not a traceback
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise ManifestError(
+                    f"{path}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at column "
+                    f"{e.start + 1}); re-save the manifest as UTF-8"
+                ) from e
             if not line.strip():
                 continue
             try:
