@@ -103,6 +103,26 @@ def test_swarm_command_trains_averages_and_reports(p2p_config, tmp_path):
                 assert torch.allclose(t, w[1][name], atol=1e-5) and torch.allclose(t, w[2][name], atol=1e-5)  # fmt: skip
 
 
+def test_peers_with_an_outer_optimizer_checkpoint_its_anchor_and_momentum(p2p_config, tmp_path):
+    from speechswarm.p2p.net.cli import main
+
+    cfg = p2p_config("outer", "p2p.agents=2", "p2p.rounds=2", "p2p.local_steps=2",
+                     "p2p.outer_lr=0.7", "p2p.outer_momentum=0.9")  # fmt: skip
+    config = tmp_path / "outer.yaml"
+    config.write_text(dump_yaml(cfg))
+    out = tmp_path / "swarm-outer"
+    code = main(["swarm", "--config", str(config), "--out", str(out), "--group-size", "2",
+                 "--matchmaking-s", "0.5", "--timeout-s", "4"])  # fmt: skip
+    assert code == 0, (out / "swarm" / "peer0" / "peer.log").read_text()[-3000:]
+    for k in range(2):
+        peer = out / "swarm" / f"peer{k}"
+        ckpt = torch.load(peer / "checkpoints" / "last.pt", weights_only=True)
+        anchor, momentum = ckpt["outer"]["anchor"], ckpt["outer"]["momentum"]
+        assert anchor and all(not n.endswith("running_mean") for n in momentum)
+        if read_rows(peer / "rounds.jsonl")[-1]["ok"]:  # the last step averaged: model = anchor
+            assert all(torch.equal(ckpt["model"][n], t) for n, t in anchor.items())
+
+
 def _three_peers(config, agents, tmp_path):
     """Peer 0 first, then peers 1 and 2 joining through its address; all wait for 3."""
     settings = dataclasses.replace(FAST, wait_peers=3)

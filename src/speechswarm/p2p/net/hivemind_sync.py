@@ -54,10 +54,15 @@ class HivemindSync:
     is_main = True
 
     def __init__(
-        self, averager, names, *, every, weight, settings, p2p, rounds_path, log, first_round=0
-    ):
+        self, averager, names, *, every, weight, settings, p2p, rounds_path, log, first_round=0,
+        bn_names=(),
+    ):  # fmt: skip
         self.averager, self.names, self.every, self.weight = averager, names, every, weight
         self.settings, self.p2p, self.log = settings, p2p, log
+        # p2p.outer_lr / outer_momentum: the outer optimizer's anchor (the weights after the
+        # last outer step) and momentum buffer; checkpointed with the peer (checkpoint_extra)
+        self.outer: dict = {"anchor": {}, "momentum": {}}
+        self.bn_names = [n for n in bn_names if n in set(names)]
         self.rounds_path = Path(rounds_path)
         # a resumed peer keeps the rows of the rounds its checkpoint had done
         kept = [r for r in read_rows_file(self.rounds_path) if r["round"] <= first_round]
@@ -119,7 +124,7 @@ class HivemindSync:
             if self.p2p.validate:
                 reason = mixing.check_received(received, own, self.p2p.max_norm_ratio)
             if not reason:
-                model.load_state_dict({**model.state_dict(), **received})
+                model.load_state_dict({**model.state_dict(), **self.outer_step(received)})
         counts = {k: int(self.averager.counter(k) - before[k]) for k in _ROUND_COUNTERS}
         partial = not reason and (counts["values_kept_local"] > 0 or counts["senders_dropped"] > 0)
         if partial:
@@ -147,6 +152,29 @@ class HivemindSync:
         with open(self.rounds_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         return row
+
+    @property
+    def outer_enabled(self) -> bool:
+        return self.p2p.outer_lr != 1.0 or self.p2p.outer_momentum != 0.0
+
+    def set_anchor(self, model: torch.nn.Module) -> None:
+        """The outer optimizer's starting point: the weights training begins from (after a
+        download from peers); a resumed peer has its checkpoint's instead."""
+        if self.outer_enabled and not self.outer["anchor"]:
+            self.outer["anchor"] = self.own_state(model)
+
+    def outer_step(self, averaged: dict) -> dict:
+        """The group's average moved by the outer optimizer from the anchor (SlowMo: each
+        peer keeps its own buffer); the average itself without p2p.outer_*."""
+        if not self.outer_enabled:
+            return averaged
+        p = self.p2p
+        new, self.outer["momentum"] = mixing.outer_step(
+            self.outer["anchor"], averaged, self.outer["momentum"] or None, p.outer_lr,
+            p.outer_momentum, nesterov=p.outer_nesterov, skip=self.bn_names,
+        )  # fmt: skip
+        self.outer["anchor"] = {k: v.clone() for k, v in new.items()}
+        return new
 
     def _step(self, step: int, start: float):
         """hivemind's averaging step, within the round's budget (--timeout-s from `start`).

@@ -156,6 +156,8 @@ def run_peer(
     `resume`: a checkpoint, or "auto" for the last one in `out`'s checkpoints/ (none there:
     a fresh start). A peer that had already finished its rounds trains nothing, joins no
     swarm, and returns the summary it wrote then."""
+    from speechswarm.checkpoint import load_checkpoint
+    from speechswarm.p2p.workspace import batchnorm_stat_names
     from speechswarm.train.assemble import build_run, schedule_for
     from speechswarm.train.loop import (
         FINISHED,
@@ -208,9 +210,14 @@ def run_peer(
         sync = HivemindSync(
             averager, names, every=every, weight=weight, settings=settings, p2p=cfg.p2p,
             rounds_path=out_dir / "rounds.jsonl", log=run.log, first_round=state.step // every,
+            bn_names=batchnorm_stat_names(run.model),
         )  # fmt: skip
+        if path is not None:
+            sync.outer.update(load_checkpoint(path).get("outer") or {})
+        sync.set_anchor(run.model)
         sync.share(run.model, 0)
-        run = dataclasses.replace(run, sync=sync)
+        extra = {**run.checkpoint_extra, "outer": sync.outer}  # saved as it is then
+        run = dataclasses.replace(run, sync=sync, checkpoint_extra=extra)
         from speechswarm.report import MetricsLogger
 
         run.metrics = MetricsLogger(
