@@ -44,14 +44,19 @@ def _open_text(path: Path, mode: str):
     return open(path, mode, encoding="utf-8")
 
 
+class _UnsupportedSource(ValueError):
+    """A recording whose audio is not a file we can open (url, command, memory)."""
+
+
 def _file_source(recording: dict, channel: int) -> str:
-    """The path of the recording's file source holding `channel`; ValueError otherwise."""
+    """The path of the recording's file source holding `channel`; _UnsupportedSource if that
+    source is not a file, ValueError if none holds the channel."""
     sources = recording["sources"]
     for source in sources:
         channels = source.get("channels") or [0]
         if channel in channels or len(sources) == 1:
             if source["type"] != "file":
-                raise ValueError(f"a {source['type']!r} audio source, not a file")
+                raise _UnsupportedSource(f"a {source['type']!r} audio source, not a file")
             return str(source["source"])
     raise ValueError(f"no audio source holds channel {channel}")
 
@@ -109,9 +114,10 @@ def prepare_lhotse(
                     cands.append(_candidate(cut, manifest.parent))
                 except json.JSONDecodeError as e:
                     problems.append((where, f"bad_line: not JSON ({e.msg})"))
+                except _UnsupportedSource as e:
+                    problems.append((where, f"unsupported_audio: {e}"))
                 except (KeyError, TypeError, ValueError, AttributeError) as e:
-                    reason = "unsupported_audio" if "source" in str(e) else "bad_line"
-                    problems.append((where, f"{reason}: {e!r}"))
+                    problems.append((where, f"bad_line: {e!r}"))
     except (OSError, EOFError, UnicodeDecodeError) as e:  # gzip.BadGzipFile is an OSError
         raise DataError(f"lhotse: cannot read {manifest} ({e})") from e
     return build_result(cands, problems, alphabet=alphabet, digits=digits, workers=workers)
