@@ -78,3 +78,30 @@ def test_an_error_reaches_every_caller_of_its_batch_and_the_queue_goes_on():
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError):
         BatchQueue(Recorder(), max_batch=0)
+
+
+def test_a_lone_request_never_waits_and_a_batch_waits_for_requests_on_their_way():
+    run = Recorder()
+
+    async def scenario():
+        queue = BatchQueue(run, max_batch=8, max_wait_ms=2000)
+        await queue.start()
+        try:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            await queue.submit(np.zeros(1))  # nobody arriving: runs at once
+            alone = loop.time() - start
+            queue.arriving += 1  # a request being read: the next batch waits for it
+
+            async def late():
+                await asyncio.sleep(0.05)
+                queue.arriving -= 1
+                return await queue.submit(np.zeros(2))
+
+            both = await asyncio.gather(queue.submit(np.zeros(3)), late())
+            return alone, both
+        finally:
+            await queue.stop()
+
+    alone, both = asyncio.run(scenario())
+    assert alone < 0.5 and both == [3, 2] and run.sizes == [1, 2]

@@ -55,7 +55,7 @@ def make_app(
     *,
     limits: Limits = Limits(),
     max_batch: int = 8,
-    max_wait_ms: float = 5.0,
+    max_wait_ms: float = 10.0,
     name: str = "model",
     decoder: str = "greedy",
 ) -> Starlette:
@@ -72,11 +72,15 @@ def make_app(
 
     async def transcribe(request: Request) -> JSONResponse:
         try:
-            audio, label = await read_audio_upload(request, limits.max_bytes)
-            wave = await asyncio.to_thread(
-                decode_audio, audio, asr.sample_rate, limits.max_seconds, label
-            )
-            result = await queue.submit(wave)
+            queue.arriving += 1  # a batch being formed waits for this request (max_wait_ms)
+            try:
+                audio, label = await read_audio_upload(request, limits.max_bytes)
+                wave = await asyncio.to_thread(
+                    decode_audio, audio, asr.sample_rate, limits.max_seconds, label
+                )
+            finally:
+                queue.arriving -= 1
+            result = await queue.submit(wave)  # no await between: counted out, then queued
         except RequestError as e:
             return JSONResponse({"error": e.reason}, status_code=e.status)
         except SpeechswarmError as e:  # e.g. a waveform the recognizer refuses

@@ -4,11 +4,12 @@
     await queue.start()
     transcript = await queue.submit(wave)            # from any number of request handlers
 
-A request's waveform waits in an asyncio queue. The worker takes the first one, then collects
-more for up to `max_wait_ms` (or until `max_batch` are waiting) and runs them as one padded
-batch through `run_batch` in a single worker thread, so the event loop keeps accepting
-requests meanwhile. Requests that arrive while a batch runs are waiting when it ends and form
-the next batch at once. Why: on a CPU, a batch of 4 utterances costs far less than 4 batches of
+A request's waveform waits in an asyncio queue. The worker takes the first one, adds every
+other one waiting, and, while requests are still on their way (`arriving`: their bodies are
+being read or decoded), waits up to `max_wait_ms` for them; then it runs the batch (at most
+`max_batch`) through `run_batch` in a single worker thread, so the event loop keeps accepting
+requests meanwhile. A lone request therefore never waits, and clients that send together are
+answered together. Requests that arrive while a batch runs form the next batch at once. Why: on a CPU, a batch of 4 utterances costs far less than 4 batches of
 one (the recurrent layers turn matrix-vector products into matrix products), and the model
 runs one batch at a time, so requests never fight over the cores.
 
@@ -30,8 +31,9 @@ class BatchQueue:
     """Collects waveforms from concurrent callers and answers each from one batched call.
 
     `run_batch(waves) -> answers`: list in, list of the same length out (blocking; it runs in
-    the queue's own thread). `max_batch`: most waveforms per call; `max_wait_ms`: how long the
-    first waiting request waits for company; `max_batch_samples`: a cap on the padded batch
+    the queue's own thread). `max_batch`: most waveforms per call; `max_wait_ms`: how long a
+    batch waits for requests still `arriving` (callers count themselves in `arriving` while
+    they read and decode, and out just before `submit`); `max_batch_samples`: a cap on the padded batch
     (longest wave x batch size) that keeps long files from being padded together with many.
     """
 
@@ -40,7 +42,7 @@ class BatchQueue:
         run_batch: Callable[[Sequence[np.ndarray]], list[Any]],
         *,
         max_batch: int = 8,
-        max_wait_ms: float = 5.0,
+        max_wait_ms: float = 10.0,
         max_batch_samples: int | None = None,
     ) -> None:
         if max_batch < 1 or max_wait_ms < 0:
@@ -50,6 +52,8 @@ class BatchQueue:
         self.max_batch_samples = max_batch_samples
         self.batches = 0  # calls of run_batch so far
         self.requests = 0  # waveforms answered so far
+        self.arriving = 0  # requests being read or decoded: they will submit soon
+        self.busy_seconds = 0.0  # wall time inside run_batch so far
         self._queue: asyncio.Queue | None = None
         self._held: tuple[np.ndarray, asyncio.Future] | None = None  # opens the next batch
         self._worker: asyncio.Task | None = None
@@ -78,6 +82,7 @@ class BatchQueue:
         while True:
             batch = await self._collect(loop)
             waves = [w for w, _ in batch]
+            start = loop.time()
             try:
                 answers = await loop.run_in_executor(self._thread, self.run_batch, waves)
             except Exception as e:  # every caller of this batch gets the error
@@ -87,12 +92,14 @@ class BatchQueue:
                 continue
             self.batches += 1
             self.requests += len(batch)
+            self.busy_seconds += loop.time() - start
             for (_, future), answer in zip(batch, answers, strict=True):
                 if not future.done():  # a caller that went away cancelled its future
                     future.set_result(answer)
 
     async def _collect(self, loop) -> list[tuple[np.ndarray, asyncio.Future]]:
-        """The next batch: the first waiting item, plus what arrives within max_wait."""
+        """The next batch: the first waiting item, every other waiting one, and those that
+        arrive within max_wait while `arriving` says more are on their way."""
         assert self._queue is not None
         first, self._held = self._held, None
         batch = [first if first is not None else await self._queue.get()]
@@ -103,7 +110,7 @@ class BatchQueue:
                 item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 left = deadline - loop.time()
-                if left <= 0:
+                if left <= 0 or self.arriving == 0:  # nobody else on the way: run now
                     break
                 try:
                     item = await asyncio.wait_for(self._queue.get(), left)

@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
     s.add_argument(
         "--max-wait-ms",
         type=float,
-        default=5.0,
+        default=10.0,
         help="how long a request waits for others to batch with (ms)",
     )
     g = s.add_argument_group("decoding")

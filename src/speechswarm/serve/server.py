@@ -53,7 +53,7 @@ def serve_checkpoint(
     decoder: DecoderOptions | None = None,
     limits: Limits | None = None,
     max_batch: int = 8,
-    max_wait_ms: float = 5.0,
+    max_wait_ms: float = 10.0,
 ) -> None:
     """`speechswarm serve`: load the model, listen on host:port, serve until Ctrl-C."""
     from speechswarm.transcribe import open_recognizer
