@@ -347,6 +347,19 @@ def test_agents_are_scored_before_and_after_mixing(p2p_config):
     assert all(r["own_cer_premix"] == r["own_cer_postmix"] for r in local)
 
 
+def test_a_finetuned_copy_is_scored_and_training_goes_on_from_the_mixed_model(p2p_config):
+    overrides = ("p2p.rounds=2", "p2p.eval_every=1")
+    _, plain, rows_a, _ = run(p2p_config("plain", *overrides), "gossip", "ring")
+    _, tuned, rows_b, _ = run(p2p_config("tuned", *overrides, "p2p.finetune_steps=2"), "gossip")
+    for k in plain["states"]:  # scoring a personalised copy changed nobody's training
+        assert_equal_states(plain["states"][k]["model"], tuned["states"][k]["model"])
+    assert all("own_cer_tuned" not in r for r in rows_a)
+    assert all(r["own_cer_tuned"] >= 0.0 and r["global_cer_tuned"] >= 0.0 for r in rows_b)
+    assert [r["own_cer_postmix"] for r in rows_a] == [r["own_cer_postmix"] for r in rows_b]
+    _, _, local, _ = run(p2p_config("local-tuned", "p2p.rounds=1", "p2p.finetune_steps=2"), "local")
+    assert all("own_cer_tuned" not in r for r in local)  # nothing mixed: nothing to tune
+
+
 @pytest.mark.parametrize("algorithm, mixed", [("gossip", True), ("local", False)])
 def test_the_premix_model_is_the_one_local_training_made(p2p_config, algorithm, mixed):
     from speechswarm.p2p.simulate import Simulation

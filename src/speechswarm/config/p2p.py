@@ -119,6 +119,11 @@ class P2PConfig:
     # BatchNorm layers from then on; 0: never
     bn_stage_patience: int = 2
     eval_every: int = 1  # rounds between evaluations (the last round is always scored)
+    # Personalisation: at each evaluation, every agent of a mixing run (gossip, async,
+    # p2pbn, fedavg) also scores a copy of its mixed model after this many more local
+    # steps on its own data (*_tuned columns); its training goes on from the mixed model.
+    # 0: off. Symptom for it: agents' own CER before mixing beats after mixing.
+    finetune_steps: int = 0
     # which model the headline scores (own_*, global_*) read: "premix", each agent's model
     # after its local training and before it mixes (its personalised model: the P2P seed's
     # choice), or "postmix", after mixing (the consensus). Rows hold both either way.
@@ -195,7 +200,10 @@ def check_p2p(cfg: P2PConfig) -> None:
         )
     if not 0.0 < cfg.fedavg_fraction <= 1.0:
         raise ConfigError(f"p2p.fedavg_fraction must be in (0, 1], got {cfg.fedavg_fraction}")
-    for key in ("workers", "redraw_every", "global_test_max", "train_score_max", "agent_max_utts"):
+    for key in (
+        "workers", "redraw_every", "global_test_max", "train_score_max", "agent_max_utts",
+        "finetune_steps",
+    ):  # fmt: skip
         if getattr(cfg, key) < 0:
             raise ConfigError(f"p2p.{key} must be >= 0, got {getattr(cfg, key)}")
     for key in ("eval_every", "checkpoint_every", "degree", "clusters", "bn_batches"):

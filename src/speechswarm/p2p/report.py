@@ -98,7 +98,7 @@ SCORE_KEYS = tuple(
     f"{split}_{metric}{view}"
     for split in ("own", "train", "global")
     for metric in ("wer", "cer")
-    for view in ("", "_premix", "_postmix")
+    for view in ("", "_premix", "_postmix", "_tuned")
 )
 
 
@@ -316,7 +316,9 @@ def report_markdown(summaries: list[dict], agents: list[dict], notes: list[str],
             f"{pct(s.get('own_wer_max'))}) | {pct(s.get('own_cer_mean'))} "
             f"({pct(s.get('own_cer_min'))}-{pct(s.get('own_cer_max'))}) | "
             f"{pct(s.get('own_cer_median'))} | {gap} | {ratio} | "
-            f"{pct(s.get('own_cer_premix_mean'))} / {pct(s.get('own_cer_postmix_mean'))} | "
+            f"{pct(s.get('own_cer_premix_mean'))} / {pct(s.get('own_cer_postmix_mean'))}"
+            + (f" / tuned {pct(s['own_cer_tuned_mean'])}" if "own_cer_tuned_mean" in s else "")
+            + " | "
             f"{pct(s.get('train_cer_mean'))} | "
             f"{pct(s.get('global_wer_mean'))} / {pct(s.get('global_cer_mean'))} | "
             f"{s.get('total_steps', 0):,} | {s.get('messages', 0):,} | "
@@ -329,8 +331,9 @@ def report_markdown(summaries: list[dict], agents: list[dict], notes: list[str],
         '"own" is each agent\'s held-out share of its own users\' speech, "own train" a '
         'sample of its training share, "global" the corpus test set (unseen voices). '
         '"Before mixing" scores each agent\'s model after its local training (its '
-        'personalised model, the P2P seed\'s score), "after mixing" the averaged one; the '
-        "other columns use the view p2p.score names.",
+        'personalised model, the P2P seed\'s score), "after mixing" the averaged one, '
+        '"tuned" (with p2p.finetune_steps) the averaged one after a few more local steps; '
+        "the other columns use the view p2p.score names.",
         "",
     ]
     if agents:

@@ -64,6 +64,7 @@ class Simulation:
         self.states: dict[int, dict] = {}
         # each agent's model after its local training, before mixing (scored as "premix")
         self.premix: dict[int, dict] = {}
+        self.tuned: dict[int, dict] = {}  # p2p.finetune_steps: personalised copies, for scoring
         self.bn_stage: dict[int, dict] = {}  # p2pbn: {"best", "since", "bn_only"} per agent
         self.global_model: dict = {}
         self.outer_momentum: dict[int, dict] = {}  # outer optimizer's buffers (-1: the server)
@@ -333,12 +334,28 @@ class Simulation:
     # ------------------------------------------------------------------ scoring
 
     def model_of(self, agent: int, view: str = "postmix") -> dict:
-        """The model agent `agent` holds after this round ("postmix"), or the one it had
-        after its local training, before mixing ("premix")."""
+        """The model agent `agent` holds after this round ("postmix"), the one it had
+        after its local training, before mixing ("premix"), or its postmix model
+        fine-tuned on its own data ("tuned", p2p.finetune_steps)."""
         k = CENTRAL if self.algorithm == "central" else agent
         if view == "premix" and k in self.premix:
             return self.premix[k]
+        if view == "tuned" and k in self.tuned:
+            return self.tuned[k]
         return self.states[k]["model"]
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        mixes = self.algorithm not in ("central", "local")
+        return ("premix", "postmix") + (("tuned",) if mixes and self.p.finetune_steps else ())
+
+    def finetune(self) -> None:
+        """p2p.finetune_steps: each agent's personalised copy of its mixed model."""
+        self.tuned = {}
+        if "tuned" not in self.views:
+            return
+        calls = [(k, self.states[k], self.round, self.p.finetune_steps) for k in range(self.n)]
+        self.tuned = dict(enumerate(self.executor.map("finetune", calls)))
 
     def evaluate(self) -> dict[int, dict]:
         """Scores of each agent's model before and after mixing: WER/CER on its own test
@@ -346,7 +363,8 @@ class Simulation:
         model is scored once (central and FedAvg agents share one; without mixing, the
         premix model is the postmix one). The headline keys (own_*, train_*, global_*) are
         those of the view `p2p.score` names; both views are kept as *_premix / *_postmix."""
-        views = ("premix", "postmix")
+        views = self.views
+        self.finetune()
         calls: list[tuple] = []
         where: dict[tuple, int] = {}  # (view, agent, test) -> index into calls
 

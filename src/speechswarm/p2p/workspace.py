@@ -22,6 +22,7 @@ in this process or in a pool of worker processes, each with its own Workspace.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 import logging
@@ -223,15 +224,21 @@ class Workspace:
     # ------------------------------------------------------------------ training
 
     def train(
-        self, trainer: int, state: AgentState, round_index: int, bn_only: bool = False
+        self,
+        trainer: int,
+        state: AgentState,
+        round_index: int,
+        bn_only: bool = False,
+        steps: int = 0,
     ) -> tuple[AgentState, dict]:
         """One round of local work for `trainer` from `state`; returns the new state and
         {"loss" (mean CTC per utterance), "steps", "audio_seconds", "seconds", "nonfinite",
         "diverged" (`train.max_nonfinite` non-finite batches in a row ended the round)}.
         `bn_only`: only the BatchNorm layers' parameters train (P2P-BN's second stage).
-        `round_index` is for the record: an agent's randomness travels in its state."""
+        `round_index` is for the record: an agent's randomness travels in its state.
+        `steps`: this many optimizer steps instead of the trainer's work per round."""
         start = time.perf_counter()
-        steps_wanted, epochs_wanted = self.work[trainer]
+        steps_wanted, epochs_wanted = (steps, 0) if steps else self.work[trainer]
         run = self.agent_run(trainer)
         run.model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
@@ -273,6 +280,14 @@ class Workspace:
             "diverged": diverged,
         }
         return new_state, stats
+
+    def finetune(self, trainer: int, state: AgentState, round_index: int, steps: int) -> dict:
+        """The model of `state` after `steps` more local steps on the trainer's own data: a
+        personalised copy for scoring; `state` itself (and so the agent's run) is unchanged.
+        The optimizer state is copied first: `Optimizer.load_state_dict` keeps the given
+        tensors when dtype and device match, and the steps would update them in place."""
+        state = {**state, "optimizer": copy.deepcopy(state["optimizer"])}
+        return self.train(trainer, state, round_index, steps=steps)[0]["model"]
 
     def freeze_all_but_batchnorm(self) -> list[torch.nn.Parameter]:
         """Stop gradients to every trainable parameter outside BatchNorm layers; returns them
