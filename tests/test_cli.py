@@ -259,7 +259,8 @@ def test_transcribe_prints_a_line_per_file_and_an_error_for_a_bad_one(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.strip().splitlines()]
-    assert rows[0] == {"file": "good.flac", "text": expected}
+    assert (rows[0]["file"], rows[0]["text"]) == ("good.flac", expected)
+    assert [w["word"] for w in rows[0]["words"]] == expected.split()  # with start, end, confidence
     assert rows[1]["file"] == "corrupt.flac" and "unreadable_audio" in rows[1]["error"]
     assert len(rows) == 2
 

@@ -58,3 +58,20 @@ def test_transcribe_json_lines_carry_words(overfit_run, files, capsys):
         assert set(r) == {"file", "text", "words", "duration"}
         assert [w["word"] for w in r["words"]] == r["text"].split()
         assert set(r["words"][0]) == {"word", "start", "end", "confidence"}
+
+
+def test_eval_writes_one_line_per_utterance_with_timings(overfit_run, tmp_path):
+    from speechswarm.evaluate import evaluate_checkpoint
+
+    out = tmp_path / "utts.jsonl"
+    kwargs = {"device": "cpu", "precision": "fp32"}
+    plain = evaluate_checkpoint(overfit_run.checkpoint, str(overfit_run.manifest), **kwargs)
+    timed = evaluate_checkpoint(
+        overfit_run.checkpoint, str(overfit_run.manifest), utterances_out=out, **kwargs
+    )
+    assert (timed.wer, timed.cer) == (plain.wer, plain.cer)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == sorted(s.id for s in plain.scores)
+    for r in rows:
+        assert {"ref", "hyp", "wer", "cer", "timings"} <= set(r)
+        assert [w["word"] for w in r["timings"]] == r["hyp"].split()

@@ -3,11 +3,17 @@
 speechswarm eval --checkpoint runs/demo/checkpoints/best.pt --manifest data/synth/test.jsonl
 speechswarm eval --checkpoint best.pt --manifest test.jsonl --decoder beam --lm lm.arpa
 speechswarm tune-lm --checkpoint best.pt --manifest dev.jsonl --lm lm.arpa
+
+`evaluate_checkpoint(..., utterances_out="utts.jsonl")` (and `evaluate_onnx`) also writes one
+JSON line per utterance: its scores, reference, hypothesis and the hypothesis's words with
+start, end (seconds) and confidence (`decode/timestamps.py`).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -21,8 +27,9 @@ from speechswarm.data.dataset import Batch, SpeechDataset, make_loader
 from speechswarm.data.manifest import Utterance, read_manifest, spread_subset
 from speechswarm.data.sampler import BucketBatchSampler
 from speechswarm.data.tokenizer import Tokenizer
-from speechswarm.decode import Decoder, DecoderOptions
+from speechswarm.decode import Decoder, DecoderOptions, GreedyDecoder
 from speechswarm.decode.greedy import greedy_decode
+from speechswarm.decode.timestamps import WordTiming, frame_seconds, timed_transcripts
 from speechswarm.metrics import edit_distance
 
 
@@ -54,6 +61,7 @@ class EvalResult:
     skipped: int = 0
     seconds: float = 0.0
     audio_seconds: float = 0.0
+    timings: dict[str, list[WordTiming]] = field(default_factory=dict)  # id -> hyp's words
 
     @property
     def utterances(self) -> int:
@@ -81,6 +89,16 @@ class EvalResult:
 
     def worst(self, k: int = 5) -> list[UtteranceScore]:
         return sorted(self.scores, key=lambda s: (s.cer, s.wer), reverse=True)[:k]
+
+    def write_utterances(self, path: str | os.PathLike) -> None:
+        """One JSON line per utterance, in decoding order: id, speaker, ref, hyp, edit counts,
+        wer, cer and, when timed, `timings`: [{word, start, end, confidence}] of the hyp."""
+        with open(path, "w", encoding="utf-8") as f:
+            for s in self.scores:
+                row = {**asdict(s), "wer": s.wer, "cer": s.cer}
+                if s.id in self.timings:
+                    row["timings"] = [w.to_json() for w in self.timings[s.id]]
+                f.write(json.dumps(row) + "\n")
 
     def to_json(self, worst: int = 10) -> dict:
         return {
@@ -122,11 +140,13 @@ def evaluate(
     speakers: dict[str, str] | None = None,
     references: dict[str, str] | None = None,
     decoder: Decoder | None = None,
+    timed: bool = False,
 ) -> EvalResult:
     """Decode every batch (greedy unless `decoder` is given) and score it against its references.
 
     `references` maps utterance id to its reference text (the manifest's text; decoding the
-    token ids instead would hide unknown-token losses of a subword tokenizer).
+    token ids instead would hide unknown-token losses of a subword tokenizer). `timed`: also
+    keep each hypothesis's word timings in `result.timings`.
     """
     was_training = model.training
     model.eval()
@@ -140,11 +160,14 @@ def evaluate(
         feats, feat_lens = extractor(batch.waves, batch.wave_lens)  # (N, T, F), (N,)
         with autocast(device, amp_dtype):
             log_probs, out_lens = model(feats, feat_lens)  # (N, T', V) float32
-        if decoder is None:
-            ids = greedy_decode(log_probs.float(), out_lens)
+        if timed:
+            timed_hyps = _timed(model, extractor, batch, tokenizer, decoder, log_probs, out_lens)
+            hyps = [t.text for t in timed_hyps]
+            result.timings.update((u, t.words) for u, t in zip(batch.ids, timed_hyps, strict=True))
+        elif decoder is None:
+            hyps = [tokenizer.decode(x) for x in greedy_decode(log_probs.float(), out_lens)]
         else:
-            ids = decoder.decode(log_probs.float(), out_lens)
-        hyps = [tokenizer.decode(x) for x in ids]
+            hyps = [tokenizer.decode(x) for x in decoder.decode(log_probs.float(), out_lens)]
         for i, utt_id in enumerate(batch.ids):
             ref = (
                 references[utt_id]
@@ -157,6 +180,20 @@ def evaluate(
     result.seconds = time.perf_counter() - start
     model.train(was_training)
     return result
+
+
+def _timed(model, extractor, batch: Batch, tokenizer, decoder, log_probs, out_lens):
+    """The batch's hypotheses with word timings (`timestamps.timed_transcripts`)."""
+    durations = (batch.wave_lens.float() / extractor.sample_rate).tolist()
+    seconds_per_frame = frame_seconds(extractor.hop, extractor.sample_rate, model.time_reduction)
+    return timed_transcripts(
+        decoder or GreedyDecoder(),
+        tokenizer,
+        log_probs.float().cpu().numpy(),
+        out_lens.cpu().numpy(),
+        seconds_per_frame,
+        durations,
+    )
 
 
 def eval_batches(
@@ -189,14 +226,16 @@ def evaluate_checkpoint(
     precision: str = "auto",
     batch_seconds: float = 160.0,
     decoder: DecoderOptions | None = None,
+    utterances_out: str | os.PathLike | None = None,
 ) -> EvalResult:
-    """Score a checkpoint on every utterance of a manifest (unreadable audio is counted, not fatal)."""
+    """Score a checkpoint on every utterance of a manifest (unreadable audio is counted, not
+    fatal); `utterances_out`: also write one JSON line per utterance with word timings."""
     from speechswarm.inference import load
 
     asr = load(checkpoint, device=device, precision=precision, decoder=decoder)
     utts = read_manifest(manifest)
     batches = eval_batches(utts, asr.tokenizer, asr.sample_rate, max_batch_seconds=batch_seconds)
-    return evaluate(
+    result = evaluate(
         asr.model,
         asr.extractor,
         batches,
@@ -206,7 +245,11 @@ def evaluate_checkpoint(
         speakers={u.id: u.speaker for u in utts},
         references={u.id: u.text for u in utts},
         decoder=asr.decoder,
+        timed=utterances_out is not None,
     )
+    if utterances_out is not None:
+        result.write_utterances(utterances_out)
+    return result
 
 
 def evaluate_onnx(
@@ -216,9 +259,11 @@ def evaluate_onnx(
     decoder: DecoderOptions | None = None,
     batch_size: int = 16,
     threads: int = 0,
+    utterances_out: str | os.PathLike | None = None,
 ) -> EvalResult:
     """Score an exported ONNX model (onnxruntime) on a manifest, batches of similar length;
-    unreadable audio is counted as skipped, as in `evaluate_checkpoint`."""
+    unreadable audio is counted as skipped, as in `evaluate_checkpoint`, and `utterances_out`
+    is written the same way."""
     from speechswarm.data.audio import AudioError, load_audio
     from speechswarm.onnx_runtime import OnnxRecognizer
 
@@ -236,10 +281,13 @@ def evaluate_onnx(
                 result.skipped += 1
         if not chunk:
             continue
-        for u, hyp in zip(chunk, asr.transcribe_batch(waves), strict=True):
-            result.scores.append(score_utterance(u.id, u.speaker, u.text, hyp))
+        for u, timed in zip(chunk, asr.recognize_batch(waves), strict=True):
+            result.scores.append(score_utterance(u.id, u.speaker, u.text, timed.text))
+            result.timings[u.id] = timed.words
         result.audio_seconds += sum(len(w) for w in waves) / asr.sample_rate
     result.seconds = time.perf_counter() - start
+    if utterances_out is not None:
+        result.write_utterances(utterances_out)
     return result
 
 
