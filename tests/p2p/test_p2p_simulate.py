@@ -392,6 +392,13 @@ def test_summaries_give_mean_and_median_over_agents():
     assert s["own_cer_mean"] == pytest.approx(0.4) and s["own_cer_median"] == pytest.approx(0.2)
     assert (s["own_cer_min"], s["own_cer_max"]) == (0.1, 0.9)
     assert "global_cer_mean" not in s  # never scored: left out, not NaN
+    # one machine per agent: the slowest agent's training over its rounds
+    timed = [
+        {**r, "round": rnd, "train_seconds": t}
+        for rnd in (1, 2)
+        for r, t in zip(rows, ([1.0, 2.0, 0.5] if rnd == 1 else [1.5, 0.25, 0.5]), strict=True)
+    ]
+    assert summarize(timed)["agent_train_seconds"] == pytest.approx(2.5)
 
 
 def _open_simulation(cfg, algorithm, topology="ring"):

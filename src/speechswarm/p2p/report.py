@@ -130,6 +130,12 @@ def summarize(rows: Sequence[dict]) -> dict:
     summary["bytes"] = sum(int(r["bytes_sent"]) for r in final)
     summary["rejected"] = sum(int(r["rejected"]) for r in final)
     summary["wall_time"] = max(float(r["wall_time"]) for r in final)
+    # each agent on a machine of its own: the cluster's training time is the slowest
+    # agent's sum of local training (communication and scoring not included)
+    per_agent: dict[int, float] = {}
+    for r in rows:
+        per_agent[r["agent"]] = per_agent.get(r["agent"], 0.0) + float(r.get("train_seconds", 0))
+    summary["agent_train_seconds"] = max(per_agent.values(), default=0.0)
     return summary
 
 
@@ -303,8 +309,9 @@ def report_markdown(summaries: list[dict], agents: list[dict], notes: list[str],
     lines += [
         "| run | mean agent WER (min-max) | mean agent CER (min-max) | median agent CER |"
         " WER gap to central | CER / central | CER before / after mixing | own train CER |"
-        " global test WER / CER | total steps | messages | MB sent | rejected | wall time |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        " global test WER / CER | total steps | messages | MB sent | rejected | wall time |"
+        " train time per agent |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         gap = ratio = "n/a"
@@ -323,7 +330,8 @@ def report_markdown(summaries: list[dict], agents: list[dict], notes: list[str],
             f"{pct(s.get('global_wer_mean'))} / {pct(s.get('global_cer_mean'))} | "
             f"{s.get('total_steps', 0):,} | {s.get('messages', 0):,} | "
             f"{s.get('bytes', 0) / 1e6:,.1f} | {s.get('rejected', 0):,} | "
-            f"{format_duration(s.get('wall_time', 0.0))} |"
+            f"{format_duration(s.get('wall_time', 0.0))} | "
+            f"{format_duration(s.get('agent_train_seconds', 0.0))} |"
         )
     lines += [
         "",
@@ -333,7 +341,9 @@ def report_markdown(summaries: list[dict], agents: list[dict], notes: list[str],
         '"Before mixing" scores each agent\'s model after its local training (its '
         'personalised model, the P2P seed\'s score), "after mixing" the averaged one, '
         '"tuned" (with p2p.finetune_steps) the averaged one after a few more local steps; '
-        "the other columns use the view p2p.score names.",
+        "the other columns use the view p2p.score names. Wall time is this machine's; "
+        '"train time per agent" is the slowest agent\'s own training, what a cluster with '
+        "one machine per agent would take to train (messages and scoring not included).",
         "",
     ]
     if agents:
