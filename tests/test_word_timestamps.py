@@ -44,6 +44,21 @@ def test_recognize_batch_times_the_words_of_transcribe_batch(overfit_run, files,
     check_timed(asr.recognize_batch(files), texts)
 
 
+def test_beam_search_with_an_lm_times_its_words(overfit_run, files, tmp_path):
+    from speechswarm.decode.lm import build_lm
+
+    utts = read_manifest(overfit_run.manifest)
+    build_lm([u.text.split() for u in utts], 3, tmp_path / "lm.arpa")
+    options = DecoderOptions("beam", lm=tmp_path / "lm.arpa")
+    asr = speechswarm.load(overfit_run.checkpoint, decoder=options)
+    greedy = speechswarm.load(overfit_run.checkpoint).recognize_batch(files)
+    timed = asr.recognize_batch(files)
+    check_timed(timed, asr.transcribe_batch(files))
+    for a, b in zip(timed, greedy, strict=True):  # where both hear a word, about the same time
+        same = [(x, y) for x, y in zip(a.words, b.words, strict=False) if x.word == y.word]
+        assert all(abs(x.start - y.start) <= 0.1 for x, y in same)
+
+
 def test_memorised_words_are_confident(overfit_run, files):
     asr = speechswarm.load(overfit_run.checkpoint)
     words = [w for t in asr.recognize_batch(files) for w in t.words]
