@@ -42,3 +42,14 @@ def test_a_small_kill_campaign_loses_nothing(synth_corpus, tmp_path):
     assert s["trials"] == 2 and s["unreadable_checkpoints"] == 0
     assert s["resumed"] == s["bit_identical"] == s["finished_resume_ok"] == 2
     assert "| 2 |" in campaign.table()
+
+
+@pytest.mark.slow  # ~1-2 min: a reference P2P experiment and one killed-and-resumed copy
+def test_a_killed_p2p_simulation_resumes_to_the_same_weights_and_rows(synth_corpus, tmp_path):
+    from speechswarm.chaos.p2p_kill import run_p2p_kill_campaign
+
+    (trial,) = run_p2p_kill_campaign(tmp_path / "p2p", trials=1, rounds=4,
+                                     corpus=synth_corpus.dir, log=lambda *_: None)  # fmt: skip
+    assert trial.resumed_ok and not trial.unreadable, trial
+    assert trial.identical_weights and trial.identical_rows, trial.differences
+    assert trial.finished_ok

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -146,7 +147,7 @@ def _command_raising(error: BaseException) -> argparse.ArgumentParser:
 @pytest.mark.parametrize(
     "code, says",
     [(errno.ENOSPC, "No space left on device: '/runs/x/metrics.jsonl'; free space"),
-     (errno.EROFS, "Read-only file system: '/runs/x/metrics.jsonl'; make the folder writable")],
+     (errno.EROFS, "Read-only file system: '/runs/x/metrics.jsonl'; remount it writable")],
 )  # fmt: skip
 def test_a_refused_write_anywhere_is_one_line(code, says, capsys):
     error = OSError(code, os.strerror(code), "/runs/x/metrics.jsonl")
@@ -180,3 +181,20 @@ def test_a_run_whose_disk_fills_resumes_to_the_same_weights(synth_corpus, make_c
     a = load_checkpoint(straight.run_dir / "checkpoints/last.pt")["model"]
     b = load_checkpoint(folder / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow  # ~1 min: a reference run, then a full tmpfs and a read-only run folder
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs: root only")
+def test_a_small_disk_campaign_on_a_real_tmpfs(synth_corpus):
+    from speechswarm.chaos.disk import run_disk_campaign
+
+    out = Path(tempfile.mkdtemp(prefix="chaos-disk-"))  # 0755 below: pytest's is root's only
+    out.chmod(0o755)
+    try:
+        trials = run_disk_campaign(out, trials=2, steps=8, corpus=synth_corpus.dir,
+                                   log=lambda *_: None)  # fmt: skip
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    assert [t.fault for t in trials] == ["full", "read_only"]
+    for t in trials:
+        assert t.error_line and t.intact and t.resumed_identical, t
