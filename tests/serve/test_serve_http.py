@@ -13,6 +13,8 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -106,8 +108,6 @@ def test_multipart_without_a_file_or_with_an_empty_one_is_a_400(random_server):
 
 
 def test_the_page_is_served_with_the_limits(random_server):
-    import urllib.request
-
     with urllib.request.urlopen(random_server.url) as r:
         html = r.read().decode()
     assert r.headers["content-type"].startswith("text/html")
@@ -162,3 +162,19 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(trained):
         answers = list(pool.map(lambda f: request(server.url + "transcribe", f.read_bytes()), jobs))
     assert answers == [(200, alone[f]) for f in jobs]
     assert app.state.queue.batches - batches_before < len(jobs)  # some ran together
+
+
+def test_an_onnx_model_serves_the_same_answers(tmp_path, one_torch_thread_module):
+    from speechswarm.export import export_onnx
+    from speechswarm.onnx_runtime import OnnxRecognizer
+
+    ckpt = write_checkpoint(tmp_path / "model.pt")
+    asr = OnnxRecognizer(export_onnx(ckpt, tmp_path / "model.onnx"))
+    audio = wav_bytes(1.0, seed=3)
+    (tmp_path / "a.wav").write_bytes(audio)
+    with ServerThread(make_app(asr)) as server:
+        status, body = request(server.url + "transcribe", audio)
+        with pytest.raises(urllib.error.HTTPError) as e:  # GET: not allowed
+            urllib.request.urlopen(server.url + "transcribe")
+    assert status == 200 and body == asr.recognize_batch([tmp_path / "a.wav"])[0].to_json()
+    assert e.value.code == 405
