@@ -29,6 +29,7 @@ from speechswarm.benchmark.corpus import write_bench_corpus
 from speechswarm.benchmark.measure import environment
 from speechswarm.benchmark.transcribe import untrained_checkpoint
 from speechswarm.checkpoint import load_checkpoint
+from speechswarm.data.audio import load_audio_bytes
 from speechswarm.inference import Recognizer
 from speechswarm.serve.app import make_app
 from speechswarm.serve.server import ServerThread
@@ -72,6 +73,46 @@ def run_level(url: str, bodies: list[bytes], clients: int, requests_each: int) -
     }
 
 
+def measure(asr, bodies: list[bytes], args) -> tuple[list[dict], list[float]]:
+    """(a row per client level, seconds of each file straight through the model)."""
+    direct = []
+    for body in bodies[:8]:  # the model alone, no HTTP: what a request cannot beat
+        start = time.perf_counter()
+        asr.recognize_batch([load_audio_bytes(body, asr.sample_rate)])
+        direct.append(time.perf_counter() - start)
+    app = make_app(asr, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    queue, rows = app.state.queue, []
+    with ServerThread(app) as server:
+        url = server.url + "transcribe"
+        for body in bodies[:4]:  # warm-up
+            post(url, body)
+        for clients in args.levels:
+            batches, answered, busy = queue.batches, queue.requests, queue.busy_seconds
+            row = run_level(url, bodies, clients, max(1, args.requests // clients))
+            ran = max(queue.batches - batches, 1)
+            row["mean_batch"] = (queue.requests - answered) / ran
+            row["batch_ms"] = (queue.busy_seconds - busy) / ran * 1000
+            rows.append(row)
+            print(f"  {clients:>2} clients: {row}", file=sys.stderr, flush=True)
+    return rows, direct
+
+
+def format_report(result: dict) -> str:
+    lines = [
+        f"model {result['model']}, {result['threads']} torch thread(s), {result['precision']}; "
+        f"files 2.5-4.5 s; one file straight through the model: {result['direct_ms_p50']:.0f} "
+        f"ms; one request alone: {result['single_request_ms']:.0f} ms",
+        f"{'clients':>7} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'batch':>6} "
+        f"{'batch ms':>9} {'p95/single':>10}",
+    ]
+    for r in result["levels"]:
+        lines.append(
+            f"{r['clients']:>7} {r['rps']:>7.2f} {r['p50_ms']:>8.0f} {r['p95_ms']:>8.0f} "
+            f"{r['mean_batch']:>6.1f} {r['batch_ms']:>9.0f} {r['p95_over_single']:>10.2f}"
+        )
+    return "\n".join(lines)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default=None, help="a trained checkpoint (default: tiny)")
@@ -89,31 +130,11 @@ def main() -> int:
         load_checkpoint(Path(args.checkpoint)) if args.checkpoint else untrained_checkpoint("tiny")
     )
     asr = Recognizer(ckpt, device="cpu", precision=args.precision)
+    durations = np.random.default_rng(0).uniform(2.5, 4.5, size=16)
     with tempfile.TemporaryDirectory() as folder:
-        durations = np.random.default_rng(0).uniform(2.5, 4.5, size=16)
         write_bench_corpus(Path(folder), durations, seed=0)
-        files = sorted(Path(folder).rglob("*.flac"))
-        bodies = [f.read_bytes() for f in files]
-        direct = []
-        for f in files[:8]:  # the model alone, no HTTP: what a request cannot beat
-            start = time.perf_counter()
-            asr.recognize_batch([f])
-            direct.append(time.perf_counter() - start)
-        app = make_app(asr, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
-        queue = app.state.queue
-        rows = []
-        with ServerThread(app) as server:
-            url = server.url + "transcribe"
-            for body in bodies[:4]:  # warm-up
-                post(url, body)
-            for clients in args.levels:
-                batches, answered, busy = queue.batches, queue.requests, queue.busy_seconds
-                row = run_level(url, bodies, clients, max(1, args.requests // clients))
-                ran = max(queue.batches - batches, 1)
-                row["mean_batch"] = (queue.requests - answered) / ran
-                row["batch_ms"] = (queue.busy_seconds - busy) / ran * 1000
-                rows.append(row)
-                print(f"  {clients:>2} clients: {row}", file=sys.stderr, flush=True)
+        bodies = [f.read_bytes() for f in sorted(Path(folder).rglob("*.flac"))]
+    rows, direct = measure(asr, bodies, args)
     single = next((r["p50_ms"] for r in rows if r["clients"] == 1), float("nan"))
     for r in rows:
         r["p95_over_single"] = r["p95_ms"] / single
@@ -129,23 +150,7 @@ def main() -> int:
         "levels": rows,
         "environment": environment(),
     }
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    print(
-        f"model {result['model']}, {args.threads} torch thread(s), {asr.precision}; files "
-        f"2.5-4.5 s; one file straight through the model: {result['direct_ms_p50']:.0f} ms; "
-        f"one request alone: {single:.0f} ms"
-    )
-    print(
-        f"{'clients':>7} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'batch':>6} "
-        f"{'batch ms':>9} {'p95/single':>10}"
-    )
-    for r in rows:
-        print(
-            f"{r['clients']:>7} {r['rps']:>7.2f} {r['p50_ms']:>8.0f} {r['p95_ms']:>8.0f} "
-            f"{r['mean_batch']:>6.1f} {r['batch_ms']:>9.0f} {r['p95_over_single']:>10.2f}"
-        )
+    print(json.dumps(result) if args.json else format_report(result))
     return 0
 
 

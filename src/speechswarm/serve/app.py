@@ -87,20 +87,13 @@ def make_app(
             return JSONResponse({"error": one_line(str(e))}, status_code=400)
         return JSONResponse(result.to_json())
 
+    about = {"model": name, "sample_rate": asr.sample_rate, "decoder": decoder}
+    about |= {"max_bytes": limits.max_bytes, "max_seconds": limits.max_seconds}
+
     async def health(request: Request) -> JSONResponse:
-        return JSONResponse(
-            {
-                "status": "ok",
-                "model": name,
-                "sample_rate": asr.sample_rate,
-                "decoder": decoder,
-                "max_bytes": limits.max_bytes,
-                "max_seconds": limits.max_seconds,
-                "requests": queue.requests,
-                "batches": queue.batches,
-                "uptime_s": round(time.time() - started, 1),
-            }
-        )
+        uptime = round(time.time() - started, 1)
+        counts = {"requests": queue.requests, "batches": queue.batches, "uptime_s": uptime}
+        return JSONResponse({"status": "ok", **about, **counts})
 
     async def page(request: Request) -> HTMLResponse:
         return HTMLResponse(page_html(limits))
