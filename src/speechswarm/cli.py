@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "speechswarm.p2p.cli",
     "speechswarm.p2p.net.cli",
     "speechswarm.benchmark.cli",
+    "speechswarm.dashboard.cli",
 )
 
 PREPARE_FORMATS = (

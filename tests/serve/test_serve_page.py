@@ -8,88 +8,22 @@ Screenshots land in the test's tmp folder (page-upload.png, page-recording.png).
 
 from __future__ import annotations
 
-import base64
-import json
-import shutil
-import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 import speechswarm
+from browser import CHROMIUM, DevTools
 from speechswarm.data.manifest import read_manifest
 from speechswarm.serve.app import make_app
 from speechswarm.serve.server import ServerThread
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (scripts/setup.sh)"),
     pytest.mark.usefixtures("one_torch_thread"),
 ]
-
-
-class DevTools:
-    """One page of a headless Chromium, driven through the DevTools protocol."""
-
-    def __init__(self, profile: Path) -> None:
-        import websocket  # websocket-client
-
-        self.process = subprocess.Popen(
-            [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--remote-debugging-port=0", "--remote-allow-origins=*",
-             "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-             f"--user-data-dir={profile}", "--window-size=900,700", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        port_file = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 60
-        while not (port_file.is_file() and port_file.read_text().strip()):
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError("chromium did not open its DevTools port")
-            time.sleep(0.1)
-        port = port_file.read_text().split()[0]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list") as r:
-            page = next(t for t in json.loads(r.read()) if t["type"] == "page")
-        self.ws = websocket.create_connection(
-            page["webSocketDebuggerUrl"], timeout=60, suppress_origin=True
-        )
-        self.next_id = 0
-
-    def call(self, method: str, **params) -> dict:
-        self.next_id += 1
-        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        while True:  # events arrive in between; skip them
-            message = json.loads(self.ws.recv())
-            if message.get("id") == self.next_id:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                return message["result"]
-
-    def evaluate(self, expression: str):
-        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
-        return result["result"].get("value")
-
-    def wait_for(self, expression: str, timeout: float = 60.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = self.evaluate(expression)
-            if value:
-                return value
-            time.sleep(0.05)
-        raise TimeoutError(f"{expression} stayed falsy for {timeout} s")
-
-    def screenshot(self, path: Path) -> None:
-        path.write_bytes(
-            base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
-        )
-
-    def close(self) -> None:
-        self.ws.close()
-        self.process.terminate()
-        self.process.wait(20)
 
 
 @pytest.fixture
