@@ -10,6 +10,7 @@ Screenshots land in the test's tmp folder (dashboard-simulation.png, dashboard-s
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -150,6 +151,9 @@ def swarm_folder(root: Path) -> Path:
         (peer / "address.txt").write_text(f"/ip4/127.0.0.1/tcp/{4000 + k}/p2p/Qm{k}\n")
         (peer / "peer.log").write_text("3 of 3 peers present; training starts\n")
     append_swarm_round(root, 1, peers=(0, 1, 2))
+    past = time.time() - 30  # peer2 died 30 s ago
+    for f in (root / "swarm" / "peer2").iterdir():
+        os.utime(f, (past, past))
     return root
 
 

@@ -68,3 +68,18 @@ def test_the_command_names_the_taken_port_in_one_line(tmp_path, taken):
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"127.0.0.1:{taken}" in lines[0], result.stderr
+
+
+def test_the_command_prints_its_url_and_serves_the_folder(tmp_path):
+    root = write_simulation(tmp_path / "sim")
+    cmd = [sys.executable, "-m", "speechswarm", "dashboard", str(root), "--port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("dashboard: http://127.0.0.1:") and str(root) in line, line
+        url = line.split()[1]
+        snap = json.loads(get(url + "api/snapshot")[2])
+        assert [a["name"] for a in snap["runs"][0]["agents"]] == ["agent0", "agent1", "agent2"]
+    finally:
+        proc.terminate()
+        proc.wait(30)

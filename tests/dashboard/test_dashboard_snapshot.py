@@ -83,7 +83,7 @@ def test_the_run_being_written_is_training_while_its_process_lives(tmp_path):
     assert {a["state"] for a in live["local"]["agents"]} == {"training"}
     assert live["local"]["round"] == 1
 
-    dead = by_name(snapshot(root, now=time.time(), open_logs=set()))
+    dead = by_name(snapshot(root, now=time.time() + 10, open_logs=set()))  # 10 s later
     assert dead["local"]["state"] == "stopped"  # interrupted: nobody holds p2p.log
     assert {a["state"] for a in dead["local"]["agents"]} == {"stopped"}
 
@@ -102,14 +102,21 @@ def test_runs_not_started_yet_are_pending(tmp_path):
     runs = by_name(snapshot(root, now=time.time(), open_logs={(root / "p2p.log").resolve()}))
     assert list(runs) == ["gossip-ring", "local", "fedavg-outer_lr0.7"]
     assert runs["fedavg-outer_lr0.7"]["state"] == "running"  # the next to write
-    runs = by_name(snapshot(root, now=time.time(), open_logs=set()))
+    runs = by_name(snapshot(root, now=time.time() + 10, open_logs=set()))
     assert runs["fedavg-outer_lr0.7"]["state"] == "pending"
     assert [a["state"] for a in runs["fedavg-outer_lr0.7"]["agents"]] == ["waiting"] * 3
+
+
+def backdate(folder, seconds: float) -> None:
+    past = time.time() - seconds
+    for f in folder.iterdir():
+        os.utime(f, (past, past))
 
 
 def test_a_swarm_with_a_finished_a_live_and_a_dead_peer(tmp_path):
     root = write_swarm(tmp_path / "swarm-out")
     peers = root / "swarm"
+    backdate(peers / "peer2", 30)  # it died 30 s ago
     alive = {(peers / "peer1" / "peer.log").resolve()}  # peer2's process is gone
     snap = snapshot(root, now=time.time(), open_logs=alive)
     assert snap["kind"] == "swarm"
@@ -130,12 +137,18 @@ def test_a_swarm_with_a_finished_a_live_and_a_dead_peer(tmp_path):
 
 def test_a_peer_whose_log_stopped_is_gone_without_process_information(tmp_path):
     root = write_swarm(tmp_path / "swarm-out")
-    stopped = root / "swarm" / "peer2"
-    past = time.time() - 600  # its files stopped changing ten minutes ago
-    for f in stopped.iterdir():
-        os.utime(f, (past, past))
+    backdate(root / "swarm" / "peer2", 600)  # its files stopped changing ten minutes ago
     (run,) = snapshot(root, now=time.time(), open_logs=None)["runs"]
     assert [a["state"] for a in run["agents"]] == ["done", "training", "gone"]
+
+
+def test_a_peer_started_after_the_process_list_was_read_is_not_gone(tmp_path):
+    root = write_swarm(tmp_path / "swarm-out")
+    held = {(root / "swarm" / "peer1" / "peer.log").resolve()}  # read before peer2 existed
+    (run,) = snapshot(root, now=time.time(), open_logs=held)["runs"]
+    assert run["agents"][2]["state"] == "training"  # its files are seconds old
+    (run,) = snapshot(root, now=time.time() + 30, open_logs=held)["runs"]
+    assert run["agents"][2]["state"] == "gone"
 
 
 def test_a_swarm_folder_before_its_peers_have_written(tmp_path):

@@ -29,6 +29,9 @@ from pathlib import Path
 import yaml
 
 STALE_S = 60.0  # without process information: silent this long = stopped / gone
+# A log nobody holds open but written this recently still counts as alive: the process list
+# is read before the folder, so a peer started in between would otherwise show as gone.
+GRACE_S = 5.0
 
 
 class RowCache:
@@ -145,11 +148,12 @@ class _Context:
         return rows
 
     def alive(self, log: Path, changed: float | None) -> bool:
-        """A live process holds `log` open or, without process information, the files
-        changed within stale_s."""
+        """A live process holds `log` open (or it changed within GRACE_S) or, without
+        process information, the files changed within stale_s."""
+        silent = math.inf if changed is None else self.now - changed
         if self.open_logs is not None:
-            return log.resolve() in self.open_logs
-        return changed is not None and self.now - changed < self.stale_s
+            return log.resolve() in self.open_logs or silent < GRACE_S
+        return silent < self.stale_s
 
 
 # ---------------------------------------------------------------------- simulation
@@ -173,7 +177,8 @@ def _run_names(run_dir: Path, p2p: dict) -> list[str]:
 def _simulation(run_dir: Path, p2p: dict, ctx: _Context) -> list[dict]:
     agents = _json(run_dir / "agents.json")
     names = [a.get("name", f"agent{k}") for k, a in enumerate(agents or [])]
-    live = ctx.alive(run_dir / "p2p.log", _mtime(run_dir / "p2p.log"))
+    logs = [run_dir / "p2p.log", *run_dir.glob("*/metrics.jsonl")]
+    live = ctx.alive(run_dir / "p2p.log", _mtime(*logs))
     runs = []
     for name in _run_names(run_dir, p2p):
         folder = run_dir / name
@@ -298,7 +303,8 @@ def _peer(k: int, folder: Path, p2p: dict, ctx: _Context) -> dict:
     summary = _json(folder / "summary.json")
     summary = summary if isinstance(summary, dict) else {}
     changed = _mtime(folder / "rounds.jsonl", folder / "metrics.jsonl")
-    alive = ctx.alive(folder / "peer.log", _mtime(folder / "peer.log", folder / "address.txt"))
+    files = ("peer.log", "address.txt", "rounds.jsonl", "metrics.jsonl")
+    alive = ctx.alive(folder / "peer.log", _mtime(*(folder / f for f in files)))
     state = peer_state(
         done=bool(summary),
         alive=alive,

@@ -8,6 +8,7 @@ python -m speechswarm.p2p.net.cli peer ...      (the same, without the top-level
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from speechswarm.errors import UsageError, run_command
@@ -54,6 +55,8 @@ def add_parser(sub) -> None:
     s.add_argument("--config", default="p2p-tiny", help="preset name or YAML file")
     s.add_argument("--agents", type=int, default=None, help="peers (default: p2p.agents)")
     s.add_argument("--out", default="", help="output folder (default: train.out_dir)")
+    s.add_argument("--dashboard", action="store_true", help="serve `speechswarm dashboard` on --out while the swarm runs")  # fmt: skip
+    s.add_argument("--dashboard-port", type=int, default=None, help="its port (implies --dashboard; default 8050, else a free one)")  # fmt: skip
     _net_arguments(s)
     s.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. p2p.rounds=5")
     s.set_defaults(func=_swarm)
@@ -129,17 +132,35 @@ def _swarm(args) -> int:
     if args.agents is not None:
         overrides.append(f"p2p.agents={args.agents}")
     cfg = load_config(args.config, overrides)
-    result = run_swarm(
-        cfg,
-        out=args.out or cfg.train.out_dir,
-        settings=settings_from(args, cfg),
-        config_source=args.config,
-        overrides=overrides,
-        secret_file=args.secret_file,
-        allow=args.allow,
-        prefix=args.prefix,
-    )
+    out = args.out or cfg.train.out_dir
+    with _dashboard(args, out):
+        result = run_swarm(
+            cfg,
+            out=out,
+            settings=settings_from(args, cfg),
+            config_source=args.config,
+            overrides=overrides,
+            secret_file=args.secret_file,
+            allow=args.allow,
+            prefix=args.prefix,
+        )
     return 0 if result["ok"] else 1
+
+
+def _dashboard(args, out: str):
+    """`--dashboard`: the dashboard on `out`, served from this process while the swarm runs."""
+    if not (args.dashboard or args.dashboard_port is not None):
+        return contextlib.nullcontext()
+    from speechswarm.dashboard.cli import missing_dependency
+
+    try:
+        from speechswarm.dashboard.server import DashboardThread
+
+        board = DashboardThread(out, port=args.dashboard_port)
+    except ModuleNotFoundError as e:
+        raise missing_dependency(e) from None
+    print(f"dashboard: {board.url} (until the swarm ends; then `speechswarm dashboard {out}`)", flush=True)  # fmt: skip
+    return board
 
 
 def main(argv: list[str] | None = None) -> int:
