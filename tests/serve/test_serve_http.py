@@ -178,3 +178,22 @@ def test_an_onnx_model_serves_the_same_answers(tmp_path, one_torch_thread_module
             urllib.request.urlopen(server.url + "transcribe")
     assert status == 200 and body == asr.recognize_batch([tmp_path / "a.wav"])[0].to_json()
     assert e.value.code == 405
+
+
+def test_the_command_as_a_user_types_it(tmp_path):
+    ckpt = write_checkpoint(tmp_path / "model.pt")
+    command = [sys.executable, "-m", "speechswarm.serve", "--checkpoint", str(ckpt)]
+    command += ["--port", "0", "--max-seconds", "2", "--precision", "fp32", "--threads", "1"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()  # serve: http://127.0.0.1:PORT/ (...); Ctrl-C stops
+        assert line.startswith("serve: http://127.0.0.1:") and "greedy decoding" in line, line
+        url = line.split()[1]
+        status, health = request(url + "health")
+        assert status == 200 and health["model"] == str(ckpt) and health["max_seconds"] == 2
+        status, body = request(url + "transcribe", wav_bytes(3.0))
+        assert status == 413 and body["error"].endswith("over the limit of 2 s")
+        assert request(url + "transcribe", wav_bytes(1.0))[0] == 200
+    finally:
+        server.terminate()
+        server.wait(30)
