@@ -5,11 +5,12 @@
 `speechswarm p2p` (in-process, `p2p-tiny` cut to a ~30k-parameter model, 4 agents split by
 speaker, gossip on a ring and FedAvg, 8 rounds of 2 local steps, a checkpoint every round) on
 the kill campaign's small corpus. A reference run gives each run's final `checkpoint.pt` and
-`metrics.jsonl`. Each trial starts the same experiment, SIGKILLs its process group at a
-random moment (15-85 % of the reference's time; the checkpoint writes are widened by
-SPEECHSWARM_FAULT_SAVE_DELAY_S as in `chaos kill`), checks that every checkpoint left loads,
-resumes with `--resume`, and compares: every agent's weights bit for bit, and every row of
-metrics.jsonl but its timings. A further `--resume` of the finished experiment must write no
+`metrics.jsonl`. Each trial starts the same experiment and SIGKILLs its process group at a
+random moment: once a random number of rounds (0 to 2 x rounds - 1, over the two runs in
+turn) is done, plus a random part of a round's time (the checkpoint writes are widened by
+SPEECHSWARM_FAULT_SAVE_DELAY_S as in `chaos kill`). It checks that every checkpoint left
+loads, resumes with `--resume`, and compares: every agent's weights bit for bit, and every
+row of metrics.jsonl but its timings. A further `--resume` of the finished experiment must write no
 checkpoint. `<out>/p2p_kill.json` holds every trial.
 """
 
@@ -50,6 +51,7 @@ def p2p_command(corpus: Path, out: Path, rounds: int, *extra: str) -> list[str]:
 class P2PKillTrial:
     index: int
     killed_at: float  # seconds after the start
+    target_rounds: int = 0  # rounds done (over both runs, in turn) before the kill moment
     rounds_at_kill: dict[str, int] = field(default_factory=dict)  # run -> checkpointed round
     finished_before_kill: bool = False
     unreadable: list[str] = field(default_factory=list)
@@ -78,9 +80,10 @@ def run_p2p_kill_campaign(out, trials: int = 10, rounds: int = 8, seed: int = 0,
     log(f"chaos p2p: reference run {ref_seconds:.1f} s, {rounds} rounds")
     rng = random.Random(seed)
     results = []
+    per_round = ref_seconds / (len(RUNS) * rounds)
     for i in range(trials):
-        trial = _trial(i, corpus, out / f"trial-{i:03d}", out / "reference", rounds,
-                       rng.uniform(0.15, 0.85) * ref_seconds)  # fmt: skip
+        when = (rng.randrange(len(RUNS) * rounds), rng.uniform(0, per_round))
+        trial = _trial(i, corpus, out / f"trial-{i:03d}", out / "reference", rounds, when)
         results.append(trial)
         log(f"trial {i + 1}/{trials}: killed at {trial.killed_at:.1f} s (rounds saved "
             f"{trial.rounds_at_kill}); unreadable {len(trial.unreadable)}, resumed "
@@ -103,15 +106,20 @@ def run_p2p_kill_campaign(out, trials: int = 10, rounds: int = 8, seed: int = 0,
     return results
 
 
-def _trial(i, corpus, run_dir, ref_dir, rounds, kill_after) -> P2PKillTrial:
+def _trial(i, corpus, run_dir, ref_dir, rounds, when) -> P2PKillTrial:
     run_dir.mkdir(parents=True)
     with open(run_dir.parent / f"{run_dir.name}.killed.stderr", "wb") as err:
         proc = subprocess.Popen(p2p_command(corpus, run_dir, rounds), stdout=subprocess.DEVNULL,
                                 stderr=err, env=_env(delay=True), start_new_session=True)  # fmt: skip
     t0 = time.perf_counter()
-    while proc.poll() is None and time.perf_counter() - t0 < kill_after:
+    target, extra_s = when  # rounds done over both runs, then a moment into the next
+    while proc.poll() is None and _rounds_done(run_dir) < target:
         time.sleep(0.02)
+    end = time.perf_counter() + extra_s
+    while proc.poll() is None and time.perf_counter() < end:
+        time.sleep(0.01)
     trial = P2PKillTrial(i, time.perf_counter() - t0, finished_before_kill=proc.poll() is not None)
+    trial.target_rounds = target
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -157,6 +165,16 @@ def _compare(trial: P2PKillTrial, run_dir: Path, ref_dir: Path) -> None:
                     in enumerate(zip(rows_a, rows_b, strict=False)) if ra != rb]  # fmt: skip
             trial.differences += diff[:3] or [f"{name}: {len(rows_a)} rows != {len(rows_b)}"]
     trial.identical_weights, trial.identical_rows = weights_equal, rows_equal
+
+
+def _rounds_done(run_dir: Path) -> int:
+    """Rounds finished so far over RUNS (run one after the other): metrics rows / agents."""
+    done = 0
+    for name in RUNS:
+        path = run_dir / name / "metrics.jsonl"
+        if path.is_file():
+            done += path.read_bytes().count(b"\n") // 4  # 4 agents, one row each per round
+    return done
 
 
 def _rows(path: Path) -> list[dict]:
