@@ -74,6 +74,18 @@ def test_a_half_written_last_line_waits_and_a_broken_line_is_skipped(tmp_path):
     assert snap["skipped_lines"] == 1 and by_name(snap)["gossip-ring"]["round"] == 3
 
 
+def test_rows_and_graphs_of_the_wrong_shape_are_ignored(tmp_path):
+    root = write_simulation(tmp_path / "sim")
+    odd = [{"round": 1}, {"agent": "x", "round": 1}, {"agent": -1, "round": 2}, [1, 2], 7]
+    write_jsonl(root / "gossip-ring" / "metrics.jsonl", odd, mode="a")
+    (root / "gossip-ring" / "topology.json").write_text('{"adjacency": [[0, 1], [1]]}')
+    snap = snapshot(root, now=time.time())
+    gossip = by_name(snap)["gossip-ring"]
+    assert snap["skipped_lines"] == 2  # the two lines that are not JSON objects
+    assert len(gossip["agents"]) == 3 and gossip["round"] == 2
+    assert gossip["graph"] is None
+
+
 def test_the_run_being_written_is_training_while_its_process_lives(tmp_path):
     root = write_simulation(tmp_path / "sim", finished=False)
     log = (root / "p2p.log").resolve()
@@ -133,6 +145,21 @@ def test_a_swarm_with_a_finished_a_live_and_a_dead_peer(tmp_path):
     assert p2["series"]["partial"] == [False, True] and p2["series"]["averaged"] == [True, True]
     # round 1's loss: the mean over steps 1-4 of 90 - step
     assert p0["series"]["train_loss"][0] == 90 - 2.5
+
+
+def test_a_peer_with_odd_rows_still_reads(tmp_path):
+    root = write_swarm(tmp_path / "swarm-out")
+    peer = root / "swarm" / "peer1"
+    odd = [{"round": 3}, {**round_row(3), "bytes_sent": None, "time": "soon"}]
+    write_jsonl(peer / "rounds.jsonl", odd, mode="a")
+    write_jsonl(
+        peer / "metrics.jsonl", [{"step": "x"}, {"step": 13, "train_loss": "nan"}], mode="a"
+    )
+    (run,) = snapshot(root, now=time.time())["runs"]
+    p1 = run["agents"][1]
+    assert p1["round"] == 3 and p1["bytes_sent"] == 2000 and p1["bytes_recv"] == 6000
+    assert p1["steps"] == 13 and p1["train_loss"] is None
+    json.dumps(run, allow_nan=False)
 
 
 def test_a_peer_whose_log_stopped_is_gone_without_process_information(tmp_path):

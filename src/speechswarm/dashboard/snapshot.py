@@ -97,6 +97,8 @@ def _num(value) -> float | None:
     """A JSON-safe number: None for missing, NaN and infinite values."""
     if value is None or isinstance(value, bool):
         return None
+    if not isinstance(value, int | float):
+        return None
     value = float(value)
     return value if math.isfinite(value) else None
 
@@ -203,11 +205,11 @@ def _simulation(run_dir: Path, p2p: dict, ctx: _Context) -> list[dict]:
 
 
 def _sim_run(name: str, folder: Path, rows: list[dict], state: str, names, p2p) -> dict:
-    count = max([len(names)] + [int(r.get("agent", 0)) + 1 for r in rows])
+    rows = [r for r in rows if _index(r.get("agent")) and _index(r.get("round"))]
+    count = max([len(names)] + [r["agent"] + 1 for r in rows])
     by_agent: list[list[dict]] = [[] for _ in range(count)]
     for r in rows:
-        if isinstance(r.get("agent"), int) and isinstance(r.get("round"), int):
-            by_agent[r["agent"]].append(r)
+        by_agent[r["agent"]].append(r)
     agents = []
     for k, own in enumerate(by_agent):
         last = own[-1] if own else {}
@@ -220,10 +222,10 @@ def _sim_run(name: str, folder: Path, rows: list[dict], state: str, names, p2p) 
                 "cer": _num(scored[-1]["own_cer"]) if scored else None,
                 "wer": _num(scored[-1].get("own_wer")) if scored else None,
                 "round": last.get("round", 0),
-                "steps": last.get("steps", 0),
-                "bytes_sent": last.get("bytes_sent", 0),
-                "bytes_recv": last.get("bytes_recv", 0),
-                "rejected": last.get("rejected", 0),
+                "steps": _num(last.get("steps")) or 0,
+                "bytes_sent": _num(last.get("bytes_sent")) or 0,
+                "bytes_recv": _num(last.get("bytes_recv")) or 0,
+                "rejected": _num(last.get("rejected")) or 0,
                 "train_loss": _num(last.get("train_loss")),
                 "series": _series(own),
             }
@@ -231,20 +233,25 @@ def _sim_run(name: str, folder: Path, rows: list[dict], state: str, names, p2p) 
     return {
         "name": name,
         "state": state,
-        "round": max((r["round"] for r in rows if isinstance(r.get("round"), int)), default=0),
+        "round": max((r["round"] for r in rows), default=0),
         "rounds": p2p.get("rounds"),
         "graph": _graph(folder / "topology.json"),
         "agents": agents,
     }
 
 
+def _index(value) -> bool:
+    """An agent number or a round: a non-negative int (rows with anything else are ignored)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _series(rows: list[dict]) -> dict:
     """Per-round columns of one agent (null where a round was not scored)."""
     return {
         "round": [r.get("round") for r in rows],
-        "steps": [r.get("steps") for r in rows],
-        "bytes_sent": [r.get("bytes_sent") for r in rows],
-        "bytes_recv": [r.get("bytes_recv") for r in rows],
+        "steps": [_num(r.get("steps")) for r in rows],
+        "bytes_sent": [_num(r.get("bytes_sent")) for r in rows],
+        "bytes_recv": [_num(r.get("bytes_recv")) for r in rows],
         "cer": [_num(r.get("own_cer")) for r in rows],
         "train_loss": [_num(r.get("train_loss")) for r in rows],
     }
@@ -256,7 +263,10 @@ def _graph(path: Path) -> dict | None:
     info = _json(path)
     if not isinstance(info, dict) or not isinstance(info.get("adjacency"), list):
         return None
-    adj = [[int(bool(v)) for v in row] for row in info["adjacency"]]
+    adj = info["adjacency"]
+    if not all(isinstance(row, list) and len(row) == len(adj) for row in adj):
+        return None  # not a square matrix: no graph rather than a wrong one
+    adj = [[int(bool(v)) for v in row] for row in adj]
     directed = any(adj[i][j] != adj[j][i] for i in range(len(adj)) for j in range(len(adj)))
     return {
         "adjacency": adj,
@@ -298,8 +308,8 @@ def _peer_number(name: str) -> int:
 
 
 def _peer(k: int, folder: Path, p2p: dict, ctx: _Context) -> dict:
-    rounds = ctx.rows(folder / "rounds.jsonl")
-    log = ctx.rows(folder / "metrics.jsonl")
+    rounds = _clean_rounds(ctx.rows(folder / "rounds.jsonl"))
+    log = _clean_log(ctx.rows(folder / "metrics.jsonl"))
     summary = _json(folder / "summary.json")
     summary = summary if isinstance(summary, dict) else {}
     changed = _mtime(folder / "rounds.jsonl", folder / "metrics.jsonl")
@@ -311,7 +321,7 @@ def _peer(k: int, folder: Path, p2p: dict, ctx: _Context) -> dict:
         started=bool(rounds or log) or _says(folder / "peer.log", "training starts"),
         rounds=rounds,
         log=log,
-        rounds_total=p2p.get("rounds"),
+        rounds_total=p2p["rounds"] if _index(p2p.get("rounds")) else None,
         silent_s=None if changed is None else ctx.now - changed,
         stale_s=ctx.stale_s,
     )
@@ -319,19 +329,19 @@ def _peer(k: int, folder: Path, p2p: dict, ctx: _Context) -> dict:
     keys = ("round", "steps", "bytes_sent", "bytes_recv", "averaged", "partial")
     series: dict[str, list] = {k: [] for k in keys}
     for r in rounds:
-        sent += int(r.get("bytes_sent", 0))
-        recv += int(r.get("bytes_recv", 0))
-        series["round"].append(r.get("round"))
-        series["steps"].append(r.get("step"))
+        sent += r["bytes_sent"]
+        recv += r["bytes_recv"]
+        series["round"].append(r["round"])
+        series["steps"].append(r["step"])
         series["bytes_sent"].append(sent)
         series["bytes_recv"].append(recv)
-        series["averaged"].append(bool(r.get("ok")))
-        series["partial"].append(bool(r.get("partial")))
+        series["averaged"].append(r["ok"])
+        series["partial"].append(r["partial"])
     series["train_loss"] = _round_losses(rounds, log)
     series["cer"] = [None] * len(rounds)
     if rounds and _num(summary.get("own_cer")) is not None:
         series["cer"][-1] = _num(summary["own_cer"])  # peers score themselves at the end
-    joined = [r for r in rounds if r.get("ok")]
+    joined = [r for r in rounds if r["ok"]]
     return {
         "id": k,
         "name": folder.name,
@@ -339,17 +349,51 @@ def _peer(k: int, folder: Path, p2p: dict, ctx: _Context) -> dict:
         "cer": _num(summary.get("own_cer")),
         "wer": _num(summary.get("own_wer")),
         "round": len(rounds),
-        "steps": max([int(r.get("step", 0)) for r in log + rounds] + [0]),
+        "steps": max([r["step"] for r in log + rounds] + [0]),
         "bytes_sent": sent,
         "bytes_recv": recv,
         "rounds_joined": len(joined),
-        "partial_rounds": sum(bool(r.get("partial")) for r in rounds),
-        "mean_group": (sum(int(r.get("group_size", 1)) for r in joined) / len(joined))
-        if joined
-        else None,
-        "train_loss": _num(log[-1].get("train_loss")) if log else None,
+        "partial_rounds": sum(r["partial"] for r in rounds),
+        "mean_group": (sum(r["group_size"] for r in joined) / len(joined)) if joined else None,
+        "train_loss": log[-1]["train_loss"] if log else None,
         "series": series,
     }
+
+
+def _clean_rounds(rows: list[dict]) -> list[dict]:
+    """rounds.jsonl rows with every field the dashboard reads, numbers as numbers (rows
+    without a round and step number are ignored)."""
+    out = []
+    for r in rows:
+        if not (_index(r.get("round")) and _index(r.get("step"))):
+            continue
+        out.append(
+            {
+                "round": r["round"],
+                "step": r["step"],
+                "ok": bool(r.get("ok")),
+                "partial": bool(r.get("partial")),
+                "group_size": int(_num(r.get("group_size")) or 1),
+                "bytes_sent": int(_num(r.get("bytes_sent")) or 0),
+                "bytes_recv": int(_num(r.get("bytes_recv")) or 0),
+                "seconds": _num(r.get("seconds")) or 0.0,
+                "time": _num(r.get("time")) or 0.0,
+            }
+        )
+    return out
+
+
+def _clean_log(rows: list[dict]) -> list[dict]:
+    """The training log's rows with a step number: (step, wall_time, train_loss)."""
+    return [
+        {
+            "step": r["step"],
+            "wall_time": _num(r.get("wall_time")) or 0.0,
+            "train_loss": _num(r.get("train_loss")),
+        }  # fmt: skip
+        for r in rows
+        if _index(r.get("step"))
+    ]
 
 
 def _says(path: Path, text: str) -> bool:
@@ -364,10 +408,8 @@ def _round_losses(rounds: list[dict], log: list[dict]) -> list[float | None]:
     report computes it)."""
     out, previous = [], 0
     for r in rounds:
-        step = int(r.get("step", 0))
-        window = [
-            _num(x.get("train_loss")) for x in log if previous < int(x.get("step", 0)) <= step
-        ]
+        step = r["step"]
+        window = [x["train_loss"] for x in log if previous < x["step"] <= step]
         window = [v for v in window if v is not None]
         out.append(sum(window) / len(window) if window else None)
         previous = step
@@ -397,16 +439,16 @@ def peer_state(
         return "gone"
     if not started:
         return "waiting"
-    if rounds_total and len(rounds) >= int(rounds_total):
+    if rounds_total and len(rounds) >= rounds_total:
         return "scoring"  # all rounds done: scoring its test split(s)
     if silent_s is not None and silent_s > stale_s:
         return "stalled"
     if not rounds or not log or silent_s is None:
         return "training"
-    every = max(1, int(rounds[-1]["step"]) // max(1, int(rounds[-1]["round"])))
-    boundary = int(rounds[-1]["step"]) + every
-    last = int(log[-1]["step"])
-    gap = last - int(log[-2]["step"]) if len(log) > 1 else 1
+    every = max(1, rounds[-1]["step"] // max(1, rounds[-1]["round"]))
+    boundary = rounds[-1]["step"] + every
+    last = log[-1]["step"]
+    gap = last - log[-2]["step"] if len(log) > 1 else 1
     if boundary - last > max(gap, 1):
         return "training"
     expected = (boundary - last) * _step_seconds(rounds, log, every)
@@ -418,7 +460,7 @@ def _step_seconds(rounds: list[dict], log: list[dict], every: int) -> float:
     from the rounds' own clocks (time between rounds less the averaging)."""
     clean = []
     for a, b in zip(log, log[1:], strict=False):
-        s1, s2 = int(a["step"]), int(b["step"])
+        s1, s2 = a["step"], b["step"]
         if s2 > s1 and s2 // every == s1 // every and s2 % every:
             clean.append((float(b["wall_time"]) - float(a["wall_time"])) / (s2 - s1))
     if clean:
