@@ -190,3 +190,17 @@ def test_a_swarm_shows_live_peers_and_one_that_is_gone(tmp_path, browser):
         writer.stop.set()
         for f in logs:
             f.close()
+
+
+def test_a_folder_that_does_not_exist_yet_is_waited_for(tmp_path, browser):
+    root = tmp_path / "later"
+    shown = "getComputedStyle(document.getElementById('{}')).display !== 'none'"
+    with DashboardThread(root, port=0) as board:
+        open_page(browser, board.url)
+        assert browser.evaluate(shown.format("empty")) and not browser.evaluate(
+            shown.format("main")
+        )
+        sim_folder(root)
+        browser.wait_for(shown.format("main"), timeout=20)
+        assert not browser.evaluate(shown.format("empty"))
+        assert len(wait_round(browser, 1)) == AGENTS
