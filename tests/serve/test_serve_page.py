@@ -1,9 +1,11 @@
 """The upload page in a real browser: headless Chromium (Debian's `chromium`) driven over the
-DevTools protocol loads /, uploads a file, records from a fake microphone, and shows the text.
+DevTools protocol loads /, uploads a file, records from a fake microphone, sends a WebM the
+server cannot read as WAV, and shows the text or the server's reason.
 
     .venv/bin/python -m pytest tests/serve/test_serve_page.py -q
 
-Screenshots land in the test's tmp folder (page-upload.png, page-recording.png).
+Screenshots land in the test's tmp folder (page-upload.png, page-recording.png,
+page-error.png).
 """
 
 from __future__ import annotations
@@ -80,3 +82,45 @@ def test_a_microphone_recording_is_sent_and_transcribed(served, browser, tmp_pat
     status = browser.evaluate("document.getElementById('status').textContent")
     assert state == "done", status
     assert status.startswith("recording.wav: 1.") or status.startswith("recording.wav: 2."), status
+
+
+def test_a_format_only_the_browser_reads_is_sent_as_wav_and_bad_files_say_why(
+    served, browser, tmp_path
+):
+    """WebM/Opus (what Chrome records; libsndfile does not read it) made in the page from an
+    oscillator: the server refuses it, the page decodes it and sends WAV. A text file named
+    .mp3 shows the server's one-line reason."""
+    server, _, _ = served
+    open_page(browser, server.url)
+    make_webm = """(async () => {
+      const ctx = new AudioContext();
+      await ctx.resume();
+      const osc = ctx.createOscillator(), sink = ctx.createMediaStreamDestination();
+      osc.connect(sink);
+      osc.start();
+      const recorder = new MediaRecorder(sink.stream), chunks = [];
+      recorder.ondataavailable = (e) => chunks.push(e.data);
+      const stopped = new Promise((r) => (recorder.onstop = r));
+      recorder.start();
+      await new Promise((r) => setTimeout(r, 1000));
+      recorder.stop();
+      await stopped;
+      transcribe(new Blob(chunks, { type: recorder.mimeType }), "tone.webm");
+    })(); true"""
+    browser.call("Runtime.evaluate", expression=make_webm, userGesture=True)  # audio may play
+    browser.wait_for("document.body.dataset.state === 'busy'", timeout=20)
+    state = browser.wait_for(
+        "['done', 'error'].includes(document.body.dataset.state) && document.body.dataset.state"
+    )
+    status = browser.evaluate("document.getElementById('status').textContent")
+    assert state == "done" and status.startswith("tone.webm: 1."), status
+
+    (tmp_path / "notes.mp3").write_text("not audio at all")
+    root = browser.call("DOM.getDocument")["root"]["nodeId"]
+    node = browser.call("DOM.querySelector", nodeId=root, selector="#file")["nodeId"]
+    browser.call("DOM.setFileInputFiles", files=[str(tmp_path / "notes.mp3")], nodeId=node)
+    browser.wait_for("document.body.dataset.state === 'error'")
+    browser.screenshot(tmp_path / "page-error.png")
+    assert browser.evaluate("document.getElementById('status').textContent") == (
+        "notes.mp3: not an audio file libsndfile reads (WAV, FLAC, OGG/Opus, MP3, ...)"
+    )
