@@ -83,3 +83,14 @@ def test_the_command_prints_its_url_and_serves_the_folder(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_a_missing_extra_is_one_line_naming_the_install():
+    from speechswarm.dashboard.cli import missing_dependency
+    from speechswarm.errors import UnavailableError
+
+    error = missing_dependency(ModuleNotFoundError("No module named 'uvicorn'", name="uvicorn"))
+    assert isinstance(error, UnavailableError)
+    assert str(error) == "the dashboard needs uvicorn: pip install 'speechswarm[dashboard]'"
+    other = ModuleNotFoundError("No module named 'numpy'", name="numpy")
+    assert missing_dependency(other) is other  # not ours to explain: the traceback stays
