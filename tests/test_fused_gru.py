@@ -7,6 +7,7 @@ The first test in a fresh cache compiles the kernel (~40 s); later runs load it 
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 
@@ -143,6 +144,50 @@ def test_bf16_autocast_training_matches_aten_closely(kernel):
     for got, exp in zip(_grads(g, x), want, strict=True):
         assert got.dtype == exp.dtype
         assert (got - exp).norm() / exp.norm() < 0.05
+
+
+def _bf16_errors(g: nn.GRU, x: torch.Tensor, packed: bool, threads: int) -> list[float]:
+    """Relative errors of the bf16 kernel's output and gradients against nn.GRU in float64,
+    with the per-step GEMMs `packed` (AMX brgemm) or on ATen's mm."""
+    g64, x64 = copy.deepcopy(g).double(), x.detach().double().requires_grad_()
+    ref, _ = g64(x64)
+    weight = torch.randn_like(ref)
+    (ref * weight).sum().backward()
+    want = _grads(g64, x64)
+    before, threads_before = fused_gru.packed_recurrent_gemm, torch.get_num_threads()
+    fused_gru.packed_recurrent_gemm = packed
+    torch.set_num_threads(threads)
+    try:
+        x.grad = None
+        g.zero_grad()
+        f, b = fused_gru.gru_layer(g, x, x.flip(1), torch.bfloat16)
+        out = torch.cat([f, b.flip(1)], -1).double()
+        (out * weight).sum().backward()
+    finally:
+        fused_gru.packed_recurrent_gemm = before
+        torch.set_num_threads(threads_before)
+    errs = [float((out - ref).detach().norm() / ref.detach().norm())]
+    return errs + [
+        float((a.double() - w).norm() / w.norm()) for a, w in zip(_grads(g, x), want, strict=True)
+    ]
+
+
+@pytest.mark.parametrize("hidden", [64, 96])  # 64-column and 32-column packed blocks
+@pytest.mark.parametrize("threads", [1, 2])
+def test_packed_bf16_recurrence_as_accurate_as_aten_mm(kernel, hidden, threads):
+    # On AMX the per-step GEMMs run on oneDNN's brgemm with the weight packed once (float
+    # results, bias added in float): against a float64 nn.GRU it must be as close as the
+    # ATen-mm path (bf16 results), within bf16 precision.
+    if not kernel.packed_gemm_available(hidden):
+        pytest.skip("no AMX: the packed recurrent GEMM is not used on this CPU")
+    torch.manual_seed(0)
+    g = nn.GRU(48, hidden, batch_first=True, bidirectional=True)
+    x = torch.randn(5, 40, 48, requires_grad=True)
+    packed = _bf16_errors(g, x, True, threads)
+    plain = _bf16_errors(g, x, False, threads)
+    assert max(packed) < 0.03
+    for p, a in zip(packed, plain, strict=True):
+        assert p < 1.5 * a + 1e-3
 
 
 def test_inference_lstm_cuda_dtypes_use_aten(kernel):

@@ -16,6 +16,10 @@ bench/RESULTS.md, "The fused GRU in the package": a BiGRU 512 layer at batch 24 
 - each step is one GEMM (h W_hh^T) into a preallocated buffer and one vectorised pass of
   float32 gate arithmetic; ATen runs ~12 tensor ops per step, each its own kernel, allocation
   and autograd node, in bf16;
+- on CPUs with AMX (bf16, hidden size a multiple of 32, <= 2 threads) those per-step GEMMs
+  run on oneDNN's brgemm micro-kernel with W_hh packed into AMX's layout once per layer call,
+  results in float32 (`packed_recurrent_gemm`); ATen's bf16 mm re-packs W_hh at every step,
+  which at batch ~24 costs more than the multiply (bench/RESULTS.md, "On AMX");
 - the hidden state is carried in float32 (ATen: bf16), so results differ from ATen's in the
   last bf16 bits; in float64 they equal nn.GRU's to rounding (tests/test_fused_gru.py);
 - sigmoid and tanh take their arguments clamped to +-80 / +-20, where they are 0 or 1 to the
@@ -47,6 +51,11 @@ SOURCE = Path(__file__).parent / "csrc" / "fused_gru.cpp"
 CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
 KERNELS = ("auto", "fused", "aten")
 _DTYPES = (torch.bfloat16, torch.float32, torch.float64)  # those csrc/fused_gru.cpp dispatches
+
+# The per-step recurrent GEMMs on oneDNN's brgemm micro-kernel with the weight packed once per
+# layer call, where the CPU has AMX and the hidden size is a multiple of 32; elsewhere (and
+# with this False, for side-by-side benchmarks) ATen's mm, which re-packs it at every step.
+packed_recurrent_gemm = True
 
 _kernel: ModuleType | None = None
 _error: str | None = None  # why the build failed, once it has
@@ -191,10 +200,11 @@ class _FusedGRU(torch.autograd.Function):
         d = len(xs)
         wi, wh, bi, bh = ([w[4 * i + k].detach().to(cd) for i in range(d)] for k in range(4))
         parallel = torch.get_num_threads() <= 2
-        res = load().forward(xs, wi, wh, bi, bh, parallel)
+        packed = packed_recurrent_gemm and parallel  # single-threaded GEMMs: one per direction
+        res = load().forward(xs, wi, wh, bi, bh, parallel, packed)
         hs, saved = res[0::2], res[1::2]  # (T + 1, N, H) from h_0 = 0; (T, N, 4H)
         ctx.save_for_backward(*xs, *wi, *wh, *hs, *saved)
-        ctx.d, ctx.parallel, ctx.x_dtype = d, parallel, x.dtype
+        ctx.d, ctx.parallel, ctx.packed, ctx.x_dtype = d, parallel, packed, x.dtype
         ctx.w_dtypes = [t.dtype for t in w]
         outs = [h[1:].transpose(0, 1) for h in hs]  # (N, T, H)
         return outs[0], (outs[1] if d == 2 else None)
@@ -205,7 +215,7 @@ class _FusedGRU(torch.autograd.Function):
         d, s = ctx.d, ctx.saved_tensors
         xs, wi, wh, hs, saved = (list(s[k * d : (k + 1) * d]) for k in range(5))
         douts = [g.transpose(0, 1) for g in douts[:d]]  # (T, N, H)
-        g = load().backward(douts, xs, wi, wh, hs, saved, ctx.parallel)
+        g = load().backward(douts, xs, wi, wh, hs, saved, ctx.parallel, ctx.packed)
         dx = [g[5 * i].transpose(0, 1).to(ctx.x_dtype) for i in range(d)]
         dws = (g[5 * i + k] for i in range(d) for k in (1, 2, 3, 4))
         dw = [t.to(dt) for t, dt in zip(dws, ctx.w_dtypes, strict=True)]

@@ -3,9 +3,13 @@
 #include <torch/extension.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
+#include <ATen/native/CPUBlas.h>
+#include <ATen/record_function.h>
 #include <c10/util/BFloat16.h>
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 using at::Tensor;
@@ -26,34 +30,88 @@ template <typename A> inline A tanh_of(A v) { return std::tanh(clamp(v, A(20)));
 // temporary is copy-assigned (measured: the forward pass ran 1.8x slower).
 template <typename S, typename A> inline S narrow(A v) { return static_cast<S>(v); }
 
-// One direction, forward. gi (T, N, 3H) = x W_ih^T + b_ih; w_hh (3H, H); b_hh (3H);
-// writes hs (T + 1, N, H) (hs[0] = 0) and saved (T, N, 4H) = [r, z, n, h W_hn^T + b_hn].
-template <typename S>
+// The per-step recurrent GEMM on AMX. ATen's bf16 mm hands oneDNN plain row-major weights,
+// and oneDNN re-packs them into AMX's VNNI layout at every call: at batch 24 x 512 -> 1536
+// that repacking, not the multiply, is most of the step (~115 GFLOP/s on one core of a
+// ~1 TFLOP/s AMX core). Here W is packed once per layer call and each step runs oneDNN's
+// brgemm micro-kernel on it (bf16 x bf16 -> float), one 64- or 32-column block at a time:
+// the packed layout's leading dimension must be 16, 32, 48 or 64.
+struct PackedB {
+  Tensor data;        // (N / blk) blocks of (K x blk) in VNNI layout
+  int64_t K, N, blk;  // B is (K x N)
+};
+
+int64_t packed_block(int64_t H) { return H % 64 == 0 ? 64 : 32; }
+
+bool packed_gemm_available(int64_t H) {
+  return H % 32 == 0 && at::native::cpublas::could_pack(at::kBFloat16);
+}
+
+// B (K x N) row-major with row stride ld (a bf16 matrix or a transposed view made contiguous).
+PackedB pack_b(const Tensor& b, int64_t blk) {
+  const int64_t K = b.size(0), N = b.size(1), ld = b.stride(0);
+  PackedB p{at::empty({N / blk, K, blk}, b.options()), K, N, blk};
+  const auto* in = b.data_ptr<at::BFloat16>();
+  auto* out = p.data.data_ptr<at::BFloat16>();
+  for (int64_t j = 0; j < N / blk; ++j)
+    at::native::cpublas::pack(K, blk, ld, blk, at::kBFloat16, at::kBFloat16, in + j * blk,
+                              out + j * K * blk);
+  return p;
+}
+
+// C (M x N) float, row stride ld_c  =  A (M x K) bf16, row stride ld_a  @  B.
+void packed_gemm(const at::BFloat16* a, int64_t M, int64_t ld_a, const PackedB& b, float* c,
+                 int64_t ld_c) {
+  const auto* bp = b.data.data_ptr<at::BFloat16>();
+  for (int64_t j = 0; j < b.N / b.blk; ++j)
+    at::native::cpublas::brgemm(M, b.blk, b.K, ld_a, b.blk, ld_c, false, a,
+                                bp + j * b.K * b.blk, c + j * b.blk);
+}
+
+// The recurrent product of one step, h (N x K) W^T or dgh (N x K) W, into `out` (N x cols):
+// the packed kernel where `packed` holds the weight, else ATen's mm.
+template <typename S, typename G>
+void step_gemm(const Tensor& a, const Tensor& w, const PackedB* packed, Tensor& out) {
+  RECORD_FUNCTION("fused_gru::step_gemm", std::vector<c10::IValue>());
+  if constexpr (std::is_same_v<S, at::BFloat16> && std::is_same_v<G, float>) {
+    packed_gemm(a.data_ptr<S>(), a.size(0), a.stride(0), *packed, out.data_ptr<float>(),
+                out.stride(0));
+  } else {
+    at::mm_out(out, a, w);
+  }
+}
+
+// One direction, forward. gi (T, N, 3H) = x W_ih^T + b_ih; w_hh (3H, H); b_hh (3H) in the
+// accumulation type; writes hs (T + 1, N, H) (hs[0] = 0) and saved (T, N, 4H) =
+// [r, z, n, h W_hn^T + b_hn]. G: the type of the per-step GEMM's result (float when packed).
+template <typename S, typename G>
 void forward_direction(const Tensor& gi, const Tensor& w_hh, const Tensor& b_hh, Tensor& hs,
-                       Tensor& saved) {
+                       Tensor& saved, const PackedB* packed) {
   const int64_t T = gi.size(0), N = gi.size(1), H = w_hh.size(1);
-  auto gh = at::empty({N, 3 * H}, gi.options());
   using A = acc_t<S>;
+  Tensor gh = at::empty({N, 3 * H}, gi.options().dtype(c10::CppTypeToScalarType<G>::value));
   auto h = at::zeros({N, H}, gi.options().dtype(at::toOpMathType(gi.scalar_type())));
   auto w_t = w_hh.t();
   A* __restrict__ hf = h.data_ptr<A>();
+  const A* __restrict__ BH = b_hh.data_ptr<A>();
   for (int64_t t = 0; t < T; ++t) {
-    at::addmm_out(gh, b_hh, hs[t], w_t);
-    const S* __restrict__ GH = gh.data_ptr<S>();
+    step_gemm<S, G>(hs[t], w_t, packed, gh);
+    RECORD_FUNCTION("fused_gru::gates", std::vector<c10::IValue>());
+    const G* __restrict__ GH = gh.data_ptr<G>();
     const S* __restrict__ GI = gi[t].data_ptr<S>();
     S* __restrict__ HN = hs[t + 1].data_ptr<S>();
     S* __restrict__ SV = saved[t].data_ptr<S>();
     for (int64_t b = 0; b < N; ++b) {
       const S* __restrict__ gi_ = GI + b * 3 * H;
-      const S* __restrict__ gh_ = GH + b * 3 * H;
+      const G* __restrict__ gh_ = GH + b * 3 * H;
       S* __restrict__ sv = SV + b * 4 * H;
       A* __restrict__ hb = hf + b * H;
       S* __restrict__ hn_ = HN + b * H;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
-        A r = sigmoid<A>(A(gi_[j]) + A(gh_[j]));
-        A z = sigmoid<A>(A(gi_[H + j]) + A(gh_[H + j]));
-        A ghn = A(gh_[2 * H + j]);
+        A r = sigmoid<A>(A(gi_[j]) + (A(gh_[j]) + BH[j]));
+        A z = sigmoid<A>(A(gi_[H + j]) + (A(gh_[H + j]) + BH[H + j]));
+        A ghn = A(gh_[2 * H + j]) + BH[2 * H + j];
         A n = tanh_of<A>(A(gi_[2 * H + j]) + r * ghn);
         A hnew = n + z * (hb[j] - n);
         sv[j] = narrow<S>(r);
@@ -69,22 +127,23 @@ void forward_direction(const Tensor& gi, const Tensor& w_hh, const Tensor& b_hh,
 
 // One direction, backward through the recurrence: dout (T, N, H) -> dgi, dgh (T, N, 3H),
 // the gradients of the input and hidden pre-activations (dgh before the reset gate for n).
-template <typename S>
+template <typename S, typename G>
 void backward_direction(const Tensor& dout, const Tensor& w_hh, const Tensor& hs,
                         const Tensor& saved, Tensor& dgi, Tensor& dgh, Tensor& db_ih,
-                        Tensor& db_hh) {
+                        Tensor& db_hh, const PackedB* packed) {
   const int64_t T = dout.size(0), N = dout.size(1), H = w_hh.size(1);
   using A = acc_t<S>;
   auto dhz = at::zeros({N, H}, db_ih.options());
-  auto back = at::zeros({N, H}, dout.options());  // dgh[t + 1] W_hh
+  Tensor back = at::zeros({N, H}, dout.options().dtype(c10::CppTypeToScalarType<G>::value));
   A* __restrict__ DHZ = dhz.data_ptr<A>();
   A* __restrict__ bi_r = db_ih.data_ptr<A>();  // (3H) sums over steps and rows
   A* __restrict__ bi_z = bi_r + H;
   A* __restrict__ bi_n = bi_r + 2 * H;
   A* __restrict__ bh_n = db_hh.data_ptr<A>() + 2 * H;  // r, z parts equal db_ih's
   for (int64_t t = T - 1; t >= 0; --t) {
+    RECORD_FUNCTION("fused_gru::gates", std::vector<c10::IValue>());
     const S* __restrict__ DO = dout[t].data_ptr<S>();
-    const S* __restrict__ BK = back.data_ptr<S>();
+    const G* __restrict__ BK = back.data_ptr<G>();  // dgh[t + 1] W_hh
     const S* __restrict__ SV = saved[t].data_ptr<S>();
     const S* __restrict__ HP = hs[t].data_ptr<S>();
     S* __restrict__ DGI = dgi[t].data_ptr<S>();
@@ -101,7 +160,7 @@ void backward_direction(const Tensor& dout, const Tensor& w_hh, const Tensor& hs
       S* __restrict__ dgz = dgr + H;
       S* __restrict__ dgn = dgr + 2 * H;
       A* __restrict__ dhz_ = DHZ + b * H;
-      const S* __restrict__ bk = BK + b * H;
+      const G* __restrict__ bk = BK + b * H;
       const S* __restrict__ dout_ = DO + b * H;
       const S* __restrict__ hp = HP + b * H;
 #pragma omp simd
@@ -124,7 +183,22 @@ void backward_direction(const Tensor& dout, const Tensor& w_hh, const Tensor& hs
         bh_n[j] += dan * r;
       }
     }
-    if (t > 0) at::mm_out(back, dgh[t], w_hh);
+    if (t > 0) step_gemm<S, G>(dgh[t], w_hh, packed, back);
+  }
+}
+
+// Runs one direction's recurrence in dtype S: on the packed bf16 kernel where `packed` is
+// asked for and available (AMX), else on ATen's mm. w is packed in this thread: oneDNN's
+// brgemm and packing kernels are cached per thread.
+template <typename F>
+void with_recurrent_gemm(const Tensor& w, bool packed, bool transpose, const F& run) {
+  const int64_t H = w.size(1);
+  if (packed && w.scalar_type() == at::kBFloat16 && packed_gemm_available(H)) {
+    PackedB pb = pack_b(transpose ? w.t().contiguous() : w, packed_block(H));
+    run(std::integral_constant<bool, true>{}, &pb);
+    at::native::cpublas::brgemm_release();
+  } else {
+    run(std::integral_constant<bool, false>{}, nullptr);
   }
 }
 
@@ -140,7 +214,9 @@ void for_directions(int64_t D, bool parallel, const F& f) {
     for (int64_t i = 0; i < D; ++i) f(i);
     return;
   }
+  at::ThreadLocalState caller;  // the profiler's callbacks too: it then sees both threads
   at::parallel_for(0, D, 1, [&](int64_t b, int64_t e) {
+    at::ThreadLocalStateGuard tls(caller);
     at::NoGradGuard no_grad;  // grad mode is thread-local: worker threads start with it on
     for (int64_t i = b; i < e; ++i) f(i);
   });
@@ -150,19 +226,24 @@ void for_directions(int64_t D, bool parallel, const F& f) {
 // already in the compute dtype. Returns per direction: hs (T + 1, N, H), saved (T, N, 4H).
 std::vector<Tensor> forward(std::vector<Tensor> xs, std::vector<Tensor> w_ih,
                             std::vector<Tensor> w_hh, std::vector<Tensor> b_ih,
-                            std::vector<Tensor> b_hh, bool parallel) {
+                            std::vector<Tensor> b_hh, bool parallel, bool packed) {
   const int64_t D = xs.size();
   std::vector<Tensor> gis(D), hs(D), saved(D);
   for (int64_t i = 0; i < D; ++i) {
     const int64_t T = xs[i].size(0), N = xs[i].size(1), H = w_hh[i].size(1);
+    RECORD_FUNCTION("fused_gru::input_gemm", std::vector<c10::IValue>());
     gis[i] = at::addmm(b_ih[i], xs[i].reshape({T * N, -1}), w_ih[i].t()).view({T, N, 3 * H});
     hs[i] = at::empty({T + 1, N, H}, xs[i].options());
     hs[i][0].zero_();
     saved[i] = at::empty({T, N, 4 * H}, xs[i].options());
   }
   for_directions(D, parallel, [&](int64_t i) {
+    auto bh = b_hh[i].to(at::toOpMathType(b_hh[i].scalar_type())).contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xs[i].scalar_type(), "gru_forward", [&] {
-      forward_direction<scalar_t>(gis[i], w_hh[i], b_hh[i], hs[i], saved[i]);
+      with_recurrent_gemm(w_hh[i], packed, true, [&](auto use_packed, const PackedB* pb) {
+        using G = std::conditional_t<decltype(use_packed)::value, float, scalar_t>;
+        forward_direction<scalar_t, G>(gis[i], w_hh[i], bh, hs[i], saved[i], pb);
+      });
     });
   });
   std::vector<Tensor> out;
@@ -174,7 +255,8 @@ std::vector<Tensor> forward(std::vector<Tensor> xs, std::vector<Tensor> w_ih,
 // the compute dtype, biases' in its accumulation type).
 std::vector<Tensor> backward(std::vector<Tensor> douts, std::vector<Tensor> xs,
                              std::vector<Tensor> w_ih, std::vector<Tensor> w_hh,
-                             std::vector<Tensor> hs, std::vector<Tensor> saved, bool parallel) {
+                             std::vector<Tensor> hs, std::vector<Tensor> saved, bool parallel,
+                             bool packed) {
   const int64_t D = xs.size();
   std::vector<Tensor> dgi(D), dgh(D), db_ih(D), db_hh(D);
   for (int64_t i = 0; i < D; ++i) {
@@ -187,10 +269,14 @@ std::vector<Tensor> backward(std::vector<Tensor> douts, std::vector<Tensor> xs,
   }
   for_directions(D, parallel, [&](int64_t i) {
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xs[i].scalar_type(), "gru_backward", [&] {
-      backward_direction<scalar_t>(douts[i], w_hh[i], hs[i], saved[i], dgi[i], dgh[i],
-                                   db_ih[i], db_hh[i]);
+      with_recurrent_gemm(w_hh[i], packed, false, [&](auto use_packed, const PackedB* pb) {
+        using G = std::conditional_t<decltype(use_packed)::value, float, scalar_t>;
+        backward_direction<scalar_t, G>(douts[i], w_hh[i], hs[i], saved[i], dgi[i], dgh[i],
+                                        db_ih[i], db_hh[i], pb);
+      });
     });
   });
+  RECORD_FUNCTION("fused_gru::weight_gemms", std::vector<c10::IValue>());
   std::vector<Tensor> out;
   for (int64_t i = 0; i < D; ++i) {
     const int64_t T = xs[i].size(0), N = xs[i].size(1), H = w_hh[i].size(1);
@@ -210,4 +296,5 @@ std::vector<Tensor> backward(std::vector<Tensor> douts, std::vector<Tensor> xs,
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward);
   m.def("backward", &backward);
+  m.def("packed_gemm_available", &packed_gemm_available);
 }
