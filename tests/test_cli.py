@@ -182,11 +182,16 @@ def test_eval_json_agrees_with_jiwer_and_the_python_api(
 
 @pytest.mark.slow  # needs overfit_run (~25 s)
 def test_eval_prints_a_per_speaker_table(overfit_run, mixed_manifest, eval_json, tmp_path):
+    per_utt = tmp_path / "utts.jsonl"
     proc = cli(
-        "eval", "--checkpoint", overfit_run.checkpoint, "--manifest", mixed_manifest, cwd=tmp_path
-    )
+        "eval", "--checkpoint", overfit_run.checkpoint, "--manifest", mixed_manifest,
+        "--utterances", per_utt, cwd=tmp_path,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
+    lines = [json.loads(x) for x in per_utt.read_text().splitlines()]
+    assert sorted(x["id"] for x in lines) == sorted(u.id for u in read_manifest(mixed_manifest))
+    assert all("words" in str(x) or "timings" in x for x in lines)
     utts = read_manifest(mixed_manifest)
     hyps = {w["id"]: w["hyp"] for w in eval_json["worst"]}  # same batches, same transcripts
     first = out.splitlines()[0]

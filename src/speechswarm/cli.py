@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "speechswarm.p2p.net.cli",
     "speechswarm.benchmark.cli",
     "speechswarm.dashboard.cli",
+    "speechswarm.serve.cli",
 )
 
 PREPARE_FORMATS = (
@@ -146,6 +147,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-seconds", type=float, default=160.0)
     s.add_argument("--worst", type=int, default=5, help="how many worst utterances to show")
     s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument(
+        "--utterances",
+        metavar="PATH",
+        default=None,
+        help="also write one JSON line per utterance: reference, hypothesis, errors, word times",
+    )
     _add_decoder_args(s)
     s.set_defaults(func=_eval)
 
@@ -378,7 +385,12 @@ def _eval(args) -> int:
 
     _check_onnx_precision(args)
     if args.onnx:
-        result = evaluate_onnx(args.onnx, args.manifest, decoder=_decoder_options(args))
+        result = evaluate_onnx(
+            args.onnx,
+            args.manifest,
+            decoder=_decoder_options(args),
+            utterances_out=args.utterances,
+        )
     else:
         result = evaluate_checkpoint(
             args.checkpoint,
@@ -387,6 +399,7 @@ def _eval(args) -> int:
             precision=args.precision,
             batch_seconds=args.batch_seconds,
             decoder=_decoder_options(args),
+            utterances_out=args.utterances,
         )
     if args.json:
         print(json.dumps(result.to_json(worst=args.worst)))
