@@ -61,6 +61,7 @@ LAYERS = {
     "speechswarm.average": 3,
     "speechswarm.onnx_runtime": 3,
     "speechswarm.train": 4,
+    "speechswarm.dashboard": 4,  # reads run folders; `swarm --dashboard` (p2p.net) starts it
     "speechswarm.distributed": 5,
     "speechswarm.p2p": 5,
     "speechswarm.demo": 5,
