@@ -10,8 +10,8 @@ including those inside functions (a lazy import is still a dependency) and under
     0  bottom     errors, checkpoint, frames, native_output: anything may import them
     1  config     the typed config sections and their loader
     2  model      data, features, augment, model, fused_gru, decode, metrics, report
-    3  assembly   build (config -> objects), inference, transcribe, evaluate, export,
-                  onnx_runtime
+    3  assembly   build (config -> objects), inference, streaming, transcribe, evaluate,
+                  export, onnx_runtime
     4  train      the loop and its seam (Synchronizer, DDP glue, SyncBatchNorm)
     5  drivers    distributed, p2p, demo, benchmark: what runs the loop in other ways;
                   serve (the HTTP server)
@@ -55,6 +55,7 @@ LAYERS = {
     "speechswarm.build": 3,
     "speechswarm.inference": 3,
     "speechswarm.transcribe": 3,
+    "speechswarm.streaming": 3,
     "speechswarm.evaluate": 3,
     "speechswarm.export": 3,
     "speechswarm.safetensors_export": 3,

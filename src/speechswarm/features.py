@@ -32,6 +32,12 @@ Normalisation (applied last, then padded frames are set to exactly 0):
                (population) variance over that utterance's valid frames only.
   global       (x - mean) / std with fixed (F,) vectors: pass them, or compute them with
                `compute_global_stats(extractor, wave_batches)` and `set_global_stats()`.
+               Training computes them (on up to 500 training utterances) and the checkpoint
+               stores them. This is the causal mode: a frame's features depend on its own
+               samples only, so streaming (`speechswarm.streaming`) gets the same features
+               from chunks as from the whole clip. (A running mean over the frames so far
+               would be causal too, but would normalise a clip's first frames differently
+               from its later ones and from training.)
   none         raw features.
 """
 
@@ -216,30 +222,39 @@ class FeatureExtractor(nn.Module):
             )
         if num_samples == 0:
             return waves.new_zeros(waves.shape[0], self.num_features, 0), feat_lens
-        with torch.autocast(device.type, enabled=False):
-            # Zero the padding: frames near an utterance's end then see the same zeros whether
-            # it is alone (STFT zero padding) or beside a longer neighbour.
-            waves = torch.where(frame_mask(wave_lens, num_samples), waves.float(), 0.0)
+        # Zero the padding: frames near an utterance's end then see the same zeros whether
+        # it is alone (STFT zero padding) or beside a longer neighbour.
+        waves = torch.where(frame_mask(wave_lens, num_samples), waves.float(), 0.0)
+        feats = self.spectral_frames(waves, center=True)  # T = num_samples // hop + 1
+        padded = ~frame_mask(feat_lens, feats.shape[2])[:, None, :]  # (N, 1, T)
+        return feats.masked_fill_(padded, 0.0), feat_lens
+
+    def spectral_frames(self, waves: Tensor, center: bool) -> Tensor:
+        """waves (N, S) float32 -> un-normalised features (N, F, T), frames last.
+
+        center=True: zero padding of n_fft // 2 on both sides (`frames_last`); center=False:
+        no padding, frame t covers samples t * hop .. t * hop + n_fft - 1 (the streaming
+        front end pads the start itself and computes only frames whose samples have come).
+        """
+        with torch.autocast(waves.device.type, enabled=False):
             spec = torch.stft(
-                waves,
+                waves.float(),
                 n_fft=self.n_fft,
                 hop_length=self.hop,
                 win_length=self.n_fft,
-                window=self.window.to(device),
-                center=True,
+                window=self.window.to(waves.device),
+                center=center,
                 pad_mode="constant",
                 return_complex=True,
-            )  # (N, n_freqs, T) complex, T = num_samples // hop + 1
+            )  # (N, n_freqs, T) complex
             # |X|^2 from real and imaginary parts: ~2x faster than complex abs() on CPU.
             power = spec.real.square() + spec.imag.square()
             if self.kind == "spectrogram":
-                feats = power.sqrt_().log1p_()
-            else:
-                feats = (self.mel_fb.to(device).T @ power).add_(LOG_EPS).log_()  # (N, n_mels, T)
-                if self.kind == "mfcc":
-                    feats = self.dct.to(device).T @ feats  # (N, n_mfcc, T)
-        padded = ~frame_mask(feat_lens, feats.shape[2])[:, None, :]  # (N, 1, T)
-        return feats.masked_fill_(padded, 0.0), feat_lens
+                return power.sqrt_().log1p_()
+            feats = (self.mel_fb.to(waves.device).T @ power).add_(LOG_EPS).log_()  # (N, n_mels, T)
+            if self.kind == "mfcc":
+                feats = self.dct.to(waves.device).T @ feats  # (N, n_mfcc, T)
+            return feats
 
     def forward(self, waves: Tensor, wave_lens: Tensor) -> tuple[Tensor, Tensor]:
         """waves (N, S) float32, wave_lens (N,) samples -> feats (N, T, F), feat_lens (N,) frames."""
@@ -247,15 +262,25 @@ class FeatureExtractor(nn.Module):
         if self.normalize == "utterance":
             feats = normalize_per_utterance(feats, feat_lens)
         elif self.normalize == "global":
-            if self.mean is None:
-                raise RuntimeError(
-                    "features: normalize='global' but no mean/std installed; compute them with "
-                    "compute_global_stats(extractor, wave_batches) and call set_global_stats()"
-                )
-            mean, std = self.mean.to(feats.device)[:, None], self.std.to(feats.device)[:, None]
             padded = ~frame_mask(feat_lens, feats.shape[2])[:, None, :]
-            feats = feats.sub_(mean).div_(std).masked_fill_(padded, 0.0)
+            feats = self.normalize_global(feats).masked_fill_(padded, 0.0)
         return feats.transpose(1, 2).contiguous(), feat_lens  # (N, T, F)
+
+    @property
+    def causal(self) -> bool:
+        """True when each frame's features depend only on that frame's samples (normalize
+        'global' or 'none'), so audio fed in chunks gives the features of the whole clip."""
+        return self.normalize != "utterance"
+
+    def normalize_global(self, feats: Tensor) -> Tensor:
+        """(N, F, T) raw features -> (x - mean) / std per bin, IN PLACE (normalize='global')."""
+        if self.mean is None:
+            raise RuntimeError(
+                "features: normalize='global' but no mean/std installed; compute them with "
+                "compute_global_stats(extractor, wave_batches) and call set_global_stats()"
+            )
+        mean, std = self.mean.to(feats.device)[:, None], self.std.to(feats.device)[:, None]
+        return feats.sub_(mean).div_(std)
 
     def feature_settings(self) -> dict:
         """Every constructor argument, JSON-able (global mean/std as lists of floats)."""

@@ -228,6 +228,27 @@ class DeepSpeech2(nn.Module):
         """Input frames that one output frame of the conv stack sees on the time axis."""
         return frames.receptive_field(self.conv_kernels, self.conv_strides)
 
+    def right_context(self) -> int | None:
+        """Future input frames that output frame j needs beyond input frame j * time_reduction
+        (None when bidirectional: the backward RNN reads to the utterance's end).
+
+        A conv layer with time kernel k, stride s and padding k // 2 reads k - 1 - k // 2
+        frames past s * (its output frame); going down the stack each layer's reach is
+        multiplied by the strides below it. The Lookahead layer adds `lookahead` output
+        frames. `tiny`'s conv stack (time kernels 11, strides 2 then 1): 5 * 2 + 5 = 15;
+        `stream`'s (kernels 5): 2 * 2 + 2 = 6, plus 3 x 2 for its lookahead = 12 frames.
+        """
+        if self.bidirectional:
+            return None
+        reach = 0
+        for (_, kt), (_, st) in zip(
+            reversed(self.conv_kernels), reversed(self.conv_strides), strict=True
+        ):
+            reach = reach * st + kt - 1 - kt // 2
+        if self.lookahead is not None:
+            reach += self._settings["lookahead"] * self.time_reduction
+        return reach
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
