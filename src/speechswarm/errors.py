@@ -99,7 +99,9 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) 
         if e.errno not in DISK_ERRNOS:
             raise
         full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-        hint = "free space" if full else "make the folder writable"
-        hint += " (or write elsewhere), then run the command again"
+        hint = "free space (or write elsewhere)" if full else "check the permissions"
+        if e.errno == errno.EROFS:
+            hint = "remount it writable (or write elsewhere)"
+        hint += ", then run the command again"
         print(f"{parser.prog} {args.command}: error: {e}; {hint}", file=sys.stderr)
         return 1
