@@ -29,7 +29,7 @@ class DataConfig:
     sortagrad: bool = True
     speed_factors: tuple[float, ...] = ()
     shards: str = ""  # folder of TAR shards (speechswarm shard); streams instead of the manifest
-    validate: bool = True  # check audio and text before training, skip bad utterances
+    validate: bool = True  # decode audio before training too (ids, durations, text: always)
 
 
 @dataclass(frozen=True)
