@@ -175,6 +175,15 @@ def _parser() -> argparse.ArgumentParser:
         help="files per batch, grouped by length (output keeps the order given)",
     )
     s.add_argument("--json", action="store_true", help="one JSON object per line")
+    s.add_argument(
+        "--stream",
+        action="store_true",
+        help="feed each file in chunks as a microphone would and print partial transcripts "
+        "as they change (a streaming checkpoint: --config stream; docs/streaming.md)",
+    )
+    s.add_argument(
+        "--chunk-ms", type=float, default=160.0, help="with --stream: milliseconds per chunk"
+    )
     _add_decoder_args(s)
     s.set_defaults(func=_transcribe)
 
@@ -421,6 +430,8 @@ def _transcribe(args) -> int:
         batch_size=args.batch_size,
         decoder=_decoder_options(args),
         as_json=args.json,
+        stream=args.stream,
+        chunk_ms=args.chunk_ms,
     )
     return 0 if ok else 1
 
