@@ -2,6 +2,7 @@
 
     speechswarm bench train --config small [--json] [--quick] [section.key=value ...]
     speechswarm bench transcribe [--config tiny | --checkpoint C] [--json]
+    speechswarm bench profile [--config small] [--compare packed,aten] [--json]
 
 Human-readable tables go to stdout; with --json, stdout holds exactly one JSON object and
 progress lines stay on stderr.
@@ -14,7 +15,7 @@ import json
 
 def add_parser(sub) -> None:
     s = sub.add_parser("bench", help="measure training and transcription speed")
-    bsub = s.add_subparsers(dest="bench", required=True, metavar="{train,transcribe}")
+    bsub = s.add_subparsers(dest="bench", required=True, metavar="{train,transcribe,profile}")
 
     t = bsub.add_parser(
         "train",
@@ -42,6 +43,27 @@ def add_parser(sub) -> None:
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.add_argument("overrides", nargs="*", help="section.key=value overrides of --config")
     r.set_defaults(func=_bench_transcribe)
+
+    p = bsub.add_parser("profile", help="where one training step's time goes; kernel variants")
+    p.add_argument("--config", default="small", help="preset name or YAML file (default: small)")
+    p.add_argument("--steps", type=int, default=1, help="profiled steps (default 1)")
+    p.add_argument(
+        "--compare",
+        default="",
+        help="comma-separated variants to time side by side instead: "
+        "packed (fused GRU, packed AMX recurrent GEMM), unpacked (fused, ATen mm), aten",
+    )
+    p.add_argument("--rounds", type=int, default=3, help="--compare: interleaved rounds")
+    p.add_argument(
+        "--lengths",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="--compare: utterance length scales, each its own batch of the same padded seconds",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("overrides", nargs="*", help="section.key=value config overrides")
+    p.set_defaults(func=_bench_profile)
 
 
 def _bench_train(args) -> int:
@@ -73,4 +95,19 @@ def _bench_transcribe(args) -> int:
         device=args.device,
     )
     print(json.dumps(result) if args.json else format_transcribe_report(result))
+    return 0
+
+
+def _bench_profile(args) -> int:
+    from speechswarm.benchmark.profile import format_profile_report, run_profile_bench
+
+    result = run_profile_bench(
+        args.config,
+        args.overrides,
+        steps=args.steps,
+        variants=[v for v in args.compare.split(",") if v],
+        rounds=args.rounds,
+        lengths=args.lengths,
+    )
+    print(json.dumps(result) if args.json else format_profile_report(result))
     return 0
