@@ -50,6 +50,7 @@ LAYERS = {
     "speechswarm.decode": 2,
     "speechswarm.metrics": 2,
     "speechswarm.report": 2,
+    "speechswarm.tracking": 2,
     "speechswarm.plots": 2,
     "speechswarm.recurrence": 2,
     "speechswarm.build": 3,

@@ -57,7 +57,8 @@ def _json_number(key: str, value) -> int | float | None:
 
 
 class MetricsLogger:
-    """Append-only metrics.jsonl (flushed every call) plus an optional TensorBoard mirror.
+    """Append-only metrics.jsonl (flushed every call) plus optional TensorBoard and MLflow
+    (`speechswarm.tracking`) mirrors.
 
     `resume_step`: when continuing a run from a checkpoint at that step, records after it
     (logged before the interruption, about to be redone) are dropped from metrics.jsonl and
@@ -66,7 +67,11 @@ class MetricsLogger:
     """
 
     def __init__(
-        self, run_dir: str | os.PathLike, tensorboard: bool = True, resume_step: int | None = None
+        self,
+        run_dir: str | os.PathLike,
+        tensorboard: bool = True,
+        resume_step: int | None = None,
+        mlflow=None,
     ):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "metrics.jsonl"
@@ -79,6 +84,7 @@ class MetricsLogger:
         self._start = time.monotonic()
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
         self._tb = _open_tensorboard(self.run_dir / "tb", resume_step) if tensorboard else None
+        self._mlflow = mlflow  # a tracking.MlflowMirror (train.tracking=mlflow) or None
 
     def log(self, step: int, *, epoch: float | None = None, **scalars) -> dict:
         """Write one record `{step, wall_time, epoch, **scalars}` and return it."""
@@ -97,6 +103,8 @@ class MetricsLogger:
             for key, value in scalars.items():
                 value = value.item() if hasattr(value, "item") else value
                 self._tb.add_scalar(key, float(value), int(step), walltime=time.time())
+        if self._mlflow is not None:
+            self._mlflow.log(int(step), {k: record[k] for k in scalars})
         return record
 
     def read(self) -> list[dict]:
@@ -110,6 +118,9 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._mlflow is not None:
+            self._mlflow.close()
+            self._mlflow = None
 
     def __enter__(self) -> MetricsLogger:
         return self

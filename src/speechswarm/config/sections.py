@@ -122,6 +122,11 @@ class TrainConfig:
     early_stop_patience: int = 0  # evaluations without improvement of select_by; 0: off
     target_wer: float = 0.0  # stop when dev WER <= this (MLPerf rule); 0: off
     max_nonfinite: int = 20  # consecutive non-finite losses or gradients before the run stops
+    # Experiment tracking beside metrics.jsonl and TensorBoard: "mlflow" logs the same
+    # metrics and the resolved config to MLflow (pip install 'speechswarm[tracking]');
+    # tracking_uri "" is a SQLite store in out_dir (mlflow.db), else any MLflow URI.
+    tracking: Literal["none", "mlflow"] = "none"
+    tracking_uri: str = ""
     init_from: str = ""
     freeze: tuple[str, ...] = ()  # module-name prefixes whose parameters stay fixed
     dev_max_utterances: int = 0  # 0: all dev utterances; N: N spread evenly over the manifest

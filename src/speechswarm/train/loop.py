@@ -25,10 +25,11 @@ from typing import Protocol
 from tqdm import tqdm
 
 from speechswarm.checkpoint import load_checkpoint
-from speechswarm.config import Config, dump_yaml
+from speechswarm.config import Config, dump_yaml, to_dict
 from speechswarm.errors import InputNotFoundError
 from speechswarm.evaluate import evaluate
 from speechswarm.report import MetricsLogger
+from speechswarm.tracking import open_tracking
 from speechswarm.train import ddp
 from speechswarm.train.assemble import build_run
 from speechswarm.train.optim import BudgetedLR
@@ -128,7 +129,9 @@ def _train(cfg: Config, env, resume, should_stop, progress: bool) -> TrainResult
         rng_to_restore = restore(run, state, checkpoint_path)
         run.log.info(f"resumed from {checkpoint_path} at step {state.step}, epoch {state.epoch}")
     if run.sync.is_main:
-        run.metrics = MetricsLogger(run.dir, resume_step=state.step if checkpoint_path else None)
+        mirror = open_tracking(cfg.train.tracking, cfg.train.tracking_uri, run.dir, to_dict(cfg))
+        resume_step = state.step if checkpoint_path else None
+        run.metrics = MetricsLogger(run.dir, resume_step=resume_step, mlflow=mirror)
         (run.dir / "config.yaml").write_text(dump_yaml(cfg))
     limits = RunLimits(run, state, should_stop)
     dev_history = run.dev_history
