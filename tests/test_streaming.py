@@ -190,3 +190,10 @@ def test_chunked_features_equal_whole_clip_features():
     parts = [fs.feed(wave[i : i + 700]) for i in range(0, len(wave), 700)] + [fs.finish()]
     chunked = torch.cat(parts, dim=1).T  # (T, F)
     torch.testing.assert_close(chunked, whole[0], atol=1e-4, rtol=1e-4)
+
+
+def test_a_recognizer_off_the_cpu_is_refused(checkpoint):
+    asr = Recognizer(checkpoint, device="cpu", precision="fp32")
+    asr.device = torch.device("cuda")  # as Recognizer(device="cuda") would set it
+    with pytest.raises(UsageError, match="device='cpu'"):
+        StreamingRecognizer(asr)

@@ -117,7 +117,13 @@ class StreamingRecognizer:
     """A `Recognizer`'s model run on audio chunks; see the module docstring."""
 
     def __init__(self, recognizer: Recognizer) -> None:
+        """`recognizer`: a CPU `Recognizer` (any precision: streaming computes in float32)."""
         model: DeepSpeech2 = recognizer.model
+        if recognizer.device.type != "cpu":
+            raise UsageError(
+                f"streaming runs on the CPU; open the checkpoint with device='cpu', "
+                f"not {recognizer.device}"
+            )
         if model.bidirectional:
             raise UsageError(
                 "streaming: the checkpoint's RNN is bidirectional, so no output frame is final "
@@ -129,8 +135,8 @@ class StreamingRecognizer:
                 "whole clip; train with features.normalize=global (the stream preset does)"
             )
         self.asr = recognizer
-        self.model = model.float().cpu().eval()
-        self.extractor = recognizer.extractor.float().cpu()
+        self.model = model.float().eval()
+        self.extractor = recognizer.extractor.float()
         self.sample_rate = recognizer.sample_rate
         self.tokenizer, self.decoder = recognizer.tokenizer, recognizer.decoder
         # feature frames of audio an output frame waits for beyond its own position
