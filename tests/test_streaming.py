@@ -197,3 +197,14 @@ def test_a_recognizer_off_the_cpu_is_refused(checkpoint):
     asr.device = torch.device("cuda")  # as Recognizer(device="cuda") would set it
     with pytest.raises(UsageError, match="device='cpu'"):
         StreamingRecognizer(asr)
+
+
+def test_partials_collapse_like_the_whole_path(checkpoint, one_torch_thread):
+    """The incremental CTC collapse equals ctc_collapse of every final frame, at every chunk."""
+    from speechswarm.decode.greedy import ctc_collapse
+
+    stream = StreamingRecognizer(Recognizer(checkpoint, device="cpu", precision="fp32"))
+    wave = speechlike(1.5, seed=4)
+    for i in range(0, len(wave), 211):  # steps of 0 or 1 output frames: runs cross steps
+        stream.feed(wave[i : i + 211])
+        assert stream.ids == ctc_collapse(stream.path)

@@ -163,6 +163,7 @@ class StreamingRecognizer:
         self.pending = None  # (1, frames, H) RNN outputs the Lookahead still reads
         self.log_probs: list[torch.Tensor] = []  # (n, V) per step, final frames
         self.path: list[int] = []  # argmax per final output frame
+        self.ids: list[int] = []  # ctc_collapse(self.path), kept up to date frame by frame
 
     @property
     def frames_done(self) -> int:
@@ -196,7 +197,7 @@ class StreamingRecognizer:
 
     def partial(self) -> str:
         """Greedy text of the final frames so far (a prefix of the greedy final text)."""
-        return self.tokenizer.decode(ctc_collapse(self.path))
+        return self.tokenizer.decode(self.ids)
 
     def _step(self, feats: torch.Tensor, last: bool) -> None:
         """feats: (F, k) new normalised feature frames; `last`: the clip ends after them."""
@@ -221,7 +222,13 @@ class StreamingRecognizer:
         logits = m.classifier(m.head(m.out_norm(x[0])))  # (t', V)
         log_probs = logits.float().log_softmax(dim=-1)
         self.log_probs.append(log_probs)
-        self.path.extend(log_probs.argmax(dim=-1).tolist())
+        best = log_probs.argmax(dim=-1).tolist()
+        # collapse only the new frames, after the last old one (its run may go on); a
+        # non-blank last frame is already in self.ids and comes out first again
+        previous = self.path[-1:]
+        new = ctc_collapse(previous + best)
+        self.ids += new[1:] if previous and previous[0] != 0 else new
+        self.path += best
 
     def _lookahead(self, x: torch.Tensor, last: bool) -> torch.Tensor:
         """(1, t, H) RNN outputs -> (1, t', H) Lookahead outputs whose future frames have come."""
