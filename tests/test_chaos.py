@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from speechswarm.chaos import classify_stack, run_kill_campaign
+from speechswarm.cli import main
 
 STEP = """  File "/x/torch/nn/modules/rnn.py", line 1 in forward
   File "/x/speechswarm/train/step.py", line 120 in _forward
@@ -46,10 +49,16 @@ def test_a_small_kill_campaign_loses_nothing(synth_corpus, tmp_path):
 
 @pytest.mark.slow  # ~1-2 min: a reference P2P experiment and one killed-and-resumed copy
 def test_a_killed_p2p_simulation_resumes_to_the_same_weights_and_rows(synth_corpus, tmp_path):
-    from speechswarm.chaos.p2p_kill import run_p2p_kill_campaign
+    out = tmp_path / "p2p"
+    argv = ["chaos", "p2p", "--trials", "1", "--rounds", "4", "--corpus", str(synth_corpus.dir),
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0  # as a user types it
+    (trial,) = json.loads((out / "p2p_kill.json").read_text())["trials"]
+    assert trial["resumed_ok"] and not trial["unreadable"], trial
+    assert trial["identical_weights"] and trial["identical_rows"], trial["differences"]
+    assert trial["finished_ok"]
 
-    (trial,) = run_p2p_kill_campaign(tmp_path / "p2p", trials=1, rounds=4,
-                                     corpus=synth_corpus.dir, log=lambda *_: None)  # fmt: skip
-    assert trial.resumed_ok and not trial.unreadable, trial
-    assert trial.identical_weights and trial.identical_rows, trial.differences
-    assert trial.finished_ok
+
+def test_the_corpus_campaign_asks_for_the_manifest_it_breaks(capsys):
+    assert main(["chaos", "corpus"]) == 1
+    assert "give --manifest M" in capsys.readouterr().err

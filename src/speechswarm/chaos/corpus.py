@@ -270,16 +270,10 @@ def _attribute(check: CommandCheck, problems: list[dict], corruptions: list[Corr
             check.lost_good.append(p["id"])
 
 
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("manifest")
-    parser.add_argument("--out", default="runs/chaos-corpus")
-    parser.add_argument("--fraction", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    res = run_corpus_campaign(args.manifest, args.out, args.fraction, args.seed)
-    bad = [c for c in res["commands"] if c["traceback"] or c["lost_good"]
-           or c["caught"] != res["broken"]]  # fmt: skip
-    sys.exit(1 if bad else 0)
+def corpus_passed(result: dict) -> bool:
+    """Every command caught every broken entry, lost no good one, printed no traceback."""
+    return not [
+        c
+        for c in result["commands"]
+        if c["traceback"] or c["lost_good"] or c["caught"] != result["broken"]
+    ]

@@ -182,17 +182,9 @@ def _rows(path: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/chaos-p2p")
-    parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--corpus", default=None)
-    args = parser.parse_args()
-    res = run_p2p_kill_campaign(args.out, args.trials, args.rounds, args.seed, args.corpus)
-    ok = all(t.identical_weights and t.identical_rows and t.finished_ok and not t.unreadable
-             for t in res)  # fmt: skip
-    sys.exit(0 if ok else 1)
+def p2p_kill_passed(trials: list[P2PKillTrial]) -> bool:
+    """Every resumed simulation equals the uninterrupted one, weights and rows."""
+    return all(
+        t.identical_weights and t.identical_rows and t.finished_ok and not t.unreadable
+        for t in trials
+    )
