@@ -38,6 +38,7 @@ CLI = 6
 # Module (or package) -> layer; the longest matching prefix decides.
 LAYERS = {
     "speechswarm.errors": 0,
+    "speechswarm.atomic": 0,
     "speechswarm.checkpoint": 0,
     "speechswarm.frames": 0,
     "speechswarm.native_output": 0,

@@ -28,13 +28,13 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
 import time
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 
+from speechswarm.atomic import temp_beside
 from speechswarm.errors import CheckpointError, ConfigError
 
 # Exact types: a subclass (np.float64 is a float, an IntEnum an int, a namedtuple a tuple,
@@ -130,8 +130,7 @@ def _atomic_write(path: Path, write) -> None:
     """
     tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = temp_beside(path)
         with os.fdopen(fd, "wb") as f:
             out = _ErrorRecorder(f)
             try:

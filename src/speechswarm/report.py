@@ -20,10 +20,10 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
+from speechswarm.atomic import atomic_open
 from speechswarm.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -34,15 +34,8 @@ _tb_warned = False
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        f.write(text)
 
 
 def _json_number(key: str, value) -> int | float | None:

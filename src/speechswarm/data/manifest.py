@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from speechswarm.atomic import atomic_open
 from speechswarm.errors import DataError, InputNotFoundError
 
 _CORE_KEYS = ("id", "audio", "duration", "text", "speaker", "offset")
@@ -77,17 +77,11 @@ def write_manifest(path: str | os.PathLike, utts: Iterable[Utterance]) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     base_dir = path.parent.resolve()
     n = 0
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for utt in utts:
-                f.write(json.dumps(utterance_to_json(utt, base_dir), ensure_ascii=False))
-                f.write("\n")
-                n += 1
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        for utt in utts:
+            f.write(json.dumps(utterance_to_json(utt, base_dir), ensure_ascii=False))
+            f.write("\n")
+            n += 1
     return n
 
 

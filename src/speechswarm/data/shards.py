@@ -25,7 +25,6 @@ import logging
 import os
 import re
 import tarfile
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -37,6 +36,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from tqdm import tqdm
 
+from speechswarm.atomic import atomic_open, temp_beside
 from speechswarm.data.audio import AudioError, load_audio_bytes, read_audio, to_mono_rate
 from speechswarm.data.dataset import Sample, collate
 from speechswarm.data.manifest import Utterance, utterance_to_json
@@ -114,7 +114,7 @@ def write_shards(
 def _write_shard(path: Path, items: list[tuple[str, Utterance]], sample_rate: int) -> dict:
     """One shard, written to a temporary file and renamed: readers never see half a tar."""
     count, seconds, skipped = 0, 0.0, []
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_beside(path)
     try:
         with (
             os.fdopen(fd, "wb") as f,
@@ -175,10 +175,8 @@ def _write_index(out: Path, shards: list[dict], sample_rate: int) -> None:
         "shards": shards,
         "skipped": skipped,
     }
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{INDEX_NAME}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with atomic_open(out / INDEX_NAME) as f:
         json.dump(index, f, indent=1, ensure_ascii=False)
-    os.replace(tmp, out / INDEX_NAME)
 
 
 def resolve_shards(shards: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:

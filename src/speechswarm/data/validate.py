@@ -30,15 +30,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from tqdm import tqdm
 
+from speechswarm.atomic import atomic_open
 from speechswarm.data.audio import AudioError, audio_info, read_audio
 from speechswarm.data.manifest import Utterance
 from speechswarm.data.text import out_of_alphabet
@@ -110,16 +109,8 @@ class ValidationReport:
 
     def write(self, path: str | os.PathLike) -> None:
         """The JSON report, written atomically (temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_json(), f, indent=1, ensure_ascii=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(path) as f:
+            json.dump(self.to_json(), f, indent=1, ensure_ascii=False)
 
 
 def output_frames(duration: float, frames_per_second: float, time_reduction: int) -> int:

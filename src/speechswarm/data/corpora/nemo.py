@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
+from speechswarm.atomic import atomic_open
 from speechswarm.data.corpora import (
     Candidate,
     ImportResult,
@@ -104,13 +104,7 @@ def export_nemo(utts: list[Utterance], out: str | os.PathLike) -> int:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     base_dir = out.parent.resolve()
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for utt in utts:
-                f.write(json.dumps(nemo_record(utt, base_dir), ensure_ascii=False) + "\n")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(out) as f:
+        for utt in utts:
+            f.write(json.dumps(nemo_record(utt, base_dir), ensure_ascii=False) + "\n")
     return len(utts)
