@@ -316,17 +316,7 @@ def _add_decoder_args(s: argparse.ArgumentParser) -> None:
 def _decoder_options(args):
     from speechswarm.decode import DecoderOptions
 
-    kind = args.decoder or ("beam" if args.lm else "greedy")
-    if args.lm and kind == "greedy":
-        raise UsageError("--lm needs beam search: drop --decoder greedy or use --decoder beam")
-    return DecoderOptions(
-        kind,
-        lm=args.lm,
-        lexicon=args.lexicon,
-        beam_size=args.beam_size,
-        alpha=args.alpha,
-        beta=args.beta,
-    )
+    return DecoderOptions.from_args(args)
 
 
 def _synth(args) -> int:

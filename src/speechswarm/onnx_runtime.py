@@ -130,24 +130,24 @@ class OnnxRecognizer:
     def transcribe_batch(
         self, audios: Sequence[str | os.PathLike | np.ndarray], sample_rate: int | None = None
     ) -> list[str]:
+        _, log_probs, out_lens = self._forward(audios, sample_rate)
+        return [self.tokenizer.decode(ids) for ids in self.decoder.decode(log_probs, out_lens)]
+
+    def _forward(self, audios, sample_rate: int | None):
+        """(waves, log_probs (N, T', V), out_lens (N,)) of one zero-padded batch."""
         waves = [self._as_wave(a, sample_rate) for a in audios]
         wave_lens = np.array([len(w) for w in waves], dtype=np.int64)
         batch = np.zeros((len(waves), int(wave_lens.max())), dtype=np.float32)
         for i, w in enumerate(waves):
             batch[i, : len(w)] = w
-        log_probs, out_lens = self.model.run(batch, wave_lens)  # (N, T', V), (N,)
-        return [self.tokenizer.decode(ids) for ids in self.decoder.decode(log_probs, out_lens)]
+        log_probs, out_lens = self.model.run(batch, wave_lens)
+        return waves, log_probs, out_lens
 
     def recognize_batch(
         self, audios: Sequence[str | os.PathLike | np.ndarray], sample_rate: int | None = None
     ) -> list[TimedTranscript]:
         """`transcribe_batch` with each word's start, end (seconds) and confidence."""
-        waves = [self._as_wave(a, sample_rate) for a in audios]
-        wave_lens = np.array([len(w) for w in waves], dtype=np.int64)
-        batch = np.zeros((len(waves), int(wave_lens.max())), dtype=np.float32)
-        for i, w in enumerate(waves):
-            batch[i, : len(w)] = w
-        log_probs, out_lens = self.model.run(batch, wave_lens)  # (N, T', V), (N,)
+        waves, log_probs, out_lens = self._forward(audios, sample_rate)
         durations = [len(w) / self.sample_rate for w in waves]
         return timed_transcripts(
             self.decoder, self.tokenizer, log_probs, out_lens, self.frame_seconds, durations

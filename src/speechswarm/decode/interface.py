@@ -46,6 +46,22 @@ class DecoderOptions:
     beta: float = 1.0
     beam_threshold: float = 25.0
 
+    @classmethod
+    def from_args(cls, args) -> DecoderOptions:
+        """The options a command's --decoder, --lm, --lexicon, --beam-size, --alpha and
+        --beta give; --lm without --decoder means beam search."""
+        kind = args.decoder or ("beam" if args.lm else "greedy")
+        if args.lm and kind == "greedy":
+            raise UsageError("--lm needs beam search: drop --decoder greedy or use --decoder beam")
+        return cls(
+            kind,
+            lm=args.lm,
+            lexicon=args.lexicon,
+            beam_size=args.beam_size,
+            alpha=args.alpha,
+            beta=args.beta,
+        )
+
     def __post_init__(self) -> None:
         if self.kind not in DECODERS:
             raise UsageError(f"decoder: kind {self.kind!r} is not one of {', '.join(DECODERS)}")

@@ -48,7 +48,7 @@ def add_parser(sub) -> None:
 
 def _serve(args) -> int:
     from speechswarm.decode import DecoderOptions
-    from speechswarm.errors import UnavailableError, UsageError
+    from speechswarm.errors import UnavailableError
 
     try:
         from speechswarm.serve.app import Limits
@@ -60,17 +60,7 @@ def _serve(args) -> int:
             f"speechswarm serve needs {e.name}: pip install 'speechswarm[serve]'"
         ) from None
 
-    kind = args.decoder or ("beam" if args.lm else "greedy")
-    if args.lm and kind == "greedy":
-        raise UsageError("--lm needs beam search: drop --decoder greedy or use --decoder beam")
-    decoder = DecoderOptions(
-        kind,
-        lm=args.lm,
-        lexicon=args.lexicon,
-        beam_size=args.beam_size,
-        alpha=args.alpha,
-        beta=args.beta,
-    )
+    decoder = DecoderOptions.from_args(args)
     serve_checkpoint(
         args.checkpoint,
         onnx=args.onnx,
