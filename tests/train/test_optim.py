@@ -39,6 +39,36 @@ def test_adamw_step_with_zero_grad_only_decays_matrices():
         torch.testing.assert_close(p.detach(), expected, rtol=0, atol=1e-7)
 
 
+@pytest.mark.parametrize("name", ["adamw", "adam"])
+def test_adam_runs_fused_and_matches_the_per_parameter_loop(name):
+    model = _model()
+    twin = _model()
+    opt = build_optimizer(model, name=name, lr=0.01, weight_decay=0.1)
+    assert opt.defaults["fused"] is True  # torch would take its Python loop on the CPU
+    groups = [{**g, "params": [dict(twin.named_parameters())[n] for n in names]}
+              for g, names in _group_names(model, opt)]  # fmt: skip
+    cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    loop = cls(groups, lr=0.01, foreach=False)
+    for step in range(3):
+        gen = torch.Generator().manual_seed(step)
+        for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        opt.step()
+        loop.step()
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-6)
+
+
+def _group_names(model, opt):
+    names = {id(p): n for n, p in model.named_parameters()}
+    for g in opt.param_groups:
+        yield (
+            {k: v for k, v in g.items() if k in ("weight_decay",)},
+            [names[id(p)] for p in g["params"]],
+        )
+
+
 def test_frozen_parameters_are_left_out_and_sgd_options_pass_through():
     model = _model()
     model[0].weight.requires_grad_(False)

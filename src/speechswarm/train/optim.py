@@ -85,10 +85,16 @@ def build_optimizer(
     if weight_decay < 0:
         raise ConfigError(f"optimizer weight_decay must be >= 0, got {weight_decay!r}")
     groups = split_decay_groups(params, weight_decay)
+    # torch's fused Adam/AdamW kernel: one pass over each tensor instead of a Python loop of
+    # ~10 ops per parameter; on the CPU torch would otherwise take that loop. Measured on the
+    # `small` preset's 18.5 M parameters, one thread: 3.4x less CPU time per step (0.025 s
+    # against 0.086 s), weights within 1e-8 of the loop's after 3 steps (bench/RESULTS.md).
+    devices = {p.device.type for g in groups for p in g["params"]}
+    fused = {"fused": True} if devices <= {"cpu", "cuda"} else {}
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, **fused)
     if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=tuple(betas), eps=eps)
+        return torch.optim.Adam(groups, lr=lr, betas=tuple(betas), eps=eps, **fused)
     if nesterov and momentum <= 0:
         raise ConfigError("sgd with nesterov=True needs momentum > 0 (optim.momentum)")
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
