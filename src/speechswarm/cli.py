@@ -28,9 +28,9 @@ COMMAND_MODULES = (
     "speechswarm.benchmark.cli",
     "speechswarm.dashboard.cli",
     "speechswarm.serve.cli",
+    "speechswarm.chaos.cli",
 )
 
-CHAOS_CAMPAIGNS = ("kill", "corpus", "disk", "p2p")
 PREPARE_FORMATS = (
     *("librispeech", "ljspeech", "userlibri", "commonvoice", "csv", "nemo", "kaldi", "lhotse"),
     "clients",
@@ -254,23 +254,6 @@ def _parser() -> argparse.ArgumentParser:
         "--minutes", type=float, default=None, help="training time budget (default: the demo's)"
     )
     s.set_defaults(func=_demo)
-
-    s = sub.add_parser("chaos", help="fault-injection campaigns (docs/reliability.md)")
-    s.add_argument(
-        "campaign",
-        choices=CHAOS_CAMPAIGNS,
-        help="kill: SIGKILL training anywhere, then resume; corpus: a tenth of --manifest "
-        "broken; disk: a full disk, a read-only folder (root); p2p: SIGKILL a simulation",
-    )
-    s.add_argument("--out", default=None, help="campaign folder (default: runs/chaos-CAMPAIGN)")
-    s.add_argument("--trials", type=int, default=None, help="default: kill 20, disk/p2p 10")
-    s.add_argument("--steps", type=int, default=None, help="kill/disk: steps (24 / 12)")
-    s.add_argument("--rounds", type=int, default=8, help="p2p: rounds of each simulation")
-    s.add_argument("--seed", type=int, default=0, help="seed of the fault moments")
-    s.add_argument("--corpus", default=None, help="manifests folder (default: synthesise one)")
-    s.add_argument("--manifest", default=None, help="corpus: the manifest to break")
-    s.add_argument("--fraction", type=float, default=0.1, help="corpus: share broken")
-    s.set_defaults(func=_chaos)
 
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)
@@ -513,35 +496,6 @@ def _demo(args) -> int:
     from speechswarm.demo import run_demo
 
     return run_demo(out_dir=Path(args.out), data_dir=Path(args.data), minutes=args.minutes)
-
-
-def _chaos(args) -> int:
-    from speechswarm import chaos
-
-    out = args.out or f"runs/chaos-{args.campaign}"
-    if args.campaign == "kill":
-        campaign = chaos.run_kill_campaign(
-            args.out or "runs/chaos", trials=args.trials or 20, steps=args.steps or 24,
-            seed=args.seed, corpus=args.corpus,
-        )  # fmt: skip
-        print(campaign.table())
-        s = campaign.summary()
-        ok = s["bit_identical"] == s["trials"] == s["finished_resume_ok"]
-        return 0 if ok and not s["unreadable_checkpoints"] else 1
-    if args.campaign == "corpus":
-        if not args.manifest:
-            raise UsageError("chaos corpus: give --manifest M, the manifest to break a tenth of")
-        result = chaos.run_corpus_campaign(args.manifest, out, args.fraction, args.seed)
-        return 0 if chaos.corpus_passed(result) else 1
-    if args.campaign == "disk":
-        trials = chaos.run_disk_campaign(
-            out, args.trials or 10, args.steps or 12, seed=args.seed, corpus=args.corpus
-        )
-        return 0 if chaos.disk_passed(trials) else 1
-    trials = chaos.run_p2p_kill_campaign(
-        out, args.trials or 10, args.rounds, args.seed, args.corpus
-    )
-    return 0 if chaos.p2p_kill_passed(trials) else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,61 @@
+"""`speechswarm chaos`: fault-injection campaigns, counted (docs/reliability.md).
+
+speechswarm chaos kill --trials 20 --out runs/chaos
+speechswarm chaos corpus --manifest data/synth/train.jsonl
+sudo .venv/bin/speechswarm chaos disk --trials 10
+speechswarm chaos p2p --trials 10
+"""
+
+from __future__ import annotations
+
+from speechswarm.errors import UsageError
+
+CHAOS_CAMPAIGNS = ("kill", "corpus", "disk", "p2p")
+
+
+def add_parser(sub) -> None:
+    s = sub.add_parser("chaos", help="fault-injection campaigns (docs/reliability.md)")
+    s.add_argument(
+        "campaign",
+        choices=CHAOS_CAMPAIGNS,
+        help="kill: SIGKILL training anywhere, then resume; corpus: a tenth of --manifest "
+        "broken; disk: a full disk, a read-only folder (root); p2p: SIGKILL a simulation",
+    )
+    s.add_argument("--out", default=None, help="campaign folder (default: runs/chaos-CAMPAIGN)")
+    s.add_argument("--trials", type=int, default=None, help="default: kill 20, disk/p2p 10")
+    s.add_argument("--steps", type=int, default=None, help="kill/disk: steps (24 / 12)")
+    s.add_argument("--rounds", type=int, default=8, help="p2p: rounds of each simulation")
+    s.add_argument("--seed", type=int, default=0, help="seed of the fault moments")
+    s.add_argument("--corpus", default=None, help="manifests folder (default: synthesise one)")
+    s.add_argument("--manifest", default=None, help="corpus: the manifest to break")
+    s.add_argument("--fraction", type=float, default=0.1, help="corpus: share broken")
+    s.set_defaults(func=_chaos)
+
+
+def _chaos(args) -> int:
+    from speechswarm import chaos
+
+    out = args.out or f"runs/chaos-{args.campaign}"
+    if args.campaign == "kill":
+        campaign = chaos.run_kill_campaign(
+            args.out or "runs/chaos", trials=args.trials or 20, steps=args.steps or 24,
+            seed=args.seed, corpus=args.corpus,
+        )  # fmt: skip
+        print(campaign.table())
+        s = campaign.summary()
+        ok = s["bit_identical"] == s["trials"] == s["finished_resume_ok"]
+        return 0 if ok and not s["unreadable_checkpoints"] else 1
+    if args.campaign == "corpus":
+        if not args.manifest:
+            raise UsageError("chaos corpus: give --manifest M, the manifest to break a tenth of")
+        result = chaos.run_corpus_campaign(args.manifest, out, args.fraction, args.seed)
+        return 0 if chaos.corpus_passed(result) else 1
+    if args.campaign == "disk":
+        trials = chaos.run_disk_campaign(
+            out, args.trials or 10, args.steps or 12, seed=args.seed, corpus=args.corpus
+        )
+        return 0 if chaos.disk_passed(trials) else 1
+    trials = chaos.run_p2p_kill_campaign(
+        out, args.trials or 10, args.rounds, args.seed, args.corpus
+    )
+    return 0 if chaos.p2p_kill_passed(trials) else 1
