@@ -11,6 +11,10 @@ agents with 6, 6, 3 and 3 training utterances; 2 local steps (batches of 2) per 
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +22,7 @@ import pytest
 import torch
 
 from speechswarm.checkpoint import load_checkpoint
+from speechswarm.config import dump_yaml
 from speechswarm.data.manifest import read_manifest, write_manifest
 from speechswarm.errors import UsageError
 from speechswarm.p2p import mixing
@@ -254,6 +259,49 @@ def test_process_pool_gives_the_same_weights(p2p_config):
     _, pooled, _, _ = run(p2p_config("pool", "p2p.rounds=1", "p2p.workers=2"), "gossip", "ring")
     for k in inline["states"]:
         assert_equal_states(inline["states"][k]["model"], pooled["states"][k]["model"])
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (Linux /proc)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+@pytest.mark.slow  # a simulation with 2 spawned workers, killed (~15 s)
+def test_a_killed_simulation_leaves_no_worker_behind(p2p_config, tmp_path):
+    """SIGTERM ends `speechswarm p2p` without shutting its pool down; its workers notice
+    that their parent is gone and exit instead of idling on, each holding a model."""
+    cfg = p2p_config("killed", "p2p.rounds=500", "p2p.workers=2")
+    config = tmp_path / "killed.yaml"
+    config.write_text(dump_yaml(cfg))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "speechswarm", "p2p", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers := _children(proc.pid)) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "no workers started"
+            time.sleep(0.2)
+        time.sleep(2.0)  # let them take work
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    deadline = time.monotonic() + 15
+    while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [w for w in workers if Path(f"/proc/{w}").exists()]
+    for w in left:
+        os.kill(w, 9)
+    assert not left, "workers outlived their simulation"
 
 
 def test_nonfinite_batches_are_skipped_by_an_agent_as_by_the_training_loop(

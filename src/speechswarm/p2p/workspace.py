@@ -28,6 +28,8 @@ import io
 import logging
 import math
 import multiprocessing
+import os
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -378,10 +380,20 @@ def _loads(data: bytes):
 _WORKER: Workspace | None = None
 
 
-def _init_worker(cfg: Config, trainers, tests, work) -> None:
+def _init_worker(cfg: Config, trainers, tests, work, parent: int) -> None:
     global _WORKER
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     torch.set_num_threads(cfg.train.num_threads or 1)
     _WORKER = Workspace(cfg, trainers, tests, work)
+
+
+def _exit_with_parent(parent: int, every_s: float = 1.0) -> None:
+    """End this worker once the simulation that started it is gone. A simulation killed by
+    a signal never shuts its pool down, and its idle workers (each holding a model and the
+    agents' data) were left behind: the pool's queue does not tell them."""
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(0)
 
 
 def _call_worker(method: str, payload: bytes) -> bytes:
@@ -398,7 +410,7 @@ class PoolExecutor:
             max_workers=workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(cfg, trainers, tests, work),
+            initargs=(cfg, trainers, tests, work, os.getpid()),
         )
 
     def map(self, method: str, calls: Sequence[tuple]) -> list:
