@@ -12,29 +12,32 @@
 - `p2p_kill.py`: kill -9 a `speechswarm p2p` simulation, resume it, compare every agent.
 """
 
-from speechswarm.chaos.corpus import corpus_passed, run_corpus_campaign
-from speechswarm.chaos.disk import disk_passed, run_disk_campaign
-from speechswarm.chaos.kill import (
-    PHASES,
-    SAVE_DELAY_ENV,
-    KillCampaign,
-    KillTrial,
-    classify_stack,
-    run_kill_campaign,
-)
-from speechswarm.chaos.p2p_kill import p2p_kill_passed, run_p2p_kill_campaign
+from __future__ import annotations
 
-__all__ = [
-    "PHASES",
-    "SAVE_DELAY_ENV",
-    "KillCampaign",
-    "KillTrial",
-    "classify_stack",
-    "corpus_passed",
-    "disk_passed",
-    "p2p_kill_passed",
-    "run_corpus_campaign",
-    "run_disk_campaign",
-    "run_kill_campaign",
-    "run_p2p_kill_campaign",
-]
+import importlib
+
+# Names and the module that holds each, imported on first use: `speechswarm chaos` is
+# registered with the CLI from chaos/cli.py, and building the CLI must not import torch
+# (`transcribe --onnx` runs without it).
+_WHERE = {
+    "PHASES": "kill",
+    "SAVE_DELAY_ENV": "kill",
+    "KillCampaign": "kill",
+    "KillTrial": "kill",
+    "classify_stack": "kill",
+    "run_kill_campaign": "kill",
+    "corpus_passed": "corpus",
+    "run_corpus_campaign": "corpus",
+    "disk_passed": "disk",
+    "run_disk_campaign": "disk",
+    "p2p_kill_passed": "p2p_kill",
+    "run_p2p_kill_campaign": "p2p_kill",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'speechswarm.chaos' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"speechswarm.chaos.{_WHERE[name]}"), name)
