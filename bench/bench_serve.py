@@ -32,6 +32,7 @@ from speechswarm.checkpoint import load_checkpoint
 from speechswarm.data.audio import load_audio_bytes
 from speechswarm.inference import Recognizer
 from speechswarm.serve.app import make_app
+from speechswarm.serve.batching import MainThreadExecutor
 from speechswarm.serve.server import ServerThread
 
 
@@ -80,10 +81,12 @@ def measure(asr, bodies: list[bytes], args) -> tuple[list[dict], list[float]]:
         start = time.perf_counter()
         asr.recognize_batch([load_audio_bytes(body, asr.sample_rate)])
         direct.append(time.perf_counter() - start)
-    app = make_app(asr, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    # as `speechswarm serve` does: the model in this (the main) thread; or in a worker thread
+    executor = MainThreadExecutor() if args.model_thread == "main" else None
+    app = make_app(asr, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, executor=executor)
     queue, rows = app.state.queue, []
-    with ServerThread(app) as server:
-        url = server.url + "transcribe"
+
+    def levels(url: str) -> None:
         for body in bodies[:4]:  # warm-up
             post(url, body)
         for clients in args.levels:
@@ -94,12 +97,20 @@ def measure(asr, bodies: list[bytes], args) -> tuple[list[dict], list[float]]:
             row["batch_ms"] = (queue.busy_seconds - busy) / ran * 1000
             rows.append(row)
             print(f"  {clients:>2} clients: {row}", file=sys.stderr, flush=True)
+
+    with ServerThread(app) as server:
+        clients = threading.Thread(target=levels, args=(server.url + "transcribe",))
+        clients.start()
+        if executor is not None:
+            executor.run(until=lambda: not clients.is_alive())
+        clients.join()
     return rows, direct
 
 
 def format_report(result: dict) -> str:
     lines = [
-        f"model {result['model']}, {result['threads']} torch thread(s), {result['precision']}; "
+        f"model {result['model']}, {result['threads']} torch thread(s) in the "
+        f"{result['model_thread']} thread, {result['precision']}; "
         f"files 2.5-4.5 s; one file straight through the model: {result['direct_ms_p50']:.0f} "
         f"ms; one request alone: {result['single_request_ms']:.0f} ms",
         f"{'clients':>7} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'batch':>6} "
@@ -122,6 +133,12 @@ def main() -> int:
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--max-wait-ms", type=float, default=10.0)
     p.add_argument("--precision", default="auto", help="auto: bf16 where the CPU has it")
+    p.add_argument(
+        "--model-thread",
+        choices=("main", "worker"),
+        default="main",
+        help="where the model runs: the main thread (as `speechswarm serve`) or a worker thread",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
 
@@ -141,6 +158,7 @@ def main() -> int:
     result = {
         "model": args.checkpoint or "tiny (untrained)",
         "threads": args.threads,
+        "model_thread": args.model_thread,
         "precision": asr.precision,
         "max_batch": args.max_batch,
         "max_wait_ms": args.max_wait_ms,

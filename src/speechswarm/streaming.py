@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from speechswarm.decode import DecoderOptions
 from speechswarm.decode.greedy import ctc_collapse
+from speechswarm.decode.timestamps import TimedTranscript, timed_transcripts
 from speechswarm.errors import UsageError
 from speechswarm.features import FeatureExtractor
 from speechswarm.frames import conv_output_length
@@ -124,16 +125,9 @@ class StreamingRecognizer:
                 f"streaming runs on the CPU; open the checkpoint with device='cpu', "
                 f"not {recognizer.device}"
             )
-        if model.bidirectional:
-            raise UsageError(
-                "streaming: the checkpoint's RNN is bidirectional, so no output frame is final "
-                "before the audio ends; train a streaming model (--config stream)"
-            )
-        if not recognizer.extractor.causal:
-            raise UsageError(
-                "streaming: the checkpoint normalises features per utterance, which needs the "
-                "whole clip; train with features.normalize=global (the stream preset does)"
-            )
+        refusal = self.refusal(recognizer)
+        if refusal:
+            raise UsageError(f"streaming: {refusal}")
         self.asr = recognizer
         self.model = model.float().eval()
         self.extractor = recognizer.extractor.float()
@@ -142,6 +136,21 @@ class StreamingRecognizer:
         # feature frames of audio an output frame waits for beyond its own position
         self.right_context = model.right_context()
         self.reset()
+
+    @staticmethod
+    def refusal(recognizer: Recognizer) -> str | None:
+        """Why `recognizer`'s model cannot stream, or None if it can."""
+        if recognizer.model.bidirectional:
+            return (
+                "the checkpoint's RNN is bidirectional, so no output frame is final before the "
+                "audio ends; train a streaming model (--config stream)"
+            )
+        if not recognizer.extractor.causal:
+            return (
+                "the checkpoint normalises features per utterance, which needs the whole clip; "
+                "train with features.normalize=global (the stream preset does)"
+            )
+        return None
 
     @classmethod
     def load(
@@ -180,20 +189,27 @@ class StreamingRecognizer:
         self._step(self.features.feed(samples), last=False)
         return self.partial()
 
-    @torch.inference_mode()
     def finish(self) -> str:
         """End the clip: run the frames that waited for right context, decode all frames with
         the checkpoint's decoder and return the text; the recognizer is then ready for a new
         clip. Equal to `Recognizer.transcribe` of the whole audio (in float32)."""
+        return self.finish_timed().text
+
+    @torch.inference_mode()
+    def finish_timed(self) -> TimedTranscript:
+        """`finish` with each word's start, end and confidence (as `Recognizer.recognize`)."""
+        seconds = self.features.samples / self.sample_rate
         if self.features.samples == 0:
             self.reset()
-            return ""
+            return TimedTranscript("", [], 0.0)
         self._step(self.features.finish(), last=True)
         log_probs = torch.cat(self.log_probs)[None].numpy()  # (1, T', V)
         out_lens = np.array([log_probs.shape[1]], dtype=np.int64)
-        text = self.tokenizer.decode(self.decoder.decode(log_probs, out_lens)[0])
+        timed = timed_transcripts(
+            self.decoder, self.tokenizer, log_probs, out_lens, self.asr.frame_seconds, [seconds]
+        )[0]
         self.reset()
-        return text
+        return timed
 
     def partial(self) -> str:
         """Greedy text of the final frames so far (a prefix of the greedy final text)."""

@@ -6,11 +6,12 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
 
-from speechswarm.serve.batching import BatchQueue
+from speechswarm.serve.batching import BatchQueue, MainThreadExecutor
 
 
 class Recorder:
@@ -105,3 +106,48 @@ def test_a_lone_request_never_waits_and_a_batch_waits_for_requests_on_their_way(
 
     alone, both = asyncio.run(scenario())
     assert alone < 0.5 and both == [3, 2] and run.sizes == [1, 2]
+
+
+def test_the_main_thread_executor_runs_calls_in_the_thread_that_runs_it():
+    executor = MainThreadExecutor()
+    ran_in, done = [], threading.Event()
+
+    def caller() -> None:
+        assert (
+            executor.submit(lambda x: ran_in.append(threading.get_ident()) or x + 1, 1).result()
+            == 2
+        )
+        with pytest.raises(ZeroDivisionError):  # the caller sees the call's error
+            executor.submit(lambda: 1 / 0).result()
+        done.set()
+
+    threading.Thread(target=caller).start()
+    executor.run(until=done.is_set, poll_seconds=0.01)
+    assert ran_in == [threading.get_ident()]
+    executor.shutdown()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        executor.submit(print)
+    executor.run(until=lambda: False)  # returns: shut down and drained
+
+
+def test_a_batch_queue_runs_its_model_in_the_main_thread_when_told():
+    executor = MainThreadExecutor()
+    threads = []
+
+    def run_batch(waves):
+        threads.append(threading.get_ident())
+        return [len(w) for w in waves]
+
+    answers = []
+
+    async def client() -> None:
+        queue = BatchQueue(run_batch, executor=executor)
+        await queue.start()
+        answers.extend(await asyncio.gather(*(queue.submit(np.zeros(n)) for n in (3, 5))))
+        await queue.stop()  # shuts the executor down: run() below returns
+
+    worker = threading.Thread(target=asyncio.run, args=(client(),))
+    worker.start()
+    executor.run(until=lambda: False)
+    worker.join()
+    assert answers == [3, 5] and set(threads) == {threading.get_ident()}

@@ -11,6 +11,7 @@ over HTTP, alone or batched with concurrent requests, equal the Python API's.
 from __future__ import annotations
 
 import io
+import signal
 import subprocess
 import sys
 import urllib.error
@@ -197,3 +198,19 @@ def test_the_command_as_a_user_types_it(tmp_path):
     finally:
         server.terminate()
         server.wait(30)
+    # SIGTERM stops it as Ctrl-C does: cleanly, no traceback
+    assert server.returncode == 0 and "Traceback" not in server.stderr.read()
+
+
+def test_ctrl_c_stops_the_command_cleanly(tmp_path):
+    ckpt = write_checkpoint(tmp_path / "model.pt")
+    command = [sys.executable, "-m", "speechswarm.serve", "--checkpoint", str(ckpt)]
+    command += ["--port", "0", "--precision", "fp32", "--threads", "1"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = server.stdout.readline().split()[1]
+        assert request(url + "transcribe", wav_bytes(1.0))[0] == 200
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(30)
+    assert server.returncode == 0 and "Traceback" not in server.stderr.read()

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from http_client import request
 
 import speechswarm
 from browser import CHROMIUM, DevTools
@@ -124,3 +125,49 @@ def test_a_format_only_the_browser_reads_is_sent_as_wav_and_bad_files_say_why(
     assert browser.evaluate("document.getElementById('status').textContent") == (
         "notes.mp3: not an audio file libsndfile reads (WAV, FLAC, OGG/Opus, MP3, ...)"
     )
+
+
+@pytest.fixture(scope="module")
+def served_stream(tmp_path_factory):
+    """A server whose model streams (tests/test_streaming.py's small random model)."""
+    import torch
+
+    from speechswarm.decode import DecoderOptions
+    from speechswarm.inference import Recognizer
+    from speechswarm.serve.app import Limits
+    from speechswarm.serve.server import stream_slots
+    from test_streaming import make_checkpoint
+
+    path = tmp_path_factory.mktemp("stream") / "stream.pt"
+    torch.save(make_checkpoint(), path)
+    asr = Recognizer(torch.load(path, weights_only=False), device="cpu", precision="fp32")
+    streams = stream_slots(path, asr, DecoderOptions(), Limits(), max_streams=2)
+    with ServerThread(make_app(asr, streams=streams)) as server:
+        yield server
+
+
+def test_with_a_streaming_model_the_text_grows_while_recording(served_stream, browser, tmp_path):
+    open_page(browser, served_stream.url)
+    browser.wait_for("document.getElementById('record').title.includes('/stream')")
+    browser.evaluate("document.getElementById('record').click()")
+    browser.wait_for("document.body.dataset.state === 'recording'", timeout=20)
+    # partial text arrives while the microphone still records
+    partial = browser.wait_for("document.getElementById('text').textContent", timeout=20)
+    assert browser.evaluate("document.body.dataset.state") == "recording"
+    browser.screenshot(tmp_path / "page-streaming.png")
+    time.sleep(1.0)
+    browser.evaluate("document.getElementById('record').click()")
+    state = browser.wait_for(
+        "['done', 'error'].includes(document.body.dataset.state) && document.body.dataset.state"
+    )
+    browser.screenshot(tmp_path / "page-streamed.png")
+    status = browser.evaluate("document.getElementById('status').textContent")
+    assert state == "done" and status.startswith("live recording: "), status
+    final = browser.evaluate("document.getElementById('text').textContent")
+    assert final.startswith(partial) and len(final) > len(partial)
+    seconds = float(status.split(": ")[1].split(" s")[0])
+    assert 1.0 < seconds < 10.0, status
+    deadline = time.monotonic() + 10  # the page closed its socket: the slot is free again
+    while request(served_stream.url + "health")[1]["open_streams"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert request(served_stream.url + "health")[1]["open_streams"] == 0

@@ -1,4 +1,5 @@
-"""The HTTP application: `POST /transcribe`, `GET /health`, and the upload page at `/`.
+"""The HTTP application: `POST /transcribe`, `GET /health`, the upload page at `/`, and
+streaming over the WebSocket `/stream` (`speechswarm.serve.stream`).
 
     app = make_app(speechswarm.load("last.pt"), limits=Limits(max_bytes=20_000_000))
     # run it with speechswarm.serve.server.serve(app, host, port)
@@ -10,11 +11,13 @@ channels averaged). It answers JSON: `{"text", "words": [{"word", "start", "end"
 "confidence"}], "duration"}` (seconds). Every refusal is JSON `{"error": "one line"}`: 413 for
 a body over `max_bytes` or audio over `max_seconds`, 400 for no file, unreadable or empty audio.
 Requests that arrive together are transcribed as one padded batch (`batching.BatchQueue`).
+`GET /health` says, among others, whether `/stream` streams (`"streaming"`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import tempfile
 import time
@@ -27,11 +30,13 @@ import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from speechswarm.data.audio import AudioError, audio_info, load_audio
 from speechswarm.errors import SpeechswarmError
 from speechswarm.serve.batching import BatchQueue
+from speechswarm.serve.stream import StreamSlots
 
 
 @dataclass(frozen=True)
@@ -58,15 +63,20 @@ def make_app(
     max_wait_ms: float = 10.0,
     name: str = "model",
     decoder: str = "greedy",
+    executor: concurrent.futures.Executor | None = None,
+    streams: StreamSlots | None = None,
 ) -> Starlette:
     """The server for recognizer `asr` (a `Recognizer` or `OnnxRecognizer`: anything with
-    `sample_rate` and `recognize_batch`); `name` and `decoder` are what /health reports."""
+    `sample_rate` and `recognize_batch`); `name` and `decoder` are what /health reports;
+    `executor`: where the model runs (`batching.BatchQueue`); `streams`: the WebSocket
+    `/stream` (`stream.StreamSlots`; None: /stream says the server does not stream)."""
     queue = BatchQueue(
         asr.recognize_batch,
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
         # padded batch <= max_batch x 15 s of samples: long files go in smaller batches
         max_batch_samples=max_batch * 15 * asr.sample_rate,
+        executor=executor,
     )
     started = time.time()
 
@@ -87,13 +97,21 @@ def make_app(
             return JSONResponse({"error": one_line(str(e))}, status_code=400)
         return JSONResponse(result.to_json())
 
+    streams = streams or StreamSlots(
+        None, asr.sample_rate, refusal="this server was started without streaming"
+    )
     about = {"model": name, "sample_rate": asr.sample_rate, "decoder": decoder}
+    about |= {"streaming": streams.new_stream is not None}
     about |= {"max_bytes": limits.max_bytes, "max_seconds": limits.max_seconds}
 
     async def health(request: Request) -> JSONResponse:
         uptime = round(time.time() - started, 1)
         counts = {"requests": queue.requests, "batches": queue.batches, "uptime_s": uptime}
+        counts["open_streams"] = streams.open
         return JSONResponse({"status": "ok", **about, **counts})
+
+    async def stream(ws: WebSocket) -> None:
+        await streams.serve(ws, queue.executor)
 
     async def page(request: Request) -> HTMLResponse:
         return HTMLResponse(page_html(limits))
@@ -109,6 +127,7 @@ def make_app(
             Route("/", page, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/transcribe", transcribe, methods=["POST"]),
+            WebSocketRoute("/stream", stream),
         ],
         lifespan=lifespan,
     )

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import queue
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,6 +37,8 @@ class BatchQueue:
     batch waits for requests still `arriving` (callers count themselves in `arriving` while
     they read and decode, and out just before `submit`); `max_batch_samples`: a cap on the padded batch
     (longest wave x batch size) that keeps long files from being padded together with many.
+    `executor`: where `run_batch` runs (default: a thread of its own; `speechswarm serve` passes
+    a `MainThreadExecutor`, see there why).
     """
 
     def __init__(
@@ -44,6 +48,7 @@ class BatchQueue:
         max_batch: int = 8,
         max_wait_ms: float = 10.0,
         max_batch_samples: int | None = None,
+        executor: concurrent.futures.Executor | None = None,
     ) -> None:
         if max_batch < 1 or max_wait_ms < 0:
             raise ValueError(f"BatchQueue: max_batch {max_batch} >= 1, max_wait_ms >= 0")
@@ -57,7 +62,9 @@ class BatchQueue:
         self._queue: asyncio.Queue | None = None
         self._held: tuple[np.ndarray, asyncio.Future] | None = None  # opens the next batch
         self._worker: asyncio.Task | None = None
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batch")
+        self.executor = executor or concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="batch"
+        )
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -67,7 +74,7 @@ class BatchQueue:
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
-        self._thread.shutdown(wait=True)
+        self.executor.shutdown(wait=True)
 
     async def submit(self, wave: np.ndarray) -> Any:
         """The answer for `wave`, computed in a batch with whatever else is waiting."""
@@ -84,7 +91,7 @@ class BatchQueue:
             waves = [w for w, _ in batch]
             start = loop.time()
             try:
-                answers = await loop.run_in_executor(self._thread, self.run_batch, waves)
+                answers = await loop.run_in_executor(self.executor, self.run_batch, waves)
             except Exception as e:  # every caller of this batch gets the error
                 for _, future in batch:
                     if not future.done():
@@ -125,3 +132,59 @@ class BatchQueue:
 
     def _too_big(self, longest: int, size: int) -> bool:
         return self.max_batch_samples is not None and longest * size > self.max_batch_samples
+
+
+class MainThreadExecutor(concurrent.futures.Executor):
+    """Runs submitted calls in the thread that calls `run` (the main thread), one at a time.
+
+    Why: PyTorch's CPU kernels run fastest from the process's main thread. From any other
+    thread with more than one intra-op thread, oneDNN's recurrent layers ran 5x slower here
+    (torch 2.13, OpenMP backend, 2 threads: the `tiny` model took 88 ms for one 3.5-s file
+    from a worker thread and 16 ms from the main thread; bench/RESULTS.md). So `speechswarm
+    serve` runs the HTTP server in a background thread and the model in the main thread:
+
+        executor = MainThreadExecutor()
+        ... the server thread's BatchQueue(run_batch, executor=executor) submits ...
+        executor.run(until=lambda: not server_thread.is_alive())
+    """
+
+    def __init__(self) -> None:
+        self._work: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = threading.Event()
+
+    def submit(self, fn, /, *args, **kwargs) -> concurrent.futures.Future:
+        if self._closed.is_set():
+            raise RuntimeError("MainThreadExecutor: submit after shutdown")
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._work.put((future, fn, args, kwargs))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Refuses new work; calls already queued still run (`run` drains them)."""
+        self._closed.set()
+        self._work.put(None)  # wakes `run`
+
+    def run(self, until: Callable[[], bool], poll_seconds: float = 0.2) -> None:
+        """Runs queued calls here until `until()` is true (checked at least every
+        `poll_seconds`) or the executor is shut down and drained."""
+        while not until():
+            try:
+                item = self._work.get(timeout=poll_seconds)
+            except queue.Empty:
+                continue
+            if item is None:
+                if self._closed.is_set():
+                    break
+                continue
+            future, fn, args, kwargs = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as e:  # the caller sees it
+                future.set_exception(e)
+            except BaseException:  # Ctrl-C: the caller sees a stop, the interrupt goes on up
+                future.set_exception(RuntimeError("the server is stopping"))
+                raise
+            else:
+                future.set_result(result)

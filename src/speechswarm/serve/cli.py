@@ -36,6 +36,12 @@ def add_parser(sub) -> None:
         default=10.0,
         help="how long a request waits for others to batch with (ms)",
     )
+    s.add_argument(
+        "--max-streams",
+        type=int,
+        default=8,
+        help="most WebSocket streams open at once (/stream; models trained with --config stream)",
+    )
     g = s.add_argument_group("decoding")
     g.add_argument("--decoder", choices=("greedy", "beam"), default=None, help="--lm implies beam")
     g.add_argument("--lm", default=None, help="word n-gram LM (ARPA, from `speechswarm lm build`)")
@@ -51,10 +57,12 @@ def _serve(args) -> int:
     from speechswarm.errors import UnavailableError
 
     try:
+        import websockets  # noqa: F401  (uvicorn's WebSocket protocol, for /stream)
+
         from speechswarm.serve.app import Limits
         from speechswarm.serve.server import serve_checkpoint
     except ModuleNotFoundError as e:
-        if e.name not in ("starlette", "uvicorn", "multipart", "python_multipart"):
+        if e.name not in ("starlette", "uvicorn", "multipart", "python_multipart", "websockets"):
             raise
         raise UnavailableError(
             f"speechswarm serve needs {e.name}: pip install 'speechswarm[serve]'"
@@ -73,5 +81,6 @@ def _serve(args) -> int:
         limits=Limits(args.max_bytes, args.max_seconds),
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
+        max_streams=args.max_streams,
     )
     return 0

@@ -10,7 +10,9 @@ The socket is bound here, before uvicorn starts, so a port already in use is one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import socket
 import threading
 from typing import Any
@@ -18,6 +20,8 @@ from typing import Any
 from speechswarm.decode import DecoderOptions
 from speechswarm.errors import UsageError
 from speechswarm.serve.app import Limits, make_app
+from speechswarm.serve.batching import MainThreadExecutor
+from speechswarm.serve.stream import StreamSlots
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -54,6 +58,7 @@ def serve_checkpoint(
     limits: Limits | None = None,
     max_batch: int = 8,
     max_wait_ms: float = 10.0,
+    max_streams: int = 8,
 ) -> None:
     """`speechswarm serve`: load the model, listen on host:port, serve until Ctrl-C."""
     from speechswarm.transcribe import open_recognizer
@@ -61,8 +66,8 @@ def serve_checkpoint(
     limits = limits or Limits()
     if limits.max_bytes < 1 or limits.max_seconds <= 0:
         raise UsageError("--max-bytes and --max-seconds must be > 0")
-    if max_batch < 1 or max_wait_ms < 0:
-        raise UsageError("--max-batch must be >= 1 and --max-wait-ms >= 0")
+    if max_batch < 1 or max_wait_ms < 0 or max_streams < 0:
+        raise UsageError("--max-batch must be >= 1, --max-wait-ms and --max-streams >= 0")
     decoder = decoder or DecoderOptions()
     sock = bind(host, port)  # before loading the model: a taken port fails at once
     asr, engine = open_recognizer(
@@ -74,6 +79,9 @@ def serve_checkpoint(
         decoder=decoder,
     )
     name = str(checkpoint or onnx)
+    streams = stream_slots(checkpoint, asr, decoder, limits, max_streams)
+    # the model runs in this (the main) thread, the HTTP server beside it: see MainThreadExecutor
+    executor = MainThreadExecutor()
     app = make_app(
         asr,
         limits=limits,
@@ -81,6 +89,8 @@ def serve_checkpoint(
         max_wait_ms=max_wait_ms,
         name=name,
         decoder=decoder.kind,
+        executor=executor,
+        streams=streams,
     )
     shown = f"[{host}]" if ":" in host else host
     print(
@@ -89,7 +99,59 @@ def serve_checkpoint(
         f"{limits.max_bytes:,} bytes and {limits.max_seconds:g} s); Ctrl-C stops",
         flush=True,
     )
-    _uvicorn_server(app).run(sockets=[sock])
+    if streams.new_stream is None:
+        print(f"serve: no streaming at /stream: {streams.refusal}", flush=True)
+    with ServerThread(app, sock=sock) as server, _sigterm_as_interrupt():
+        try:
+            executor.run(until=server.stopped)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: answer what is in flight, then stop
+            server.stop()
+            executor.run(until=server.stopped)
+
+
+def stream_slots(
+    checkpoint: str | os.PathLike | None,
+    asr: Any,
+    decoder: DecoderOptions,
+    limits: Limits,
+    max_streams: int,
+) -> StreamSlots:
+    """The WebSocket /stream's side of `speechswarm serve`: streams of a float32 CPU copy of
+    the checkpoint's model when it can stream (the `stream` preset), else the reason why not."""
+    rate = asr.sample_rate
+    if checkpoint is None:
+        return StreamSlots(None, rate, refusal="streaming needs a PyTorch checkpoint, not ONNX")
+    from speechswarm.inference import load
+    from speechswarm.streaming import StreamingRecognizer
+
+    refusal = StreamingRecognizer.refusal(asr)
+    if refusal or max_streams == 0:
+        return StreamSlots(None, rate, refusal=refusal or "--max-streams is 0")
+    cpu_fp32 = load(checkpoint, device="cpu", precision="fp32", decoder=decoder)
+    return StreamSlots(
+        lambda: StreamingRecognizer(cpu_fp32),
+        rate,
+        max_streams=max_streams,
+        max_seconds=limits.max_seconds,
+    )
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM stops the server as Ctrl-C does (uvicorn's own handlers work only when it runs
+    in the main thread, and here the model does)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class ServerThread:
@@ -98,10 +160,13 @@ class ServerThread:
     with ServerThread(app) as server:   # server.url = "http://127.0.0.1:PORT/"
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.sock = bind(host, port)
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://{host}:{self.port}/"
+    def __init__(
+        self, app: Any, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None
+    ) -> None:
+        self.sock = sock or bind(host, port)
+        host, self.port = self.sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{self.port}/"
         self._server = _uvicorn_server(app)
         self._thread = threading.Thread(target=self._run, name="uvicorn", daemon=True)
 
@@ -116,6 +181,13 @@ class ServerThread:
             self._thread.join(0.01)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def stop(self) -> None:
+        """Asks uvicorn to finish: it stops accepting and waits for open requests."""
         self._server.should_exit = True
+
+    def stopped(self) -> bool:
+        return not self._thread.is_alive()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
         self._thread.join(10)
