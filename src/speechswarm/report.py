@@ -200,6 +200,7 @@ _SUMMARY_ROWS = {
     "best_checkpoint": ("Best checkpoint", lambda x: f"`{x}`"),
     "skipped_utterances": ("Skipped utterances", lambda x: f"{x:,}"),
     "nonfinite_losses": ("Non-finite losses", lambda x: f"{x:,}"),
+    "oom_skipped_batches": ("Batches skipped: out of memory", lambda x: f"{x:,}"),
 }
 
 

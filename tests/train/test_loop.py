@@ -11,6 +11,7 @@ With `data.max_batch_size=2` an epoch of `few.jsonl` is 3 batches.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -520,6 +521,115 @@ def test_isolated_nonfinite_gradients_are_skipped_and_counted(
     assert all(torch.isfinite(p).all() for p in runs[0].model.parameters())
     records = [r for r in read_metrics(result.run_dir / "metrics.jsonl") if "train_loss" in r]
     assert all(r["grad_norm"] == r["grad_norm"] for r in records)  # only finite norms logged
+
+
+def _exhaust_memory(monkeypatch, pattern: list[bool], runs: list, where: str) -> None:
+    """Make the batches where `pattern` is True run out of memory for real: an allocation of
+    100 TB, refused by the CPU allocator, in the forward pass (after the first conv block,
+    whose BatchNorm statistics have then moved) or in the backward pass."""
+
+    def allocate():
+        torch.empty(10**14, dtype=torch.uint8)
+
+    def poison(run):
+        calls = iter(pattern)
+        if where == "forward":
+            run.model.conv[0].register_forward_hook(
+                lambda module, args, out: allocate() if module.training and next(calls) else None
+            )
+        else:
+            first = next(run.model.parameters())
+            first.register_hook(lambda g: allocate() if next(calls) else g)
+
+    _patch_runs(monkeypatch, runs, poison)
+
+
+@pytest.mark.parametrize("where", ["forward", "backward"])
+def test_batches_out_of_memory_are_skipped_counted_and_hinted(
+    where, synth_corpus, make_config, monkeypatch
+):
+    runs: list = []
+    _exhaust_memory(monkeypatch, [True, True, False, True, True, False], runs, where)
+    cfg = make_config(THREE_BATCHES, "train.max_oom=3", "train.epochs=2", manifest=synth_corpus.few)
+    result = train(cfg, progress=False)
+    assert result.stop_reason == "epochs"
+    assert result.state.step == 2 and result.state.oom_skipped == 4
+    assert result.state.nonfinite_total == 0
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["oom_skipped_batches"] == 4
+    log = (result.run_dir / "train.log").read_text().splitlines()
+    warnings = [line for line in log if "out of memory" in line]
+    assert len(warnings) == 4, warnings
+    assert "out of memory on a batch of 2 utterances" in warnings[0]
+    assert (
+        "batch skipped (1 so far" in warnings[0] and "lower data.max_batch_seconds" in warnings[0]
+    )
+    model = runs[0].model
+    tracked = [b for n, b in model.named_buffers() if n.endswith("num_batches_tracked")]
+    assert tracked and all(int(b) == 2 for b in tracked)  # skipped batches moved no statistics
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_batches_out_of_memory_in_a_row_stop_the_run_with_the_hint(
+    synth_corpus, make_config, monkeypatch
+):
+    _exhaust_memory(monkeypatch, [False] + [True] * 10, [], "forward")
+    cfg = make_config(THREE_BATCHES, "train.max_oom=3", "train.epochs=5", manifest=synth_corpus.few)
+    with pytest.raises(
+        train_step_module.OutOfMemory,
+        match=r"out of memory on a batch of 2 utterances .*, 3 batches in a row; lower "
+        r"data\.max_batch_seconds",
+    ):
+        train(cfg, progress=False)
+
+
+def test_under_ddp_a_rank_out_of_memory_skips_the_batch_on_every_rank(
+    synth_corpus, make_config, monkeypatch
+):
+    """This rank's batch fits, another rank's did not (its flag wins `agree`): the batch is
+    skipped here too, so that no rank waits alone in the backward all-reduce."""
+
+    class OtherRankOutOfMemory(train_run.LocalSync):
+        batches = 0
+
+        def agree(self, flag: str) -> str:
+            if sys._getframe(1).f_code.co_name != "train_step":  # the loop's stop checks
+                return flag
+            self.batches += 1
+            return "oom" if self.batches in (1, 3) else flag
+
+    def poison(run):
+        run.sync = OtherRankOutOfMemory()
+
+    _patch_runs(monkeypatch, [], poison)
+    cfg = make_config(THREE_BATCHES, "train.epochs=1", manifest=synth_corpus.few)
+    result = train(cfg, progress=False)
+    assert result.state.oom_skipped == 2 and result.state.step == 1
+    log = (result.run_dir / "train.log").read_text()
+    assert "another process ran out of memory; batch skipped" in log
+
+
+def test_under_ddp_out_of_memory_in_the_backward_pass_stops_the_run(
+    synth_corpus, make_config, monkeypatch
+):
+    """The other ranks are in the backward all-reduce already: no skip can be agreed."""
+
+    def distributed(run):
+        run.env = train_run.ddp.DistEnv(world_size=2)
+
+    runs: list = []
+    _exhaust_memory(monkeypatch, [True] * 10, runs, "backward")
+    real = loop.build_run
+
+    def setup(cfg, **kwargs):
+        run = real(cfg, **kwargs)
+        distributed(run)
+        return run
+
+    monkeypatch.setattr(loop, "build_run", setup)
+    cfg = make_config(THREE_BATCHES, "train.epochs=1", manifest=synth_corpus.few)
+    with pytest.raises(train_step_module.OutOfMemory, match=r"lower data\.max_batch_seconds"):
+        train(cfg, progress=False)
 
 
 def test_clip_and_step_skips_a_nonfinite_gradient():

@@ -122,6 +122,7 @@ class TrainConfig:
     early_stop_patience: int = 0  # evaluations without improvement of select_by; 0: off
     target_wer: float = 0.0  # stop when dev WER <= this (MLPerf rule); 0: off
     max_nonfinite: int = 20  # consecutive non-finite losses or gradients before the run stops
+    max_oom: int = 5  # consecutive batches out of memory (each skipped) before the run stops
     # Experiment tracking beside metrics.jsonl and TensorBoard: "mlflow" logs the same
     # metrics and the resolved config to MLflow (pip install 'speechswarm[tracking]');
     # tracking_uri "" is a SQLite store in out_dir (mlflow.db), else any MLflow URI.

@@ -55,6 +55,8 @@ class TrainState:
     evals_since_best: int = 0
     nonfinite_in_row: int = 0
     nonfinite_total: int = 0
+    oom_in_row: int = 0
+    oom_skipped: int = 0  # batches skipped because they ran out of memory
     skipped_utterances: int = 0
     loss_sum: float = 0.0  # finite training losses (per utterance, one per micro-batch)
     loss_count: int = 0

@@ -200,6 +200,7 @@ class Run:
             "best_dev_cer": min((r["dev_cer"] for r in dev_history), default=None),
             "skipped_utterances": state.skipped_utterances,
             "nonfinite_losses": state.nonfinite_total,
+            "oom_skipped_batches": state.oom_skipped,
             "best_checkpoint": str(best) if best else None,
             "plots": [str(p) for p in plots],
         }

@@ -10,6 +10,11 @@ Every trainer in speechswarm calls it, so a batch means the same thing everywher
   `train.max_nonfinite` of those in a row stop the run (`TrainingDiverged`);
 - a finite loss whose gradient norm is not finite skips the update (`clip_and_step`) and
   counts the same way; the step itself is counted (the schedule moved on);
+- a batch that runs out of memory ("oom") is skipped the same way, counted
+  (`state.oom_skipped`) and logged with a hint to lower `data.max_batch_seconds`;
+  `train.max_oom` of those in a row stop the run (`OutOfMemory`). Under DDP a rank that runs
+  out in its forward pass skips the batch on every rank; one that runs out in the backward
+  pass (its peers are already all-reducing) stops the run with the same hint;
 - after every optimizer step the run's synchronizer acts (`run.sync.after_step`): that is
   the one place where DDP, Hogwild and peer-to-peer differ.
 """
@@ -41,11 +46,15 @@ class TrainingDiverged(SpeechswarmError, RuntimeError):
 class StepResult:
     """What one `train_step` did."""
 
-    flag: str  # "" (trained), "empty" (nothing to train on), "nonfinite" (loss skipped)
+    flag: str  # "" (trained), "empty" (nothing to train on), "nonfinite" or "oom" (skipped)
     loss: float = math.nan  # the batch's mean per-utterance CTC loss ("" only)
     stepped: bool = False  # an optimizer step was taken: state.step counts it
     grad_norm: float = math.nan  # before clipping, when `stepped`
     audio_seconds: float = 0.0  # training audio in the batch ("" only)
+
+
+class OutOfMemory(SpeechswarmError, RuntimeError):
+    """Batches ran out of memory `train.max_oom` times in a row, or in a DDP backward pass."""
 
 
 def train_step(run: Run, state: TrainState, batch: Batch) -> StepResult:
@@ -55,21 +64,37 @@ def train_step(run: Run, state: TrainState, batch: Batch) -> StepResult:
     micro-batch (`run.accumulated` counts them); under DDP gradients are all-reduced in the
     backward pass of that last one."""
     state.skipped_utterances += batch.skipped
+    oom: BaseException | None = None
     with run.grad_sync(run.accumulated + 1 == run.accumulate):  # DDP: all-reduce on the last
         run.norm_stats.save()
-        loss = _forward(run, batch) if batch.ids else None
-        flag = "empty" if loss is None else "" if torch.isfinite(loss) else "nonfinite"
-        flag = run.sync.agree(flag)  # skip a batch everywhere or nowhere
+        try:
+            loss = _forward(run, batch) if batch.ids else None
+        except Exception as e:
+            if not is_out_of_memory(e):
+                raise
+            loss, oom = None, e
+        flag = run.sync.agree(_flag(loss, oom))  # skip a batch everywhere or nowhere
         if not flag:
-            run.backward(loss * (1.0 / run.accumulate))
+            try:
+                run.backward(loss * (1.0 / run.accumulate))
+            except Exception as e:
+                if not is_out_of_memory(e):
+                    raise
+                if run.env.world_size > 1:  # the other ranks wait in an all-reduce
+                    raise OutOfMemory(f"{_oom_words(run, batch)}; {_OOM_HINT}") from None
+                flag, oom = "oom", e
     if flag == "empty":
         return StepResult("empty")
-    if flag:  # non-finite: drop this batch's gradients, count, maybe give up
+    if flag:  # non-finite or out of memory: drop this batch's gradients, count, maybe give up
         run.norm_stats.restore()  # its forward pass moved them
         run.optimizer.zero_grad(set_to_none=True)
         run.accumulated = 0
+        if flag == "oom":
+            skip_out_of_memory(run, state, batch, here=oom is not None)
+            return StepResult("oom")
         count_nonfinite(state, run.cfg.train.max_nonfinite)
         return StepResult("nonfinite")
+    state.oom_in_row = 0
     run.accumulated += 1
     loss_value = float(loss.detach())
     state.loss_sum += loss_value
@@ -101,6 +126,51 @@ def count_nonfinite(state: TrainState, limit: int) -> None:
             f"{state.nonfinite_in_row} non-finite losses or gradients in a row at step "
             f"{state.step}: lower optim.lr, set optim.grad_clip, or use precision=fp32"
         )
+
+
+def _flag(loss: torch.Tensor | None, oom: BaseException | None) -> str:
+    if oom is not None:
+        return "oom"
+    if loss is None:
+        return "empty"
+    return "" if torch.isfinite(loss) else "nonfinite"
+
+
+_OOM_HINT = "lower data.max_batch_seconds (or data.max_batch_size) so that batches fit"
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether `e` is an allocation failure: CUDA/MPS out of memory, or the CPU allocator's
+    (a RuntimeError; the kernel's OOM killer, in contrast, cannot be caught)."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return True
+    return isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
+
+
+def _oom_words(run: Run, batch: Batch) -> str:
+    n = len(batch.ids)
+    longest = float(batch.wave_lens.max()) / run.sample_rate if n else 0.0
+    return (
+        f"out of memory on a batch of {n} utterances ({n * longest:.0f} s padded, the longest "
+        f"{longest:.1f} s; data.max_batch_seconds={run.cfg.data.max_batch_seconds:g})"
+    )
+
+
+def skip_out_of_memory(run: Run, state: TrainState, batch: Batch, here: bool) -> None:
+    """Count a batch skipped for memory (`here`: this process ran out, else another rank
+    did), free what the allocator caches, and stop after `train.max_oom` in a row."""
+    state.oom_skipped += 1
+    state.oom_in_row += 1
+    if run.device.type == "cuda":
+        torch.cuda.empty_cache()
+    where = _oom_words(run, batch) if here else "another process ran out of memory"
+    limit = run.cfg.train.max_oom
+    if state.oom_in_row >= limit:
+        raise OutOfMemory(f"{where}, {state.oom_in_row} batches in a row; {_OOM_HINT}")
+    run.log.warning(
+        f"step {state.step}: {where}; batch skipped ({state.oom_skipped} so far, "
+        f"{limit} in a row stop the run); {_OOM_HINT}"
+    )
 
 
 def _forward(run: Run, batch: Batch) -> torch.Tensor:

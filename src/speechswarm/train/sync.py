@@ -21,8 +21,9 @@ import torch
 # Flags `agree` can raise, least to most severe: when processes disagree, all of them get the
 # most severe one any process raised ("" means: nothing, go on).
 # "empty": a batch with no usable utterance, "nonfinite": a non-finite loss (every process
-# then skips the batch: under DDP a rank that skipped backward alone would hang the others).
-FLAGS = ("", "empty", "nonfinite", "round_end", "epochs", "max_steps", "time_budget", "interrupted",
+# then skips the batch: under DDP a rank that skipped backward alone would hang the others),
+# "oom": a forward pass that ran out of memory (skipped everywhere likewise).
+FLAGS = ("", "empty", "nonfinite", "oom", "round_end", "epochs", "max_steps", "time_budget", "interrupted",
          "target_wer", "early_stop")  # fmt: skip
 
 
