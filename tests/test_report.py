@@ -85,6 +85,35 @@ def test_tensorboard_mirror_holds_the_scalars(tmp_path):
     assert [(e.step, e.value) for e in events.Scalars("train_loss")] == [(5, 2.5), (9, 1.25)]
 
 
+def test_tensorboard_thread_write_errors_are_one_warning_line(tmp_path, caplog, monkeypatch):
+    """TensorBoard's own writer thread fails (a read-only folder, a full disk): one warning,
+    no thread traceback; other threads' errors still reach the hook that was there."""
+    import threading
+
+    from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+
+    before = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: before.append(args.exc_type))
+    with MetricsLogger(tmp_path):  # wraps the hook that is there
+        pass
+
+    class Failing(_AsyncWriterThread):
+        def __init__(self) -> None:
+            threading.Thread.__init__(self, daemon=True)
+
+        def run(self) -> None:
+            raise PermissionError(13, "Permission denied", str(tmp_path / "tb" / "events"))
+
+    with caplog.at_level(logging.WARNING, logger="speechswarm.report"):
+        for thread in (Failing(), threading.Thread(target=lambda: 1 / 0)):
+            thread.start()
+            thread.join()
+    warnings = [r.getMessage() for r in caplog.records]
+    events = tmp_path / "tb" / "events"
+    assert warnings == [f"TensorBoard stopped writing: [Errno 13] Permission denied: '{events}'"]
+    assert before == [ZeroDivisionError]
+
+
 def test_missing_tensorboard_is_said_once(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import now fails
     monkeypatch.setattr(report, "_tb_warned", False)

@@ -59,3 +59,22 @@ def test_without_mlflow_the_error_says_what_to_install(monkeypatch, tmp_path):
     with pytest.raises(UnavailableError, match=r"speechswarm\[tracking\]"):
         open_tracking("mlflow", "", tmp_path, {})
     assert open_tracking("none", "", tmp_path, {}) is None
+
+
+def test_a_run_that_fails_ends_its_mlflow_run_failed(make_config, synth_corpus, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from speechswarm.train.step import TrainingDiverged
+
+    cfg = make_config(
+        "train.max_steps=3",
+        "train.tracking=mlflow",
+        "optim.lr=1e30",  # every update overflows: the run diverges
+        "train.max_nonfinite=1",
+        manifest=synth_corpus.few,
+    )
+    with pytest.raises(TrainingDiverged):
+        train(cfg, progress=False)
+    saved = json.loads((tmp_path / "run" / "mlflow_run.json").read_text())
+    run = MlflowClient(tracking_uri=saved["uri"]).get_run(saved["run_id"])
+    assert run.info.status == "FAILED"

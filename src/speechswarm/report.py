@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -106,13 +107,18 @@ class MetricsLogger:
             self._file.flush()
         return read_metrics(self.path)
 
-    def close(self) -> None:
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
+
+    def close(self, status: str = "FINISHED") -> None:
+        """Close the files; `status` (FINISHED, FAILED, KILLED) ends the MLflow run."""
         self._file.close()
         if self._tb is not None:
             self._tb.close()
             self._tb = None
         if self._mlflow is not None:
-            self._mlflow.close()
+            self._mlflow.close(status)
             self._mlflow = None
 
     def __enter__(self) -> MetricsLogger:
@@ -133,7 +139,30 @@ def _open_tensorboard(log_dir: Path, resume_step: int | None):
             _tb_warned = True
         return None
     purge = None if resume_step is None else resume_step + 1
+    _quiet_tensorboard_thread_errors()
     return SummaryWriter(log_dir=str(log_dir), purge_step=purge, flush_secs=30)
+
+
+def _quiet_tensorboard_thread_errors() -> None:
+    """TensorBoard writes its event files from a thread of its own; when the run folder turns
+    read-only or the disk fills, that thread died with a traceback printed beside the run's
+    own one-line error. Its OSErrors become one warning line (metrics.jsonl, written by the
+    run itself, reports the failure as it happens); any other thread's errors print as before."""
+    previous = threading.excepthook
+    if getattr(previous, "_speechswarm", False):
+        return
+
+    def hook(args) -> None:
+        classes = type(args.thread).__mro__
+        if isinstance(args.exc_value, OSError) and any(
+            c.__module__.startswith("tensorboard") for c in classes
+        ):
+            log.warning("TensorBoard stopped writing: %s", args.exc_value)
+            return
+        previous(args)
+
+    hook._speechswarm = True
+    threading.excepthook = hook
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:

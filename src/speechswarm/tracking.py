@@ -97,8 +97,9 @@ class MlflowMirror:
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
 
-    def close(self) -> None:
-        self.client.set_terminated(self.run_id)
+    def close(self, status: str = "FINISHED") -> None:
+        """End the MLflow run as FINISHED, FAILED (the training raised) or KILLED (Ctrl-C)."""
+        self.client.set_terminated(self.run_id, status=status)
 
 
 def open_tracking(tracking: str, uri: str, run_dir: str | Path, config: dict):

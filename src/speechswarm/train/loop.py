@@ -124,6 +124,19 @@ def train(
 
 def _train(cfg: Config, env, resume, should_stop, progress: bool) -> TrainResult:
     run = build_run(cfg, progress=progress, env=env)
+    try:
+        return _train_run(run, cfg, resume, should_stop, progress)
+    except BaseException as e:  # the metrics' files closed; an MLflow run ends FAILED/KILLED
+        if run.metrics is not None and not run.metrics.closed:
+            status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+            try:
+                run.metrics.close(status)
+            except Exception as close_error:  # never hide the error that stopped the run
+                run.log.warning(f"closing the metrics failed too: {close_error}")
+        raise
+
+
+def _train_run(run: Run, cfg: Config, resume, should_stop, progress: bool) -> TrainResult:
     state = TrainState()
     rng_to_restore = None
     checkpoint_path = resume_path(run, resume)
