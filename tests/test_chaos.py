@@ -47,6 +47,21 @@ def test_a_small_kill_campaign_loses_nothing(synth_corpus, tmp_path):
     assert "| 2 |" in campaign.table()
 
 
+@pytest.mark.slow  # ~1.5 min: a reference DDP launch, one restarted and one resumed
+def test_a_killed_ddp_rank_comes_back_to_the_same_weights(synth_corpus, tmp_path):
+    out = tmp_path / "ddp"
+    argv = ["chaos", "ddp", "--trials", "2", "--steps", "8", "--corpus", str(synth_corpus.dir),
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0  # as a user types it
+    trials = json.loads((out / "ddp-kill.json").read_text())["trials"]
+    assert [t["mode"] for t in trials] == ["restart", "resume"]
+    for t in trials:
+        assert t["killed"] and t["finished_ok"] and t["identical"] and not t["unreadable"], t
+    # the resumed trial's first launch failed and said which rank
+    launch = (out / "trial-001" / "launch.stderr").read_text()
+    assert "DDP worker(s) failed: rank 0 (exit code -9)" in launch
+
+
 @pytest.mark.slow  # ~1-2 min: a reference P2P experiment and one killed-and-resumed copy
 def test_a_killed_p2p_simulation_resumes_to_the_same_weights_and_rows(synth_corpus, tmp_path):
     out = tmp_path / "p2p"

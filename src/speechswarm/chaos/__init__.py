@@ -1,11 +1,13 @@
 """Fault-injection campaigns: inject faults by the dozen, count what was lost.
 
     speechswarm chaos kill --trials 20 --out runs/chaos      # SIGKILL anywhere, then resume
+    speechswarm chaos ddp --trials 10                          # SIGKILL one DDP rank
     speechswarm chaos corpus --manifest data/synth/train.jsonl # a tenth of it broken
     speechswarm chaos disk --trials 10                         # full disk, read-only folder
     speechswarm chaos p2p --trials 10                          # SIGKILL a P2P simulation
 
 - `kill.py`: kill -9 a training run in every phase, resume it, compare the final weights.
+- `ddp_kill.py`: kill -9 one rank of a DDP run; torchrun restarts it, or `--resume auto`.
 - `corpus.py`: a corpus with a tenth of its entries broken in every way we know of;
   `validate` must name each, `train` must skip and report them.
 - `disk.py`: a disk that fills, a folder that turns read-only (root: a small tmpfs each).

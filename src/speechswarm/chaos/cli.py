@@ -1,6 +1,7 @@
 """`speechswarm chaos`: fault-injection campaigns, counted (docs/reliability.md).
 
 speechswarm chaos kill --trials 20 --out runs/chaos
+speechswarm chaos ddp --trials 10
 speechswarm chaos corpus --manifest data/synth/train.jsonl
 sudo .venv/bin/speechswarm chaos disk --trials 10
 speechswarm chaos p2p --trials 10
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from speechswarm.errors import UsageError
 
-CHAOS_CAMPAIGNS = ("kill", "corpus", "disk", "p2p")
+CHAOS_CAMPAIGNS = ("kill", "ddp", "corpus", "disk", "p2p")
 
 
 def add_parser(sub) -> None:
@@ -18,12 +19,13 @@ def add_parser(sub) -> None:
     s.add_argument(
         "campaign",
         choices=CHAOS_CAMPAIGNS,
-        help="kill: SIGKILL training anywhere, then resume; corpus: a tenth of --manifest "
+        help="kill: SIGKILL training anywhere, then resume; ddp: SIGKILL one rank of a "
+        "2-process DDP run, then restart or resume; corpus: a tenth of --manifest "
         "broken; disk: a full disk, a read-only folder (root); p2p: SIGKILL a simulation",
     )
     s.add_argument("--out", default=None, help="campaign folder (default: runs/chaos-CAMPAIGN)")
-    s.add_argument("--trials", type=int, default=None, help="default: kill 20, disk/p2p 10")
-    s.add_argument("--steps", type=int, default=None, help="kill/disk: steps (24 / 12)")
+    s.add_argument("--trials", type=int, default=None, help="default: kill 20, others 10")
+    s.add_argument("--steps", type=int, default=None, help="kill/ddp/disk: steps (24/16/12)")
     s.add_argument("--rounds", type=int, default=8, help="p2p: rounds of each simulation")
     s.add_argument("--seed", type=int, default=0, help="seed of the fault moments")
     s.add_argument("--corpus", default=None, help="manifests folder (default: synthesise one)")
@@ -45,6 +47,15 @@ def _chaos(args) -> int:
         s = campaign.summary()
         ok = s["bit_identical"] == s["trials"] == s["finished_resume_ok"]
         return 0 if ok and not s["unreadable_checkpoints"] else 1
+    if args.campaign == "ddp":
+        from speechswarm.chaos import ddp_kill
+
+        trials = ddp_kill.run_ddp_kill_campaign(
+            out, trials=args.trials or 10, steps=args.steps or 16, seed=args.seed,
+            corpus=args.corpus,
+        )  # fmt: skip
+        print(ddp_kill.table(trials))
+        return 0 if ddp_kill.passed(trials) else 1
     if args.campaign == "corpus":
         if not args.manifest:
             raise UsageError("chaos corpus: give --manifest M, the manifest to break a tenth of")
