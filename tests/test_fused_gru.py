@@ -190,7 +190,7 @@ def test_packed_bf16_recurrence_as_accurate_as_aten_mm(kernel, hidden, threads):
         assert p < 1.5 * a + 1e-3
 
 
-def test_inference_lstm_cuda_dtypes_use_aten(kernel):
+def test_lstm_aten_dtypes_and_export_use_aten(kernel):
     gru = nn.GRU(4, 4, batch_first=True)
     x = torch.randn(2, 3, 4)
     assert fused_gru.applies(gru, x, "auto")
@@ -198,7 +198,48 @@ def test_inference_lstm_cuda_dtypes_use_aten(kernel):
     assert not fused_gru.applies(nn.LSTM(4, 4, batch_first=True), x, "fused")
     assert not fused_gru.applies(gru, x.half(), "auto")
     with torch.no_grad():
-        assert not fused_gru.applies(gru, x, "fused")
+        assert fused_gru.applies(gru, x, "auto")  # built: inference uses it too
+
+
+def test_inference_uses_the_kernel_only_where_it_is_built(kernel, monkeypatch, tmp_path):
+    gru, x = nn.GRU(4, 4, batch_first=True), torch.randn(2, 3, 4)
+    monkeypatch.setattr(fused_gru, "_kernel", None)
+    monkeypatch.setattr(fused_gru, "_built", None)
+    monkeypatch.setenv("SPEECHSWARM_CACHE", str(tmp_path))  # an empty cache: never built here
+    monkeypatch.setattr(fused_gru, "load", lambda log=None: pytest.fail("compiled at inference"))
+    with torch.inference_mode():
+        assert not fused_gru.applies(gru, x, "auto")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_model_inference_equals_aten(kernel, dtype, monkeypatch):
+    """Transcription with the kernel gives ATen's log-probabilities: to rounding in float64,
+    to bf16 precision under autocast (the kernel keeps h in float32), padding included; and
+    ONNX export still traces ATen's GRU."""
+    model = (
+        _model(merge="sum").eval().to(torch.float64 if dtype == torch.float64 else torch.float32)
+    )
+    feats = torch.randn(3, 60, 40, dtype=torch.double)
+    lens = torch.tensor([60, 41, 17])
+    calls = []
+    real = fused_gru._run_forward
+    monkeypatch.setattr(fused_gru, "_run_forward", lambda *a: calls.append(1) or real(*a))
+    outs = {}
+    for k in ("aten", "auto"):
+        model.rnn_kernel = k
+        if dtype == torch.float64:
+            with torch.inference_mode():
+                outs[k] = model(feats, lens)[0]
+        else:
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                outs[k] = model(feats.float(), lens)[0]
+    assert len(calls) == 2  # both GRU layers ran fused, and nothing else did
+    mask = torch.arange(outs["aten"].shape[1])[None, :] < model.output_lengths(lens)[:, None]
+    diff = (outs["auto"] - outs["aten"]).abs()[mask]
+    assert diff.max() < (1e-9 if dtype == torch.float64 else 0.05), diff.max()
+    with torch.no_grad():
+        monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
+        assert not fused_gru.applies(model.rnns[0], feats, "auto")
 
 
 def test_failed_build_falls_back_under_auto_and_stops_under_fused(monkeypatch, caplog):

@@ -4,11 +4,14 @@
     python bench/fused_gru.py layer                           # one BiGRU layer, both kernels
 
 `train.rnn_kernel=auto` (the default) trains GRU layers on the CPU with this kernel wherever
-it builds, and with ATen's GRU elsewhere; inference (no autograd), CUDA and ONNX export
-always use ATen's. The kernel (`csrc/fused_gru.cpp`) is compiled at first use, ~40 s with
-g++ and ninja, and cached per CPU and torch version under $SPEECHSWARM_CACHE or
-~/.cache/speechswarm. Where the build fails, "auto" says why in one line and trains with
-ATen; "fused" stops with the compiler's message.
+it builds, and with ATen's GRU elsewhere; CUDA and ONNX export always use ATen's. Inference
+(no autograd: transcribe, eval, serve, dev evaluations) uses the kernel where it is built
+already, and ATen's GRU otherwise, so transcribing never waits for a compile (bf16 on AMX:
+`tiny` with GRUs transcribes 5x faster with it, bench/RESULTS.md). The kernel
+(`csrc/fused_gru.cpp`) is compiled at first use in training, ~40 s with g++ and ninja, and
+cached per CPU and torch version under $SPEECHSWARM_CACHE or ~/.cache/speechswarm. Where the
+build fails, "auto" says why in one line and trains with ATen; "fused" stops with the
+compiler's message.
 
 What it does differently from ATen's CPU GRU under bf16 autocast (measured in
 bench/RESULTS.md, "The fused GRU in the package": a BiGRU 512 layer at batch 24 runs
@@ -60,6 +63,7 @@ packed_recurrent_gemm = True
 _kernel: ModuleType | None = None
 _error: str | None = None  # why the build failed, once it has
 _warned = False  # "auto" warns about a failed build once per process
+_built: bool | None = None  # inference: is the kernel built on disk (None: not looked yet)
 
 
 class KernelUnavailable(RuntimeError):
@@ -120,6 +124,22 @@ def load(log=None) -> ModuleType:
     return _kernel
 
 
+def built() -> bool:
+    """Whether the kernel is loaded, or built on disk for this machine and loads now (no
+    compile: a folder without a built library answers False)."""
+    global _built
+    if _kernel is not None:
+        return True
+    if _built is None:
+        _built = _error is None and any(cache_dir().glob("*.so"))
+        if _built:
+            try:
+                load()
+            except KernelUnavailable:
+                _built = False
+    return _built
+
+
 def _put_ninja_on_path() -> None:
     """torch's JIT build runs `ninja`; the pip package's binary is on PATH only inside an
     activated venv, so add its folder for `.venv/bin/speechswarm` run from outside."""
@@ -161,12 +181,18 @@ def any_gru(model: nn.Module) -> bool:
 
 
 def applies(rnn: nn.Module, x: torch.Tensor, kernel: str) -> bool:
-    """Whether this call trains a GRU on the CPU in a dtype the kernel has, and the kernel
-    loads (under "auto" a failed build warns once, then ATen runs)."""
+    """Whether this call runs a GRU on the CPU in a dtype the kernel has, and the kernel
+    loads (under "auto" a failed build warns once, then ATen runs). Inference (no autograd)
+    uses it only where it is built already: transcribing never waits for a compile. ONNX
+    export and tracing always see ATen's GRU."""
     if kernel == "aten" or not isinstance(rnn, nn.GRU) or x.device.type != "cpu":
         return False
-    if not torch.is_grad_enabled() or compute_dtype(x) not in _DTYPES:
+    if compute_dtype(x) not in _DTYPES or torch.jit.is_tracing():
         return False
+    if torch.onnx.is_in_onnx_export():
+        return False
+    if not torch.is_grad_enabled():
+        return built()
     global _warned
     try:
         load()
@@ -194,20 +220,11 @@ class _FusedGRU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, cd, x, x_rev, *w):
-        xs = [_time_major(x, cd)]
-        if x_rev is not None:
-            xs.append(_time_major(x_rev, cd))
-        d = len(xs)
-        wi, wh, bi, bh = ([w[4 * i + k].detach().to(cd) for i in range(d)] for k in range(4))
-        parallel = torch.get_num_threads() <= 2
-        packed = packed_recurrent_gemm and parallel  # single-threaded GEMMs: one per direction
-        res = load().forward(xs, wi, wh, bi, bh, parallel, packed)
-        hs, saved = res[0::2], res[1::2]  # (T + 1, N, H) from h_0 = 0; (T, N, 4H)
+        xs, wi, wh, hs, saved, parallel, packed = _run_forward(cd, x, x_rev, w)
         ctx.save_for_backward(*xs, *wi, *wh, *hs, *saved)
-        ctx.d, ctx.parallel, ctx.packed, ctx.x_dtype = d, parallel, packed, x.dtype
+        ctx.d, ctx.parallel, ctx.packed, ctx.x_dtype = len(xs), parallel, packed, x.dtype
         ctx.w_dtypes = [t.dtype for t in w]
-        outs = [h[1:].transpose(0, 1) for h in hs]  # (N, T, H)
-        return outs[0], (outs[1] if d == 2 else None)
+        return _outputs(hs)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -220,6 +237,25 @@ class _FusedGRU(torch.autograd.Function):
         dws = (g[5 * i + k] for i in range(d) for k in (1, 2, 3, 4))
         dw = [t.to(dt) for t, dt in zip(dws, ctx.w_dtypes, strict=True)]
         return (None, dx[0], dx[1] if d == 2 else None, *dw)
+
+
+def _run_forward(cd, x, x_rev, w):
+    """The kernel's forward pass: (xs, wi, wh, hs, saved, parallel, packed)."""
+    xs = [_time_major(x, cd)]
+    if x_rev is not None:
+        xs.append(_time_major(x_rev, cd))
+    d = len(xs)
+    wi, wh, bi, bh = ([w[4 * i + k].detach().to(cd) for i in range(d)] for k in range(4))
+    parallel = torch.get_num_threads() <= 2
+    packed = packed_recurrent_gemm and parallel  # single-threaded GEMMs: one per direction
+    res = load().forward(xs, wi, wh, bi, bh, parallel, packed)
+    hs, saved = res[0::2], res[1::2]  # (T + 1, N, H) from h_0 = 0; (T, N, 4H)
+    return xs, wi, wh, hs, saved, parallel, packed
+
+
+def _outputs(hs):
+    outs = [h[1:].transpose(0, 1) for h in hs]  # (N, T, H)
+    return outs[0], (outs[1] if len(outs) == 2 else None)
 
 
 def _time_major(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -242,4 +278,6 @@ def gru_layer(rnn: nn.GRU, x: torch.Tensor, x_rev: torch.Tensor | None, cd: torc
             rnn.bias_ih_l0_reverse,
             rnn.bias_hh_l0_reverse,
         ]
+    if not torch.is_grad_enabled():  # inference: nothing kept for a backward pass
+        return _outputs(_run_forward(cd, x, x_rev, ws)[3])
     return _FusedGRU.apply(cd, x, x_rev, *ws)

@@ -80,7 +80,7 @@ class DeepSpeech2(nn.Module):
     reversed input elsewhere (see `run_rnn_padded`); "packed" / "padded" force one path.
     `rnn_kernel` (attribute, set from train.rnn_kernel): "auto" trains GRU layers on the CPU
     with the fused kernel of `speechswarm.fused_gru` where it builds, "fused" insists on it,
-    "aten" never uses it; inference always runs ATen's GRU.
+    "aten" never uses it; inference uses it where it is built already (`fused_gru.applies`).
 
     Args:
         num_features: F, feature bins per frame.
