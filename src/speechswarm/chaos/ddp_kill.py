@@ -5,9 +5,11 @@
 The run is the kill campaign's (`chaos kill`: `tiny`, fp32, a checkpoint every 2 steps, an
 evaluation every 5) launched as `speechswarm train --nproc 2` (two processes, gloo). A
 reference launch, never interrupted, gives the final weights. Each trial starts the same
-launch in a folder of its own, waits a random 15-85 % of the reference's time, and SIGKILLs
-one worker (rank 0 and rank 1 in turn; found by the RANK in its environment), checkpoint
-writes widened as in `chaos kill`. Trials alternate between the two ways a DDP run comes back:
+launch in a folder of its own, waits until the run has saved a checkpoint of a random step
+(none, 2, 4, ... up to the last but one) and then a random 0-2 s more, and SIGKILLs one
+worker (rank 0 and rank 1 in turn; found by the RANK in its environment), checkpoint writes
+widened as in `chaos kill`. (Drawing the moment from the reference's time put 6 of 10 kills
+before the first checkpoint: starting two workers takes a third of the short run.) Trials alternate between the two ways a DDP run comes back:
 - "restart": the launch has `--max-restarts 1`; torchrun restarts both workers, which resume
   from the last checkpoint by themselves and finish: the launch must exit 0;
 - "resume": no restarts; the launch fails naming the rank, every checkpoint left must load,
@@ -122,8 +124,10 @@ def run_ddp_kill_campaign(
     results = []
     for i in range(trials):
         mode, rank = MODES[i % 2], (i // 2) % 2
-        wait = rng.uniform(0.15, 0.85) * reference_seconds
-        trial = _trial(i, mode, rank, wait, corpus_dir, out / f"trial-{i:03d}", steps, weights)
+        after_step = rng.choice([-1, *range(2, steps - 1, 2)])  # checkpoints every 2 steps
+        delay = rng.uniform(0.0, 2.0)
+        trial = _trial(i, mode, rank, (after_step, delay), corpus_dir, out / f"trial-{i:03d}",
+                       steps, weights)  # fmt: skip
         results.append(trial)
         log(
             f"trial {i + 1}/{trials}: {mode}, rank {rank} "
@@ -166,7 +170,8 @@ def _env(delay: bool) -> dict[str, str]:
     return env
 
 
-def _trial(i, mode, rank, wait, corpus, run_dir, steps, weights) -> DdpKillTrial:
+def _trial(i, mode, rank, moment, corpus, run_dir, steps, weights) -> DdpKillTrial:
+    """One launch killed once `moment` = (a checkpoint of that step exists, then seconds)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     restarts = 1 if mode == "restart" else 0
@@ -179,9 +184,15 @@ def _trial(i, mode, rank, wait, corpus, run_dir, steps, weights) -> DdpKillTrial
             start_new_session=True,
         )
     trial = DdpKillTrial(i, mode, rank, 0.0, -1)
+    after_step, delay = moment
     try:
-        while time.perf_counter() - t0 < wait and proc.poll() is None:
-            time.sleep(0.05)
+        while proc.poll() is None and (
+            _last_step(run_dir) < after_step or _worker(proc.pid, rank) is None
+        ):
+            time.sleep(0.02)
+        end = time.perf_counter() + delay
+        while time.perf_counter() < end and proc.poll() is None:
+            time.sleep(0.02)
         pid = _worker(proc.pid, rank)
         if pid is not None and proc.poll() is None:
             trial.step_at_kill = _last_step(run_dir)
