@@ -97,7 +97,7 @@ def average_checkpoints(paths: Sequence[str | os.PathLike], out: str | os.PathLi
         raise UsageError(f"average needs at least 2 checkpoints, got {len(paths)}")
     if Path(out).resolve() in {Path(p).resolve() for p in paths}:
         raise UsageError(f"average: --out {out} is one of the inputs; write elsewhere")
-    ckpts = [load_checkpoint(p) for p in paths]
+    ckpts = [load_checkpoint(p, model=True) for p in paths]
     for path, ckpt in zip(paths[1:], ckpts[1:], strict=True):
         diff = _difference(ckpts[0], ckpt)
         if diff:

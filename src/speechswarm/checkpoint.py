@@ -178,8 +178,16 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint written by `save_checkpoint`, weights-only, tensors on `map_location`."""
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", *, model: bool = False
+) -> dict:
+    """Load a checkpoint written by `save_checkpoint`, weights-only, tensors on `map_location`.
+
+    Raises CheckpointError: missing_file; unsafe_content (a pickled object that would run
+    code: refused, never unpickled); corrupt_file (truncated or garbage bytes, or a "model",
+    "features", ... entry that is not a dict). `model=True` also requires what rebuilds a
+    model (`MODEL_KEYS`): eval, transcribe, export and average read those.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
@@ -191,23 +199,73 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # garbage bytes fail in many ways (zip, pickle, utf-8, ...)
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if not (isinstance(e, pickle.UnpicklingError) and unsafe):
+        unsafe = unsafe_pickle(e)
+        if unsafe is None:
             raise _corrupt(path, e) from e
         raise CheckpointError(
             path,
             "unsafe_content",
-            f"holds a pickled {unsafe[1]} object, not only tensors, numbers, strings, lists "
-            "and dicts; refusing to unpickle it, as that can run arbitrary code. If you trust "
-            "the file, load it yourself with torch.load(weights_only=False), convert such "
-            "objects to plain data and re-save it with save_checkpoint.",
+            f"holds {unsafe}, not only tensors, numbers, strings, lists and dicts; refusing "
+            "to unpickle it, as that can run arbitrary code. If you trust the file, load it "
+            "yourself with torch.load(weights_only=False), convert such objects to plain data "
+            "and re-save it with save_checkpoint.",
         ) from e
     if not isinstance(state, dict):
         raise CheckpointError(path, "corrupt_file", f"holds a {type(state).__name__}, not a dict")
+    _check_known_keys(path, state)
+    missing = [k for k in MODEL_KEYS if k not in state] if model else []
+    if missing:
+        raise CheckpointError(
+            path,
+            "corrupt_file",
+            f"has no {', '.join(missing)}; not a model checkpoint written by `speechswarm "
+            "train` (use one from <run>/checkpoints/)",
+        )
     return state
 
 
+# How torch's weights-only unpickler names a global it refuses to load: "Unsupported global:
+# GLOBAL numpy.dtype was not an allowed global" or, for a blocked module such as os (torch
+# 2.6+), "unsupported GLOBAL posix.system whose module posix is blocked".
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL (\S+)")
+
+
+def unsafe_pickle(e: BaseException) -> str | None:
+    """What a weights-only `torch.load` refused to call or build ("a pickled posix.system
+    object"), or None when `e` is no such refusal (a truncated or garbage file)."""
+    found = _UNSAFE_GLOBAL.search(str(e)) if isinstance(e, pickle.UnpicklingError) else None
+    return f"a pickled {found[1].rstrip('.')} object" if found else None
+
+
+# Keys a model checkpoint's readers index without asking: present, they must be dicts (a
+# weights-only file can hold any plain value under them; the readers would fail deep inside).
+_DICT_KEYS = ("model", "model_settings", "features", "tokenizer", "train_state", "optimizer")
+MODEL_KEYS = ("model", "model_settings", "features", "tokenizer")  # what rebuilds a model
+
+
+def _check_known_keys(path: Path, state: dict) -> None:
+    for key in _DICT_KEYS:
+        if key in state and type(state[key]) not in (dict, OrderedDict):
+            raise CheckpointError(
+                path,
+                "corrupt_file",
+                f"its {key!r} is a {type(state[key]).__name__}, not a dict; not a checkpoint "
+                "written by speechswarm (use one from <run>/checkpoints/)",
+            )
+    bad = [k for k, v in state.get("model", {}).items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(
+            path,
+            "corrupt_file",
+            f"its model weights hold non-tensors ({', '.join(map(str, bad[:3]))}); not a "
+            "checkpoint written by speechswarm (use one from <run>/checkpoints/)",
+        )
+
+
 def _first_sentence(e: Exception) -> str:
+    opcode = re.search(r"Unsupported operand (\d+)", str(e))
+    if isinstance(e, pickle.UnpicklingError) and opcode:  # torch's own text is 8 lines
+        return f"UnpicklingError: pickle opcode {opcode[1]}, which weights-only loading refuses"
     text = str(e).strip().split(". ")[0].splitlines()
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 

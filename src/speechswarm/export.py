@@ -134,7 +134,7 @@ def _import_onnx():
 
 def load_for_export(checkpoint: str | os.PathLike) -> tuple[dict, FeatureExtractor, nn.Module]:
     """(checkpoint dict, extractor, model in eval mode on the CPU) from a checkpoint file."""
-    ckpt = load_checkpoint(Path(checkpoint))
+    ckpt = load_checkpoint(Path(checkpoint), model=True)
     extractor = FeatureExtractor.from_settings(ckpt["features"]).eval()
     model = model_from_settings(ckpt["model_settings"])
     model.load_state_dict(ckpt["model"])

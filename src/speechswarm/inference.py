@@ -134,7 +134,7 @@ def load(
 ) -> Recognizer:
     """Load a checkpoint written by `speechswarm train` for transcription (greedy decoding
     unless `decoder` says otherwise)."""
-    checkpoint = load_checkpoint(Path(path))
+    checkpoint = load_checkpoint(Path(path), model=True)
     bad = [
         k
         for k, v in checkpoint["model"].items()

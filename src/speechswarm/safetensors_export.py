@@ -52,7 +52,7 @@ def export_safetensors(checkpoint: str | os.PathLike, out: str | os.PathLike) ->
     out = Path(out)
     if out.suffix != ".safetensors":
         raise UsageError(f"export --format safetensors: --out must end in .safetensors, got {out}")
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_checkpoint(checkpoint, model=True)
     state = ckpt.get("train_state") or {}
     config = {
         "format": FORMAT_VERSION,

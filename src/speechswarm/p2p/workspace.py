@@ -29,6 +29,7 @@ import logging
 import math
 import multiprocessing
 import os
+import pickle
 import threading
 import time
 from collections.abc import Sequence
@@ -39,6 +40,7 @@ import numpy as np
 import torch
 
 from speechswarm.build import autocast, build_augment, resolve_device, resolve_precision
+from speechswarm.checkpoint import unsafe_pickle
 from speechswarm.config import Config
 from speechswarm.data.dataset import SpeechDataset, collate, make_loader
 from speechswarm.data.manifest import Utterance
@@ -374,7 +376,12 @@ def _dumps(obj) -> bytes:
 
 
 def _loads(data: bytes):
-    return torch.load(io.BytesIO(data), weights_only=True)
+    """`_dumps`' bytes back, weights-only: a payload holding pickled code is refused, not run."""
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's message runs to 8 lines
+        what = unsafe_pickle(e) or "pickle instructions weights-only loading refuses"
+        raise RuntimeError(f"p2p worker payload refused: it holds {what}") from e
 
 
 _WORKER: Workspace | None = None
