@@ -74,6 +74,18 @@ USER_ERRORS: tuple[type[BaseException], ...] = (SpeechswarmError, FileNotFoundEr
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES})
 
 
+def user_message(e: BaseException) -> str:
+    """`e`'s message for people. A user error raised in a DataLoader worker (a transcript
+    outside the alphabet, a refused shard) comes back from the loader with the worker's
+    whole traceback as its message ("Caught DataError in DataLoader worker process 0.\n
+    Original Traceback ..."); its last line holds the original message."""
+    text = str(e)
+    if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+        last = text.rstrip().splitlines()[-1]  # "speechswarm.errors.DataError: <message>"
+        text = last.split(": ", 1)[-1]
+    return text
+
+
 def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     """Parse `argv` with `parser` and call the chosen command's `func(args)`; returns the
     exit code. A user error (`USER_ERRORS`) prints `<prog> <command>: error: <message>` on
@@ -93,7 +105,7 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) 
         print("interrupted", file=sys.stderr)
         return 130
     except USER_ERRORS as e:
-        print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
+        print(f"{parser.prog} {args.command}: error: {user_message(e)}", file=sys.stderr)
         return 1
     except OSError as e:
         if e.errno not in DISK_ERRNOS:
