@@ -11,6 +11,11 @@ and durations in `shards.json`.
 
 `ShardDataset` streams Samples (as `SpeechDataset` makes) from the shards, split by DDP rank
 and DataLoader worker; `ShardBatches` + `make_loader(..., None)` batch them by length.
+Nothing is ever extracted to disk: members are read into memory. A shard is refused whole
+(ShardError) when a member is not a plain file or folder entry (a symlink, hard link, device
+or FIFO), when its name is absolute or climbs out with `..`, or when one member is larger
+than `MAX_MEMBER_BYTES`; `speechswarm shard` writes none of those. A sample whose record is
+not a JSON object with a text is skipped and logged, like one whose audio does not decode.
 Caveat for DDP: streaming cannot promise every rank the same number of batches (DDP would
 hang at the end of an epoch); use equal-sized shards, a shard count divisible by
 world_size x workers, or the manifest path (BucketBatchSampler) for multi-GPU training.
@@ -52,6 +57,9 @@ class ShardError(SpeechswarmError, RuntimeError):
 
 INDEX_NAME = "shards.json"
 _SAFE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+# The largest member read into memory: an hour of 16 kHz 16-bit audio is 115 MB as WAV
+# (`data.audio.MAX_AUDIO_SECONDS`); a header claiming more is not an utterance.
+MAX_MEMBER_BYTES = 1 << 30
 
 
 def shard_key(utt_id: str) -> str:
@@ -184,9 +192,8 @@ def resolve_shards(shards: str | os.PathLike | Sequence[str | os.PathLike]) -> l
     if isinstance(shards, (str, os.PathLike)):
         path = Path(shards)
         if path.is_dir():
-            index = path / INDEX_NAME
-            if index.is_file():
-                return [path / s["path"] for s in json.loads(index.read_text())["shards"]]
+            if (path / INDEX_NAME).is_file():
+                return [path / s["path"] for s in read_index(path)["shards"]]
             found = sorted(path.glob("shard-*.tar"))
             if not found:
                 raise InputNotFoundError(
@@ -201,14 +208,44 @@ def resolve_shards(shards: str | os.PathLike | Sequence[str | os.PathLike]) -> l
     return paths
 
 
+def read_index(folder: str | os.PathLike) -> dict:
+    """The folder's shards.json, checked: every shard a plain file name in the folder (an
+    entry such as "../x.tar" or "/data/x.tar" is refused), counts and durations numbers."""
+    path = Path(folder) / INDEX_NAME
+    try:
+        index = json.loads(path.read_bytes())
+        shards = index["shards"]
+        names = [s["path"] for s in shards]
+        numbers = [index["num_utts"], index["total_duration"]]
+    except (ValueError, KeyError, TypeError) as e:  # JSON, UTF-8, a missing key, a non-dict
+        raise ShardError(
+            f"{path} is not a shard index ({type(e).__name__}: {e}); rewrite the shards with "
+            "`speechswarm shard`"
+        ) from e
+    for name in names:
+        if not (isinstance(name, str) and _is_plain_name(name)):
+            raise ShardError(
+                f"{path}: shard {name!r} is not a file name inside {Path(folder)}; an index "
+                "lists its own folder's shards only (rewrite it with `speechswarm shard`)"
+            )
+    if not all(type(n) in (int, float) and n >= 0 for n in numbers):
+        raise ShardError(f"{path}: num_utts and total_duration must be numbers >= 0")
+    return index
+
+
+def _is_plain_name(name: str) -> bool:
+    return name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+
+
 def iter_shard(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {extension: bytes}) per sample of one tar, read as a stream; a sample's files
-    are consecutive members, as WebDataset requires."""
+    are consecutive members, as WebDataset requires. Raises ShardError on a damaged tar and
+    on a member that is not a plain file inside the archive (`_check_member`)."""
     key, files = None, {}
     try:
         with tarfile.open(path, mode="r|") as tar:
             for member in tar:
-                if not member.isfile():
+                if not _check_member(path, member):
                     continue
                 base = member.name.rsplit("/", 1)[-1]
                 k, _, ext = base.partition(".")
@@ -223,6 +260,31 @@ def iter_shard(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
         ) from e
     if files:
         yield key, files
+
+
+def _check_member(path: Path, member: tarfile.TarInfo) -> bool:
+    """True for a file member to read, False for a folder entry to skip; ShardError for a
+    link, device or FIFO, a name that is absolute or climbs out with "..", or a size over
+    MAX_MEMBER_BYTES. Nothing is extracted here, but such members are how extracting a tar
+    writes outside its folder (tar-slip): a shard holding one was not written by us."""
+    name = member.name.replace("\\", "/")
+    why = ""
+    if member.issym() or member.islnk():
+        why = f"is a {'symbolic' if member.issym() else 'hard'} link to {member.linkname!r}"
+    elif not (member.isfile() or member.isdir()):
+        why = "is a device, FIFO or other special file"
+    elif name.startswith("/") or re.match(r"[A-Za-z]:", name):
+        why = "has an absolute name"
+    elif ".." in name.split("/"):
+        why = "climbs out of the archive with '..'"
+    elif member.size > MAX_MEMBER_BYTES:
+        why = f"claims {member.size:,} bytes (more than {MAX_MEMBER_BYTES:,})"
+    if why:
+        raise ShardError(
+            f"shard {path}: member {member.name!r} {why}; shards hold only plain files named "
+            "inside the archive (refused whole; rebuild it with `speechswarm shard`)"
+        )
+    return member.isfile()
 
 
 class ShardDataset(IterableDataset):
@@ -283,14 +345,28 @@ class ShardDataset(IterableDataset):
                 if "flac" not in files or "json" not in files:
                     log.warning("shard %s: sample %s lacks .flac or .json; skipped", path, key)
                     continue
-                record = json.loads(files["json"])
+                record = _record(files["json"])
+                if record is None:
+                    log.warning(
+                        "shard %s: sample %s: .json is not a record with a text; skipped", path, key
+                    )
+                    continue
                 try:
                     wave = load_audio_bytes(files["flac"], self.sample_rate, f"{path}:{key}.flac")
                 except AudioError as e:
                     log.warning("skipping utterance %s: %s", record.get("id", key), e)
                     continue
                 tokens = torch.tensor(self.tokenizer.encode(record["text"]), dtype=torch.int64)
-                yield Sample(str(record["id"]), torch.from_numpy(wave), tokens)
+                yield Sample(str(record.get("id", key)), torch.from_numpy(wave), tokens)
+
+
+def _record(data: bytes) -> dict | None:
+    """A sample's .json as a dict with a string "text", or None (not UTF-8 JSON, no text)."""
+    try:
+        record = json.loads(data)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("text"), str) else None
 
 
 def _buffer_shuffle(items: Iterable, size: int, rng: np.random.Generator) -> Iterator:

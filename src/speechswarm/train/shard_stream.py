@@ -10,13 +10,12 @@ place for the loop: epochs, resume point and a batch count.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from pathlib import Path
 
 from speechswarm.config import Config
 from speechswarm.data.dataset import make_loader
-from speechswarm.data.shards import ShardBatches, ShardDataset
+from speechswarm.data.shards import ShardBatches, ShardDataset, read_index
 from speechswarm.data.tokenizer import Tokenizer
 from speechswarm.errors import DataError, InputNotFoundError
 from speechswarm.train import ddp
@@ -69,7 +68,7 @@ def shard_source(cfg: Config, tokenizer: Tokenizer, log, env: ddp.DistEnv) -> tu
         raise InputNotFoundError(
             f"data.shards: {index_path} not found; write shards with `speechswarm shard`"
         )
-    index = json.loads(index_path.read_text())
+    index = read_index(cfg.data.shards)
     samples = ShardDataset(
         cfg.data.shards,
         tokenizer,
