@@ -170,7 +170,10 @@ def _check_exists(path: str | os.PathLike) -> None:
     if Path(path).is_dir():
         raise AudioError(path, "missing_file", "a folder, not an audio file")
     if not Path(path).is_file():
-        raise AudioError(path, "missing_file", "no such file")
+        # A FIFO, device or socket (a named pipe, /dev/zero) is never opened: reading one
+        # could wait forever or never end.
+        what = "not a regular file (a device, pipe or socket)" if Path(path).exists() else ""
+        raise AudioError(path, "missing_file", what or "no such file")
 
 
 def _open_info(path: str | os.PathLike) -> sf._SoundFileInfo:

@@ -7,6 +7,15 @@ A record holds `id`, `audio` (path), `duration` (seconds), `text` (normalised tr
 `extra` (chapter, book, client, split, voice, ...). Audio paths are written relative to the
 manifest's folder when the audio lies under it, so a corpus folder can be moved as a whole;
 `read_manifest` always returns absolute paths.
+
+Paths from elsewhere: a relative path is read from the manifest's folder, `../audio/a.flac`
+included; an absolute path is read as it is (NeMo and lhotse manifests hold absolute
+paths). Either may point anywhere the user can read, so a manifest from someone else can
+make a run read any audio file the user can: `speechswarm validate` counts the paths that
+lie outside the manifest's folder (note outside_folder). Audio paths are only ever read,
+never written to: shards, exports and reports go where the command's --out says, and a
+shard's member names come from the ids made safe (`data.shards.shard_key`). A device or
+FIFO (/dev/zero, a named pipe) is refused unopened (`data.audio`).
 """
 
 from __future__ import annotations
@@ -53,6 +62,9 @@ def utterance_to_json(utt: Utterance, base_dir: Path | None = None) -> dict:
 
 
 def utterance_from_json(record: dict, base_dir: Path | None = None) -> Utterance:
+    if not isinstance(record, dict):  # `"id" in "an id"` would look for a substring
+        names = {str: "string", list: "list", int: "number", float: "number"}
+        raise TypeError(f"a JSON {names.get(type(record), type(record).__name__)}, not an object")
     missing = [k for k in ("id", "audio", "duration", "text") if k not in record]
     if missing:
         raise KeyError(f"missing key(s) {missing}")

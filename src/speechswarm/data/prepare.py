@@ -202,6 +202,7 @@ def validate_manifest_cli(
         time_reduction=time_reduction(cfg.model.conv_strides),
         workers=os.cpu_count() or 1,
         progress=not as_json,
+        base_dir=Path(manifest).parent.resolve(),  # as read_manifest resolves it
     )
     path = Path(report_path) if report_path else Path(manifest).with_suffix(".report.json")
     report.write(path)

@@ -22,7 +22,10 @@ Notes (counted, the utterance stays ok): resampled (file rate != sample_rate), d
 (more than one channel), trimmed (the file holds more than 0.1 s MORE audio than offset +
 duration; only `duration` seconds are used, which is right for segments of a long
 recording, so this cannot be a problem, but a whole-file manifest with many "trimmed" notes
-has wrong durations).
+has wrong durations). With `base_dir` (`speechswarm validate` passes the manifest's folder):
+outside_folder, audio paths that lie outside it (absolute, or climbing out with `..`):
+read as given (`data.manifest`), counted so that a manifest from elsewhere shows where
+it reads from.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -137,10 +141,12 @@ def validate_utterances(
     max_duration: float | None = None,
     workers: int = 2,
     progress: bool = False,
+    base_dir: Path | None = None,
 ) -> ValidationReport:
     """Check every utterance (see module docstring); audio files are read in `workers`
     threads (decoding releases the GIL) with a progress bar when `progress`.
-    `check_audio=False` checks only ids, durations and text (no file is opened)."""
+    `check_audio=False` checks only ids, durations and text (no file is opened).
+    `base_dir`: also count audio paths outside this folder (note outside_folder)."""
     utts = list(utts)
     first_seen: dict[str, int] = {}
     early = []  # per utterance: a problem found without its audio (duplicate, duration)
@@ -168,7 +174,14 @@ def validate_utterances(
         problems += found
         if not found:
             ok.append(u)
+    if base_dir is not None:
+        notes["outside_folder"] = sum(not _is_under(u.audio, base_dir) for u in utts)
     return ValidationReport(ok, problems, dict(notes), len(utts))
+
+
+def _is_under(audio: str, folder: Path) -> bool:
+    """Whether `audio` lies in `folder` once "a/../b" is folded (links are not followed)."""
+    return Path(os.path.normpath(os.path.abspath(audio))).is_relative_to(folder)
 
 
 def _check_record(u: Utterance, first_seen: dict[str, int], max_duration: float | None):
