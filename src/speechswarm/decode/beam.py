@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -156,7 +157,7 @@ class BeamDecoder:
 def lexicon_words(lm: str | os.PathLike, lexicon: str | os.PathLike | None = None) -> list[str]:
     """The words to decode into: `lexicon` (one word per line, first column) if given, else
     the unigrams of the ARPA file `lm`. A binary KenLM file does not list its words."""
-    from speechswarm.decode.lm import arpa_words
+    from speechswarm.decode.arpa import arpa_words
 
     lm = Path(lm)
     if not lm.is_file():
@@ -170,14 +171,17 @@ def lexicon_words(lm: str | os.PathLike, lexicon: str | os.PathLike | None = Non
             raise InputNotFoundError(f"lexicon {lexicon} does not exist (one word per line)")
         lines = lexicon.read_text(encoding="utf-8").splitlines()
         return list(dict.fromkeys(line.split()[0] for line in lines if line.strip()))
-    with open(lm, "rb") as f:
-        head = f.read(64)
-    if b"\\data\\" not in head and not head.lstrip().startswith(b"\\"):
+    if _is_kenlm_binary(lm):
         raise DataError(
             f"language model {lm} is not an ARPA text file (a KenLM binary?); pass its word "
             "list with --lexicon WORDS.txt (one word per line), or use the ARPA file"
         )
-    return arpa_words(lm)
+    return arpa_words(lm)  # the header and unigrams, checked (ArpaError names the line)
+
+
+def _is_kenlm_binary(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(8) == b"mmap lm "  # KenLM's binary header: "mmap lm http://kheafield..."
 
 
 def _load_kenlm(path: str | os.PathLike, word_dict):
@@ -187,7 +191,20 @@ def _load_kenlm(path: str | os.PathLike, word_dict):
 
             return KenLM(str(path), word_dict)
     except Exception as e:  # KenLM raises plain RuntimeErrors with its own message
+        if not _is_kenlm_binary(Path(path)):
+            from speechswarm.decode.arpa import check_arpa
+
+            check_arpa(path)  # ArpaError naming the line, for what a strict reading finds
         raise DataError(
-            f"language model {path}: KenLM could not read it ({e}); rebuild it with "
-            "`speechswarm lm build`"
+            f"language model {path}: KenLM could not read it ({_kenlm_reason(e)}); rebuild "
+            "it with `speechswarm lm build`"
         ) from None
+
+
+def _kenlm_reason(e: Exception) -> str:
+    """KenLM's message on one line, without its C++ source location ("/tmp/pip-req-build-
+    .../read_arpa.cc:85 in void lm::ReadNGramHeader(...) threw FormatLoadException.")."""
+    lines = str(e).strip().splitlines()
+    if len(lines) > 1 and re.search(r"\.(?:cc|hh):\d+ in ", lines[0]):
+        lines = lines[1:]
+    return " ".join(" ".join(lines).split())[:300] or type(e).__name__

@@ -35,6 +35,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from speechswarm.decode.arpa import arpa_words, iter_arpa  # noqa: F401 (arpa_words: its old home)
 from speechswarm.errors import DataError, InputNotFoundError, UsageError
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
@@ -199,7 +200,8 @@ def write_arpa(model: NGramModel, path: str | os.PathLike) -> Path:
 
 
 def read_arpa(path: str | os.PathLike) -> NGramModel:
-    """Read an ARPA file (ours or any other tool's); errors name the file and line."""
+    """Read an ARPA file (ours or any other tool's); errors name the file and line
+    (`decode.arpa.ArpaError`)."""
     path = Path(path)
     if not path.is_file():
         raise InputNotFoundError(
@@ -208,66 +210,14 @@ def read_arpa(path: str | os.PathLike) -> NGramModel:
         )
     probs: list[dict[NGram, float]] = []
     backoffs: list[dict[NGram, float]] = []
-    section = 0
-    with open(path, encoding="utf-8", errors="strict") as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line or line.startswith("ngram ") or line == "\\data\\":
-                continue
-            if line == "\\end\\":
-                break
-            if line.startswith("\\") and line.endswith("-grams:"):
-                section = int(line[1:].split("-")[0])
-                probs.append({})
-                backoffs.append({})
-                continue
-            parts = line.split()
-            if (
-                section == 0
-                or len(parts) not in (section + 1, section + 2)
-                or not _is_number(parts[0])
-            ):
-                raise DataError(
-                    f"language model {path}, line {lineno}: not an ARPA n-gram line "
-                    f"({line[:60]!r}); is this an ARPA file? (binary KenLM files have no text)"
-                )
-            gram = tuple(parts[1 : section + 1])
-            probs[-1][gram] = float(parts[0])
-            if len(parts) == section + 2 and _is_number(parts[-1]):
-                backoffs[-1][gram] = float(parts[-1])
-    if not probs:
-        raise DataError(f"language model {path}: no \\1-grams: section; not an ARPA file")
+    for order, gram, log10_prob, log10_backoff in iter_arpa(path):
+        while len(probs) < order:
+            probs.append({})
+            backoffs.append({})
+        probs[order - 1][gram] = log10_prob
+        if log10_backoff is not None:
+            backoffs[order - 1][gram] = log10_backoff
     return NGramModel(len(probs), tuple(probs), tuple(backoffs), discounts=())
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def arpa_words(path: str | os.PathLike) -> list[str]:
-    """The unigram words of an ARPA file (without `<s>`, `</s>`, `<unk>`), in file order.
-
-    Reads only the 1-gram section, so it is fast on large files.
-    """
-    words, in_unigrams = [], False
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line == "\\1-grams:":
-                in_unigrams = True
-            elif in_unigrams and line.startswith("\\"):
-                break
-            elif in_unigrams and line:
-                word = line.split()[1]
-                if word not in (BOS, EOS, UNK):
-                    words.append(word)
-    if not in_unigrams:
-        raise DataError(f"language model {path}: no \\1-grams: section; not an ARPA file")
-    return words
 
 
 def lm_sentences(texts: Iterable[str], exclude: Iterable[str] = ()) -> tuple[list[list[str]], int]:
