@@ -138,6 +138,74 @@ def test_corrupt_faults():
     assert torch.isnan(mixing.corrupt(s, "nan", 0, g)["w"]).any()
     assert mixing.corrupt(s, "scale", 10, g)["b"].item() == 30
     assert mixing.corrupt(s, "nan", 0, g)["n"].item() == 7
+    flipped = mixing.corrupt(s, "sign_flip", 0, g)
+    assert flipped["w"].tolist() == [-1, -2] and flipped["b"].item() == -3
+    assert flipped["n"].item() == 7  # a batch counter is not a weight
+    assert s["w"].tolist() == [1, 2]  # the agent's own state is left alone
+    with pytest.raises(ValueError, match="unknown fault 'nope'"):
+        mixing.corrupt(s, "nope", 0, g)
+
+
+def test_stale_fault_replays_the_earlier_state_whole():
+    g = torch.Generator().manual_seed(0)
+    earlier = state(5, 6, 7, count=2)
+    sent = mixing.corrupt(state(1, 2, 3, count=9), "stale", 0, g, earlier=earlier)
+    assert sent["w"].tolist() == [5, 6] and sent["b"].item() == 7 and sent["n"].item() == 2
+    assert sent["w"] is not earlier["w"]
+    with pytest.raises(ValueError, match="earlier state"):
+        mixing.corrupt(state(1, 2, 3), "stale", 0, g)
+
+
+def test_random_fault_keeps_each_tensors_mean_and_std_so_the_norm_check_passes_it():
+    torch.manual_seed(0)
+    own = {"w": 0.1 + 0.02 * torch.randn(10_000), "b": torch.tensor(0.5), "n": torch.tensor(3)}
+    sent = mixing.corrupt(own, "random", 0, torch.Generator().manual_seed(1))
+    assert sent["w"].mean().item() == pytest.approx(0.1, abs=1e-3)
+    assert sent["w"].std().item() == pytest.approx(0.02, rel=0.05)
+    assert abs(torch.corrcoef(torch.stack([sent["w"], own["w"]]))[0, 1].item()) < 0.05
+    assert sent["b"].item() == 0.5 and sent["n"].item() == 3  # one value: std 0
+    assert mixing.check_received(sent, own, 5.0) == ""
+    again = mixing.corrupt(own, "random", 0, torch.Generator().manual_seed(1))
+    assert torch.equal(again["w"], sent["w"])  # seeded by the generator
+
+
+def test_wrong_shape_fault_is_refused_as_shape_with_or_without_value_checks():
+    own = state(1, 2, 3)
+    sent = mixing.corrupt(own, "wrong_shape", 0, torch.Generator())
+    assert sent["w"].shape == (3,) and sent["b"].shape == (2,) and sent["n"].shape == ()
+    assert mixing.check_layout(sent, own) == "shape"
+    assert mixing.check_received(sent, own, 5.0) == "shape"
+    assert mixing.check_layout(state(math.nan, 1e9, 3), own) == ""  # values are not layout
+    assert mixing.check_layout(dict(own, n=torch.tensor(7.0)), own) == "dtype"
+
+
+def test_within_range_is_the_honest_states_box():
+    honest = [state(1, 4, 0), state(3, 2, 1)]
+    assert mixing.within_range(state(2, 3, 0.5), honest)
+    assert mixing.within_range(state(1, 4, 1), honest)  # the edges count
+    assert not mixing.within_range(state(2, 5, 0.5), honest)
+    assert not mixing.within_range(state(math.nan, 3, 0.5), honest)
+    assert mixing.within_range(state(2, 3, 0.5, count=99), honest)  # integers are copied
+
+
+@pytest.mark.parametrize("method", ["median", "trimmed_mean"])
+def test_robust_aggregates_stay_in_the_honest_range_and_the_mean_does_not(method):
+    """4 honest states and one liar of every kind: median and trimmed mean (trim 0.2 of 5
+    cuts one value per side) land inside the honest box; the mean is dragged out of it."""
+    torch.manual_seed(0)
+    honest = [{"w": torch.randn(50), "n": torch.tensor(1)} for _ in range(4)]
+    g = torch.Generator().manual_seed(0)
+    for fault in ("scale", "sign_flip", "random"):
+        liar = mixing.corrupt(honest[0], fault, 1e6, g)
+        agg = mixing.aggregate([*honest, liar], None, method=method, trim=0.2)
+        assert mixing.within_range(agg, honest), (method, fault)
+        mean = mixing.aggregate([*honest, liar], None, method="mean")
+        assert not mixing.within_range(mean, honest), fault
+
+
+def test_state_distance_by_hand():
+    assert mixing.state_distance(state(1, 2, 3), state(4, 6, 3)) == pytest.approx(5.0)
+    assert mixing.state_distance(state(1, 2, 3, count=1), state(1, 2, 3, count=9)) == 0.0
 
 
 def test_second_eigenvalue_by_hand():

@@ -192,6 +192,27 @@ def test_scaled_agent_rejected_by_norm_and_outvoted_by_median(p2p_config):
     assert mixing.state_norm(models(ckpt)[0]) > 50 * norm[0]  # the plain mean is hijacked
 
 
+def test_planted_faults_messages_are_counted_in_the_rows(p2p_config):
+    """Agent 1 replays its round-0 weights to all 3 others (complete graph, 2 rounds). The
+    median of 4 lands between the 3 honest states' values: every stale message is outvoted
+    (or refused by the norm check), none gets through; the plain mean lets them through."""
+    stale = ("p2p.faulty_agents=[1]", "p2p.fault=stale")
+    _, _, rows, _ = run(p2p_config("med", *stale, "p2p.aggregation=median"), "gossip", "complete")
+    last = {r["agent"]: r for r in rows if r["round"] == 2}
+    for k in (0, 2, 3):
+        assert last[k]["poisoned_recv"] == 2, last[k]
+        assert last[k]["poisoned_refused"] + last[k]["poisoned_outvoted"] == 2, last[k]
+    assert last[1]["poisoned_recv"] == 0 and last[1]["rejected_by_peers"] == sum(
+        last[k]["poisoned_refused"] for k in (0, 2, 3)
+    )
+    _, _, rows, _ = run(p2p_config("mean", *stale), "gossip", "complete")
+    last = [r for r in rows if r["round"] == 2 and r["agent"] != 1]
+    assert sum(r["poisoned_recv"] - r["poisoned_refused"] - r["poisoned_outvoted"] for r in last)
+    assert all(r["poison_shift"] > 0 for r in last)
+    _, _, rows, _ = run(p2p_config("clean"), "gossip", "complete")
+    assert "poisoned_recv" not in rows[0]  # no planted fault: no such columns
+
+
 def test_central_trains_the_union_with_one_agents_or_all_agents_steps(p2p_config):
     _, ckpt, rows, _ = run(p2p_config("c", "p2p.central_compute=total"), "central")
     assert list(ckpt["states"]) == [str(CENTRAL)]

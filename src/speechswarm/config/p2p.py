@@ -19,6 +19,7 @@ from speechswarm.errors import ConfigError
 
 ALGORITHMS = ("gossip", "async", "p2pbn", "fedavg", "central", "local")
 GRAPH_ALGORITHMS = ("gossip", "async", "p2pbn")  # those whose agents talk over a graph
+FAULTS = ("nan", "inf", "scale", "noise", "random", "sign_flip", "stale", "wrong_shape")
 TOPOLOGIES = (
     "complete",
     "ring",
@@ -102,11 +103,17 @@ class P2PConfig:
     outer_nesterov: bool = True
     # ---- messages
     compression: Literal["none", "fp16", "int8"] = "none"
-    validate: bool = True  # reject received weights: wrong shapes, NaN/Inf, norm out of bounds
+    # reject received weights with NaN/Inf or a norm out of bounds; the simulation refuses
+    # weights of other tensor names or shapes either way (they cannot be averaged)
+    validate: bool = True
     max_norm_ratio: float = 5.0  # reject if |received| / |own| is above this or below 1/this
     # ---- planted faults (robustness experiments): these agents send corrupted weights
+    # (mixing.corrupt): nan/inf (one value per tensor), scale (times fault_scale), noise
+    # (fault_scale x each tensor's std added), random (Gaussian with each tensor's mean and
+    # std), sign_flip, stale (the agent's weights of round 0, sent again every round),
+    # wrong_shape; rows then count poisoned_recv/_refused/_outvoted (p2p/sync.py)
     faulty_agents: tuple[int, ...] = ()
-    fault: Literal["nan", "inf", "scale", "noise"] = "nan"
+    fault: Literal[FAULTS] = "nan"
     fault_scale: float = 1000.0
     # ---- execution
     workers: int = 0  # 0: all agents in this process; N: a pool of N processes

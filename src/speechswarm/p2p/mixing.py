@@ -1,5 +1,6 @@
 """The math of model exchange, pure: mixing matrices, averaging, robust aggregation,
-validation of received weights and message compression. No transport, no training.
+validation of received weights, message compression and the faults robustness experiments
+plant. No transport, no training.
 
     W = pull_matrix(adj, sizes)                      # (n, n), rows sum to 1
     new_i = average_states([w_j for j in peers], W[i, peers], keep_from=peers.index(i))
@@ -16,6 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+
+from speechswarm.config.p2p import FAULTS
 
 State = dict[str, torch.Tensor]
 
@@ -215,13 +218,9 @@ def state_norm(state: State) -> float:
     return math.sqrt(total)
 
 
-def check_received(received: State, own: State, max_norm_ratio: float) -> str:
-    """Why a received state must be rejected ("" if it is acceptable).
-
-    Reasons: `keys` (different tensor names), `shape`, `dtype`, `nonfinite` (NaN or Inf
-    anywhere), `norm` (|received| / |own| above max_norm_ratio or below its inverse: an
-    agent that diverged or scales its weights to dominate the average).
-    """
+def check_layout(received: State, own: State) -> str:
+    """Why a received state cannot be aggregated with `own` at all ("" if it can): `keys`
+    (different tensor names), `shape`, `dtype` (floating where own is integer or back)."""
     if set(received) != set(own):
         return "keys"
     for name, t in own.items():
@@ -230,12 +229,50 @@ def check_received(received: State, own: State, max_norm_ratio: float) -> str:
             return "shape"
         if r.is_floating_point() != t.is_floating_point():
             return "dtype"
-        if r.is_floating_point() and not bool(torch.isfinite(r).all()):
+    return ""
+
+
+def check_received(received: State, own: State, max_norm_ratio: float) -> str:
+    """Why a received state must be rejected ("" if it is acceptable).
+
+    Reasons: those of `check_layout`, then `nonfinite` (NaN or Inf anywhere), `norm`
+    (|received| / |own| above max_norm_ratio or below its inverse: an agent that diverged or
+    scales its weights to dominate the average).
+    """
+    reason = check_layout(received, own)
+    if reason:
+        return reason
+    for t in received.values():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             return "nonfinite"
     own_norm, norm = state_norm(own), state_norm(received)
     if own_norm > 0 and not (1.0 / max_norm_ratio <= norm / own_norm <= max_norm_ratio):
         return "norm"
     return ""
+
+
+def within_range(state: State, others: Sequence[State]) -> bool:
+    """Whether every floating coordinate of `state` lies between the smallest and largest
+    value `others` hold at that coordinate (NaN never does). A robust aggregate of honest
+    states and a minority of arbitrary ones stays in the honest states' range: the liars'
+    influence is bounded by the honest spread."""
+    for name, t in state.items():
+        if not t.is_floating_point():
+            continue
+        stacked = torch.stack([o[name] for o in others])  # (K, ...)
+        low, high = stacked.min(dim=0).values, stacked.max(dim=0).values
+        if not bool(((t >= low) & (t <= high)).all()):
+            return False
+    return True
+
+
+def state_distance(a: State, b: State) -> float:
+    """L2 distance between two states over their floating tensors (float64)."""
+    total = 0.0
+    for name, t in a.items():
+        if t.is_floating_point():
+            total += float((t.double() - b[name].double()).pow(2).sum())
+    return math.sqrt(total)
 
 
 # ----------------------------------------------------------------------------- compression
@@ -293,12 +330,29 @@ def decompress(payload: dict) -> State:
 # ----------------------------------------------------------------------------- faults
 
 
-def corrupt(state: State, fault: str, scale: float, generator: torch.Generator) -> State:
+def corrupt(
+    state: State,
+    fault: str,
+    scale: float,
+    generator: torch.Generator,
+    earlier: State | None = None,
+) -> State:
     """What a faulty agent sends instead of its weights (robustness experiments).
 
     `nan` / `inf`: one value of every floating tensor replaced; `scale`: all floats times
-    `scale`; `noise`: Gaussian noise with `scale` times each tensor's own std added.
+    `scale`; `noise`: Gaussian noise with `scale` times each tensor's own std added;
+    `random`: every floating tensor replaced by Gaussian values with its own mean and std
+    (about the real norm, so a norm check cannot see it); `sign_flip`: all floats negated;
+    `stale`: `earlier` (weights the agent held in an earlier round) sent again, integer
+    tensors included; `wrong_shape`: every floating tensor flattened with one value appended.
+    Integer tensors (BatchNorm's batch counter) are sent as they are, except by `stale`.
     """
+    if fault not in FAULTS:
+        raise ValueError(f"unknown fault {fault!r}: {', '.join(FAULTS)}")
+    if fault == "stale":
+        if earlier is None:
+            raise ValueError("fault 'stale' needs the earlier state it replays")
+        return {name: t.clone() for name, t in earlier.items()}
     out: State = {}
     for name, t in state.items():
         if not t.is_floating_point():
@@ -313,7 +367,13 @@ def corrupt(state: State, fault: str, scale: float, generator: torch.Generator) 
         elif fault == "noise":
             std = float(t.std()) if t.numel() > 1 else 1.0
             x = x + scale * max(std, 1e-3) * torch.randn(t.shape, generator=generator)
-        else:
-            raise ValueError(f"unknown fault {fault!r}: nan, inf, scale or noise")
+        elif fault == "random" and t.numel():
+            mean, std = t.double().mean(), t.double().std(unbiased=False)  # a 1-value tensor: std 0
+            noise = torch.randn(t.shape, generator=generator, dtype=torch.float64)
+            x = (mean + std * noise).to(t.dtype)
+        elif fault == "sign_flip":
+            x = -x
+        elif fault == "wrong_shape":
+            x = torch.cat([x.reshape(-1), x.new_zeros(1)])
         out[name] = x
     return out

@@ -129,6 +129,9 @@ def summarize(rows: Sequence[dict]) -> dict:
     summary["messages"] = sum(int(r["msgs_sent"]) for r in final)
     summary["bytes"] = sum(int(r["bytes_sent"]) for r in final)
     summary["rejected"] = sum(int(r["rejected"]) for r in final)
+    for key in ("poisoned_recv", "poisoned_refused", "poisoned_outvoted"):  # planted faults
+        if key in final[0]:
+            summary[key] = sum(int(r[key]) for r in final)
     summary["wall_time"] = max(float(r["wall_time"]) for r in final)
     # each agent on a machine of its own: the cluster's training time is the slowest
     # agent's sum of local training (communication and scoring not included)

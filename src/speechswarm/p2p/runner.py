@@ -117,6 +117,9 @@ def _rows(sim: Simulation, name: str, stats: dict[int, dict], scores: dict[int, 
             "rejected_by_peers": c.rejected_by_peers,
             "wall_time": round(sim.wall_time, 3),
         }
+        if sim.p.faulty_agents:  # what became of the planted faulty agents' messages
+            row.update(poisoned_recv=c.poisoned_recv, poisoned_refused=c.poisoned_refused,
+                       poisoned_outvoted=c.poisoned_outvoted, poison_shift=c.poison_shift)  # fmt: skip
         row.update(scores.get(k, {}))
         rows.append(row)
     return rows

@@ -67,6 +67,8 @@ class Simulation:
         self.tuned: dict[int, dict] = {}  # p2p.finetune_steps: personalised copies, for scoring
         self.bn_stage: dict[int, dict] = {}  # p2pbn: {"best", "since", "bn_only"} per agent
         self.global_model: dict = {}
+        # the round-0 weights of each planted faulty agent: what fault `stale` replays
+        self.first_models: dict[int, dict] = {}
         self.outer_momentum: dict[int, dict] = {}  # outer optimizer's buffers (-1: the server)
         self.counters = {k: Counters() for k in range(self.n)}
         self.round = 0  # rounds completed
@@ -103,6 +105,9 @@ class Simulation:
         for k in self.trainers:
             self.states[k] = self.workspace.initial_state(k)
         self.global_model = snapshot(self.states[self.trainers[0]]["model"])
+        self.first_models = {
+            k: snapshot(self.states[k]["model"]) for k in p.faulty_agents if k in self.states
+        }
 
     def central_work(self) -> tuple[int, int]:
         """(steps, epochs) per round of the central model: the agents' combined work
@@ -135,6 +140,7 @@ class Simulation:
             keep_local=keep,
             fault=p.fault if agent in p.faulty_agents else "",
             fault_scale=p.fault_scale,
+            faulty=p.faulty_agents,
         )
 
     def nodes(self, transport) -> dict[int, GossipNode]:
@@ -145,6 +151,7 @@ class Simulation:
                 self.settings(k),
                 self.counters,
                 torch.Generator().manual_seed(derive_seed(self.p.seed, k, self.round, 6)),
+                earlier=self.first_models.get(k),
             )
             for k in range(self.n)
         }
@@ -299,13 +306,7 @@ class Simulation:
         server_node = GossipNode(-1, server, self.settings(-1), {**self.counters, -1: Counters()})
         accepted = server_node.receive_valid(self.global_model)
         if accepted:
-            order = sorted(accepted)
-            mixed = mixing.aggregate(
-                [accepted[k] for k in order],
-                [self.sizes[k] for k in order],
-                method=p.aggregation,
-                trim=p.trim_fraction,
-            )
+            mixed = server_node.aggregate(accepted, dict(enumerate(self.sizes)))
             self.global_model = self.outer_step(-1, self.global_model, mixed)
         for k in range(self.n):  # for scoring: every agent holds the new global model
             self.states[k]["model"] = self.adopt(self.global_model, self.states[k]["model"])

@@ -12,6 +12,7 @@ every agent mixes.
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -52,6 +53,9 @@ class MixSettings:
     keep_local: tuple[str, ...] = ()  # tensor names never averaged (BatchNorm stats, bn=local)
     fault: str = ""  # "" for an honest agent; else what it sends (mixing.corrupt)
     fault_scale: float = 1000.0
+    # the planted faulty agents (p2p.faulty_agents): known to the simulation, used only to
+    # count what became of their messages (Counters.poisoned_*), never to decide anything
+    faulty: tuple[int, ...] = ()
 
 
 @dataclass
@@ -65,6 +69,15 @@ class Counters:
     rejected: int = 0  # messages this agent refused
     rejected_by_peers: int = 0  # this agent's messages that others refused
     reasons: Counter = field(default_factory=Counter)
+    # messages from planted faulty agents (MixSettings.faulty): received, refused by
+    # validation, and accepted but outvoted: the aggregate stayed within the range of the
+    # honest states it was computed from (mixing.within_range). The rest got through.
+    poisoned_recv: int = 0
+    poisoned_refused: int = 0
+    poisoned_outvoted: int = 0
+    # the largest |aggregate with - without the poisoned state| / |without| seen (inf: the
+    # aggregate became non-finite)
+    poison_shift: float = 0.0
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in vars(self).items() if k != "reasons"}
@@ -80,7 +93,8 @@ class Counters:
 
 class GossipNode:
     """Agent `agent`'s exchange logic; `counters` maps agent -> Counters (shared by all
-    nodes of a simulation, so a rejection is also charged to its sender)."""
+    nodes of a simulation, so a rejection is also charged to its sender). `earlier`: the
+    weights a faulty agent with fault `stale` sends instead of its own."""
 
     def __init__(
         self,
@@ -89,18 +103,20 @@ class GossipNode:
         settings: MixSettings,
         counters: dict[int, Counters],
         generator: torch.Generator | None = None,
+        earlier: State | None = None,
     ):
         self.agent = agent
         self.transport = transport
         self.settings = settings
         self.counters = counters
         self.generator = generator or torch.Generator().manual_seed(agent)
+        self.earlier = earlier
 
     def publish(self, state: State, receivers, round_index: int) -> None:
         """Send `state` (compressed; corrupted if this agent is faulty) to each receiver."""
         s = self.settings
         if s.fault:
-            state = mixing.corrupt(state, s.fault, s.fault_scale, self.generator)
+            state = mixing.corrupt(state, s.fault, s.fault_scale, self.generator, self.earlier)
         payload, nbytes = mixing.compress(state, s.compression)
         mine = self.counters[self.agent]
         for to in receivers:
@@ -109,18 +125,23 @@ class GossipNode:
             mine.bytes_sent += nbytes
 
     def receive_valid(self, own: State) -> dict[int, State]:
-        """Decompressed states of this round's messages that pass validation, by sender."""
+        """Decompressed states of this round's messages that pass validation, by sender.
+        A state of other tensor names or shapes is refused even without `validate`: it
+        cannot be aggregated."""
         accepted: dict[int, State] = {}
+        s = self.settings
         mine = self.counters[self.agent]
         for msg in self.transport.receive(self.agent):
             mine.msgs_recv += 1
             mine.bytes_recv += msg.nbytes
             state = mixing.decompress(msg.payload)
-            reason = (
-                mixing.check_received(state, own, self.settings.max_norm_ratio)
-                if self.settings.validate
-                else ""
-            )
+            if s.validate:
+                reason = mixing.check_received(state, own, s.max_norm_ratio)
+            else:
+                reason = mixing.check_layout(state, own)
+            if msg.sender in s.faulty:
+                mine.poisoned_recv += 1
+                mine.poisoned_refused += bool(reason)
             if reason:
                 mine.rejected += 1
                 mine.reasons[reason] += 1
@@ -135,13 +156,33 @@ class GossipNode:
         `weights` (agent -> weight, own included; renormalised over who is left)."""
         accepted = self.receive_valid(own)
         accepted[self.agent] = own
-        order = sorted(accepted)
+        mixed = self.aggregate(accepted, weights)
         s = self.settings
-        mixed = mixing.aggregate(
-            [accepted[k] for k in order],
-            [weights[k] for k in order],
-            method=s.aggregation,
-            trim=s.trim_fraction,
-            keep_from=order.index(self.agent),
-        )
         return mixing.keep_local(mixed, own, s.keep_local) if s.keep_local else mixed
+
+    def aggregate(self, states: dict[int, State], weights: dict[int, float]) -> State:
+        """`mixing.aggregate` of `states` (sender -> state) in agent order; integer tensors
+        from this agent's own state (the first one's if it has none: a FedAvg server).
+        Each planted faulty sender among them is counted as outvoted or not."""
+        s = self.settings
+        order = sorted(states)
+
+        def combine(keys: list[int]) -> State:
+            keep = keys.index(self.agent) if self.agent in keys else 0
+            return mixing.aggregate([states[k] for k in keys], [weights[k] for k in keys],
+                                    method=s.aggregation, trim=s.trim_fraction, keep_from=keep)  # fmt: skip
+
+        mixed = combine(order)
+        honest = [k for k in order if k == self.agent or k not in s.faulty]
+        if len(honest) == len(order) or not honest:
+            return mixed
+        # The poisoned states' effect: the aggregate against the honest states' range, and
+        # against the aggregate the receiver would have computed without them.
+        mine = self.counters[self.agent]
+        mine.poisoned_outvoted += (len(order) - len(honest)) * mixing.within_range(
+            mixed, [states[k] for k in honest]
+        )
+        without = combine(honest)
+        shift = mixing.state_distance(mixed, without) / max(mixing.state_norm(without), 1e-12)
+        mine.poison_shift = max(mine.poison_shift, shift if math.isfinite(shift) else math.inf)
+        return mixed
