@@ -8,6 +8,7 @@ The first test in a fresh cache compiles the kernel (~40 s); later runs load it 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import warnings
 
@@ -298,3 +299,40 @@ def test_build_error_is_kept_with_its_last_line(monkeypatch, tmp_path):
         with pytest.raises(fused_gru.KernelUnavailable, match="RuntimeError: fused_gru.cpp:1: err"):
             fused_gru.load()
     assert len(calls) == 1 and calls[0].startswith(str(tmp_path))
+
+
+def test_auto_takes_the_kernel_measured_faster_here_once(kernel, monkeypatch, tmp_path, caplog):
+    monkeypatch.setattr(fused_gru, "choices_path", lambda: tmp_path / "choices.json")
+    timings = {"fused": 0.030, "aten": 0.020}
+    monkeypatch.setattr(fused_gru, "_time_layer", lambda rnn, dt, n, k, *a, **kw: timings[k])
+    log = logging.getLogger("test.fused_gru.choice")
+    model = _model()
+    caplog.set_level(logging.INFO, logger="test.fused_gru.choice")
+    assert fused_gru.prepare(model, "auto", torch.device("cpu"), log, torch.bfloat16) == "aten"
+    assert model.rnn_kernel == "aten"  # ATen was faster for this shape here
+    assert "RNN kernel: aten for GRU 80->16 x2 in bfloat16" in caplog.text
+    assert "fused 30.0 ms, ATen 20.0 ms per layer step (measured now;" in caplog.text
+    ((key, saved),) = json.loads((tmp_path / "choices.json").read_text()).items()
+    assert saved["kernel"] == "aten" and "| bfloat16 | batch 16 |" in key
+    # cached: the next run of this shape is not timed again; another dtype is
+    monkeypatch.setattr(fused_gru, "_time_layer", lambda *a: pytest.fail("timed again"))
+    assert fused_gru.prepare(_model(), "auto", torch.device("cpu"), log, torch.bfloat16) == "aten"
+    assert "(measured 20" in caplog.text
+    timings["aten"] = 0.040
+    monkeypatch.setattr(fused_gru, "_time_layer", lambda rnn, dt, n, k, *a, **kw: timings[k])
+    model = _model()
+    assert fused_gru.prepare(model, "auto", torch.device("cpu"), log) == "fused"
+    assert model.rnn_kernel == "auto"
+    # "fused" insists without timing anything
+    monkeypatch.setattr(fused_gru, "_time_layer", lambda *a: pytest.fail("timed"))
+    assert fused_gru.prepare(_model(), "fused", torch.device("cpu"), log) == "fused"
+
+
+def test_timing_a_layer_really_runs_both_kernels(kernel):
+    gru = nn.GRU(24, 32, batch_first=True, bidirectional=True)
+    before = [p.detach().clone() for p in gru.parameters()]
+    for k in ("fused", "aten"):
+        seconds = fused_gru._time_layer(gru, torch.bfloat16, 4, k)
+        assert 0 < seconds < 5
+    assert all(torch.equal(a, b) for a, b in zip(before, gru.parameters(), strict=True))
+    assert all(p.grad is None for p in gru.parameters())  # a copy was timed

@@ -38,7 +38,9 @@ bench/RESULTS.md, "The fused GRU in the package": a BiGRU 512 layer at batch 24 
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import json
 import os
 import platform
 import sys
@@ -49,6 +51,8 @@ from types import ModuleType
 
 import torch
 from torch import nn
+
+from speechswarm.atomic import atomic_open
 
 SOURCE = Path(__file__).parent / "csrc" / "fused_gru.cpp"
 CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
@@ -152,10 +156,19 @@ def _put_ninja_on_path() -> None:
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
 
 
-def prepare(model: nn.Module, kernel: str, device: torch.device, log) -> str:
+def prepare(
+    model: nn.Module,
+    kernel: str,
+    device: torch.device,
+    log,
+    dtype: torch.dtype | None = None,
+    batch: int = 16,
+) -> str:
     """Set `model.rnn_kernel` for training and build the kernel now if the model will use it,
-    so a first-use compile is logged before the first step, not hidden in it. Returns the
-    kernel the recurrent layers will train with: "fused" or "aten"."""
+    so a first-use compile is logged before the first step, not hidden in it. Under "auto"
+    the faster of the two kernels for this model on this machine is used (`measured_choice`,
+    timed once and cached; `dtype`: the autocast dtype, None for float32; `batch`: utterances
+    per step). Returns the kernel the recurrent layers will train with: "fused" or "aten"."""
     if kernel not in KERNELS:
         raise ValueError(f"train.rnn_kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
     model.rnn_kernel = kernel
@@ -173,7 +186,104 @@ def prepare(model: nn.Module, kernel: str, device: torch.device, log) -> str:
         log.warning(f"fused CPU GRU unavailable, training with ATen's GRU: {e}")
         _warned = True  # said once, in the run's log
         return "aten"
-    return "fused"
+    if kernel == "fused":
+        return "fused"
+    i = next(i for i, m in enumerate(model.rnns) if isinstance(m, nn.GRU))
+    choice = measured_choice(model.rnns[i], dtype or torch.float32, batch, log, model._twins[i])
+    model.rnn_kernel = "auto" if choice == "fused" else "aten"
+    return choice
+
+
+def choices_path() -> Path:
+    """Where measured kernel choices are kept: beside the built kernels."""
+    return cache_dir().parent / "rnn_kernel_choices.json"
+
+
+def measured_choice(rnn: nn.GRU, dtype: torch.dtype, batch: int, log, twin=None) -> str:
+    """The kernel, "fused" or "aten", that trains one layer shaped like `rnn` (forward and
+    backward, `batch` utterances of 100 frames) faster on this machine in `dtype`, with this
+    many threads; ATen's as the model runs it (`recurrence.run_rnn_padded` with `twin`, the
+    model's template of one direction; nn.GRU itself without one).
+    Timed once per CPU, torch version, shape, dtype and thread count, and kept in
+    `choices_path()`; the run's log says which and why."""
+    threads = torch.get_num_threads()
+    shape = f"GRU {rnn.input_size}->{rnn.hidden_size}{' x2' if rnn.bidirectional else ''}"
+    key = (
+        f"{_cpu_model()} | torch {torch.__version__} | {shape} | "
+        f"{str(dtype).removeprefix('torch.')} | batch {batch} | {threads} threads"
+    )
+    path = choices_path()
+    try:
+        choices = json.loads(path.read_text())
+    except (OSError, ValueError):
+        choices = {}
+    found = choices.get(key)
+    if found is None:
+        fused = _time_layer(rnn, dtype, batch, "fused")
+        aten = _time_layer(rnn, dtype, batch, "aten", twin, give_up=10 * fused)
+        found = {
+            "kernel": "fused" if fused <= aten else "aten",
+            "fused_ms": round(fused * 1000, 2),
+            "aten_ms": round(aten * 1000, 2),
+            "measured": time.strftime("%Y-%m-%d %H:%M"),
+        }
+        choices[key] = found
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_open(path, "w") as f:
+                json.dump(choices, f, indent=1)
+        except OSError as e:  # a read-only cache: choose now, measure again next time
+            log.warning(f"cannot keep the RNN kernel choice in {path}: {e}")
+        how = "measured now"
+    else:
+        how = f"measured {found['measured']}"
+    log.info(
+        f"RNN kernel: {found['kernel']} for {shape} in {str(dtype).removeprefix('torch.')} on "
+        f"{threads} thread(s): fused {found['fused_ms']:.1f} ms, ATen {found['aten_ms']:.1f} "
+        f"ms per layer step ({how}; {path})"
+    )
+    return found["kernel"]
+
+
+def _time_layer(
+    rnn: nn.GRU, dtype: torch.dtype, batch: int, kernel: str, twin=None, give_up: float = 1e9
+) -> float:
+    """Best of 2 (after a warm-up) seconds of one training pass of a copy of `rnn` on random
+    input of 100 frames, with `kernel`; a warm-up slower than `give_up` seconds is the answer
+    (a clear loser need not be timed to the millisecond)."""
+    from speechswarm.recurrence import run_rnn_padded
+
+    g = copy.deepcopy(rnn).float()
+    x = torch.randn(batch, 100, rnn.input_size, requires_grad=True)
+    mask = torch.ones(batch, 100, dtype=torch.bool)
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            if kernel == "fused":
+                f, b = gru_layer(g, x, x.flip(1) if rnn.bidirectional else None, dtype)
+                out = f if b is None else torch.cat([f, b], -1)
+            elif twin is not None:
+                out = run_rnn_padded(g, twin, x, mask)
+            else:
+                out = g(x)[0]
+        out.float().square().mean().backward()
+        times.append(time.perf_counter() - start)
+        g.zero_grad()
+        x.grad = None
+        if times[0] > give_up:
+            return times[0]
+    return min(times[1:])
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def any_gru(model: nn.Module) -> bool:

@@ -10,7 +10,7 @@ import logging
 import torch
 
 from speechswarm import fused_gru
-from speechswarm.build import build_features, build_model, build_tokenizer
+from speechswarm.build import build_features, build_model, build_tokenizer, resolve_precision
 from speechswarm.checkpoint import load_checkpoint
 from speechswarm.config import Config
 from speechswarm.data.tokenizer import Tokenizer
@@ -33,7 +33,14 @@ def build_model_stack(
         init_from_checkpoint(model, cfg.train.init_from, tokenizer, log)
     _freeze(model, cfg.train.freeze, log)
     model.to(device)
-    rnn_kernel = fused_gru.prepare(model, cfg.train.rnn_kernel, device, log)
+    rnn_kernel = fused_gru.prepare(
+        model,
+        cfg.train.rnn_kernel,
+        device,
+        log,
+        dtype=resolve_precision(cfg.train.precision, device),
+        batch=min(cfg.data.max_batch_size, 24),  # what the kernel choice times a layer with
+    )
     return tokenizer, extractor, model, rnn_kernel
 
 
