@@ -229,6 +229,16 @@ def test_init_from_copies_every_tensor(synth_corpus, make_config, source_checkpo
     assert not torch.equal(fresh.model.classifier.weight, run.model.classifier.weight)
 
 
+def test_init_from_a_file_without_a_model_is_one_clear_error(synth_corpus, make_config, tmp_path):
+    from speechswarm.checkpoint import CheckpointError
+
+    path = tmp_path / "optimizer-only.pt"
+    torch.save({"optimizer": {}, "train_state": {"step": 3}}, path)
+    cfg = make_config(f"train.init_from={path}", manifest=synth_corpus.few)
+    with pytest.raises(CheckpointError, match=r"has no model, model_settings"):
+        build_run(cfg, progress=False)
+
+
 @pytest.mark.parametrize(
     "alphabet",
     [DEFAULT_ALPHABET[::-1], DEFAULT_ALPHABET + "0123456789"],

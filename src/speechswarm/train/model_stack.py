@@ -46,7 +46,7 @@ def build_model_stack(
 
 def init_from_checkpoint(model: DeepSpeech2, path: str, tokenizer: Tokenizer, log) -> None:
     """Transfer learning: copy matching weights; re-initialise the head if the vocabulary differs."""
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, model=True)  # one line for a file that holds no model
     source = ckpt["model"]
     target = model.state_dict()
     same_vocab = ckpt.get("tokenizer") == tokenizer.to_dict()
