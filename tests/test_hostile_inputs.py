@@ -30,7 +30,6 @@ import soxr
 import torch
 
 from speechswarm.chaos.hostile import CASES, KINDS, run_campaign, run_case
-from speechswarm.chaos.hostile import main as hostile_main
 from speechswarm.chaos.hostile_inputs import Attempt, Call, Case, Sandbox
 from speechswarm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from speechswarm.cli import main
@@ -466,7 +465,9 @@ def test_one_case_per_kind_passes(tmp_path):
 
 @pytest.mark.slow
 def test_the_campaign_refuses_every_hostile_input(tmp_path, capsys):
-    assert hostile_main(["--out", str(tmp_path)]) == 0
+    from speechswarm.cli import main
+
+    assert main(["chaos", "hostile", "--out", str(tmp_path)]) == 0  # as a user types it
     table = (tmp_path / "hostile.md").read_text()
     assert re.search(r"^\| all \| (\d+) \|.*\| \1/\1 \(100 %\) \|$", table, re.M), table
     rows = json.loads((tmp_path / "hostile.json").read_text())["inputs"]

@@ -5,33 +5,56 @@ speechswarm chaos ddp --trials 10
 speechswarm chaos corpus --manifest data/synth/train.jsonl
 sudo .venv/bin/speechswarm chaos disk --trials 10
 speechswarm chaos p2p --trials 10
+speechswarm chaos hostile --out runs/hostile
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib
+
 from speechswarm.errors import UsageError
 
-CHAOS_CAMPAIGNS = ("kill", "ddp", "corpus", "disk", "p2p")
+# Campaigns that share the options below.
+CHAOS_CAMPAIGNS = {
+    "kill": "SIGKILL training anywhere, then resume; final weights compared bit for bit",
+    "ddp": "SIGKILL one rank of a 2-process DDP run, then restart or resume",
+    "corpus": "a tenth of --manifest broken in 15 ways: validate and train report each",
+    "disk": "a full disk, a read-only folder at a checkpoint (root)",
+    "p2p": "SIGKILL a P2P simulation mid-round, then resume",
+}
+# Campaigns with options of their own (`speechswarm chaos NAME --help`): module, help.
+OWN_OPTIONS = {
+    "hostile": ("hostile", "hostile inputs: pickle payloads, TAR traversal, bad hooks and ARPA"),
+}
 
 
 def add_parser(sub) -> None:
     s = sub.add_parser("chaos", help="fault-injection campaigns (docs/reliability.md)")
-    s.add_argument(
-        "campaign",
-        choices=CHAOS_CAMPAIGNS,
-        help="kill: SIGKILL training anywhere, then resume; ddp: SIGKILL one rank of a "
-        "2-process DDP run, then restart or resume; corpus: a tenth of --manifest "
-        "broken; disk: a full disk, a read-only folder (root); p2p: SIGKILL a simulation",
-    )
-    s.add_argument("--out", default=None, help="campaign folder (default: runs/chaos-CAMPAIGN)")
-    s.add_argument("--trials", type=int, default=None, help="default: kill 20, others 10")
-    s.add_argument("--steps", type=int, default=None, help="kill/ddp/disk: steps (24/16/12)")
-    s.add_argument("--rounds", type=int, default=8, help="p2p: rounds of each simulation")
-    s.add_argument("--seed", type=int, default=0, help="seed of the fault moments")
-    s.add_argument("--corpus", default=None, help="manifests folder (default: synthesise one)")
-    s.add_argument("--manifest", default=None, help="corpus: the manifest to break")
-    s.add_argument("--fraction", type=float, default=0.1, help="corpus: share broken")
-    s.set_defaults(func=_chaos)
+    campaigns = s.add_subparsers(dest="campaign", required=True, metavar="CAMPAIGN")
+    for name, text in CHAOS_CAMPAIGNS.items():
+        c = campaigns.add_parser(name, help=text, description=text)
+        c.add_argument("--out", default=None, help="campaign folder (default: runs/chaos-NAME)")
+        c.add_argument("--trials", type=int, default=None, help="default: kill 20, others 10")
+        c.add_argument("--steps", type=int, default=None, help="kill/ddp/disk: steps (24/16/12)")
+        c.add_argument("--rounds", type=int, default=8, help="p2p: rounds of each simulation")
+        c.add_argument("--seed", type=int, default=0, help="seed of the fault moments")
+        c.add_argument("--corpus", default=None, help="manifests folder (default: synthesise one)")
+        c.add_argument("--manifest", default=None, help="corpus: the manifest to break")
+        c.add_argument("--fraction", type=float, default=0.1, help="corpus: share broken")
+        c.set_defaults(func=_chaos)
+    for name, (module, text) in OWN_OPTIONS.items():
+        # prefix "+": every argument after the name, options included, goes to its own main
+        c = campaigns.add_parser(name, help=text, add_help=False, prefix_chars="+")
+        c.add_argument("args", nargs=argparse.REMAINDER)
+        c.set_defaults(func=_own_main(module))
+
+
+def _own_main(module: str):
+    def run(args) -> int:
+        return importlib.import_module(f"speechswarm.chaos.{module}").main(args.args)
+
+    return run
 
 
 def _chaos(args) -> int:
