@@ -95,6 +95,17 @@ def test_median_ignores_one_liar_among_three():
     assert out["w"].abs().max() < 2
 
 
+def test_median_by_hand_and_a_nan_liar_is_the_largest_value():
+    odd = [state(1, 5, 0), state(3, 4, 0), state(2, 9, 0)]
+    assert mixing.median_states(odd)["w"].tolist() == [2, 5]
+    even = [*odd, state(4, 1, 0)]
+    assert mixing.median_states(even)["w"].tolist() == [2.5, 4.5]
+    honest = [state(1, 1, 1), state(2, 3, 2), state(3, 2, 3), state(4, 4, 4)]
+    out = mixing.median_states([*honest, state(math.nan, math.nan, math.nan)])
+    assert out["w"].tolist() == [3, 3] and out["b"].item() == 3  # 3rd of 1, 2, 3, 4, NaN
+    assert mixing.within_range(out, honest)
+
+
 def test_check_received_reasons():
     own = state(1, 2, 3)
     assert mixing.check_received(state(1.5, 2, 3), own, 5.0) == ""

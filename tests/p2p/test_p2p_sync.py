@@ -104,7 +104,9 @@ def test_a_poisoned_message_is_counted_refused_outvoted_or_through():
     assert outvoted.poison_shift == pytest.approx(0.5 / 2.5)
     through = poisoned_round("mean", "scale", validate=False)[0]
     assert counts(through) == (1, 0, 0) and through.poison_shift > 1e4
-    assert poisoned_round("median", "nan", validate=False)[0].poison_shift == math.inf
+    nan_mean = poisoned_round("mean", "nan", validate=False)[0]
+    assert counts(nan_mean) == (1, 0, 0) and nan_mean.poison_shift == math.inf
+    assert counts(poisoned_round("median", "nan", validate=False)[0]) == (1, 0, 1)
     assert counts(poisoned_round("mean", "stale")[0]) == (1, 1, 0)  # |-9| > 5 x |1|: norm
     assert counts(poisoned_round("median", "stale", validate=False)[0]) == (1, 0, 1)
     assert counts(poisoned_round("mean", "stale", validate=False)[0]) == (1, 0, 0)  # 0.2

@@ -110,19 +110,19 @@ def average_states(
 
 def median_states(states: Sequence[State], keep_from: int = 0) -> State:
     """Coordinate-wise median (unweighted; for an even count the mean of the two middle
-    values). Tolerates up to half minus one arbitrary states."""
+    values) of the sorted values, NaN sorting last as in `trimmed_mean_states`. Tolerates up
+    to half minus one arbitrary states, NaN ones included (torch.quantile would return NaN
+    for a coordinate as soon as one state holds NaN there)."""
     _check_same_layout(states)
+    k = len(states)
     out: State = {}
     for name, ref in states[keep_from].items():
         if not ref.is_floating_point():
             out[name] = ref.clone()
             continue
         stacked = torch.stack([s[name].double() for s in states])  # (K, ...)
-        out[name] = (
-            torch.quantile(stacked.reshape(len(states), -1), 0.5, dim=0)
-            .reshape(ref.shape)
-            .to(ref.dtype)
-        )
+        middle = torch.sort(stacked, dim=0).values[(k - 1) // 2 : k // 2 + 1]  # 1 or 2 values
+        out[name] = middle.mean(dim=0).to(ref.dtype)
     return out
 
 
