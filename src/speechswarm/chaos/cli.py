@@ -6,6 +6,7 @@ speechswarm chaos corpus --manifest data/synth/train.jsonl
 sudo .venv/bin/speechswarm chaos disk --trials 10
 speechswarm chaos p2p --trials 10
 speechswarm chaos hostile --out runs/hostile
+speechswarm chaos poison --trials 24
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ CHAOS_CAMPAIGNS = {
 # Campaigns with options of their own (`speechswarm chaos NAME --help`): module, help.
 OWN_OPTIONS = {
     "hostile": ("hostile", "hostile inputs: pickle payloads, TAR traversal, bad hooks and ARPA"),
+    "poison": ("poison", "a P2P agent that lies (NaN, x1e6, random, ...) under mean/median/trim"),
 }
 
 
