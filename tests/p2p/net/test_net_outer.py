@@ -100,3 +100,27 @@ def test_a_rejected_average_moves_nothing(tmp_path):
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
     assert sync.outer["momentum"] == {}
+
+
+def test_a_rounds_row_names_its_group_and_the_average_it_received(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    sync, averager, names = make_sync(model, tmp_path)
+    averager.average = [torch.full_like(model.state_dict()[n], -0.5) for n in names]
+    row = sync.average(model, 1)
+    values = sum(model.state_dict()[n].numel() for n in names)  # 3*2 + 2 + 4 x 2 = 16
+    assert row["ok"] and values == 16
+    assert row["avg_sum"] == -8.0 and row["avg_abs"] == 8.0
+    assert row["members"] == ["me", "peer"] and len(row["group"]) == 16
+    averager.average = [torch.full_like(model.state_dict()[n], float("nan")) for n in names]
+    row = sync.average(model, 2)
+    assert row["reason"] == "nonfinite" and row["avg_sum"] is None and row["avg_abs"] is None
+
+
+def test_every_member_of_a_group_names_it_alike():
+    from speechswarm.p2p.net.hivemind_sync import group_fields
+
+    a = group_fields({"x": {"step": 4}, "y": {"step": 6}})
+    b = group_fields({"y": {"step": 6, "tag": b"t"}, "x": {"step": 4}})
+    assert a == b and a["members"] == ["x", "y"]
+    assert group_fields({"x": {"step": 4}, "y": {"step": 8}})["group"] != a["group"]
+    assert group_fields({}) == {"group": "", "members": []}
