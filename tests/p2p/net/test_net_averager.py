@@ -211,3 +211,50 @@ def test_allow_list_refuses_a_strangers_tensors_and_state_downloads(tmp_path):
         assert got is not None and got[0]["step"] == 7 and torch.equal(got[1][0], torch.zeros(100))
     finally:
         _close(m0, m1, stranger, d0, d1, ds)
+
+
+@pytest.mark.parametrize("mode", ["nan", "shape"])
+def test_a_member_sending_garbage_is_left_out_and_then_avoided(monkeypatch, mode):
+    """A member of the run whose every outgoing part is NaN, or one value too long (which
+    hivemind added to the buffers as it came, then failed to reshape, retrying the round to
+    its deadline): its parts are refused before they are added, and it is left out of the
+    next round."""
+    from speechswarm.chaos.net_fault_peer import FAULT_ENV, FaultyAverager
+
+    gate = Gate()
+    d0 = _dht()
+    addr = [str(a) for a in d0.get_visible_maddrs()]
+    d1, d2 = _dht(addr), _dht(addr)
+    n = 3 * 2**17  # one part of the vector per member
+    three = {"group": 3, "min_group_size": 2, "min_matchmaking_time": 3.0}
+    values = (0.0, 3.0)  # mean 1.5
+    healthy = [_averager([torch.full((n,), values[k])], d, gate, max_norm_ratio=5.0, **three)
+               for k, d in enumerate((d0, d1))]  # fmt: skip
+    monkeypatch.setenv(FAULT_ENV, f'{{"kind": "garbage", "mode": "{mode}"}}')
+    bad = FaultyAverager(
+        [torch.full((n,), 2.0)], d2, gate=gate, prefix="test", start=True, target_group_size=3,
+        min_group_size=2, min_matchmaking_time=3.0, request_timeout=0.3, allreduce_timeout=10.0,
+        next_chunk_timeout=2.0, compression=hivemind_compression("none"),
+    )  # fmt: skip
+    try:
+        results = _step_all([*healthy, bad], [1.0, 1.0, 1.0], timeout=15.0)
+        assert all(isinstance(results[k], dict) and len(results[k]) == 3 for k in (0, 1)), results
+        for k, a in enumerate(healthy):
+            with a.get_tensors() as (t,):
+                assert bool(torch.isfinite(t).all())
+                kept, averaged = int((t == values[k]).sum()), int((t == 1.5).sum())
+            # the bad member's part stays this peer's own; the rest is the healthy pair's mean
+            assert kept == n // 3 and averaged == n - kept
+            assert a.counter("rejected_parts") == 2  # its part for this peer, its answer
+            assert a.counter("offenders") == 1 and a.counter("senders_dropped") == 1
+        for k, a in enumerate(healthy):  # a fresh round: back to own values
+            with a.get_tensors() as (t,):
+                t.fill_(values[k])
+        results = _step_all([*healthy, bad], [1.0, 1.0, 1.0], timeout=15.0)
+        assert all(isinstance(results[k], dict) and len(results[k]) == 2 for k in (0, 1)), results
+        for a in healthy:
+            with a.get_tensors() as (t,):
+                assert torch.equal(t, torch.full((n,), 1.5))
+        assert sum(a.counter("rejected_joins") + a.counter("rejected_groups") for a in healthy) >= 1
+    finally:
+        _close(*healthy, bad, d0, d1, d2)

@@ -12,7 +12,11 @@ Every way in is checked with `auth.Gate` against the libp2p-authenticated peer I
 - `rpc_download_state` (a newcomer loads the model): the requester's membership record in the
   run's DHT (`<prefix>_members`, subkey = peer ID, value = tag) must pass;
 - `_load_state_from_peers` (this peer is the newcomer): only members are asked for a state.
-All-reduce parts themselves are accepted by hivemind only from the group's members.
+All-reduce parts themselves are accepted by hivemind only from the group's members, and each
+is checked before hivemind adds it (`CountingRunner`, `part_check.part_problem`: length,
+finite values, weight, scale): a member whose part fails is left out of that part of the
+round and, from then on, of this peer's groups (refused at `rpc_join_group`, left at
+`_aggregate_with_group`), as an `offender` for the rest of this peer's run.
 
 Bytes are measured on the all-reduce streams (serialized protobuf messages, both directions,
 after compression) and on state downloads served, into counters shared with the host process;
@@ -23,7 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import logging
+import math
 import multiprocessing as mp
 import random
 import threading
@@ -34,6 +40,7 @@ import torch
 from hivemind.averaging import DecentralizedAverager
 from hivemind.averaging.allreduce import AllReduceRunner
 from hivemind.averaging.matchmaking import MatchmakingException
+from hivemind.averaging.partition import AllreduceException
 from hivemind.compression import deserialize_torch_tensor
 from hivemind.compression.quantization import Quantization
 from hivemind.p2p import P2PContext, PeerID
@@ -44,6 +51,7 @@ from hivemind.utils.streaming import combine_from_streaming
 from hivemind.utils.timed_storage import ValueWithExpiration
 
 from speechswarm.p2p.net.auth import Gate
+from speechswarm.p2p.net.part_check import part_problem
 
 
 def _extract_8bit(self, serialized_tensor):
@@ -62,7 +70,8 @@ def _extract_8bit(self, serialized_tensor):
 Quantization.extract = _extract_8bit  # every process that imports this module decodes 8-bit
 
 COUNTERS = ("bytes_sent", "bytes_recv", "state_bytes_sent", "rejected_joins", "rejected_groups",
-            "rejected_downloads", "rejected_donors", "values_kept_local", "senders_dropped")  # fmt: skip
+            "rejected_downloads", "rejected_donors", "values_kept_local", "senders_dropped",
+            "rejected_parts", "offenders")  # fmt: skip
 logger = logging.getLogger("speechswarm.p2p.net")
 
 
@@ -87,35 +96,88 @@ async def _counted(stream, counter, lock):
 
 
 class _CountingStub:
-    """A peer stub whose all-reduce streams add their message sizes to the counters."""
+    """A peer stub whose all-reduce streams add their message sizes to the counters; the
+    answers (averaged parts) pass `check` on their way in."""
 
-    def __init__(self, stub, counters, lock):
-        self._stub, self._counters, self._lock = stub, counters, lock
+    def __init__(self, stub, counters, lock, check):
+        self._stub, self._counters, self._lock, self._check = stub, counters, lock, check
 
     async def rpc_aggregate_part(self, inputs):
         sent, recv = self._counters["bytes_sent"], self._counters["bytes_recv"]
         stream = await self._stub.rpc_aggregate_part(_counted(inputs, sent, self._lock))
-        return _counted(stream, recv, self._lock)
+        return self._check(_counted(stream, recv, self._lock))
 
 
 class CountingRunner(AllReduceRunner):
-    """AllReduceRunner that meters both the parts it sends and those it serves."""
+    """AllReduceRunner that meters both the parts it sends and those it serves, and checks
+    every part that comes in (`part_check.part_problem`) before hivemind uses it: a sender's
+    bad part ends its stream, and hivemind drops that sender from this part's average; a
+    reducer's bad answer counts as no answer, and this peer keeps its own values for that
+    part. Either way `on_offence(peer_id, reason)` is told."""
 
-    def __init__(self, *args, counters, lock, **kwargs):
+    def __init__(self, *args, counters, lock, max_norm_ratio=None, on_offence=None, **kwargs):
         super().__init__(*args, **kwargs)
         self._counters, self._lock = counters, lock
+        self._max_norm_ratio = max_norm_ratio
+        self._on_offence = on_offence or (lambda peer, reason: None)
+        # this peer's values of each member's range, part by part: views of the tensors being
+        # averaged, which change only once every delta of their tensor is in (as hivemind's
+        # own `averaged_part - tensor_part` assumes)
+        by_peer = self.tensor_part_container._input_parts_by_peer
+        self._own_parts = [tuple(part for part, _ in parts) for parts in by_peer]
+        # the RMS of this peer's whole vector: part_problem's floor for small tensors
+        vector = self.tensor_part_container.local_tensors
+        squares = sum(float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2 for t in vector)
+        self._floor_rms = math.sqrt(squares / max(1, sum(t.numel() for t in vector)))
 
     def _get_peer_stub(self, peer):
-        return _CountingStub(super()._get_peer_stub(peer), self._counters, self._lock)
+        own = self._own_parts[self.ordered_peer_ids.index(peer)]
+        check = functools.partial(self._checked, peer=peer, own=own, answers=True)
+        return _CountingStub(super()._get_peer_stub(peer), self._counters, self._lock, check)
 
     async def rpc_aggregate_part(
         self, stream: AsyncIterator[averaging_pb2.AveragingData], context: P2PContext
     ) -> AsyncIterator[averaging_pb2.AveragingData]:
         recv, sent = self._counters["bytes_recv"], self._counters["bytes_sent"]
-        async for msg in super().rpc_aggregate_part(_counted(stream, recv, self._lock), context):
+        own = self._own_parts[self.ordered_peer_ids.index(self.peer_id)]
+        counted = _counted(stream, recv, self._lock)
+        checked = self._checked(counted, peer=context.remote_id, own=own, answers=False)
+        async for msg in super().rpc_aggregate_part(checked, context):
             with self._lock:
                 sent.value += msg.ByteSize()
             yield msg
+
+    async def _checked(self, stream, *, peer: PeerID, own: tuple, answers: bool):
+        """`stream` up to its first bad part, which raises AllreduceException instead (before
+        hivemind counts it as received: a sender dropped there leaves the part's average to
+        the others instead of stalling it). `answers`: a reducer's averaged parts (deltas on
+        `own`), else a sender's values for `own`."""
+        index = 0
+        async for msg in stream:
+            if answers and msg.code != averaging_pb2.AVERAGED_PART:
+                yield msg  # an error code: hivemind's own handling
+                continue
+            problem = self._problem(msg, own, index, answers)
+            if problem:
+                self._on_offence(peer, problem)
+                raise AllreduceException(f"{peer} sent a bad part #{index}: {problem}")
+            index += 1
+            yield msg
+
+    def _problem(self, msg, own: tuple, index: int, answers: bool) -> str:
+        if index >= len(own):
+            return "extra part"
+        try:
+            values = deserialize_torch_tensor(msg.tensor_part)
+        except Exception:  # a buffer of the wrong size or dtype, an unknown codec: many types
+            return "malformed"
+        mine = own[index]
+        if answers and values.shape == mine.shape:
+            values = mine + values  # what this peer would hold: the part's average
+        weight = 1.0 if answers else msg.weight
+        return part_problem(
+            values, mine, self._max_norm_ratio, weight=weight, floor_rms=self._floor_rms
+        )
 
 
 class GatedAverager(DecentralizedAverager):
@@ -123,8 +185,12 @@ class GatedAverager(DecentralizedAverager):
     is what the host last passed to `share_state` (a consistent snapshot, not tensors the
     training loop is changing)."""
 
-    def __init__(self, averaged_tensors, dht, *, gate: Gate, **kwargs):
+    runner_type = CountingRunner  # the all-reduce of one round (a chaos peer swaps in its own)
+
+    def __init__(self, averaged_tensors, dht, *, gate: Gate, max_norm_ratio=None, **kwargs):
         self.gate = gate
+        self.max_norm_ratio = max_norm_ratio
+        self.offenders: dict[PeerID, str] = {}  # averager process: members that sent bad parts
         self.counters = {name: mp.Value(ctypes.c_double, 0.0, lock=False) for name in COUNTERS}
         self._counter_lock = mp.Lock()
         self._state_lock = threading.Lock()
@@ -161,10 +227,22 @@ class GatedAverager(DecentralizedAverager):
         with self._counter_lock:
             self.counters[name].value += value
 
+    def _offence(self, peer_id: PeerID, reason: str) -> None:
+        self._add("rejected_parts", 1)
+        if peer_id not in self.offenders:
+            self.offenders[peer_id] = reason
+            self._add("offenders", 1)
+            logger.warning(
+                f"{peer_id} sent a bad all-reduce part ({reason}): left out of this round and "
+                "of this peer's later groups"
+            )
+
     async def rpc_join_group(
         self, request: averaging_pb2.JoinRequest, context: P2PContext
     ) -> AsyncIterator[averaging_pb2.MessageFromLeader]:
-        if not self.gate.allows(context.remote_id.to_bytes(), gathered_tag(request.gather)):
+        peer = context.remote_id
+        member = self.gate.allows(peer.to_bytes(), gathered_tag(request.gather))
+        if peer in self.offenders or not member:
             self._add("rejected_joins", 1)
             yield averaging_pb2.MessageFromLeader(code=averaging_pb2.PROTOCOL_VIOLATION)
             return
@@ -178,12 +256,15 @@ class GatedAverager(DecentralizedAverager):
             ):
                 self._add("rejected_groups", 1)
                 raise MatchmakingException(f"{peer_id} is not a member of this run; leaving group")
+            if peer_id in self.offenders:
+                self._add("rejected_groups", 1)
+                raise MatchmakingException(f"{peer_id} sent bad parts before; leaving group")
         return await super()._aggregate_with_group(group_info, min_vector_size, **kwargs)
 
     async def _run_allreduce_inplace_(self, tensors, group_info, group_id=None, **kwargs):
         # hivemind's method with CountingRunner in place of AllReduceRunner
         group_id = group_info.group_id if group_id is None else group_id
-        runner = CountingRunner(
+        runner = self.runner_type(
             p2p=self._p2p,
             servicer_type=type(self),
             prefix=self.prefix,
@@ -192,6 +273,8 @@ class GatedAverager(DecentralizedAverager):
             ordered_peer_ids=group_info.peer_ids,
             counters=self.counters,
             lock=self._counter_lock,
+            max_norm_ratio=self.max_norm_ratio,
+            on_offence=self._offence,
             **kwargs,
         )
         assert group_id in self._running_groups, f"group {group_id} was not registered"

@@ -219,7 +219,8 @@ def read_rows_file(path: Path) -> list[dict]:
 # seconds past --timeout-s a round waits for hivemind to report its own outcome
 ROUND_GRACE_S = 0.5
 # per-round deltas of the averager's counters, in rounds.jsonl
-_ROUND_COUNTERS = ("bytes_sent", "bytes_recv", "values_kept_local", "senders_dropped")
+_ROUND_COUNTERS = ("bytes_sent", "bytes_recv", "values_kept_local", "senders_dropped",
+                   "rejected_parts")  # fmt: skip
 
 
 def state_sum(tensors) -> float:

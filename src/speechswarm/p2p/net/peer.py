@@ -195,7 +195,7 @@ def run_peer(
     dht = start_dht(settings, gate, initial_peers, identity)
     averager = None
     try:
-        averager = _start_averager(run.model, names, dht, gate, settings, prefix)
+        averager = _start_averager(run.model, names, dht, gate, settings, prefix, cfg.p2p)
         address = _announce(dht, gate, prefix, out_dir)
         sd = run.model.state_dict()
         averager.share_state({"step": 0, "round": 0}, [sd[n] for n in names])
@@ -239,7 +239,7 @@ def run_peer(
         dht.shutdown()
 
 
-def _start_averager(model, names, dht, gate, settings, prefix):
+def _start_averager(model, names, dht, gate, settings, prefix, p2p):
     from speechswarm.p2p.net.averager import GatedAverager
 
     sd = model.state_dict()
@@ -247,6 +247,8 @@ def _start_averager(model, names, dht, gate, settings, prefix):
         [sd[n].detach().clone().float() for n in names],
         dht,
         gate=gate,
+        # every incoming part is checked (shape, finite, weight); with p2p.validate also its norm
+        max_norm_ratio=p2p.max_norm_ratio if p2p.validate else None,
         prefix=prefix,
         start=True,
         target_group_size=settings.group_size,
