@@ -332,6 +332,8 @@ def _summary(run, state, sync, averager, joined, scores, wall, address, every) -
         "rejected_joins": int(averager.counter("rejected_joins")),
         "rejected_groups": int(averager.counter("rejected_groups")),
         "rejected_downloads": int(averager.counter("rejected_downloads")),
+        "rejected_parts": int(averager.counter("rejected_parts")),
+        "offenders": int(averager.counter("offenders")),  # members left out after a bad part
         "loaded_state": joined,
         "averaging_seconds": round(sync.averaging_seconds, 3),
         "training_seconds": round(state.train_seconds - sync.averaging_seconds, 3),

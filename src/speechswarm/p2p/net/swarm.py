@@ -32,18 +32,20 @@ from speechswarm.p2p.report import plot_agents, plot_comparison, read_rows, repo
 from speechswarm.report import pct
 
 RUN_NAME = "swarm"
+PEER_MODULE = "speechswarm.p2p.net.cli"
 
 
 class PeerProcess:
-    """One `speechswarm peer` child process; its output goes to `<out>/peer.log`."""
+    """One `speechswarm peer` child process; its output goes to `<out>/peer.log`. `module`:
+    what runs it (`python -m MODULE peer ARGS`; the fault campaign's misbehaving peer)."""
 
-    def __init__(self, args: list[str], out: Path, env: dict[str, str]):
+    def __init__(self, args: list[str], out: Path, env: dict[str, str], module: str = PEER_MODULE):
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.log_path = self.out / "peer.log"
         log = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115 (the child owns it)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "speechswarm.p2p.net.cli", "peer", *args],
+            [sys.executable, "-m", module, "peer", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
