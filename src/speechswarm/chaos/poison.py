@@ -29,7 +29,8 @@ before mixing: the simulation's headline view) on 160 held-out utterances of the
 agents' 4 speakers (40 each, drawn apart from the training corpus). The target per robust
 cell (median, trimmed mean): >= 95 % of trials rejected and every trial's honest CER within
 1 point of its clean run. `mean` is the baseline. `<out>/poison.json` holds every trial,
-`<out>/poison.md` the table. ~11 CPU-minutes for 36 trials: --jobs 2 runs seeds side by side.
+`<out>/poison.md` the table. 36 trials take ~5 CPU-minutes (20 clean rounds; 11 from the first
+round); --jobs 2 runs the seeds side by side (4.4 min wall on 2 cores loaded by other jobs).
 """
 
 from __future__ import annotations
