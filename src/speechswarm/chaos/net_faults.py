@@ -234,7 +234,7 @@ def run_trial(
     are gone when it returns."""
     from speechswarm.chaos.net_fault_peer import FAULT_ENV
     from speechswarm.p2p.net.auth import new_secret
-    from speechswarm.p2p.net.swarm import PeerProcess, peer_args, peer_env
+    from speechswarm.p2p.net.swarm import PEER_MODULE, PeerProcess, peer_args, peer_env
 
     trial = NetFaultTrial(index, kind)
     shutil.rmtree(run_dir, ignore_errors=True)  # an old address.txt would send peers astray
@@ -246,7 +246,7 @@ def run_trial(
     env = peer_env(swarm.secret)
     peers: list = []
 
-    def start(k: int, initial, env=env, module="speechswarm.p2p.net.cli"):
+    def start(k: int, initial, env=env, module=PEER_MODULE):
         args = peer_args(swarm.config, swarm.agents[k], run_dir / f"peer{k}", settings, initial=initial)  # fmt: skip
         peers.append(PeerProcess(args, run_dir / f"peer{k}", env, module=module))
         return peers[-1]
