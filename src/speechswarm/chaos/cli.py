@@ -7,6 +7,7 @@ sudo .venv/bin/speechswarm chaos disk --trials 10
 speechswarm chaos p2p --trials 10
 speechswarm chaos hostile --out runs/hostile
 speechswarm chaos poison --trials 24
+speechswarm chaos net --trials 24
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ CHAOS_CAMPAIGNS = {
 OWN_OPTIONS = {
     "hostile": ("hostile", "hostile inputs: pickle payloads, TAR traversal, bad hooks and ARPA"),
     "poison": ("poison", "a P2P agent that lies (NaN, x1e6, random, ...) under mean/median/trim"),
+    "net": (
+        "net_faults",
+        "networked peers on loopback: one killed, stalled, sending garbage, "
+        "or holding another run secret",
+    ),
 }
 
 

@@ -507,9 +507,7 @@ def net_faults_passed(trials: list[NetFaultTrial]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m speechswarm.chaos.net_faults", description=__doc__.split("\n")[0]
-    )
+    p = argparse.ArgumentParser(prog="speechswarm chaos net", description=__doc__.split("\n")[0])
     p.add_argument("--trials", type=int, default=24, help="trials, fault kinds in turn (default 24: 6 each)")  # fmt: skip
     p.add_argument("--out", default="runs/chaos-net", help="campaign folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the fault moments and kinds' details")  # fmt: skip
