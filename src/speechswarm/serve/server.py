@@ -138,8 +138,9 @@ def stream_slots(
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
-    """SIGTERM stops the server as Ctrl-C does (uvicorn's own handlers work only when it runs
-    in the main thread, and here the model does)."""
+    """SIGINT and SIGTERM stop the server as Ctrl-C does, as uvicorn's own handlers would
+    (they work only when uvicorn runs in the main thread, and here the model does); also
+    when the shell started the command with SIGINT ignored (a background job)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -147,11 +148,12 @@ def _sigterm_as_interrupt():
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class ServerThread:
