@@ -46,6 +46,7 @@ import platform
 import sys
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 
@@ -189,7 +190,10 @@ def prepare(
     if kernel == "fused":
         return "fused"
     i = next(i for i, m in enumerate(model.rnns) if isinstance(m, nn.GRU))
-    choice = measured_choice(model.rnns[i], dtype or torch.float32, batch, log, model._twins[i])
+    aten = getattr(model, "aten_layer", None)  # DeepSpeech2: ATen's path as the model runs it
+    choice = measured_choice(
+        model.rnns[i], dtype or torch.float32, batch, log, aten and partial(aten, i)
+    )
     model.rnn_kernel = "auto" if choice == "fused" else "aten"
     return choice
 
@@ -199,7 +203,7 @@ def choices_path() -> Path:
     return cache_dir().parent / "rnn_kernel_choices.json"
 
 
-def measured_choice(rnn: nn.GRU, dtype: torch.dtype, batch: int, log, twin=None) -> str:
+def measured_choice(rnn: nn.GRU, dtype: torch.dtype, batch: int, log, aten=None) -> str:
     """The kernel, "fused" or "aten", that trains one layer shaped like `rnn` (forward and
     backward, `batch` utterances of 100 frames) faster on this machine in `dtype`, with this
     many threads; ATen's as the model runs it (`recurrence.run_rnn_padded` with `twin`, the
@@ -220,7 +224,7 @@ def measured_choice(rnn: nn.GRU, dtype: torch.dtype, batch: int, log, twin=None)
     found = choices.get(key)
     if found is None:
         fused = _time_layer(rnn, dtype, batch, "fused")
-        aten = _time_layer(rnn, dtype, batch, "aten", twin, give_up=10 * fused)
+        aten = _time_layer(rnn, dtype, batch, "aten", aten, give_up=10 * fused)
         found = {
             "kernel": "fused" if fused <= aten else "aten",
             "fused_ms": round(fused * 1000, 2),
@@ -246,13 +250,11 @@ def measured_choice(rnn: nn.GRU, dtype: torch.dtype, batch: int, log, twin=None)
 
 
 def _time_layer(
-    rnn: nn.GRU, dtype: torch.dtype, batch: int, kernel: str, twin=None, give_up: float = 1e9
+    rnn: nn.GRU, dtype: torch.dtype, batch: int, kernel: str, aten=None, give_up: float = 1e9
 ) -> float:
     """Best of 2 (after a warm-up) seconds of one training pass of a copy of `rnn` on random
     input of 100 frames, with `kernel`; a warm-up slower than `give_up` seconds is the answer
     (a clear loser need not be timed to the millisecond)."""
-    from speechswarm.recurrence import run_rnn_padded
-
     g = copy.deepcopy(rnn).float()
     x = torch.randn(batch, 100, rnn.input_size, requires_grad=True)
     mask = torch.ones(batch, 100, dtype=torch.bool)
@@ -263,8 +265,8 @@ def _time_layer(
             if kernel == "fused":
                 f, b = gru_layer(g, x, x.flip(1) if rnn.bidirectional else None, dtype)
                 out = f if b is None else torch.cat([f, b], -1)
-            elif twin is not None:
-                out = run_rnn_padded(g, twin, x, mask)
+            elif aten is not None:
+                out = aten(g, x, mask)
             else:
                 out = g(x)[0]
         out.float().square().mean().backward()

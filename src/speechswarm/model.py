@@ -344,6 +344,11 @@ class DeepSpeech2(nn.Module):
         log_probs = logits.float().log_softmax(dim=-1)
         return log_probs, lens.to(feat_lens.device)
 
+    def aten_layer(self, i: int, rnn: nn.RNNBase, x: torch.Tensor, mask) -> torch.Tensor:
+        """Recurrent layer `i` as ATen runs it on the CPU (`run_rnn_padded`), with the weights
+        of `rnn` (a copy of `self.rnns[i]`): what `fused_gru.measured_choice` times."""
+        return run_rnn_padded(rnn, self._twins[i], x, mask)
+
     def _run_rnn(self, i: int, x, lens, mask) -> torch.Tensor:
         packing = self.rnn_packing
         if packing == "packed" or (packing == "auto" and x.is_cuda):
