@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import pickle
 import re
@@ -49,6 +50,17 @@ from speechswarm.data.validate import validate_utterances
 from speechswarm.errors import user_message
 from speechswarm.p2p.workspace import _loads
 from speechswarm.transcribe import transcribe_paths
+
+
+@pytest.fixture(autouse=True)
+def commands_through_the_cli(monkeypatch):
+    """The campaign's cases run commands through the CLI (`speechswarm chaos hostile` hands
+    it over; a campaign may not import it)."""
+    from speechswarm.chaos import hostile_inputs
+    from speechswarm.cli import main
+
+    monkeypatch.setattr(hostile_inputs, "RUN_CLI", main)
+
 
 SR = 16000
 TONE = (0.3 * np.sin(2 * np.pi * 440 * np.arange(SR) / SR)).astype(np.float32)  # 1 s
@@ -467,7 +479,9 @@ def test_one_case_per_kind_passes(tmp_path):
 def test_the_campaign_refuses_every_hostile_input(tmp_path, capsys):
     from speechswarm.cli import main
 
+    before = (logging.root.manager.disable, torch.get_num_threads())
     assert main(["chaos", "hostile", "--out", str(tmp_path)]) == 0  # as a user types it
+    assert (logging.root.manager.disable, torch.get_num_threads()) == before  # put back
     table = (tmp_path / "hostile.md").read_text()
     assert re.search(r"^\| all \| (\d+) \|.*\| \1/\1 \(100 %\) \|$", table, re.M), table
     rows = json.loads((tmp_path / "hostile.json").read_text())["inputs"]

@@ -60,7 +60,12 @@ def add_parser(sub) -> None:
 
 def _own_main(module: str):
     def run(args) -> int:
-        return importlib.import_module(f"speechswarm.chaos.{module}").main(args.args)
+        main = importlib.import_module(f"speechswarm.chaos.{module}").main
+        if module == "hostile":  # it runs commands through the CLI, which it may not import
+            from speechswarm.cli import main as cli_main
+
+            return main(args.args, run_cli=cli_main)
+        return main(args.args)
 
     return run
 

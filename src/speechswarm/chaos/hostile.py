@@ -1,7 +1,7 @@
 """Hostile inputs campaign: every hostile input is refused in one line, runs no code, writes
 nothing outside its target folder.
 
-    python -m speechswarm.chaos.hostile --out runs/hostile
+    speechswarm chaos hostile --out runs/hostile
 
 Builds each input of `chaos/hostile_inputs.py` (checkpoints carrying pickle payloads, client
 hooks that raise or return the wrong thing) and `chaos/hostile_data.py` (TAR shards whose
@@ -35,10 +35,12 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from speechswarm.atomic import atomic_open
+from speechswarm.chaos import hostile_inputs
 from speechswarm.chaos.hostile_data import ARPA_CASES, MANIFEST_CASES, SHARD_CASES
 from speechswarm.chaos.hostile_inputs import CHECKPOINT_CASES, HOOK_CASES, Case, Sandbox
 
@@ -168,7 +170,11 @@ def write_results(out: Path, outcomes: list[Outcome]) -> tuple[Path, Path]:
     return out / "hostile.md", out / "hostile.json"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, run_cli: Callable[[list[str]], int] | None = None) -> int:
+    """`speechswarm chaos hostile ARGV`; `run_cli`: the CLI's entry point, which runs the
+    commands under test (`hostile_inputs.RUN_CLI`)."""
+    if run_cli is not None:
+        hostile_inputs.RUN_CLI = run_cli
     p = argparse.ArgumentParser(
         prog="speechswarm chaos hostile", description=__doc__.split("\n")[0]
     )
@@ -178,13 +184,20 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import torch
 
+    threads, logging_off = torch.get_num_threads(), logging.root.manager.disable
     torch.set_num_threads(1)  # small models; the campaign shares the machine
     logging.disable(logging.INFO)  # train's progress lines; warnings stay (they are judged)
     cases = [c for c in CASES if not args.kind or c.kind in args.kind]
     out = Path(args.out)
     start = time.perf_counter()
-    with contextlib.redirect_stdout(sys.stderr):  # what the commands print is not the report
-        outcomes = run_campaign(out, cases, progress=lambda line: print(line, file=sys.__stderr__))
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # what the commands print is no report
+            outcomes = run_campaign(
+                out, cases, progress=lambda line: print(line, file=sys.__stderr__)
+            )
+    finally:  # the process goes on (a test, a caller): its logging and threads as they were
+        logging.disable(logging_off)
+        torch.set_num_threads(threads)
     md, js = write_results(out, outcomes)
     if not args.keep:
         shutil.rmtree(out / "sandbox", ignore_errors=True)
@@ -195,7 +208,3 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.perf_counter() - start:.0f} s — {md}, {js}"
     )
     return 0 if passed == len(outcomes) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

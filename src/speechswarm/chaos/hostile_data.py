@@ -1,6 +1,6 @@
 """Hostile data files for `speechswarm chaos hostile`: TAR shards, manifests, ARPA models.
 
-    python -m speechswarm.chaos.hostile --out runs/hostile
+    speechswarm chaos hostile --out runs/hostile
 
 Shards are read the way `speechswarm train data.shards=DIR` reads them
 (`train.shard_stream.shard_source`, batches from the stream; one case through a DataLoader

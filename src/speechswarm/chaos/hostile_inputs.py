@@ -1,9 +1,9 @@
 """The hostile inputs of `speechswarm chaos hostile` and the commands that meet them.
 
-    python -m speechswarm.chaos.hostile --out runs/hostile
+    speechswarm chaos hostile --out runs/hostile
 
 Each `Case` writes one hostile input into its own `Sandbox` and runs the code a user's
-command runs on it: the CLI in this process (`speechswarm.cli.main`), now and then the CLI
+command runs on it: the CLI in this process (`speechswarm.cli.main`, via `RUN_CLI`), now and then the CLI
 as a separate process, or the library function a command calls where a CLI run would need
 a whole corpus. It returns an `Attempt`: was the input refused, what did the user see, did
 a traceback escape. The campaign (`chaos/hostile.py`) judges the rest from the outside:
@@ -84,11 +84,18 @@ class Case:
 # ---------------------------------------------------------------------- running commands
 
 
+# The CLI's entry point, `speechswarm.cli.main`, through which `cli()` runs commands as a user
+# types them. `speechswarm chaos hostile` (chaos/cli.py, the CLI layer) sets it: a campaign sits
+# below the CLI and may not import it (tests/test_layers.py).
+RUN_CLI: Callable[[list[str]], int] | None = None
+
+
 def cli(*argv: str) -> Attempt:
     """`speechswarm ARGV` in this process: refused when it exits non-zero; the message is
     the `speechswarm <command>: error:` line and whatever follows it on stderr."""
-    from speechswarm.cli import main
-
+    if RUN_CLI is None:
+        raise RuntimeError("hostile_inputs.RUN_CLI is not set: run `speechswarm chaos hostile`")
+    main = RUN_CLI
     out, err = io.StringIO(), io.StringIO()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -1,7 +1,7 @@
 """A peer that misbehaves on purpose, for the network fault campaign (`chaos/net_faults.py`).
 
     SPEECHSWARM_NET_FAULT='{"kind": "garbage", "mode": "nan"}' \\
-        python -m speechswarm.chaos.net_fault_peer peer --config CFG --data M --out DIR ...
+        python -m speechswarm.chaos.faulty_peer peer --config CFG --data M --out DIR ...
 
 It is the ordinary `speechswarm peer` (same arguments) with its averager's all-reduce
 (`GatedAverager.runner_type`) replaced by `FaultyRunner`, which does what
@@ -27,7 +27,6 @@ import math
 import os
 import random
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -120,15 +119,3 @@ class FaultyAverager(GatedAverager):
         }
         Path(self.fault["marker"]).write_text(json.dumps(record) + "\n")
         os.killpg(os.getpgrp(), signal.SIGKILL)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`speechswarm peer` with FaultyAverager in place of GatedAverager."""
-    from speechswarm.p2p.net import averager, cli
-
-    averager.GatedAverager = FaultyAverager  # peer.py looks the class up when it starts one
-    return cli.main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

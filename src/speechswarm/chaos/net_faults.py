@@ -258,7 +258,7 @@ def run_trial(
         for k in range(1, HONEST):
             start(k, address)
         if kind in ("kill", "garbage"):
-            start(HONEST, address, {**env, FAULT_ENV: json.dumps(fault)}, "speechswarm.chaos.net_fault_peer")  # fmt: skip
+            start(HONEST, address, {**env, FAULT_ENV: json.dumps(fault)}, "speechswarm.chaos.faulty_peer")  # fmt: skip
             codes = _wait(peers[:HONEST])
         elif kind == "stall":
             start(HONEST, address)
@@ -266,7 +266,7 @@ def run_trial(
         else:
             time.sleep(fault["join_after_s"])
             intruder_env = {**peer_env(new_secret()), FAULT_ENV: json.dumps(fault)}
-            start(HONEST, address, intruder_env, "speechswarm.chaos.net_fault_peer")
+            start(HONEST, address, intruder_env, "speechswarm.chaos.faulty_peer")
             codes = _wait(peers[:HONEST])
         trial.seconds = round(time.perf_counter() - started, 1)
         if len(peers) > HONEST and kind != "stall":  # a stalled one was waited for, or not
