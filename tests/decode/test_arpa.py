@@ -6,28 +6,13 @@ from __future__ import annotations
 
 import pytest
 
+from speechswarm.chaos.hostile_inputs import GOOD_ARPA
 from speechswarm.decode import DecoderOptions, make_decoder
 from speechswarm.decode.arpa import ArpaError, arpa_words, check_arpa, iter_arpa
 from speechswarm.decode.beam import _kenlm_reason
 from speechswarm.decode.lm import read_arpa
 
-GOOD = """\\data\\
-ngram 1=5
-ngram 2=2
-
-\\1-grams:
--1.0\t<s>\t-0.3
--0.5\t</s>
--1.0\t<unk>
--0.7\ta\t-0.2
--0.7\tb\t-0.2
-
-\\2-grams:
--0.3\t<s> a
--0.3\ta b
-
-\\end\\
-"""
+GOOD = GOOD_ARPA  # a valid bigram file over the words a and b (KenLM reads it)
 TOKENS = ["<blank>", " ", "a", "b"]
 
 
