@@ -65,17 +65,18 @@ def test_no_trials_is_no_pass():
 
 @pytest.mark.slow
 def test_a_small_campaign_finishes_with_honest_peers_intact(tone_speakers, tmp_path):
-    """One trial each of a member sending garbage, a member killed mid-all-reduce and an
-    intruder with another secret: 3 honest peers + 1, 6 rounds; ~2 min on 2 cores."""
+    """One trial each of a member sending garbage and a member killed mid-all-reduce: 3
+    honest peers + 1, 6 rounds; ~1 min on 2 cores. (An intruder with another secret is
+    refused at the DHT: tests/p2p/net/test_net_averager.py.)"""
     pytest.importorskip("hivemind")
-    from speechswarm.chaos.net_faults import main
+    from speechswarm.cli import main
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for split in ("train", "dev", "test"):
         shutil.copy(tone_speakers, corpus / f"{split}.jsonl")
     out = tmp_path / "campaign"
-    code = main(["--trials", "3", "--rounds", "6", "--kinds", "garbage,kill,wrong_secret",
+    code = main(["chaos", "net", "--trials", "2", "--rounds", "6", "--kinds", "garbage,kill",
                  "--out", str(out), "--corpus", str(corpus), "--seed", "3"])  # fmt: skip
     data = json.loads((out / "net_faults.json").read_text())
     trials = {t["kind"]: t for t in data["trials"]}
@@ -85,7 +86,6 @@ def test_a_small_campaign_finishes_with_honest_peers_intact(tone_speakers, tmp_p
     assert garbage["fault"]["mode"] == "nan" and garbage["with_faulty"] >= 1
     assert garbage["rounds_ok"] >= 6  # later rounds average in full without it
     assert "killed" in trials["kill"]["fault"]  # the victim died inside an all-reduce
-    assert trials["wrong_secret"]["fault"]["refused"] and trials["wrong_secret"]["faulty_code"] != 0
     assert all(t["groups_equal"] == t["groups_compared"] >= 1 for t in trials.values())
     assert "| garbage | 1 | 1/1 |" in (out / "net_faults.md").read_text()
 
