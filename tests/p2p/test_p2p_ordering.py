@@ -16,41 +16,18 @@ see a quarter of the data and overfit it.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 
-from speechswarm.data.manifest import Utterance, write_manifest
+from speechswarm.chaos.poison import write_tone_language as tone_language
 from speechswarm.p2p.experiment import run_experiment
 
-LETTERS = "abcdefgh"
 
-
-def write_tone_language(out: Path, speakers=8, per=40, sr=16000, seed=0) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    utts = []
-    for s in range(speakers):
-        shift = 1.0 + 0.04 * (s - speakers / 2)  # the speaker's own pitch
-        for j in range(per):
-            text = "".join(rng.choice(list(LETTERS), size=rng.integers(2, 5)))
-            parts = [0.01 * rng.standard_normal(int(0.05 * sr))]
-            for ch in text:
-                t = np.arange(int(rng.uniform(0.08, 0.2) * sr)) / sr
-                f = 300 * 1.25 ** LETTERS.index(ch) * shift * rng.uniform(0.93, 1.07)
-                tone = rng.uniform(0.2, 0.6) * np.sin(2 * math.pi * f * t)
-                tone += 0.2 * rng.uniform(0, 1) * np.sin(2 * math.pi * 2 * f * t)
-                tone += 0.05 * rng.standard_normal(len(t))
-                parts += [tone, 0.01 * rng.standard_normal(int(rng.uniform(0.02, 0.08) * sr))]
-            wave = np.concatenate(parts).astype(np.float32)
-            path = out / f"s{s}-{j}.flac"
-            sf.write(path, wave, sr, format="FLAC", subtype="PCM_16")
-            utts.append(Utterance(f"s{s}-{j}", str(path), len(wave) / sr, text, f"s{s}"))
-    write_manifest(out / "tones.jsonl", utts)
-    return out / "tones.jsonl"
+def write_tone_language(out: Path) -> Path:
+    """8 speakers of 40 utterances over 8 tones 25 % apart, 4 % pitch between speakers."""
+    return tone_language(out, speakers=8, per=40, letters="abcdefgh", step=1.25,
+                         shortest=0.08, jitter=0.07, speaker_step=0.04)  # fmt: skip
 
 
 @pytest.mark.slow  # 9 models of 600 steps (2 workers): 17 min on 2 cores under load 5-8

@@ -74,11 +74,23 @@ _say = functools.partial(print, flush=True)  # progress lines, also from worker 
 # ---------------------------------------------------------------------- the corpus
 
 
-def write_tone_language(out: Path, speakers: int = AGENTS, per: int = 50, seed: int = 0) -> Path:
-    """A tone language (idempotent: an existing manifest is kept): letters a-f are tones 30 %
-    apart (300-1,114 Hz), each 0.1-0.2 s with +-4 % jitter, a random second harmonic, noise
-    and gaps; each speaker's pitch 3 % off the next one's. `per` utterances of 2-4 letters per
-    speaker, 16 kHz FLAC; returns the manifest."""
+def write_tone_language(
+    out: Path,
+    speakers: int = AGENTS,
+    per: int = 50,
+    seed: int = 0,
+    *,
+    letters: str = LETTERS,
+    step: float = 1.3,
+    shortest: float = 0.1,
+    jitter: float = 0.04,
+    speaker_step: float = 0.03,
+) -> Path:
+    """A tone language (idempotent: an existing manifest is kept): each of `letters` is a tone,
+    `step` times the one before from 300 Hz (30 %: 300-1,114 Hz for a-f), `shortest`-0.2 s
+    long with +-`jitter` pitch, a random second harmonic, noise and gaps; each speaker's pitch
+    `speaker_step` off the next one's. `per` utterances of 2-4 letters per speaker, 16 kHz
+    FLAC; returns the manifest."""
     import soundfile as sf
 
     from speechswarm.data.manifest import Utterance, write_manifest
@@ -90,13 +102,13 @@ def write_tone_language(out: Path, speakers: int = AGENTS, per: int = 50, seed: 
     rng = np.random.default_rng(seed)
     sr, utts = 16000, []
     for s in range(speakers):
-        shift = 1.0 + 0.03 * (s - speakers / 2)
+        shift = 1.0 + speaker_step * (s - speakers / 2)
         for j in range(per):
-            text = "".join(rng.choice(list(LETTERS), size=rng.integers(2, 5)))
+            text = "".join(rng.choice(list(letters), size=rng.integers(2, 5)))
             parts = [0.01 * rng.standard_normal(int(0.05 * sr))]
             for ch in text:
-                t = np.arange(int(rng.uniform(0.1, 0.2) * sr)) / sr  # seconds
-                f = 300 * 1.3 ** LETTERS.index(ch) * shift * rng.uniform(0.96, 1.04)  # Hz
+                t = np.arange(int(rng.uniform(shortest, 0.2) * sr)) / sr  # seconds
+                f = 300 * step ** letters.index(ch) * shift * rng.uniform(1 - jitter, 1 + jitter)
                 tone = rng.uniform(0.2, 0.6) * np.sin(2 * math.pi * f * t)
                 tone += 0.2 * rng.uniform(0, 1) * np.sin(2 * math.pi * 2 * f * t)
                 tone += 0.05 * rng.standard_normal(len(t))
