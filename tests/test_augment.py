@@ -13,12 +13,15 @@ import soundfile as sf
 import torch
 
 from speechswarm.augment import (
+    FrequencyWarp,
     SpecAugment,
     WaveAugment,
     exponential_rir,
     fft_convolve,
 )
 from speechswarm.data.audio import speed_perturb
+from speechswarm.errors import ConfigError
+from speechswarm.features import FeatureExtractor, frequency_warp_matrix
 
 SR = 16000
 
@@ -192,6 +195,44 @@ def test_speed_perturb_scales_length_and_frequency(factor):
     assert speed_perturb(wave, 1.0, SR) is wave
     with pytest.raises(ValueError, match="must be > 0"):
         speed_perturb(wave, 0.0, SR)
+
+
+@pytest.mark.parametrize("alpha", [0.9, 1.1])
+def test_vtlp_moves_a_tone_by_alpha_below_the_knee_and_keeps_the_band_ends(alpha):
+    n_freqs = 161  # 20 ms at 16 kHz: 50 Hz per bin
+    w = frequency_warp_matrix(torch.tensor([alpha, 1.0]), n_freqs, SR)
+    assert torch.allclose(w[1], torch.eye(n_freqs))  # alpha 1 is the identity
+    assert torch.allclose(w.sum(2), torch.ones(2, n_freqs))  # each output bin interpolates
+    power = torch.zeros(n_freqs, 1)
+    power[20] = 1.0  # 1 kHz
+    warped = (w[0] @ power)[:, 0]
+    centre = float((warped * torch.arange(n_freqs)).sum() / warped.sum())
+    assert centre * 50 == pytest.approx(1000 * alpha, abs=30)  # below the knee: f -> alpha f
+    assert w[0, 0, 0] == 1 and w[0, -1, -1] == 1  # 0 Hz and Nyquist stay put
+
+
+def test_vtlp_warps_features_per_utterance_and_draws_from_the_generator():
+    waves, lens = _batch()
+    ext = FeatureExtractor("logmel", SR)
+    plain, _ = ext(waves, lens)
+    same, _ = ext(waves, lens, torch.ones(len(waves)))
+    assert torch.allclose(plain, same, atol=1e-4)
+    warp = FrequencyWarp((0.9, 1.1))
+    alphas = warp(3, _gen(1), torch.device("cpu"))
+    assert torch.equal(alphas, warp(3, _gen(1), torch.device("cpu")))
+    assert ((alphas >= 0.9) & (alphas < 1.1)).all() and len(set(alphas.tolist())) == 3
+    warped, _ = ext(waves, lens, alphas)
+    assert not torch.allclose(plain, warped, atol=1e-2)
+    assert torch.equal(
+        FrequencyWarp((0.9, 1.1), p=0.0)(3, _gen(1), torch.device("cpu")), torch.ones(3)
+    )
+    for kind in ("spectrogram", "mfcc"):  # every feature kind takes a warp
+        out, _ = FeatureExtractor(kind, SR)(waves, lens, alphas)
+        assert torch.isfinite(out).all()
+    with pytest.raises(ConfigError, match="vtlp_alpha"):
+        FrequencyWarp((0.0, 1.1))
+    with pytest.raises(ConfigError, match="vtlp_alpha"):
+        FrequencyWarp((1.1, 0.9))
 
 
 def _mask_structure(out: torch.Tensor, n: int):

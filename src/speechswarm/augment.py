@@ -10,6 +10,9 @@ the whole batch whether or not an utterance gets it, so one effect's probability
 shift another's randomness.
 
 - `WaveAugment` (GPU or CPU, on padded batches): time shift, reverb, additive noise, gain.
+- `FrequencyWarp` (VTLP): a random factor per utterance that the feature extractor applies
+  to the power spectrum's frequency axis (`features.frequency_warp_matrix`), so one person
+  sounds like persons with longer or shorter vocal tracts.
 - `SpecAugment` (on normalised features): frequency and adaptive time masks, filled with 0.
 
 Speed perturbation runs per utterance in the loader workers: `data.audio.speed_perturb`.
@@ -255,6 +258,25 @@ class WaveAugment:
         starts = (_uniform(n, 0.0, 1.0, generator, device) * len(bank)).long().tolist()
         offsets = torch.arange(s, device=device)
         return torch.stack([bank[(start + offsets) % len(bank)] for start in starts])
+
+
+class FrequencyWarp:
+    """n, generator, device -> (n,) float32 VTLP factors for `FeatureExtractor(..., warp=)`.
+
+    Each utterance gets a factor uniform in `alpha` (Jaitly & Hinton 2013 used 0.9-1.1) with
+    probability `p`, else 1 (no warp). Both draws are made for the whole batch.
+    """
+
+    def __init__(self, alpha: Sequence[float] = (0.9, 1.1), p: float = 1.0) -> None:
+        lo, hi = _check_range("vtlp_alpha", alpha)
+        if lo <= 0.0:
+            raise ConfigError(f"augment: vtlp_alpha={alpha!r} must be > 0 (1.0 is no warp)")
+        self.alpha = (lo, hi)
+        self.p = _check_prob("vtlp_prob", p)
+
+    def __call__(self, n: int, generator: torch.Generator, device: torch.device) -> Tensor:
+        alphas = _uniform(n, *self.alpha, generator, device)
+        return torch.where(_coin(n, self.p, generator, device), alphas, 1.0)
 
 
 class SpecAugment:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from typing import NamedTuple
 
 import torch
 
-from speechswarm.augment import SpecAugment, WaveAugment
+from speechswarm.augment import FrequencyWarp, SpecAugment, WaveAugment
 from speechswarm.config import AugmentConfig, FeatureConfig, ModelConfig, TokenizerConfig
 from speechswarm.data.tokenizer import Tokenizer, make_tokenizer
 from speechswarm.errors import ConfigError, UnavailableError
@@ -36,10 +37,17 @@ def build_model(cfg: ModelConfig, num_features: int, vocab_size: int) -> DeepSpe
     return DeepSpeech2(num_features=num_features, vocab_size=vocab_size, **kwargs)
 
 
-def build_augment(
-    cfg: AugmentConfig, sample_rate: int
-) -> tuple[WaveAugment | None, SpecAugment | None]:
-    """The wave and spectrogram augmenters a config asks for (None where it asks for none)."""
+class Augmenters(NamedTuple):
+    """What a training step applies, in order: to the waves, to the spectrum's frequency axis
+    (VTLP factors the feature extractor applies), to the normalised features."""
+
+    wave: WaveAugment | None
+    warp: FrequencyWarp | None
+    spec: SpecAugment | None
+
+
+def build_augment(cfg: AugmentConfig, sample_rate: int) -> Augmenters:
+    """The augmenters a config asks for (None where it asks for none)."""
     wave = None
     if cfg.shift_ms or cfg.gain_db or (cfg.noise_snr_db and cfg.noise_prob) or cfg.reverb_prob:
         wave = WaveAugment(
@@ -59,7 +67,8 @@ def build_augment(
             time_masks=cfg.time_masks,
             time_width=cfg.time_width,
         )
-    return wave, spec
+    warp = FrequencyWarp(cfg.vtlp_alpha, cfg.vtlp_prob) if cfg.vtlp_alpha else None
+    return Augmenters(wave, warp, spec)
 
 
 def resolve_device(name: str) -> torch.device:

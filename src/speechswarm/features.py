@@ -94,6 +94,35 @@ def mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int) -> Tensor:
     return fb.float()
 
 
+def frequency_warp_matrix(
+    alphas: Tensor, n_freqs: int, sample_rate: int, boundary_hz: float | None = None
+) -> Tensor:
+    """(N, n_freqs, n_freqs) float32 maps, `W[n] @ power` -> utterance n's power spectrum with
+    its frequency axis warped by alphas[n]: VTLP (Jaitly & Hinton 2013).
+
+    The warp sends frequency f to alpha * f up to a boundary (`boundary_hz`, by default 60 %
+    of the Nyquist frequency, times min(alpha, 1)), then linearly to the Nyquist frequency, so
+    the band's ends stay where they are. Alpha > 1 moves formants up (a shorter vocal tract),
+    < 1 down; 1 is the identity. Each output bin takes the power at its source frequency,
+    interpolated linearly between the two nearest input bins.
+    """
+    nyquist = sample_rate / 2.0
+    boundary = 0.6 * nyquist if boundary_hz is None else float(boundary_hz)
+    alphas = alphas.to(torch.float64)[:, None]  # (N, 1)
+    target = torch.linspace(0.0, nyquist, n_freqs, dtype=torch.float64, device=alphas.device)
+    knee_out = boundary * alphas.clamp(max=1.0)  # where the warped axis leaves the line alpha*f
+    knee_in = knee_out / alphas
+    upper = nyquist - (nyquist - target) * (nyquist - knee_in) / (nyquist - knee_out)
+    source = torch.where(target <= knee_out, target / alphas, upper)  # (N, n_freqs) Hz
+    position = (source / nyquist * (n_freqs - 1)).clamp(0.0, n_freqs - 1.0)  # fractional bin
+    low = position.floor().long().clamp(max=n_freqs - 2)
+    frac = (position - low).float()
+    warp = torch.zeros(len(alphas), n_freqs, n_freqs, device=alphas.device)
+    warp.scatter_(2, low[:, :, None], (1.0 - frac)[:, :, None])
+    warp.scatter_add_(2, (low + 1)[:, :, None], frac[:, :, None])
+    return warp
+
+
 def dct_matrix(n_mfcc: int, n_mels: int) -> Tensor:
     """(n_mels, n_mfcc) float32: `logmel @ D` == scipy.fft.dct(logmel, norm="ortho")[..., :n_mfcc]."""
     n = torch.arange(n_mels, dtype=torch.float64)
@@ -203,11 +232,14 @@ class FeatureExtractor(nn.Module):
             return torch.where(num_samples > 0, num_samples // self.hop + 1, 0)
         return num_samples // self.hop + 1 if num_samples > 0 else 0
 
-    def frames_last(self, waves: Tensor, wave_lens: Tensor) -> tuple[Tensor, Tensor]:
+    def frames_last(
+        self, waves: Tensor, wave_lens: Tensor, warp: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Un-normalised features FRAMES LAST: (N, F, T) float32 with padded frames 0, feat_lens (N,).
 
         (N, F, T) is torch.stft's shape; working in it and transposing once at the end avoids
         a copy (the spectrogram's memory is already frame-major, so that transpose is free).
+        `warp`: (N,) VTLP factors (`frequency_warp_matrix`), applied to the power spectrum.
         """
         if waves.dim() != 2:
             raise ValueError(f"features: waves must be (N, S), got shape {tuple(waves.shape)}")
@@ -225,11 +257,11 @@ class FeatureExtractor(nn.Module):
         # Zero the padding: frames near an utterance's end then see the same zeros whether
         # it is alone (STFT zero padding) or beside a longer neighbour.
         waves = torch.where(frame_mask(wave_lens, num_samples), waves.float(), 0.0)
-        feats = self.spectral_frames(waves, center=True)  # T = num_samples // hop + 1
+        feats = self.spectral_frames(waves, center=True, warp=warp)  # T = num_samples // hop + 1
         padded = ~frame_mask(feat_lens, feats.shape[2])[:, None, :]  # (N, 1, T)
         return feats.masked_fill_(padded, 0.0), feat_lens
 
-    def spectral_frames(self, waves: Tensor, center: bool) -> Tensor:
+    def spectral_frames(self, waves: Tensor, center: bool, warp: Tensor | None = None) -> Tensor:
         """waves (N, S) float32 -> un-normalised features (N, F, T), frames last.
 
         center=True: zero padding of n_fft // 2 on both sides (`frames_last`); center=False:
@@ -249,16 +281,33 @@ class FeatureExtractor(nn.Module):
             )  # (N, n_freqs, T) complex
             # |X|^2 from real and imaginary parts: ~2x faster than complex abs() on CPU.
             power = spec.real.square() + spec.imag.square()
-            if self.kind == "spectrogram":
+            if warp is not None:
+                if warp.shape != (len(waves),):
+                    raise ValueError(
+                        f"features: warp must be (N,) = ({len(waves)},), got {tuple(warp.shape)}"
+                    )
+                w = frequency_warp_matrix(warp.to(waves.device), power.shape[1], self.sample_rate)
+                if self.kind == "spectrogram":
+                    return torch.bmm(w, power).sqrt_().log1p_()
+                mel = torch.matmul(self.mel_fb.to(waves.device).T, w)  # (N, n_mels, n_freqs)
+                feats = torch.bmm(mel, power).add_(LOG_EPS).log_()
+            elif self.kind == "spectrogram":
                 return power.sqrt_().log1p_()
-            feats = (self.mel_fb.to(waves.device).T @ power).add_(LOG_EPS).log_()  # (N, n_mels, T)
+            else:
+                feats = (
+                    (self.mel_fb.to(waves.device).T @ power).add_(LOG_EPS).log_()
+                )  # (N, n_mels, T)
             if self.kind == "mfcc":
                 feats = self.dct.to(waves.device).T @ feats  # (N, n_mfcc, T)
             return feats
 
-    def forward(self, waves: Tensor, wave_lens: Tensor) -> tuple[Tensor, Tensor]:
-        """waves (N, S) float32, wave_lens (N,) samples -> feats (N, T, F), feat_lens (N,) frames."""
-        feats, feat_lens = self.frames_last(waves, wave_lens)  # (N, F, T)
+    def forward(
+        self, waves: Tensor, wave_lens: Tensor, warp: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """waves (N, S) float32, wave_lens (N,) samples -> feats (N, T, F), feat_lens (N,) frames.
+
+        `warp`: (N,) VTLP factors for training (`augment.FrequencyWarp`); None at inference."""
+        feats, feat_lens = self.frames_last(waves, wave_lens, warp)  # (N, F, T)
         if self.normalize == "utterance":
             feats = normalize_per_utterance(feats, feat_lens)
         elif self.normalize == "global":

@@ -178,6 +178,7 @@ class ReferenceLoop:
             amp_dtype=None,  # fp32
             generator=self.generator,
             wave_augment=run.wave_augment,
+            freq_warp=run.freq_warp,
             spec_augment=run.spec_augment,
         )
         loss.backward()

@@ -57,6 +57,10 @@ class AugmentConfig:
     noise_prob: float = 0.0
     noise_dir: str = ""
     reverb_prob: float = 0.0
+    # VTLP: each utterance's frequency axis warped by a factor uniform in this range (e.g.
+    # [0.9, 1.1]) with probability vtlp_prob: new vocal-tract lengths from the same persons.
+    vtlp_alpha: tuple[float, float] | None = None
+    vtlp_prob: float = 1.0
     freq_masks: int = 0
     freq_width: int = 27
     time_masks: int = 0

@@ -128,7 +128,7 @@ class Workspace:
         self.rank0_rng = capture_rng_state()  # where `speechswarm train` rank 0 goes on
         optimizer = make_optimizer(cfg, model)
         self.blank_optimizer = snapshot(optimizer.state_dict())
-        wave_augment, spec_augment = build_augment(cfg.augment, cfg.data.sample_rate)
+        augment = build_augment(cfg.augment, cfg.data.sample_rate)
         self.base = Run(
             cfg=cfg,
             dir=Path(cfg.train.out_dir),
@@ -146,8 +146,9 @@ class Workspace:
             loader=None,
             dev_utts=[],
             generator=torch.Generator(device=device),
-            wave_augment=wave_augment,
-            spec_augment=spec_augment,
+            wave_augment=augment.wave,
+            freq_warp=augment.warp,
+            spec_augment=augment.spec,
             checkpoints=None,
             train_hours=0.0,
         )

@@ -91,7 +91,7 @@ def build_run(cfg: Config, *, progress: bool = True, env: ddp.DistEnv | None = N
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.train.seed + 1 + RANK_SEED_STRIDE * env.rank)
-    wave_augment, spec_augment = build_augment(cfg.augment, cfg.data.sample_rate)
+    augment = build_augment(cfg.augment, cfg.data.sample_rate)
     forward_model = ddp.wrap_model(model, device) if env.is_distributed else model
     checkpoints = CheckpointManager(run_dir / "checkpoints", keep_last=cfg.train.keep_last)
     log.info(
@@ -123,8 +123,9 @@ def build_run(cfg: Config, *, progress: bool = True, env: ddp.DistEnv | None = N
         loader=loader,
         dev_utts=dev_utts,
         generator=generator,
-        wave_augment=wave_augment,
-        spec_augment=spec_augment,
+        wave_augment=augment.wave,
+        freq_warp=augment.warp,
+        spec_augment=augment.spec,
         checkpoints=checkpoints,
         train_hours=hours,
         last_save_step=checkpoints.last_saved_step,

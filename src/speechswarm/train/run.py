@@ -63,6 +63,7 @@ class Run:
     dev_utts: list[Utterance]
     generator: torch.Generator  # augmentation randomness, saved in checkpoints
     wave_augment: object | None
+    freq_warp: object | None  # VTLP factors (augment.FrequencyWarp)
     spec_augment: object | None
     checkpoints: CheckpointManager | None  # None: a run that writes no checkpoints (P2P agents)
     train_hours: float

@@ -184,6 +184,7 @@ def _forward(run: Run, batch: Batch) -> torch.Tensor:
         amp_dtype=run.amp_dtype,
         generator=run.generator,
         wave_augment=run.wave_augment,
+        freq_warp=run.freq_warp,
         spec_augment=run.spec_augment,
     )
 
@@ -198,6 +199,7 @@ def forward_loss(
     amp_dtype: torch.dtype | None,
     generator: torch.Generator | None = None,
     wave_augment: Callable | None = None,
+    freq_warp: Callable | None = None,
     spec_augment: Callable | None = None,
 ) -> torch.Tensor:
     """Features, augmentation, forward, CTC loss: the per-utterance loss, a () tensor.
@@ -209,7 +211,8 @@ def forward_loss(
         waves = batch.waves
         if wave_augment is not None:
             waves = wave_augment(waves, batch.wave_lens, generator)
-        feats, feat_lens = extractor(waves, batch.wave_lens)  # (N, T, F), (N,) frames
+        warp = None if freq_warp is None else freq_warp(len(waves), generator, waves.device)
+        feats, feat_lens = extractor(waves, batch.wave_lens, warp)  # (N, T, F), (N,) frames
         if spec_augment is not None:
             feats = spec_augment(feats, feat_lens, generator)
     with autocast(device, amp_dtype):
