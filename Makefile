@@ -17,7 +17,7 @@ demo: setup
 	$(PY) -m speechswarm demo
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15  # the 15 slowest tests: where the suite's time goes
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
