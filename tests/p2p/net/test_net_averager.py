@@ -258,3 +258,55 @@ def test_a_member_sending_garbage_is_left_out_and_then_avoided(monkeypatch, mode
         assert sum(a.counter("rejected_joins") + a.counter("rejected_groups") for a in healthy) >= 1
     finally:
         _close(*healthy, bad, d0, d1, d2)
+
+
+def test_a_newcomer_refuses_a_corrupt_state_and_takes_a_members_position():
+    """Over loopback: a member offering optimizer moments with Inf is refused (the newcomer
+    keeps its own state); once a healthy member offers its state, the newcomer takes its
+    weights, Adam moments, step and LR."""
+    import logging
+    import time
+
+    from test_net_state_transfer import CLIP, _names, _spoil, _train, _trainee
+
+    from speechswarm.p2p.net.state_transfer import load_from_peers, pack_state
+
+    gate = Gate()
+    d0 = _dht()
+    addr = [str(a) for a in d0.get_visible_maddrs()]
+    d1, d2 = _dht(addr), _dht(addr)
+    donor = _trainee(seed=0)
+    _train(*donor, 6)
+    names = _names(donor[0])
+    good = pack_state(donor[0], names, donor[1], step=6, round=3)
+    bad = (dict(good[0]), [t.clone() for t in good[1]])
+    _spoil("optimizer nonfinite", *bad, names)
+    newcomer = _trainee(seed=5)
+    start = [newcomer[0].state_dict()[n].clone() for n in names]
+    off = {"allow_state_sharing": False}
+    a_bad, a_good, a_new = (_averager(start, d, gate, **off) for d in (d0, d1, d2))
+    kwargs = dict(grad_clip=CLIP, max_steps=20, timeout=3.0, log=logging.getLogger("test"))
+
+    def load():
+        deadline = time.monotonic() + 15.0
+        while True:  # a donor's declaration reaches the DHT a moment after share_state
+            got = load_from_peers(a_new, *newcomer, names, **kwargs)
+            if got["loaded"] or got["refused"] or time.monotonic() > deadline:
+                return got
+            time.sleep(0.5)
+
+    try:
+        a_bad.share_state(*bad)
+        got = load()
+        assert got["refused"] == ["optimizer nonfinite"] and not got["loaded"], got
+        assert newcomer[3].step == 0 and torch.equal(newcomer[0].state_dict()[names[0]], start[0])
+        a_good.share_state(*good)
+        got = load()
+        assert got["loaded"] and got["position"] and got["from_step"] == 6, got
+        model, optimizer, _, state = newcomer
+        assert state.step == 6 and optimizer.state_dict()["state"][0]["step"] == 6.0
+        assert optimizer.param_groups[0]["lr"] == donor[1].param_groups[0]["lr"]
+        for n in names:
+            assert torch.equal(model.state_dict()[n], donor[0].state_dict()[n]), n
+    finally:
+        _close(a_bad, a_good, a_new, d0, d1, d2)

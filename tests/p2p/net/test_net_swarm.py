@@ -31,10 +31,11 @@ SECRET = "0123456789abcdef0123"
 
 @pytest.fixture
 def swarm_setup(p2p_config, tmp_path):
-    """(config file, agent folders) for 3 agents of the tone corpus, `rounds` rounds of 2 steps."""
+    """(config file, agent folders) for 3 agents of the tone corpus, `rounds` rounds of 2 steps
+    (and config `overrides`)."""
 
-    def make(rounds: int):
-        cfg = p2p_config("swarm", "p2p.agents=3", f"p2p.rounds={rounds}", "p2p.local_steps=2")
+    def make(rounds: int, *overrides: str):
+        cfg = p2p_config("swarm", "p2p.agents=3", f"p2p.rounds={rounds}", "p2p.local_steps=2", *overrides)  # fmt: skip
         out = Path(cfg.train.out_dir)
         agents = make_agents(cfg, out)
         write_agents(agents, out)
@@ -152,31 +153,40 @@ def test_a_killed_peer_leaves_the_others_averaging_in_pairs(swarm_setup, tmp_pat
         assert all(r["group_size"] <= 2 for r in later[2:])  # the dead peer is gone
 
 
-def test_a_late_peer_first_loads_the_current_weights(swarm_setup, tmp_path):
-    from speechswarm.config import load_config
-
-    config, agents = swarm_setup(rounds=40)  # the first two run on while the third starts
-    short = tmp_path / "late.yaml"  # the late peer does 3 rounds
-    short.write_text(dump_yaml(load_config(str(config), ["p2p.rounds=3"])))
+def test_a_late_peer_takes_the_swarms_weights_optimizer_state_and_position(swarm_setup, tmp_path):
+    # a cosine schedule over the run's 60 steps: the LR says where on it a peer is
+    config, agents = swarm_setup(30, "optim.schedule=cosine", "optim.warmup_steps=4")
     settings = dataclasses.replace(FAST, wait_peers=2)
     p0 = _start(config, agents[0], tmp_path / "p0", settings)
     p1 = _start(config, agents[1], tmp_path / "p1", settings, [p0.address()])
     peers = [p0, p1]
     try:
         _wait_rounds(p0, 2)
-        p2 = _start(short, agents[2], tmp_path / "p2", FAST, [p0.address()])
+        p2 = _start(config, agents[2], tmp_path / "p2", FAST, [p0.address()])
         peers.append(p2)
         codes = _finish(peers)
     finally:
         for p in peers:
             p.kill()
     assert codes == [0, 0, 0], p2.log_path.read_text()[-2000:]
-    loaded = p2.summary()["loaded_state"]
-    assert loaded["loaded"] and loaded["from_step"] >= 4, loaded
+    summary = p2.summary()
+    loaded = summary["loaded_state"]
+    assert loaded["loaded"] and loaded["position"] and loaded["from_step"] >= 4, loaded
+    start = loaded["from_step"]
     # the weights it loaded are exactly a donor's shared weights at that step
     shared = {(r["step"], r["state_sum"]) for p in (p0, p1) for r in p.rounds()}
-    assert (loaded["from_step"], loaded["state_sum"]) in shared
-    assert p2.summary()["rounds_joined"] >= 1  # and it then averaged with them
+    assert (start, loaded["state_sum"]) in shared
+    # it went on from the donor's step and round to the run's end, as the others did
+    assert summary["start_step"] == start and summary["steps"] == 60 and loaded["refused"] == []
+    assert p2.rounds()[0]["round"] == start // 2 + 1 and p2.rounds()[0]["step"] == start + 2
+    assert summary["rounds_joined"] >= 1  # and it averaged with them
+    # on the swarm's schedule: the LR at every step it logged is the donors' LR at that step
+    lr = {p: {r["step"]: r["lr"] for r in read_rows(p.out / "metrics.jsonl") if "lr" in r} for p in peers}  # fmt: skip
+    assert lr[p2] and min(lr[p2]) > start and loaded["lr"] == loaded["donor_lr"]
+    assert all(lr[p2][step] == lr[p0][step] for step in lr[p2] if step in lr[p0])
+    # with Adam's step count: one optimizer step per training step, from the donor's count on
+    adam = {p: torch.load(p.out / "checkpoints" / "last.pt", weights_only=True)["optimizer"]["state"][0]["step"] for p in (p0, p2)}  # fmt: skip
+    assert float(adam[p2]) == float(adam[p0]) == 60.0
 
 
 def test_a_frozen_peer_times_out_and_the_others_train_on(swarm_setup, tmp_path):

@@ -11,7 +11,8 @@ Every way in is checked with `auth.Gate` against the libp2p-authenticated peer I
   and gathered tag must pass, or this peer leaves the round (a stranger leader is caught here);
 - `rpc_download_state` (a newcomer loads the model): the requester's membership record in the
   run's DHT (`<prefix>_members`, subkey = peer ID, value = tag) must pass;
-- `_load_state_from_peers` (this peer is the newcomer): only members are asked for a state.
+- `_load_state_from_peers` (this peer is the newcomer): only members are asked for a state
+  (`download_state`: also names the donor, and skips donors whose state was refused).
 All-reduce parts themselves are accepted by hivemind only from the group's members, and each
 is checked before hivemind adds it (`CountingRunner`, `part_check.part_problem`: length,
 finite values, weight, scale): a member whose part fails is left out of that part of the
@@ -46,6 +47,7 @@ from hivemind.compression.quantization import Quantization
 from hivemind.p2p import P2PContext, PeerID
 from hivemind.proto import averaging_pb2
 from hivemind.utils.asyncio import aiter_with_timeout, as_aiter, azip
+from hivemind.utils.mpfuture import MPFuture
 from hivemind.utils.serializer import MSGPackSerializer
 from hivemind.utils.streaming import combine_from_streaming
 from hivemind.utils.timed_storage import ValueWithExpiration
@@ -303,7 +305,19 @@ class GatedAverager(DecentralizedAverager):
             self._add("state_bytes_sent", message.ByteSize())
             yield message
 
-    async def _load_state_from_peers(self, future, timeout=None):
+    def download_state(self, timeout: float, exclude=()) -> tuple[dict, list, str] | None:
+        """(metadata, tensors, donor's base58 peer ID) from the first member that shares its
+        state, skipping the peer IDs in `exclude` (donors whose state was refused); None when
+        none answers within `timeout`."""
+        future = MPFuture()
+        kwargs = dict(timeout=timeout, future=future, exclude=tuple(exclude), with_donor=True)
+        self._outer_pipe.send(("_load_state_from_peers", [], kwargs))
+        try:
+            return future.result(timeout=timeout + 5.0)
+        except TimeoutError:
+            return None
+
+    async def _load_state_from_peers(self, future, timeout=None, exclude=(), with_donor=False):
         # hivemind's method, with donors limited to members of the run: on an open DHT
         # (allow-list mode) anyone can declare itself a donor.
         timeout = timeout or self.next_chunk_timeout or self.request_timeout
@@ -320,14 +334,14 @@ class GatedAverager(DecentralizedAverager):
                 reverse=True,
             )
             for _, _, peer in ranked:
-                if peer == self.peer_id:
+                if peer == self.peer_id or peer.to_base58() in exclude:
                     continue
                 if not self.gate.allows(peer.to_bytes(), await self._member_tag(peer.to_bytes())):
                     self._add("rejected_donors", 1)
                     continue
                 state = await self._download_state(peer, timeout)
                 if state is not None:
-                    future.set_result(state)
+                    future.set_result((*state, peer.to_base58()) if with_donor else state)
                     return
         finally:
             if not future.done():

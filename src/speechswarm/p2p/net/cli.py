@@ -44,7 +44,7 @@ def add_parser(sub) -> None:
     s.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0: all interfaces)")
     s.add_argument("--port", type=int, default=0, help="listen port (0: any free one)")
     s.add_argument("--announce", default="", help="multiaddr to announce, e.g. /ip4/PUBLIC_IP/tcp/PORT")  # fmt: skip
-    s.add_argument("--no-load-state", action="store_true", help="do not start from a live peer's weights")  # fmt: skip
+    s.add_argument("--no-load-state", action="store_true", help="do not start from a live peer's state (weights, optimizer state, step and LR; checked before use)")  # fmt: skip
     s.add_argument("--resume", default="", metavar="CKPT", help="continue from a checkpoint; auto: the last in --out (a finished peer trains nothing)")  # fmt: skip
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     _net_arguments(s)

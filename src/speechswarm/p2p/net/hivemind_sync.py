@@ -6,8 +6,9 @@
 
 Every `every` local steps it averages the model's floating tensors with whichever peers are
 looking for a group, checks the result (`p2p.mixing.check_received`) and only then loads it;
-one row per attempt goes to rounds.jsonl. Also: the codec on the wire, which tensors are
-averaged, and a newcomer's download of the current weights. See `p2p.net.peer`.
+one row per attempt goes to rounds.jsonl; after each attempt it offers its weights, optimizer
+state and position to newcomers (`state_transfer`). Also: the codec on the wire and which
+tensors are averaged. See `p2p.net.peer`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 from speechswarm.p2p import mixing
+from speechswarm.p2p.net.state_transfer import pack_state, state_sum
 from speechswarm.p2p.workspace import batchnorm_stat_names
 
 
@@ -57,9 +59,10 @@ class HivemindSync:
 
     def __init__(
         self, averager, names, *, every, weight, settings, p2p, rounds_path, log, first_round=0,
-        bn_names=(),
+        bn_names=(), optimizer=None,
     ):  # fmt: skip
         self.averager, self.names, self.every, self.weight = averager, names, every, weight
+        self.optimizer = optimizer  # its state is offered to newcomers with the weights
         self.settings, self.p2p, self.log = settings, p2p, log
         # p2p.outer_lr / outer_momentum: the outer optimizer's anchor (the weights after the
         # last outer step) and momentum buffer; checkpointed with the peer (checkpoint_extra)
@@ -202,12 +205,12 @@ class HivemindSync:
             raise TimeoutError(f"no average within --timeout-s {budget:g}") from None
 
     def share(self, model, step: int) -> float:
-        """Offer the current weights to newcomers (a snapshot, consistent across tensors);
-        returns their `state_sum` (a checksum: a newcomer logs the same for what it loaded)."""
-        own = self.own_state(model)
-        tensors = [own[n] for n in self.names]
-        self.averager.share_state({"step": step, "round": self.round}, tensors)
-        return state_sum(tensors)
+        """Offer the current weights, optimizer state and position to newcomers (a snapshot,
+        consistent across tensors); returns the weights' `state_sum` (a checksum: a newcomer
+        logs the same for what it loaded)."""
+        metadata, tensors = pack_state(model, self.names, self.optimizer, step=step, round=self.round)  # fmt: skip
+        self.averager.share_state(metadata, tensors)
+        return state_sum(tensors[: len(self.names)])
 
 
 def read_rows_file(path: Path) -> list[dict]:
@@ -221,11 +224,6 @@ ROUND_GRACE_S = 0.5
 # per-round deltas of the averager's counters, in rounds.jsonl
 _ROUND_COUNTERS = ("bytes_sent", "bytes_recv", "values_kept_local", "senders_dropped",
                    "rejected_parts")  # fmt: skip
-
-
-def state_sum(tensors) -> float:
-    """Sum of all values in float64, in order: equal sums identify the same weights here."""
-    return float(sum(float(t.double().sum()) for t in tensors))
 
 
 def group_fields(peers: dict) -> dict:
@@ -263,29 +261,3 @@ def averaged_checksum(received: dict | None) -> dict:
 # fp16 / int8 send the deltas rounded to 11 bits / 256 levels of +-3 std. Measured with 3
 # averagers on 26k values: 7e-10 (none), 9e-6 (fp16), 2e-8 (int8: its errors cancel in a sum).
 CHECKSUM_TOLERANCE = {"none": 1e-5, "fp16": 1e-3, "int8": 1e-2}
-
-
-def load_from_peers(averager, model, names, p2p, timeout: float, log) -> dict:
-    """Download a live peer's weights; load them if they pass validation. Returns
-    {"loaded": bool, "from_step": int | None, "reason": str}."""
-    result = averager.load_state_from_peers(timeout=timeout)
-    if result is None:
-        return {"loaded": False, "from_step": None, "reason": "no peer shared its state"}
-    metadata, tensors = result
-    own = {k: v.detach().clone() for k, v in model.state_dict().items() if k in names}
-    if not isinstance(metadata, dict) or len(tensors) != len(names):
-        return {"loaded": False, "from_step": None, "reason": "keys"}
-    received = {n: t for n, t in zip(names, tensors, strict=True)}
-    reason = mixing.check_received(received, own, p2p.max_norm_ratio) if p2p.validate else ""
-    if reason and reason != "norm":  # a trained model may differ in norm from a fresh one
-        log.info(f"state from peers rejected: {reason}")
-        return {"loaded": False, "from_step": None, "reason": reason}
-    model.load_state_dict({**model.state_dict(), **received})
-    step = metadata.get("step")
-    log.info(f"loaded the current weights from a peer (its step {step})")
-    return {
-        "loaded": True,
-        "from_step": step if isinstance(step, int) else None,
-        "reason": "",
-        "state_sum": state_sum(tensors),
-    }

@@ -11,7 +11,8 @@ floating tensors with whichever peers are looking for a group at that moment (hi
 the result (`p2p.mixing.check_received`: names, shapes, dtypes, finite, norm bound) and only
 then loads it into the model. A round that finds no group, times out or fails the check
 leaves the model as it was: training goes on locally. A peer that joins with
-`--initial-peers` first downloads the current weights from a live peer.
+`--initial-peers` first downloads a live peer's weights, optimizer state and position (its
+step, hence the LR schedule and round counter), checked before use (`state_transfer`).
 
 Writes to `--out`: `address.txt` (how others join), `rounds.jsonl` (one row per averaging
 attempt), `metrics.jsonl` (the loop's training log), `summary.json` (own-test WER/CER,
@@ -34,10 +35,10 @@ from speechswarm.p2p.net.hivemind_sync import (
     HivemindSync,
     averaged_names,
     hivemind_compression,
-    load_from_peers,
     read_rows_file,
 )
 from speechswarm.p2p.net.settings import NetSettings
+from speechswarm.p2p.net.state_transfer import load_from_peers, pack_state
 from speechswarm.report import pct
 
 
@@ -197,25 +198,28 @@ def run_peer(
     try:
         averager = _start_averager(run.model, names, dht, gate, settings, prefix, cfg.p2p)
         address = _announce(dht, gate, prefix, out_dir)
-        sd = run.model.state_dict()
-        averager.share_state({"step": 0, "round": 0}, [sd[n] for n in names])
+        averager.share_state(*pack_state(run.model, names, run.optimizer, step=0, round=0))
         present = wait_for_peers(dht, prefix, settings.wait_peers, settings.wait_s, run.log)
-        joined = {"loaded": False, "from_step": None, "reason": "first peer"}
+        joined = {"loaded": False, "from_step": None, "reason": "first peer", "refused": []}
         if path is not None:
             joined["reason"] = "resumed"
         elif initial_peers and settings.load_state:
+            # the swarm's weights, optimizer state and position (state.step, the schedule)
             joined = load_from_peers(
-                averager, run.model, names, cfg.p2p, settings.timeout_s, run.log
-            )
+                averager, run.model, run.optimizer, run.scheduler, state, names,
+                grad_clip=cfg.optim.grad_clip, max_steps=run.cfg.train.max_steps,
+                timeout=settings.timeout_s, log=run.log,
+            )  # fmt: skip
+        start_step = state.step
         sync = HivemindSync(
             averager, names, every=every, weight=weight, settings=settings, p2p=cfg.p2p,
             rounds_path=out_dir / "rounds.jsonl", log=run.log, first_round=state.step // every,
-            bn_names=batchnorm_stat_names(run.model),
+            bn_names=batchnorm_stat_names(run.model), optimizer=run.optimizer,
         )  # fmt: skip
         if path is not None:
             sync.outer.update(load_checkpoint(path).get("outer") or {})
         sync.set_anchor(run.model)
-        sync.share(run.model, 0)
+        sync.share(run.model, state.step)
         extra = {**run.checkpoint_extra, "outer": sync.outer}  # saved as it is then
         run = dataclasses.replace(run, sync=sync, checkpoint_extra=extra)
         from speechswarm.report import MetricsLogger
@@ -230,6 +234,7 @@ def run_peer(
         scores = _score(run, test_path, global_test)
         summary = _summary(run, state, sync, averager, joined, scores, wall, address, every)
         summary["peers_at_start"] = present
+        summary["start_step"] = start_step  # a newcomer's first step is the swarm's
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
         print(summary_line(summary), flush=True)
         return summary
@@ -335,6 +340,7 @@ def _summary(run, state, sync, averager, joined, scores, wall, address, every) -
         "rejected_parts": int(averager.counter("rejected_parts")),
         "offenders": int(averager.counter("offenders")),  # members left out after a bad part
         "loaded_state": joined,
+        "rejected_states": len(joined.get("refused", [])),  # downloads that failed the checks
         "averaging_seconds": round(sync.averaging_seconds, 3),
         "training_seconds": round(state.train_seconds - sync.averaging_seconds, 3),
         "wall_time": round(wall, 3),

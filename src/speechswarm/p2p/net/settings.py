@@ -26,7 +26,9 @@ class NetSettings:
     # (a stalled or killed peer). Symptom to raise it: healthy peers get dropped on slow links.
     chunk_timeout_s: float = 5.0
     compression: str = "none"  # none | fp16 | int8 (hivemind Uniform8BitQuantization)
-    load_state: bool = True  # with --initial-peers: start from a live peer's weights
+    # with --initial-peers: start from a live peer's weights, optimizer state and step
+    # (its LR schedule position and round), all checked before use (state_transfer.py)
+    load_state: bool = True
     # Before training, wait until this many peers (itself included) have joined the run's
     # DHT, at most wait_s seconds: peers that start together average from the first round.
     wait_peers: int = 0

@@ -220,7 +220,9 @@ def gather_rows(peer_dirs: list[Path]) -> list[dict]:
         summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").is_file() else {}  # fmt: skip
         losses = _losses(d)
         sent = recv = msgs = rejected = 0
-        previous = 0
+        loaded = summary.get("loaded_state") or {}
+        # a newcomer that took the swarm's position starts counting its steps there
+        previous = int(loaded.get("from_step") or 0) if loaded.get("position") else 0
         own = read_rows(d / "rounds.jsonl")
         for i, r in enumerate(own):
             window = [v for s, v in losses if previous < s <= r["step"]]
@@ -286,7 +288,7 @@ def peers_table(summaries: list[dict]) -> str:
         "## Peers",
         "",
         "| peer | own WER | own CER | steps | rounds joined | mean group | MB sent | MB received |"
-        " averaging s | training s | started from a peer's weights |",
+        " averaging s | training s | started from a peer's state |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for k, s in enumerate(summaries):
@@ -300,6 +302,16 @@ def peers_table(summaries: list[dict]) -> str:
             f"{s['rounds_joined']}/{s['rounds']}{partial} | {s['mean_group_size']:.1f} | "
             f"{s['bytes_sent'] / 1e6:.2f} | {s['bytes_recv'] / 1e6:.2f} | "
             f"{s['averaging_seconds']:.1f} | {s['training_seconds']:.1f} | "
-            f"{'yes (step ' + str(loaded.get('from_step')) + ')' if loaded.get('loaded') else 'no'} |"
+            f"{_started_from(loaded)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _started_from(loaded: dict) -> str:
+    """The peers table's last column: what a newcomer took from a donor, and refusals."""
+    refused = loaded.get("refused") or []
+    note = f"; {len(refused)} refused ({', '.join(refused)})" if refused else ""
+    if not loaded.get("loaded"):
+        return "no" + note
+    what = "weights, optimizer, LR" if loaded.get("position") else "weights"
+    return f"yes: {what} at step {loaded.get('from_step')}{note}"
