@@ -86,6 +86,10 @@ class P2PConfig:
     local_epochs: int = 1  # per round (the seed); used when local_steps is 0
     local_steps: int = 0  # optimizer steps per agent per round; 0: local_epochs instead
     weights: Literal["data_size", "uniform"] = "data_size"
+    # median / trimmed_mean: coordinate-wise and unweighted (a large liar counts once); on the
+    # network each group member reduces its share this way where the group has 3+ members
+    # (else the mean, counted: docs/p2p-network.md). Symptom for it: a member whose values
+    # pass the checks (p2p.max_norm_ratio) but pull the others' models away.
     aggregation: Literal["mean", "median", "trimmed_mean"] = "mean"
     trim_fraction: float = 0.2  # trimmed_mean: share cut at each end per coordinate
     # Batch-norm running statistics after averaging: averaged like weights, kept local

@@ -164,6 +164,18 @@ def aggregate(
     raise ValueError(f"unknown aggregation {method!r}: mean, median or trimmed_mean")
 
 
+def robust_rule(method: str, trim: float, count: int) -> str:
+    """The rule `aggregate` can apply to `count` states when `method` is asked for: a median
+    or trimmed mean needs 3 or more values per coordinate (of 2 a median is their mean), and a
+    trimmed mean that cuts floor(trim x count) = 0 values from each end is the plain mean; in
+    those cases the (weighted) "mean"."""
+    if method == "mean" or count < 3:
+        return "mean"
+    if method == "trimmed_mean" and math.floor(trim * count) == 0:
+        return "mean"
+    return method
+
+
 def keep_local(mixed: State, own: State, names: Sequence[str]) -> State:
     """`mixed` with the tensors `names` (e.g. BatchNorm running statistics) taken from `own`."""
     out = dict(mixed)

@@ -260,6 +260,33 @@ def test_a_member_sending_garbage_is_left_out_and_then_avoided(monkeypatch, mode
         _close(*healthy, bad, d0, d1, d2)
 
 
+@pytest.mark.parametrize(("aggregation", "expected"), [("median", 1.5), ("mean", 250.75)])
+def test_under_median_a_member_sending_huge_values_moves_nothing(aggregation, expected):
+    """4 members, one share of the vector each: three send 0, 1 and 2, one sends 1e3 (the part
+    check's scale bound off, as with p2p.validate=false: a lie it lets through). The mean
+    lets the liar drag every value to 250.75; under the median every member ends at 1.5
+    (the middle two of 0, 1, 2, 1e3), within the honest values."""
+    gate = Gate()
+    d0 = _dht()
+    addr = [str(a) for a in d0.get_visible_maddrs()]
+    dhts = [d0, *(_dht(addr) for _ in range(3))]
+    n = 4 * 2**17  # hivemind's parts are 2**19 bytes: one share per member
+    four = {"group": 4, "min_group_size": 4, "min_matchmaking_time": 3.0}
+    values = (0.0, 1.0, 2.0, 1e3)
+    averagers = [_averager([torch.full((n,), v)], d, gate, aggregation=aggregation, **four)
+                 for v, d in zip(values, dhts, strict=True)]  # fmt: skip
+    try:
+        results = _step_all(averagers, [1.0] * 4, timeout=15.0)
+        assert all(isinstance(r, dict) and len(r) == 4 for r in results.values()), results
+        for a in averagers:
+            with a.get_tensors() as (t,):
+                assert torch.equal(t, torch.full((n,), expected))
+            if aggregation == "median":  # each reduced its share by the median
+                assert a.counter("robust_parts") == 1 and a.counter("fallback_parts") == 0
+    finally:
+        _close(*averagers, *dhts)
+
+
 def test_a_newcomer_refuses_a_corrupt_state_and_takes_a_members_position():
     """Over loopback: a member offering optimizer moments with Inf is refused (the newcomer
     keeps its own state); once a healthy member offers its state, the newcomer takes its

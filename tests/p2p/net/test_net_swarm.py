@@ -73,9 +73,10 @@ def _weights(peer_dir: Path) -> dict:
 
 
 def test_swarm_command_trains_averages_and_reports(p2p_config, tmp_path):
+    """As a user types it, with the median (groups of 3 allow it; smaller ones fall back)."""
     from speechswarm.p2p.net.cli import main
 
-    cfg = p2p_config("cli", "p2p.agents=3", "p2p.rounds=3", "p2p.local_steps=2")
+    cfg = p2p_config("cli", "p2p.agents=3", "p2p.rounds=3", "p2p.local_steps=2", "p2p.aggregation=median")  # fmt: skip
     config = tmp_path / "cli.yaml"
     config.write_text(dump_yaml(cfg))
     out = tmp_path / "swarm-out"
@@ -94,6 +95,15 @@ def test_swarm_command_trains_averages_and_reports(p2p_config, tmp_path):
     peers = json.loads((out / "summary.json").read_text())["peers"]
     assert all(p["steps"] == 6 and p["rounds"] == 3 and p["rounds_joined"] >= 1 for p in peers)
     assert all(p["bytes_sent"] > 0 and p["bytes_recv"] > 0 for p in peers)
+    # each averaged round says which rule its group allowed; those that fell back are counted
+    for k, p in enumerate(peers):
+        done = [r for r in read_rows(out / "swarm" / f"peer{k}" / "rounds.jsonl") if r["ok"]]
+        assert all(r["aggregation"] == ("median" if r["group_size"] >= 3 else "mean") for r in done)
+        assert p["aggregation"] == "median"
+        assert p["aggregation_fallbacks"] == sum(r["group_size"] < 3 for r in done)
+    # a round of 3 reduces each part (a tensor, or 512 KiB of one) by the median
+    if any(p["aggregation_fallbacks"] < p["rounds_joined"] for p in peers):
+        assert sum(p["robust_parts"] + p["fallback_parts"] for p in peers) >= 1
     # peers whose last round averaged in one full group of 3 end with the same weights
     # (hivemind may finish a round without a member that stalls: its row says "partial")
     finals = [read_rows(out / "swarm" / f"peer{k}" / "rounds.jsonl")[-1] for k in range(3)]

@@ -13,6 +13,8 @@ Every way in is checked with `auth.Gate` against the libp2p-authenticated peer I
   run's DHT (`<prefix>_members`, subkey = peer ID, value = tag) must pass;
 - `_load_state_from_peers` (this peer is the newcomer): only members are asked for a state
   (`download_state`: also names the donor, and skips donors whose state was refused).
+The parts this peer reduces are combined by p2p.aggregation: hivemind's weighted mean, or a
+coordinate-wise median or trimmed mean (`robust_reduce.RobustPartReducer`).
 All-reduce parts themselves are accepted by hivemind only from the group's members, and each
 is checked before hivemind adds it (`CountingRunner`, `part_check.part_problem`: length,
 finite values, weight, scale): a member whose part fails is left out of that part of the
@@ -54,6 +56,7 @@ from hivemind.utils.timed_storage import ValueWithExpiration
 
 from speechswarm.p2p.net.auth import Gate
 from speechswarm.p2p.net.part_check import part_problem
+from speechswarm.p2p.net.robust_reduce import RobustPartReducer
 
 
 def _extract_8bit(self, serialized_tensor):
@@ -73,7 +76,7 @@ Quantization.extract = _extract_8bit  # every process that imports this module d
 
 COUNTERS = ("bytes_sent", "bytes_recv", "state_bytes_sent", "rejected_joins", "rejected_groups",
             "rejected_downloads", "rejected_donors", "values_kept_local", "senders_dropped",
-            "rejected_parts", "offenders")  # fmt: skip
+            "rejected_parts", "offenders", "robust_parts", "fallback_parts")  # fmt: skip
 logger = logging.getLogger("speechswarm.p2p.net")
 
 
@@ -115,10 +118,21 @@ class CountingRunner(AllReduceRunner):
     every part that comes in (`part_check.part_problem`) before hivemind uses it: a sender's
     bad part ends its stream, and hivemind drops that sender from this part's average; a
     reducer's bad answer counts as no answer, and this peer keeps its own values for that
-    part. Either way `on_offence(peer_id, reason)` is told."""
+    part. Either way `on_offence(peer_id, reason)` is told. `aggregation` other than "mean":
+    the parts this peer reduces go through `RobustPartReducer` (median or trimmed mean, with
+    `trim`), which tells `on_reduce(rule)` the rule each part got."""
 
-    def __init__(self, *args, counters, lock, max_norm_ratio=None, on_offence=None, **kwargs):
+    def __init__(
+        self, *args, counters, lock, max_norm_ratio=None, on_offence=None, aggregation="mean",
+        trim=0.2, on_reduce=None, **kwargs,
+    ):  # fmt: skip
         super().__init__(*args, **kwargs)
+        if aggregation != "mean":  # hivemind built its reducer; nothing has used it yet
+            self.tensor_part_reducer = RobustPartReducer(
+                tuple(part.shape for part in self.parts_for_local_averaging),
+                len(self.sender_peer_ids), method=aggregation, trim=trim,
+                on_reduce=on_reduce or (lambda rule: None),
+            )  # fmt: skip
         self._counters, self._lock = counters, lock
         self._max_norm_ratio = max_norm_ratio
         self._on_offence = on_offence or (lambda peer, reason: None)
@@ -189,9 +203,13 @@ class GatedAverager(DecentralizedAverager):
 
     runner_type = CountingRunner  # the all-reduce of one round (a chaos peer swaps in its own)
 
-    def __init__(self, averaged_tensors, dht, *, gate: Gate, max_norm_ratio=None, **kwargs):
+    def __init__(
+        self, averaged_tensors, dht, *, gate: Gate, max_norm_ratio=None, aggregation="mean",
+        trim=0.2, **kwargs,
+    ):  # fmt: skip
         self.gate = gate
         self.max_norm_ratio = max_norm_ratio
+        self.aggregation, self.trim = aggregation, trim  # p2p.aggregation of the parts it reduces
         self.offenders: dict[PeerID, str] = {}  # averager process: members that sent bad parts
         self.counters = {name: mp.Value(ctypes.c_double, 0.0, lock=False) for name in COUNTERS}
         self._counter_lock = mp.Lock()
@@ -239,6 +257,11 @@ class GatedAverager(DecentralizedAverager):
                 "of this peer's later groups"
             )
 
+    def _reduced(self, rule: str) -> None:
+        """A part this peer reduced: by the robust rule, or by the mean in its place."""
+        if self.aggregation != "mean":
+            self._add("robust_parts" if rule != "mean" else "fallback_parts", 1)
+
     async def rpc_join_group(
         self, request: averaging_pb2.JoinRequest, context: P2PContext
     ) -> AsyncIterator[averaging_pb2.MessageFromLeader]:
@@ -277,6 +300,9 @@ class GatedAverager(DecentralizedAverager):
             lock=self._counter_lock,
             max_norm_ratio=self.max_norm_ratio,
             on_offence=self._offence,
+            aggregation=self.aggregation,
+            trim=self.trim,
+            on_reduce=self._reduced,
             **kwargs,
         )
         assert group_id in self._running_groups, f"group {group_id} was not registered"

@@ -19,7 +19,7 @@ def _net_arguments(s) -> None:
 
     d = NetSettings()
     g = s.add_argument_group("network (see docs/p2p-network.md for when to change them)")
-    g.add_argument("--group-size", type=int, default=d.group_size, help="peers per averaging group (2: pairwise gossip)")  # fmt: skip
+    g.add_argument("--group-size", type=int, default=d.group_size, help="peers per averaging group (2: pairwise gossip; p2p.aggregation=median or trimmed_mean needs 3+)")  # fmt: skip
     g.add_argument("--every", type=int, default=d.every, help="local steps between averaging rounds (0: p2p.local_steps)")  # fmt: skip
     g.add_argument("--matchmaking-s", type=float, default=d.matchmaking_s, help="seconds a group leader waits for peers")  # fmt: skip
     g.add_argument("--timeout-s", type=float, default=d.timeout_s, help="seconds one averaging round may take before training goes on alone")  # fmt: skip

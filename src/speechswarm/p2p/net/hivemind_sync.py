@@ -79,6 +79,9 @@ class HivemindSync:
         self.group_sizes: list[int] = []
         self.reasons: dict[str, int] = {}
         self.partial = 0  # rounds that averaged without a member for part of the vector
+        # rounds that averaged by the mean although p2p.aggregation asks for a robust rule
+        # (a group of fewer than 3; a trimmed mean that would cut nothing)
+        self.fallbacks = 0
         for row in kept:  # the whole run's counts, not only this process's
             self._count(row)
 
@@ -90,6 +93,7 @@ class HivemindSync:
             self.joined += 1
             self.group_sizes.append(int(row["group_size"]))
         self.partial += bool(row.get("partial"))
+        self.fallbacks += bool(row["ok"] and row.get("aggregation") != self.p2p.aggregation)
 
     def agree(self, flag: str) -> str:
         return flag
@@ -149,6 +153,8 @@ class HivemindSync:
             "reason": reason,
             "group_size": group if not reason else 1,
             "partial": partial,
+            # the rule the group's size allows (each member reduces its share by it)
+            "aggregation": self.rule(group) if not reason else "",
             "seconds": round(seconds, 3),
             "time": round(time.perf_counter() - self.started, 3),
             **counts,
@@ -160,6 +166,10 @@ class HivemindSync:
         with open(self.rounds_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         return row
+
+    def rule(self, group: int) -> str:
+        """p2p.aggregation where a group of `group` allows it, else "mean" (a fallback)."""
+        return mixing.robust_rule(self.p2p.aggregation, self.p2p.trim_fraction, group)
 
     @property
     def outer_enabled(self) -> bool:
@@ -223,7 +233,7 @@ def read_rows_file(path: Path) -> list[dict]:
 ROUND_GRACE_S = 0.5
 # per-round deltas of the averager's counters, in rounds.jsonl
 _ROUND_COUNTERS = ("bytes_sent", "bytes_recv", "values_kept_local", "senders_dropped",
-                   "rejected_parts")  # fmt: skip
+                   "rejected_parts", "robust_parts", "fallback_parts")  # fmt: skip
 
 
 def group_fields(peers: dict) -> dict:

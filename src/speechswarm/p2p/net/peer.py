@@ -254,6 +254,8 @@ def _start_averager(model, names, dht, gate, settings, prefix, p2p):
         gate=gate,
         # every incoming part is checked (shape, finite, weight); with p2p.validate also its norm
         max_norm_ratio=p2p.max_norm_ratio if p2p.validate else None,
+        aggregation=p2p.aggregation,  # the parts this peer reduces: mean, median, trimmed mean
+        trim=p2p.trim_fraction,
         prefix=prefix,
         start=True,
         target_group_size=settings.group_size,
@@ -341,6 +343,10 @@ def _summary(run, state, sync, averager, joined, scores, wall, address, every) -
         "offenders": int(averager.counter("offenders")),  # members left out after a bad part
         "loaded_state": joined,
         "rejected_states": len(joined.get("refused", [])),  # downloads that failed the checks
+        "aggregation": sync.p2p.aggregation,
+        "aggregation_fallbacks": sync.fallbacks,  # averaged rounds that used the mean instead
+        "robust_parts": int(averager.counter("robust_parts")),  # parts it reduced robustly
+        "fallback_parts": int(averager.counter("fallback_parts")),  # ... by the mean instead
         "averaging_seconds": round(sync.averaging_seconds, 3),
         "training_seconds": round(state.train_seconds - sync.averaging_seconds, 3),
         "wall_time": round(wall, 3),
@@ -353,11 +359,19 @@ def _partial(s: dict) -> str:
     return f", {n} of them partial (a member stalled mid-round)" if n else ""
 
 
+def _aggregation(s: dict) -> str:
+    rule = s.get("aggregation", "mean")
+    if rule == "mean":
+        return ""
+    n = s.get("aggregation_fallbacks", 0)
+    return f", by {rule}" + (f" ({n} of them by the mean: groups under 3)" if n else "")
+
+
 def summary_line(s: dict) -> str:
     return (
         f"peer {s['peer_id'][-8:]}: {s['steps']} steps, own WER {pct(s.get('own_wer'))} CER "
         f"{pct(s.get('own_cer'))}; joined {s['rounds_joined']}/{s['rounds']} rounds"
-        f"{_partial(s)} (mean group "
+        f"{_partial(s)}{_aggregation(s)} (mean group "
         f"{s['mean_group_size']:.1f}), {s['bytes_sent'] / 1e6:.2f} MB sent, "
         f"{s['bytes_recv'] / 1e6:.2f} MB received; {s['averaging_seconds']:.1f} s averaging, "
         f"{s['training_seconds']:.1f} s training"
