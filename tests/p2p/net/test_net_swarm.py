@@ -46,8 +46,9 @@ def swarm_setup(p2p_config, tmp_path):
     return make
 
 
-def _start(config, agent_dir, out, settings, initial=()):
-    return PeerProcess(peer_args(config, agent_dir, out, settings, initial=initial), out, peer_env(SECRET))  # fmt: skip
+def _start(config, agent_dir, out, settings, initial=(), index=-1):
+    args = peer_args(config, agent_dir, out, settings, initial=initial, index=index)
+    return PeerProcess(args, out, peer_env(SECRET))
 
 
 def _wait_rounds(peer: PeerProcess, count: int, timeout: float = 90.0) -> None:
@@ -197,6 +198,40 @@ def test_a_late_peer_takes_the_swarms_weights_optimizer_state_and_position(swarm
     # with Adam's step count: one optimizer step per training step, from the donor's count on
     adam = {p: torch.load(p.out / "checkpoints" / "last.pt", weights_only=True)["optimizer"]["state"][0]["step"] for p in (p0, p2)}  # fmt: skip
     assert float(adam[p2]) == float(adam[p0]) == 60.0
+
+
+def test_peers_on_a_ring_average_with_their_neighbours_or_fall_back(swarm_setup, tmp_path):
+    """4 peers planned on a ring, peer 3 never comes: each round pairs ring neighbours; a peer
+    paired with 3 waits for it, then looks for anyone (counted); the others stay on edges."""
+    config, agents = swarm_setup(6, "p2p.agents=4", "p2p.topology=ring")
+    settings = dataclasses.replace(FAST, group_size=2, wait_peers=3, topology=True)
+    p0 = _start(config, agents[0], tmp_path / "p0", settings, index=0)
+    peers = [p0] + [_start(config, agents[k], tmp_path / f"p{k}", settings, [p0.address()], k) for k in (1, 2)]  # fmt: skip
+    try:
+        codes = _finish(peers)
+    finally:
+        for p in peers:
+            p.kill()
+    assert codes == [0, 0, 0], peers[0].log_path.read_text()[-2000:]
+    ring_edges = {(0, 1), (1, 2), (2, 3), (0, 3)}
+    neighbour_rounds = 0
+    for k, p in enumerate(peers):
+        rows, summary = p.rounds(), p.summary()
+        assert len(rows) == 6 and all(k in r["planned"] and tuple(r["planned"]) in ring_edges for r in rows)  # fmt: skip
+        for r in rows:
+            if 3 in r["planned"]:  # its neighbour never came
+                assert r["topology"] == "fallback"
+            if r["ok"] and r["topology"] == "neighbours":
+                assert r["indices"] == r["planned"]
+                neighbour_rounds += 1
+            elif r["ok"]:  # whoever was reachable
+                assert set(r["indices"]) <= {0, 1, 2}
+        assert summary["topology"] == "ring" and summary["neighbour_rounds"] == sum(
+            r["ok"] and r["topology"] == "neighbours" for r in rows
+        )
+        assert summary["topology_fallbacks"] == sum(r["topology"] == "fallback" for r in rows)
+    assert neighbour_rounds >= 2  # a pair of live neighbours averaged at least once
+    assert peers[0].summary()["topology_fallbacks"] + peers[2].summary()["topology_fallbacks"] >= 1
 
 
 def test_a_frozen_peer_times_out_and_the_others_train_on(swarm_setup, tmp_path):

@@ -25,6 +25,7 @@ def _net_arguments(s) -> None:
     g.add_argument("--timeout-s", type=float, default=d.timeout_s, help="seconds one averaging round may take before training goes on alone")  # fmt: skip
     g.add_argument("--chunk-timeout-s", type=float, default=d.chunk_timeout_s, help="seconds without data before a group member is dropped")  # fmt: skip
     g.add_argument("--compression", choices=("none", "fp16", "int8"), default=None, help="on the wire (default: p2p.compression)")  # fmt: skip
+    g.add_argument("--topology", action="store_true", help="average with graph neighbours (p2p.topology over p2p.agents peers, this one --index), falling back to whoever is reachable")  # fmt: skip
     g.add_argument("--wait-peers", type=int, default=0, help="before training, wait for this many peers (swarm: all)")  # fmt: skip
     g.add_argument("--secret-file", default="", help="file with the run secret (else $SPEECHSWARM_RUN_SECRET)")  # fmt: skip
     g.add_argument("--allow", default="", help="file of allowed peer IDs, one per line")
@@ -47,6 +48,7 @@ def add_parser(sub) -> None:
     s.add_argument("--no-load-state", action="store_true", help="do not start from a live peer's state (weights, optimizer state, step and LR; checked before use)")  # fmt: skip
     s.add_argument("--resume", default="", metavar="CKPT", help="continue from a checkpoint; auto: the last in --out (a finished peer trains nothing)")  # fmt: skip
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--index", type=int, default=-1, help="with --topology: this peer's number on the graph, 0..p2p.agents-1")  # fmt: skip
     _net_arguments(s)
     s.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. p2p.rounds=5")
     s.set_defaults(func=_peer)
@@ -72,6 +74,7 @@ def settings_from(args, cfg):
         timeout_s=args.timeout_s,
         chunk_timeout_s=args.chunk_timeout_s,
         compression=args.compression or cfg.p2p.compression,
+        topology=args.topology,
         load_state=not getattr(args, "no_load_state", False),
         wait_peers=args.wait_peers,
         host=getattr(args, "host", "127.0.0.1"),
@@ -120,6 +123,7 @@ def _peer(args) -> int:
         prefix=args.prefix,
         progress=not args.no_progress,
         resume=args.resume,
+        index=args.index,
     )
     return 0
 

@@ -59,10 +59,12 @@ class HivemindSync:
 
     def __init__(
         self, averager, names, *, every, weight, settings, p2p, rounds_path, log, first_round=0,
-        bn_names=(), optimizer=None,
+        bn_names=(), optimizer=None, plan=None,
     ):  # fmt: skip
         self.averager, self.names, self.every, self.weight = averager, names, every, weight
         self.optimizer = optimizer  # its state is offered to newcomers with the weights
+        # --topology: a NeighbourPlan (who this peer averages with in each round), else None
+        self.plan = plan
         self.settings, self.p2p, self.log = settings, p2p, log
         # p2p.outer_lr / outer_momentum: the outer optimizer's anchor (the weights after the
         # last outer step) and momentum buffer; checkpointed with the peer (checkpoint_extra)
@@ -82,6 +84,8 @@ class HivemindSync:
         # rounds that averaged by the mean although p2p.aggregation asks for a robust rule
         # (a group of fewer than 3; a trimmed mean that would cut nothing)
         self.fallbacks = 0
+        self.neighbour_rounds = 0  # --topology: rounds averaged with the planned neighbours
+        self.topology_fallbacks = 0  # ... rounds that looked for whoever is reachable instead
         for row in kept:  # the whole run's counts, not only this process's
             self._count(row)
 
@@ -94,6 +98,8 @@ class HivemindSync:
             self.group_sizes.append(int(row["group_size"]))
         self.partial += bool(row.get("partial"))
         self.fallbacks += bool(row["ok"] and row.get("aggregation") != self.p2p.aggregation)
+        self.neighbour_rounds += bool(row["ok"] and row.get("topology") == "neighbours")
+        self.topology_fallbacks += row.get("topology") == "fallback"
 
     def agree(self, flag: str) -> str:
         return flag
@@ -118,9 +124,9 @@ class HivemindSync:
         with self.averager.get_tensors() as buffers:
             for buf, name in zip(buffers, self.names, strict=True):
                 buf.copy_(own[name])
-        reason, peers = "", {}
+        reason, peers, where = "", {}, {"topology": "", "planned": []}
         try:
-            peers = self._step(step, start)
+            peers = self._search(step, start, where)
             if peers is None:
                 reason = "no group"
         except Exception as e:  # hivemind raises several kinds for a failed round
@@ -159,6 +165,7 @@ class HivemindSync:
             "time": round(time.perf_counter() - self.started, 3),
             **counts,
             "state_sum": shared,
+            **(where if self.plan is not None else {}),
             **group_fields(peers or {}),
             **averaged_checksum(received),
         }
@@ -194,17 +201,42 @@ class HivemindSync:
         self.outer["anchor"] = {k: v.clone() for k, v in new.items()}
         return new
 
-    def _step(self, step: int, start: float):
-        """hivemind's averaging step, within the round's budget (--timeout-s from `start`).
-        hivemind bounds only the search for a group by its timeout; the all-reduce that
-        follows has its own, and a search that joined a frozen leader can overrun: a round
-        could take twice the budget and more. Past the budget the peer cancels the step and
-        trains on; an all-reduce already running ends in the averager within its timeout."""
-        budget = self.settings.timeout_s
+    def _search(self, step: int, start: float, where: dict):
+        """The round's group: with --topology first the planned neighbours (under their own
+        group key, for NEIGHBOUR_SHARE of the budget), then whoever is reachable (the run's
+        common key) for the rest; `where` records which and the plan."""
+        if self.plan is None:
+            return self._step(step, start)
+        round_index = step // self.every  # the same at this step on every peer
+        group = self.plan.group(round_index)
+        where["planned"] = group
+        if group:
+            where["topology"] = "neighbours"
+            self.averager.set_group_bits(self.plan.key_bits(round_index, group))
+            try:
+                peers = self._step(step, start, self.settings.timeout_s * NEIGHBOUR_SHARE)
+            except Exception as e:  # a planned member that did not come, or failed mid-way
+                self.log.info(f"averaging with neighbours {group} at step {step}: {e}")
+                peers = None
+            if peers:
+                return peers
+        where["topology"] = "fallback"
+        self.averager.set_group_bits("")  # the run's common key: whoever is looking
+        return self._step(step, start)
+
+    def _step(self, step: int, start: float, budget: float | None = None):
+        """hivemind's averaging step, within the round's budget (--timeout-s from `start`,
+        or `budget`). hivemind bounds only the search for a group by its timeout; the
+        all-reduce that follows has its own, and a search that joined a frozen leader can
+        overrun: a round could take twice the budget and more. Past the budget the peer
+        cancels the step and trains on; an all-reduce already running ends in the averager
+        within its timeout."""
+        budget = self.settings.timeout_s if budget is None else budget
+        info = {"step": step} if self.plan is None else {"step": step, "index": self.plan.index}
         control = self.averager.step(
             weight=self.weight,
-            gather=self.averager.gather_info(step=step),
-            timeout=budget,
+            gather=self.averager.gather_info(**info),
+            timeout=max(0.1, budget - (time.perf_counter() - start)),
             wait=False,
         )
         left = budget - (time.perf_counter() - start)
@@ -231,6 +263,9 @@ def read_rows_file(path: Path) -> list[dict]:
 
 # seconds past --timeout-s a round waits for hivemind to report its own outcome
 ROUND_GRACE_S = 0.5
+# --topology: share of --timeout-s a round waits for its planned neighbours before it looks
+# for whoever is reachable (the rest of the budget)
+NEIGHBOUR_SHARE = 0.5
 # per-round deltas of the averager's counters, in rounds.jsonl
 _ROUND_COUNTERS = ("bytes_sent", "bytes_recv", "values_kept_local", "senders_dropped",
                    "rejected_parts", "robust_parts", "fallback_parts")  # fmt: skip
@@ -240,7 +275,8 @@ def group_fields(peers: dict) -> dict:
     """Who a round's group was: `members` (base58 peer IDs, sorted) and `group`, a digest of
     the members and the step each of them averaged at. Every member logs the same `group`
     for one all-reduce (a peer averages once per step), so rows of different peers can be
-    matched. Empty when no group formed."""
+    matched; with --topology also `indices`, the members' peer numbers. Empty when no group
+    formed."""
     if not peers:
         return {"group": "", "members": []}
     pairs = sorted(
@@ -248,7 +284,11 @@ def group_fields(peers: dict) -> dict:
         for p, info in peers.items()
     )
     digest = hashlib.sha256(json.dumps(pairs).encode()).hexdigest()[:16]
-    return {"group": digest, "members": [p for p, _ in pairs]}
+    fields = {"group": digest, "members": [p for p, _ in pairs]}
+    indices = [info.get("index") for info in peers.values() if isinstance(info, dict)]
+    if indices and all(isinstance(i, int) for i in indices):  # peers that follow a topology
+        fields["indices"] = sorted(indices)
+    return fields
 
 
 def averaged_checksum(received: dict | None) -> dict:

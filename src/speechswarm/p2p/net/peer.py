@@ -37,6 +37,7 @@ from speechswarm.p2p.net.hivemind_sync import (
     hivemind_compression,
     read_rows_file,
 )
+from speechswarm.p2p.net.neighbour_groups import NeighbourPlan
 from speechswarm.p2p.net.settings import NetSettings
 from speechswarm.p2p.net.state_transfer import load_from_peers, pack_state
 from speechswarm.report import pct
@@ -151,12 +152,14 @@ def run_peer(
     prefix: str = "speechswarm",
     progress: bool = True,
     resume: str = "",
+    index: int = -1,
 ) -> dict:
     """Train one peer to p2p.rounds averaging rounds; returns (and writes) its summary.
 
     `resume`: a checkpoint, or "auto" for the last one in `out`'s checkpoints/ (none there:
     a fresh start). A peer that had already finished its rounds trains nothing, joins no
-    swarm, and returns the summary it wrote then."""
+    swarm, and returns the summary it wrote then. `index`: this peer's number on the graph
+    with `settings.topology`."""
     from speechswarm.checkpoint import load_checkpoint
     from speechswarm.p2p.workspace import batchnorm_stat_names
     from speechswarm.train.assemble import build_run, schedule_for
@@ -174,6 +177,7 @@ def run_peer(
     settings = settings or NetSettings()
     gate = gate or Gate()
     settings.check()
+    plan = NeighbourPlan.from_config(cfg.p2p, index, settings.group_size) if settings.topology else None  # fmt: skip
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     train_path, test_path = _split(data, test, cfg, out_dir)
@@ -214,7 +218,7 @@ def run_peer(
         sync = HivemindSync(
             averager, names, every=every, weight=weight, settings=settings, p2p=cfg.p2p,
             rounds_path=out_dir / "rounds.jsonl", log=run.log, first_round=state.step // every,
-            bn_names=batchnorm_stat_names(run.model), optimizer=run.optimizer,
+            bn_names=batchnorm_stat_names(run.model), optimizer=run.optimizer, plan=plan,
         )  # fmt: skip
         if path is not None:
             sync.outer.update(load_checkpoint(path).get("outer") or {})
@@ -345,6 +349,9 @@ def _summary(run, state, sync, averager, joined, scores, wall, address, every) -
         "rejected_states": len(joined.get("refused", [])),  # downloads that failed the checks
         "aggregation": sync.p2p.aggregation,
         "aggregation_fallbacks": sync.fallbacks,  # averaged rounds that used the mean instead
+        "topology": sync.p2p.topology if sync.plan is not None else "",
+        "neighbour_rounds": sync.neighbour_rounds,  # averaged with the planned neighbours
+        "topology_fallbacks": sync.topology_fallbacks,  # rounds that looked for anyone instead
         "robust_parts": int(averager.counter("robust_parts")),  # parts it reduced robustly
         "fallback_parts": int(averager.counter("fallback_parts")),  # ... by the mean instead
         "averaging_seconds": round(sync.averaging_seconds, 3),
@@ -367,11 +374,20 @@ def _aggregation(s: dict) -> str:
     return f", by {rule}" + (f" ({n} of them by the mean: groups under 3)" if n else "")
 
 
+def _topology(s: dict) -> str:
+    if not s.get("topology"):
+        return ""
+    return (
+        f", {s['neighbour_rounds']} with {s['topology']} neighbours, "
+        f"{s['topology_fallbacks']} fell back to any peer"
+    )
+
+
 def summary_line(s: dict) -> str:
     return (
         f"peer {s['peer_id'][-8:]}: {s['steps']} steps, own WER {pct(s.get('own_wer'))} CER "
         f"{pct(s.get('own_cer'))}; joined {s['rounds_joined']}/{s['rounds']} rounds"
-        f"{_partial(s)}{_aggregation(s)} (mean group "
+        f"{_partial(s)}{_aggregation(s)}{_topology(s)} (mean group "
         f"{s['mean_group_size']:.1f}), {s['bytes_sent'] / 1e6:.2f} MB sent, "
         f"{s['bytes_recv'] / 1e6:.2f} MB received; {s['averaging_seconds']:.1f} s averaging, "
         f"{s['training_seconds']:.1f} s training"

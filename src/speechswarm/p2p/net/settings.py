@@ -26,6 +26,11 @@ class NetSettings:
     # (a stalled or killed peer). Symptom to raise it: healthy peers get dropped on slow links.
     chunk_timeout_s: float = 5.0
     compression: str = "none"  # none | fp16 | int8 (hivemind Uniform8BitQuantization)
+    # Average with graph neighbours (p2p.topology, p2p.degree, p2p.seed over p2p.agents peers,
+    # each with its --index) instead of whoever is looking for a group; a round whose planned
+    # neighbours do not come within half of timeout_s falls back to whoever is reachable
+    # (counted). Symptom for it: to reproduce a simulated topology on the network.
+    topology: bool = False
     # with --initial-peers: start from a live peer's weights, optimizer state and step
     # (its LR schedule position and round), all checked before use (state_transfer.py)
     load_state: bool = True

@@ -102,9 +102,11 @@ class PeerProcess:
 
 
 def peer_args(
-    config: Path, agent_dir: Path, out: Path, settings, *, initial=(), global_test="", prefix=""
-) -> list[str]:
-    """`speechswarm peer` arguments for one agent of a swarm."""
+    config: Path, agent_dir: Path, out: Path, settings, *, initial=(), global_test="", prefix="",
+    index=-1,
+) -> list[str]:  # fmt: skip
+    """`speechswarm peer` arguments for one agent of a swarm (`index`: its number, for
+    --topology)."""
     args = ["--config", str(config), "--data", str(agent_dir / "train.jsonl")]
     args += ["--test", str(agent_dir / "test.jsonl"), "--out", str(out), "--no-progress"]
     if global_test:
@@ -122,6 +124,8 @@ def peer_args(
     ]
     if prefix:
         args.append(f"--prefix={prefix}")
+    if settings.topology:
+        args += ["--topology", f"--index={index}"]
     return args
 
 
@@ -183,7 +187,7 @@ def run_swarm(
             initial = [peers[0].address()] if peers else []
             args = peer_args(
                 config, out_dir / "agents" / agent.name, peers_dir / f"peer{k}", settings,
-                initial=initial, global_test=global_test, prefix=prefix,
+                initial=initial, global_test=global_test, prefix=prefix, index=k,
             )  # fmt: skip
             peers.append(PeerProcess(args + extra, peers_dir / f"peer{k}", env))
         deadline = time.monotonic() + timeout_s
@@ -272,7 +276,9 @@ def write_report(out_dir: Path, rows, summaries, agent_rows, cfg, settings, wall
         f"{len(summaries)} peers as separate processes on 127.0.0.1 (hivemind), partition "
         f"`{p.partition}`, {p.rounds} averaging rounds per peer every "
         f"{settings.every or p.local_steps or str(p.local_epochs) + ' epoch(s)'} local steps, "
-        f"groups of up to {settings.group_size}, compression `{settings.compression}`, "
+        f"groups of up to {settings.group_size}"
+        f"{f' among graph neighbours (`{p.topology}`)' if settings.topology else ''}, "
+        f"compression `{settings.compression}`, "
         f"weights `{p.weights}`. Wall time: the whole swarm, start-up included."
     ]
     text = report_markdown([summary], agent_rows, notes, out_dir)
