@@ -218,6 +218,31 @@ def outer_step(
     return out, buf
 
 
+def merge_late_average(
+    averaged: State, snapshot: State, current: State, decay: dict[str, float] | None = None
+) -> State:
+    """An average of `snapshot` that arrives after local steps took the model to `current`
+    (background averaging): averaged + (current - snapshot), so the local progress made while
+    the average was on its way is kept (DiLoCo / overlapped SlowMo).
+
+    For names in `decay` (running statistics: exponential moving averages) the rule is
+    current + d * (averaged - snapshot), d being the weight the snapshot's value still has in
+    `current` ((1 - momentum)^n after n updates): the snapshot's share of the statistic is
+    swapped for the average's, and a running variance stays >= 0 (d * averaged plus the
+    batches' share). d = 1 is the first rule. Float64 arithmetic, results in each tensor's
+    dtype; integer tensors come from `current`."""
+    decay = decay or {}
+    out: State = {}
+    for name, now in current.items():
+        if not now.is_floating_point() or name not in averaged:
+            out[name] = now.clone()
+            continue
+        a, s, c = averaged[name].double(), snapshot[name].double(), now.double()
+        merged = c + decay[name] * (a - s) if name in decay else a + (c - s)
+        out[name] = merged.to(now.dtype)
+    return out
+
+
 # ----------------------------------------------------------------------------- validation
 
 

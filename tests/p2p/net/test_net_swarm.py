@@ -74,7 +74,8 @@ def _weights(peer_dir: Path) -> dict:
 
 
 def test_swarm_command_trains_averages_and_reports(p2p_config, tmp_path):
-    """As a user types it, with the median (groups of 3 allow it; smaller ones fall back)."""
+    """As a user types it, with the median (groups of 3 allow it; smaller ones fall back) and
+    averaging in the background (rounds 1 and 2 overlap training, the last one does not)."""
     from speechswarm.p2p.net.cli import main
 
     cfg = p2p_config("cli", "p2p.agents=3", "p2p.rounds=3", "p2p.local_steps=2", "p2p.aggregation=median")  # fmt: skip
@@ -83,7 +84,7 @@ def test_swarm_command_trains_averages_and_reports(p2p_config, tmp_path):
     out = tmp_path / "swarm-out"
     started = time.monotonic()
     code = main(["swarm", "--config", str(config), "--out", str(out), "--group-size", "3",
-                 "--matchmaking-s", "0.5", "--timeout-s", "4"])  # fmt: skip
+                 "--matchmaking-s", "0.5", "--timeout-s", "4", "--background"])  # fmt: skip
     assert code == 0, (out / "swarm" / "peer0" / "peer.log").read_text()[-3000:]
     assert time.monotonic() - started < 150
     report = (out / "report.md").read_text()
@@ -102,6 +103,20 @@ def test_swarm_command_trains_averages_and_reports(p2p_config, tmp_path):
         assert all(r["aggregation"] == ("median" if r["group_size"] >= 3 else "mean") for r in done)
         assert p["aggregation"] == "median"
         assert p["aggregation_fallbacks"] == sum(r["group_size"] < 3 for r in done)
+    # background rounds landed within one round's steps (the bound); each is counted
+    for k, p in enumerate(peers):
+        rows = read_rows(out / "swarm" / f"peer{k}" / "rounds.jsonl")
+        late = [r for r in rows if r.get("background")]
+        assert [r["round"] for r in late] == [1, 2] and "background" not in rows[-1]
+        assert all(r["applied_step"] - r["step"] == r["staleness"] for r in late)
+        assert all(1 <= r["staleness"] <= 2 and r["overlap_s"] >= 0 for r in late)
+        assert all(r["seconds"] <= 4.0 + 1.5 for r in late)  # within the round's budget
+        assert p["background"] and p["max_staleness"] == 2 and p["background_rounds"] == 2
+        assert p["staleness_max"] == max((r["staleness"] for r in late if r["ok"]), default=0)
+        assert p["background_waits"] == sum(r["waited"] for r in late)
+        assert p["averaging_seconds"] == pytest.approx(sum(r.get("blocked_s", r["seconds"]) for r in rows), abs=0.01)  # fmt: skip
+        log = (out / "swarm" / f"peer{k}" / "peer.log").read_text()
+        assert "; background: 2 rounds overlapped" in log and "given up" in log
     # a round of 3 reduces each part (a tensor, or 512 KiB of one) by the median
     if any(p["aggregation_fallbacks"] < p["rounds_joined"] for p in peers):
         assert sum(p["robust_parts"] + p["fallback_parts"] for p in peers) >= 1

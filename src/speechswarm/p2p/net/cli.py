@@ -26,6 +26,8 @@ def _net_arguments(s) -> None:
     g.add_argument("--chunk-timeout-s", type=float, default=d.chunk_timeout_s, help="seconds without data before a group member is dropped")  # fmt: skip
     g.add_argument("--compression", choices=("none", "fp16", "int8"), default=None, help="on the wire (default: p2p.compression)")  # fmt: skip
     g.add_argument("--topology", action="store_true", help="average with graph neighbours (p2p.topology over p2p.agents peers, this one --index), falling back to whoever is reachable")  # fmt: skip
+    g.add_argument("--background", action="store_true", help="average in the background: training goes on during the all-reduce; the average lands with the local steps made meanwhile kept")  # fmt: skip
+    g.add_argument("--max-staleness", type=int, default=d.max_staleness, help="with --background: steps after its snapshot by which an average must land; the peer waits for it there (0: --every)")  # fmt: skip
     g.add_argument("--wait-peers", type=int, default=0, help="before training, wait for this many peers (swarm: all)")  # fmt: skip
     g.add_argument("--secret-file", default="", help="file with the run secret (else $SPEECHSWARM_RUN_SECRET)")  # fmt: skip
     g.add_argument("--allow", default="", help="file of allowed peer IDs, one per line")
@@ -75,6 +77,8 @@ def settings_from(args, cfg):
         chunk_timeout_s=args.chunk_timeout_s,
         compression=args.compression or cfg.p2p.compression,
         topology=args.topology,
+        background=args.background,
+        max_staleness=args.max_staleness,
         load_state=not getattr(args, "no_load_state", False),
         wait_peers=args.wait_peers,
         host=getattr(args, "host", "127.0.0.1"),

@@ -7,8 +7,11 @@
 Every `every` local steps it averages the model's floating tensors with whichever peers are
 looking for a group, checks the result (`p2p.mixing.check_received`) and only then loads it;
 one row per attempt goes to rounds.jsonl; after each attempt it offers its weights, optimizer
-state and position to newcomers (`state_transfer`). Also: the codec on the wire and which
-tensors are averaged. See `p2p.net.peer`.
+state and position to newcomers (`state_transfer`). With `background=True` a round end only
+snapshots the tensors and starts the round on a thread; the average lands within
+`max_staleness` steps, merged with the local progress made meanwhile (`p2p.net.background`,
+`p2p.mixing.merge_late_average`). Also: the codec on the wire and which tensors are averaged.
+See `p2p.net.peer`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from pathlib import Path
 
 import torch
 
+from speechswarm.errors import UsageError
 from speechswarm.p2p import mixing
+from speechswarm.p2p.net.background import InFlight, batch_counts, ema_decays, run_in_background
 from speechswarm.p2p.net.state_transfer import pack_state, state_sum
 from speechswarm.p2p.workspace import batchnorm_stat_names
 
@@ -59,9 +64,20 @@ class HivemindSync:
 
     def __init__(
         self, averager, names, *, every, weight, settings, p2p, rounds_path, log, first_round=0,
-        bn_names=(), optimizer=None, plan=None,
+        bn_names=(), optimizer=None, plan=None, background=False, max_staleness=0, last_step=0,
     ):  # fmt: skip
         self.averager, self.names, self.every, self.weight = averager, names, every, weight
+        # --background: a round's all-reduce runs while training goes on; its average lands
+        # at most `max_staleness` steps (0: `every`) after its snapshot. The round ending at
+        # `last_step` is averaged in the foreground: no local steps follow it.
+        self.background, self.last_step = background, last_step
+        self.max_staleness = max_staleness or every
+        if background and not 1 <= self.max_staleness <= every:
+            raise UsageError(
+                f"--max-staleness {max_staleness} must be within 1..--every ({every}): one "
+                "background round is in flight at a time"
+            )
+        self.flight: InFlight | None = None
         self.optimizer = optimizer  # its state is offered to newcomers with the weights
         # --topology: a NeighbourPlan (who this peer averages with in each round), else None
         self.plan = plan
@@ -86,11 +102,28 @@ class HivemindSync:
         self.fallbacks = 0
         self.neighbour_rounds = 0  # --topology: rounds averaged with the planned neighbours
         self.topology_fallbacks = 0  # ... rounds that looked for whoever is reachable instead
+        # --background: rounds whose all-reduce overlapped training, the steps between their
+        # snapshot and the average's application, seconds of all-reduce training went on
+        # through, rounds the loop waited for (at the staleness bound or at the run's end)
+        # and how long, rounds given up when --timeout-s ran out
+        self.overlapped = 0
+        self.staleness: list[int] = []
+        self.overlap_seconds = self.wait_seconds = 0.0
+        self.waits = self.gave_up = 0
         for row in kept:  # the whole run's counts, not only this process's
             self._count(row)
 
     def _count(self, row: dict) -> None:
-        self.averaging_seconds += float(row["seconds"])
+        # seconds the training loop stood still for the round (all of it, in the foreground)
+        self.averaging_seconds += float(row.get("blocked_s", row["seconds"]))
+        if row.get("background"):
+            self.overlapped += 1
+            self.overlap_seconds += float(row["overlap_s"])
+            self.wait_seconds += float(row["wait_s"])
+            self.waits += bool(row["waited"])
+            self.gave_up += row["reason"] == "timeout"
+            if row["ok"]:
+                self.staleness.append(int(row["staleness"]))
         reason = row["reason"] or "ok"
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
         if row["ok"]:
@@ -108,23 +141,86 @@ class HivemindSync:
         return [obj]
 
     def after_step(self, model: torch.nn.Module, state) -> None:
+        if self.flight is not None:  # a background round: apply its average once it is in
+            self.land(model, state.step, wait=state.step - self.flight.step >= self.max_staleness)
         if state.step % self.every:
             return
-        self.average(model, state.step)
+        if self.background and state.step != self.last_step:
+            self.launch(model, state.step)
+        else:
+            self.average(model, state.step)
+
+    def finish(self, model: torch.nn.Module, state) -> None:
+        """The run stopped (its last step, a time budget): a round still in flight is waited
+        for (at most until its --timeout-s ends) and applied."""
+        if self.flight is not None:
+            self.land(model, state.step, wait=True)
 
     def own_state(self, model) -> dict:
         sd = model.state_dict()
         return {k: sd[k].detach().clone() for k in self.names}
 
     def average(self, model: torch.nn.Module, step: int) -> dict:
-        """One averaging attempt; returns (and logs) its row."""
+        """One averaging attempt in the foreground; returns (and logs) its row."""
+        flight = self._snapshot(model, step)
+        reason, peers = self._exchange(step, flight.started, flight.where)
+        return self._conclude(model, step, flight, reason, peers)
+
+    def launch(self, model: torch.nn.Module, step: int) -> None:
+        """Snapshot the averaged tensors and start the round's search and all-reduce on a
+        thread; training goes on (`land` applies the average)."""
+        self.flight = self._snapshot(model, step)
+        flight = self.flight
+        run_in_background(lambda: self._exchange(step, flight.started, flight.where), flight)
+
+    def land(self, model: torch.nn.Module, step: int, *, wait: bool) -> dict | None:
+        """Apply the background round's average if it is in; with `wait`, wait for it first
+        (the round's budget bounds the wait: past it the thread gives the round up). Returns
+        its row once applied (or failed), else None."""
+        flight = self.flight
+        if flight is None or not (wait or flight.future.done()):
+            return None
+        waited_from = time.perf_counter()
+        pending = not flight.future.done()
+        budget = self.settings.timeout_s + ROUND_GRACE_S + LATE_THREAD_S
+        try:
+            reason, peers = flight.future.result(
+                timeout=max(0.0, budget - (waited_from - flight.started))
+            )
+        except TimeoutError:  # the thread itself overran (hivemind did not answer)
+            reason, peers = "timeout", None
+            self.log.info(f"background averaging of step {flight.step}: no answer in {budget:g} s")
+        waited = time.perf_counter() - waited_from if pending else 0.0
+        self.flight = None
+        done_at = flight.done_at or time.perf_counter()
+        late = {
+            "background": True,
+            "applied_step": step,
+            "staleness": step - flight.step,  # local steps between snapshot and application
+            "waited": pending,  # the loop waited for it (staleness bound, or the run's end)
+            "wait_s": round(waited, 3),
+            # seconds of the round's exchange during which training went on
+            "overlap_s": round(max(0.0, min(done_at, waited_from) - flight.started), 3),
+        }
+        return self._conclude(model, step, flight, reason, peers, late, blocked=waited)
+
+    def _snapshot(self, model: torch.nn.Module, step: int) -> InFlight:
+        """A round's start: the averaged tensors copied to the averager's buffers."""
         start = time.perf_counter()
         own = self.own_state(model)
         before = {k: self.averager.counter(k) for k in _ROUND_COUNTERS}
         with self.averager.get_tensors() as buffers:
             for buf, name in zip(buffers, self.names, strict=True):
                 buf.copy_(own[name])
-        reason, peers, where = "", {}, {"topology": "", "planned": []}
+        return InFlight(
+            round=self.round + 1, step=step, snapshot=own, counts=batch_counts(model),
+            before=before, where={"topology": "", "planned": []}, started=start,
+            snapshot_s=time.perf_counter() - start,
+        )  # fmt: skip
+
+    def _exchange(self, step: int, start: float, where: dict) -> tuple[str, dict]:
+        """The round's search and all-reduce: ("" or why it failed, the group's members)."""
+        reason, peers = "", {}
         try:
             peers = self._search(step, start, where)
             if peers is None:
@@ -132,6 +228,15 @@ class HivemindSync:
         except Exception as e:  # hivemind raises several kinds for a failed round
             reason = "timeout" if "imeout" in type(e).__name__ + str(e) else "failed"
             self.log.info(f"averaging at step {step} failed: {type(e).__name__}: {e}")
+        return reason, peers or {}
+
+    def _conclude(self, model, step, flight, reason, peers, late=None, blocked=None) -> dict:
+        """Check the average the round brought, load it (moved by the outer optimizer; with
+        `late`, a background round's fields, merged with the local progress made since the
+        snapshot), offer the state to newcomers, count and log the round's row.
+        `blocked`: seconds the training loop waited for it (None: in the foreground)."""
+        concluding = time.perf_counter()
+        own = flight.snapshot
         group = len(peers) if peers else 1
         received = None
         if not reason:
@@ -140,35 +245,44 @@ class HivemindSync:
             if self.p2p.validate:
                 reason = mixing.check_received(received, own, self.p2p.max_norm_ratio)
             if not reason:
-                model.load_state_dict({**model.state_dict(), **self.outer_step(received)})
-        counts = {k: int(self.averager.counter(k) - before[k]) for k in _ROUND_COUNTERS}
+                new = self.outer_step(received)
+                if late is not None:  # keep what training did since the snapshot
+                    decay = ema_decays(model, flight.counts, self.bn_names)
+                    new = mixing.merge_late_average(new, own, self.own_state(model), decay)
+                model.load_state_dict({**model.state_dict(), **new})
+        counts = {k: int(self.averager.counter(k) - flight.before[k]) for k in _ROUND_COUNTERS}
         partial = not reason and (counts["values_kept_local"] > 0 or counts["senders_dropped"] > 0)
         if partial:
             self.log.info(
-                f"averaging at step {step}: a member stalled mid-round; "
+                f"averaging at step {flight.step}: a member stalled mid-round; "
                 f"{counts['values_kept_local']} values kept local, "
                 f"{counts['senders_dropped']} sender(s) left out of this peer's part"
             )
         shared = self.share(model, step)
-        seconds = time.perf_counter() - start
-        self.round += 1
+        now = time.perf_counter()
+        ended = now if late is None else (flight.done_at or now)  # background: the exchange's end
+        self.round = flight.round
         row = {
-            "round": self.round,
-            "step": step,
+            "round": flight.round,
+            "step": flight.step,
             "ok": not reason,
             "reason": reason,
             "group_size": group if not reason else 1,
             "partial": partial,
             # the rule the group's size allows (each member reduces its share by it)
             "aggregation": self.rule(group) if not reason else "",
-            "seconds": round(seconds, 3),
-            "time": round(time.perf_counter() - self.started, 3),
+            "seconds": round(ended - flight.started, 3),  # from the snapshot
+            "time": round(now - self.started, 3),
             **counts,
             "state_sum": shared,
-            **(where if self.plan is not None else {}),
+            **(flight.where if self.plan is not None else {}),
             **group_fields(peers or {}),
             **averaged_checksum(received),
         }
+        if late is not None:
+            # seconds the training loop stood still for this round: snapshot, wait, merge
+            row["blocked_s"] = round(flight.snapshot_s + blocked + now - concluding, 3)
+            row.update(late)
         self._count(row)
         with open(self.rounds_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
@@ -263,6 +377,9 @@ def read_rows_file(path: Path) -> list[dict]:
 
 # seconds past --timeout-s a round waits for hivemind to report its own outcome
 ROUND_GRACE_S = 0.5
+# --background: seconds past that a waiting loop gives the round's thread to hand its outcome
+# over (the thread ends the round itself within --timeout-s plus ROUND_GRACE_S)
+LATE_THREAD_S = 1.0
 # --topology: share of --timeout-s a round waits for its planned neighbours before it looks
 # for whoever is reachable (the rest of the budget)
 NEIGHBOUR_SHARE = 0.5

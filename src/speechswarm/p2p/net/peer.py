@@ -89,13 +89,18 @@ def _finished_summary(run, state, out_dir: Path, test_path: Path, global_test: s
             ),
             "bytes_sent": sum(int(r.get("bytes_sent", 0)) for r in rows),
             "bytes_recv": sum(int(r.get("bytes_recv", 0)) for r in rows),
-            "averaging_seconds": round(sum(float(r["seconds"]) for r in rows), 3),
+            "averaging_seconds": round(sum(_blocked(r) for r in rows), 3),
             "training_seconds": round(state.train_seconds, 3),
             "train_utts": len(run.sampler.durations),
         }
         path.write_text(json.dumps(summary, indent=1) + "\n")
     print(summary_line(summary), flush=True)
     return summary
+
+
+def _blocked(row: dict) -> float:
+    """Seconds a round held training up: all of it, unless it ran in the background."""
+    return float(row.get("blocked_s", row["seconds"]))
 
 
 def _split(data: str, test: str, cfg: Config, out: Path) -> tuple[Path, Path]:
@@ -219,6 +224,8 @@ def run_peer(
             averager, names, every=every, weight=weight, settings=settings, p2p=cfg.p2p,
             rounds_path=out_dir / "rounds.jsonl", log=run.log, first_round=state.step // every,
             bn_names=batchnorm_stat_names(run.model), optimizer=run.optimizer, plan=plan,
+            background=settings.background, max_staleness=settings.max_staleness,
+            last_step=run.cfg.train.max_steps,
         )  # fmt: skip
         if path is not None:
             sync.outer.update(load_checkpoint(path).get("outer") or {})
@@ -233,6 +240,7 @@ def run_peer(
         )
         started = time.perf_counter()
         run_steps(run, state, RunLimits(run, state), rng_to_restore=rng, progress=progress)
+        sync.finish(run.model, state)  # a background round still in flight (a time budget)
         wall = time.perf_counter() - started
         save(run, state)  # checkpoints/: the peer's final model, for eval, transcribe, export
         scores = _score(run, test_path, global_test)
@@ -354,11 +362,41 @@ def _summary(run, state, sync, averager, joined, scores, wall, address, every) -
         "topology_fallbacks": sync.topology_fallbacks,  # rounds that looked for anyone instead
         "robust_parts": int(averager.counter("robust_parts")),  # parts it reduced robustly
         "fallback_parts": int(averager.counter("fallback_parts")),  # ... by the mean instead
+        **_background_fields(sync),
+        # seconds training stood still for averaging (--background: snapshot, waits, merge)
         "averaging_seconds": round(sync.averaging_seconds, 3),
         "training_seconds": round(state.train_seconds - sync.averaging_seconds, 3),
         "wall_time": round(wall, 3),
         "train_utts": len(run.sampler.durations),
     }
+
+
+def _background_fields(sync) -> dict:
+    """--background: how late averages landed and what overlapping training saved."""
+    stale = sync.staleness
+    return {
+        "background": sync.background,
+        "max_staleness": sync.max_staleness if sync.background else 0,
+        "background_rounds": sync.overlapped,  # rounds whose all-reduce overlapped training
+        "mean_staleness": sum(stale) / len(stale) if stale else 0.0,  # steps, applied rounds
+        "staleness_max": max(stale, default=0),
+        "overlap_seconds": round(sync.overlap_seconds, 3),  # all-reduce while training went on
+        "background_waits": sync.waits,  # rounds the loop waited for (bound reached, run end)
+        "wait_seconds": round(sync.wait_seconds, 3),
+        "background_gave_up": sync.gave_up,  # rounds given up when --timeout-s ran out
+    }
+
+
+def _background(s: dict) -> str:
+    if not s.get("background"):
+        return ""
+    return (
+        f"; background: {s['background_rounds']} rounds overlapped "
+        f"{s['overlap_seconds']:.1f} s of averaging, staleness {s['mean_staleness']:.1f} steps "
+        f"on average (max {s['staleness_max']}, bound {s['max_staleness']}), "
+        f"{s['background_waits']} waited {s['wait_seconds']:.1f} s, "
+        f"{s['background_gave_up']} given up"
+    )
 
 
 def _partial(s: dict) -> str:
@@ -390,5 +428,5 @@ def summary_line(s: dict) -> str:
         f"{_partial(s)}{_aggregation(s)}{_topology(s)} (mean group "
         f"{s['mean_group_size']:.1f}), {s['bytes_sent'] / 1e6:.2f} MB sent, "
         f"{s['bytes_recv'] / 1e6:.2f} MB received; {s['averaging_seconds']:.1f} s averaging, "
-        f"{s['training_seconds']:.1f} s training"
+        f"{s['training_seconds']:.1f} s training{_background(s)}"
     )

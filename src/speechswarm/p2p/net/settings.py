@@ -31,6 +31,12 @@ class NetSettings:
     # neighbours do not come within half of timeout_s falls back to whoever is reachable
     # (counted). Symptom for it: to reproduce a simulated topology on the network.
     topology: bool = False
+    # Run each round's all-reduce in the background while training goes on; its average is
+    # applied, with the local progress made meanwhile kept, at most max_staleness steps after
+    # its snapshot (0: --every; the loop waits there). Symptom for it: averaging_seconds in
+    # summary.json is a large share of the wall time (slow links, big models).
+    background: bool = False
+    max_staleness: int = 0
     # with --initial-peers: start from a live peer's weights, optimizer state and step
     # (its LR schedule position and round), all checked before use (state_transfer.py)
     load_state: bool = True
@@ -47,6 +53,10 @@ class NetSettings:
             raise ValueError(f"--group-size must be >= 2, got {self.group_size}")
         if self.every < 0:
             raise ValueError(f"--every must be >= 0, got {self.every}")
+        if self.max_staleness < 0:
+            raise ValueError(f"--max-staleness must be >= 0, got {self.max_staleness}")
+        if self.max_staleness and not self.background:
+            raise ValueError("--max-staleness applies to --background averaging only")
         if self.compression not in COMPRESSIONS:
             raise ValueError(f"--compression {self.compression!r}: choose none, fp16 or int8")
         for key in ("matchmaking_s", "timeout_s", "chunk_timeout_s"):

@@ -126,6 +126,8 @@ def peer_args(
         args.append(f"--prefix={prefix}")
     if settings.topology:
         args += ["--topology", f"--index={index}"]
+    if settings.background:
+        args += ["--background", f"--max-staleness={settings.max_staleness}"]
     return args
 
 
@@ -278,6 +280,7 @@ def write_report(out_dir: Path, rows, summaries, agent_rows, cfg, settings, wall
         f"{settings.every or p.local_steps or str(p.local_epochs) + ' epoch(s)'} local steps, "
         f"groups of up to {settings.group_size}"
         f"{f' among graph neighbours (`{p.topology}`)' if settings.topology else ''}, "
+        f"{'averaging in the background, ' if settings.background else ''}"
         f"compression `{settings.compression}`, "
         f"weights `{p.weights}`. Wall time: the whole swarm, start-up included."
     ]
