@@ -310,10 +310,17 @@ def peers_table(summaries: list[dict]) -> str:
             f"| {k} | {pct(s.get('own_wer'))} | {pct(s.get('own_cer'))} | {s['steps']} | "
             f"{s['rounds_joined']}/{s['rounds']}{partial} | {s['mean_group_size']:.1f} | "
             f"{s['bytes_sent'] / 1e6:.2f} | {s['bytes_recv'] / 1e6:.2f} | "
-            f"{s['averaging_seconds']:.1f} | {s['training_seconds']:.1f} | "
+            f"{s['averaging_seconds']:.1f}{_overlapped(s)} | {s['training_seconds']:.1f} | "
             f"{_started_from(loaded)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _overlapped(s: dict) -> str:
+    """--background: the seconds of averaging that ran while the peer trained, and waits."""
+    if not s.get("background"):
+        return ""
+    return f" (+{s['overlap_seconds']:.1f} overlapped, {s['background_waits']} waits)"
 
 
 def _started_from(loaded: dict) -> str:
