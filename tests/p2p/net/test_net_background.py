@@ -220,5 +220,18 @@ def test_the_last_round_is_averaged_in_the_foreground(tmp_path):
 def test_a_staleness_bound_beyond_a_round_is_refused_in_one_line(tmp_path):
     with pytest.raises(UsageError, match="--max-staleness 3 must be within 1..--every"):
         make(tmp_path, every=2, max_staleness=3)
-    with pytest.raises(ValueError, match="--background"):
+    with pytest.raises(UsageError, match="--background"):
         NetSettings(max_staleness=2).check()
+
+
+def test_bad_background_flags_are_one_line_errors_before_anything_starts(capsys, tmp_path):
+    from speechswarm.p2p.net.cli import main
+
+    args = ["--config", "p2p-tiny", "--max-staleness", "3"]
+    assert main(["peer", *args, "--data", "none.jsonl", "--out", str(tmp_path / "p")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "speechswarm peer: error: --max-staleness applies to --background averaging only"  # fmt: skip
+    assert main(["swarm", *args, "--background", "--every", "2", "--out", str(tmp_path / "s")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["speechswarm swarm: error: --max-staleness 3 must be within 1..--every (2): one background round is in flight at a time"]  # fmt: skip
+    assert not (tmp_path / "s").exists() and not (tmp_path / "p").exists()

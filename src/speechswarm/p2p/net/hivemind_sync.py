@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from speechswarm.errors import UsageError
 from speechswarm.p2p import mixing
 from speechswarm.p2p.net.background import InFlight, batch_counts, ema_decays, run_in_background
+from speechswarm.p2p.net.settings import staleness_bound
 from speechswarm.p2p.net.state_transfer import pack_state, state_sum
 from speechswarm.p2p.workspace import batchnorm_stat_names
 
@@ -71,12 +71,7 @@ class HivemindSync:
         # at most `max_staleness` steps (0: `every`) after its snapshot. The round ending at
         # `last_step` is averaged in the foreground: no local steps follow it.
         self.background, self.last_step = background, last_step
-        self.max_staleness = max_staleness or every
-        if background and not 1 <= self.max_staleness <= every:
-            raise UsageError(
-                f"--max-staleness {max_staleness} must be within 1..--every ({every}): one "
-                "background round is in flight at a time"
-            )
+        self.max_staleness = staleness_bound(max_staleness, every) if background else every
         self.flight: InFlight | None = None
         self.optimizer = optimizer  # its state is offered to newcomers with the weights
         # --topology: a NeighbourPlan (who this peer averages with in each round), else None

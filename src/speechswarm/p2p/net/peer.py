@@ -38,7 +38,7 @@ from speechswarm.p2p.net.hivemind_sync import (
     read_rows_file,
 )
 from speechswarm.p2p.net.neighbour_groups import NeighbourPlan
-from speechswarm.p2p.net.settings import NetSettings
+from speechswarm.p2p.net.settings import NetSettings, staleness_bound
 from speechswarm.p2p.net.state_transfer import load_from_peers, pack_state
 from speechswarm.report import pct
 
@@ -188,6 +188,8 @@ def run_peer(
     train_path, test_path = _split(data, test, cfg, out_dir)
     run = build_run(peer_config(cfg, train_path, test_path, out_dir, 1), progress=progress)
     every = steps_per_round(cfg, settings, len(run.sampler))
+    if settings.background:  # before joining anyone: a bound beyond a round is refused
+        staleness_bound(settings.max_staleness, every)
     if every != 1:  # p2p.rounds rounds of `every` steps: the schedule spans them
         run.cfg = peer_config(cfg, train_path, test_path, out_dir, every)
         run.scheduler = schedule_for(run.cfg, run.optimizer, len(run.sampler), run.accumulate)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from speechswarm.errors import UsageError
+
 COMPRESSIONS = ("none", "fp16", "int8")
 
 
@@ -50,20 +52,32 @@ class NetSettings:
 
     def check(self) -> None:
         if self.group_size < 2:
-            raise ValueError(f"--group-size must be >= 2, got {self.group_size}")
+            raise UsageError(f"--group-size must be >= 2, got {self.group_size}")
         if self.every < 0:
-            raise ValueError(f"--every must be >= 0, got {self.every}")
+            raise UsageError(f"--every must be >= 0, got {self.every}")
         if self.max_staleness < 0:
-            raise ValueError(f"--max-staleness must be >= 0, got {self.max_staleness}")
+            raise UsageError(f"--max-staleness must be >= 0, got {self.max_staleness}")
         if self.max_staleness and not self.background:
-            raise ValueError("--max-staleness applies to --background averaging only")
+            raise UsageError("--max-staleness applies to --background averaging only")
         if self.compression not in COMPRESSIONS:
-            raise ValueError(f"--compression {self.compression!r}: choose none, fp16 or int8")
+            raise UsageError(f"--compression {self.compression!r}: choose none, fp16 or int8")
         for key in ("matchmaking_s", "timeout_s", "chunk_timeout_s"):
             if getattr(self, key) <= 0:
-                raise ValueError(f"--{key.replace('_', '-')} must be > 0")
+                raise UsageError(f"--{key.replace('_', '-')} must be > 0")
         if self.timeout_s <= self.matchmaking_s:
-            raise ValueError(
+            raise UsageError(
                 f"--timeout-s ({self.timeout_s}) must exceed --matchmaking-s "
                 f"({self.matchmaking_s}): a round needs time to average after forming a group"
             )
+
+
+def staleness_bound(max_staleness: int, every: int) -> int:
+    """--max-staleness for rounds of `every` steps (0: `every`, one round); a bound beyond a
+    round is refused: one background round is in flight at a time."""
+    bound = max_staleness or every
+    if not 1 <= bound <= every:
+        raise UsageError(
+            f"--max-staleness {max_staleness} must be within 1..--every ({every}): one "
+            "background round is in flight at a time"
+        )
+    return bound

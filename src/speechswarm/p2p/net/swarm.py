@@ -157,11 +157,14 @@ def run_swarm(
     from speechswarm.config import check_p2p
     from speechswarm.p2p.experiment import make_agents, usable_utterances, write_agents
     from speechswarm.p2p.net.auth import load_secret, new_secret
+    from speechswarm.p2p.net.settings import staleness_bound
 
     check_p2p(cfg.p2p)
     if not settings.wait_peers:  # all peers start training together
         settings = dataclasses.replace(settings, wait_peers=cfg.p2p.agents)
     settings.check()
+    if settings.background and (settings.every or cfg.p2p.local_steps):  # else known per peer
+        staleness_bound(settings.max_staleness, settings.every or cfg.p2p.local_steps)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = out_dir / "config.yaml"
