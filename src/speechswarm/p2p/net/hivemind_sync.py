@@ -158,15 +158,14 @@ class HivemindSync:
     def average(self, model: torch.nn.Module, step: int) -> dict:
         """One averaging attempt in the foreground; returns (and logs) its row."""
         flight = self._snapshot(model, step)
-        reason, peers = self._exchange(step, flight.started, flight.where)
-        return self._conclude(model, step, flight, reason, peers)
+        return self._conclude(model, step, flight, self._exchange(flight))
 
     def launch(self, model: torch.nn.Module, step: int) -> None:
         """Snapshot the averaged tensors and start the round's search and all-reduce on a
         thread; training goes on (`land` applies the average)."""
         self.flight = self._snapshot(model, step)
         flight = self.flight
-        run_in_background(lambda: self._exchange(step, flight.started, flight.where), flight)
+        run_in_background(lambda: self._exchange(flight), flight)
 
     def land(self, model: torch.nn.Module, step: int, *, wait: bool) -> dict | None:
         """Apply the background round's average if it is in; with `wait`, wait for it first
@@ -179,11 +178,9 @@ class HivemindSync:
         pending = not flight.future.done()
         budget = self.settings.timeout_s + ROUND_GRACE_S + LATE_THREAD_S
         try:
-            reason, peers = flight.future.result(
-                timeout=max(0.0, budget - (waited_from - flight.started))
-            )
+            outcome = flight.future.result(timeout=max(0.0, budget - (waited_from - flight.started)))  # fmt: skip
         except TimeoutError:  # the thread itself overran (hivemind did not answer)
-            reason, peers = "timeout", None
+            outcome = ("timeout", {}, None, averaged_checksum(None))
             self.log.info(f"background averaging of step {flight.step}: no answer in {budget:g} s")
         waited = time.perf_counter() - waited_from if pending else 0.0
         self.flight = None
@@ -197,7 +194,7 @@ class HivemindSync:
             # seconds of the round's exchange during which training went on
             "overlap_s": round(max(0.0, min(done_at, waited_from) - flight.started), 3),
         }
-        return self._conclude(model, step, flight, reason, peers, late, blocked=waited)
+        return self._conclude(model, step, flight, outcome, late, blocked=waited)
 
     def _snapshot(self, model: torch.nn.Module, step: int) -> InFlight:
         """A round's start: the averaged tensors copied to the averager's buffers."""
@@ -213,38 +210,42 @@ class HivemindSync:
             snapshot_s=time.perf_counter() - start,
         )  # fmt: skip
 
-    def _exchange(self, step: int, start: float, where: dict) -> tuple[str, dict]:
-        """The round's search and all-reduce: ("" or why it failed, the group's members)."""
-        reason, peers = "", {}
+    def _exchange(self, flight: InFlight) -> tuple[str, dict, dict | None, dict]:
+        """The round's search and all-reduce, and the check of the average it brought
+        against the snapshot (under --background on the round's thread: nothing here touches
+        the model or the outer optimizer). Returns ("" or why it failed, the group's members,
+        the average received or None, its checksum)."""
+        step, reason, peers = flight.step, "", {}
         try:
-            peers = self._search(step, start, where)
+            peers = self._search(step, flight.started, flight.where)
             if peers is None:
                 reason = "no group"
         except Exception as e:  # hivemind raises several kinds for a failed round
             reason = "timeout" if "imeout" in type(e).__name__ + str(e) else "failed"
             self.log.info(f"averaging at step {step} failed: {type(e).__name__}: {e}")
-        return reason, peers or {}
-
-    def _conclude(self, model, step, flight, reason, peers, late=None, blocked=None) -> dict:
-        """Check the average the round brought, load it (moved by the outer optimizer; with
-        `late`, a background round's fields, merged with the local progress made since the
-        snapshot), offer the state to newcomers, count and log the round's row.
-        `blocked`: seconds the training loop waited for it (None: in the foreground)."""
-        concluding = time.perf_counter()
-        own = flight.snapshot
-        group = len(peers) if peers else 1
         received = None
         if not reason:
             with self.averager.get_tensors() as buffers:
                 received = {n: b.clone() for n, b in zip(self.names, buffers, strict=True)}
             if self.p2p.validate:
-                reason = mixing.check_received(received, own, self.p2p.max_norm_ratio)
-            if not reason:
-                new = self.outer_step(received)
-                if late is not None:  # keep what training did since the snapshot
-                    decay = ema_decays(model, flight.counts, self.bn_names)
-                    new = mixing.merge_late_average(new, own, self.own_state(model), decay)
-                model.load_state_dict({**model.state_dict(), **new})
+                reason = mixing.check_received(received, flight.snapshot, self.p2p.max_norm_ratio)
+        return reason, peers or {}, received, averaged_checksum(received)
+
+    def _conclude(self, model, step, flight, outcome, late=None, blocked=None) -> dict:
+        """Load the average a round brought (`outcome` of `_exchange`), moved by the outer
+        optimizer (with `late`, a background round's fields: merged with the local progress
+        made since the snapshot), offer the state to newcomers, count and log the round's
+        row. `blocked`: seconds the training loop waited for it (None: in the foreground)."""
+        concluding = time.perf_counter()
+        reason, peers, received, checksum = outcome
+        own = flight.snapshot
+        group = len(peers) if peers else 1
+        if not reason:
+            new = self.outer_step(received)
+            if late is not None:  # keep what training did since the snapshot
+                decay = ema_decays(model, flight.counts, self.bn_names)
+                new = mixing.merge_late_average(new, own, self.own_state(model), decay)
+            model.load_state_dict({**model.state_dict(), **new})
         counts = {k: int(self.averager.counter(k) - flight.before[k]) for k in _ROUND_COUNTERS}
         partial = not reason and (counts["values_kept_local"] > 0 or counts["senders_dropped"] > 0)
         if partial:
@@ -272,7 +273,7 @@ class HivemindSync:
             "state_sum": shared,
             **(flight.where if self.plan is not None else {}),
             **group_fields(peers or {}),
-            **averaged_checksum(received),
+            **checksum,
         }
         if late is not None:
             # seconds the training loop stood still for this round: snapshot, wait, merge
