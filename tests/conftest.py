@@ -34,6 +34,7 @@ QUIET = (
     "data.speed_factors=[]",
     "augment.gain_db=null",
     "augment.noise_prob=0",
+    "augment.vtlp_alpha=null",
     "augment.freq_masks=0",
     "augment.time_masks=0",
     "train.num_threads=1",

@@ -33,6 +33,7 @@ WORKER_OVERRIDES = (
     "augment.noise_prob=0",
     "augment.freq_masks=0",
     "augment.time_masks=0",
+    "augment.vtlp_alpha=null",
     "model.conv_channels=[4,4]",
     "model.rnn_hidden=32",
     "model.rnn_layers=1",

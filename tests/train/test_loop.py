@@ -101,7 +101,7 @@ def test_overfit_a_few_utterances(overfit_run):
 # only move when training math or the tiny preset changes.
 # To regenerate after an intended change: run this test; the failure message prints the new
 # values; paste them here and say in the commit why they moved.
-GOLDEN_LOSSES = [  # regenerated when the tiny preset's RNN became an LSTM (session 4)
+GOLDEN_LOSSES = [  # regenerated when the tiny preset's RNN became an LSTM
     90.1826171875,
     155.1692657470703,
     126.88745880126953,
