@@ -281,22 +281,19 @@ class FeatureExtractor(nn.Module):
             )  # (N, n_freqs, T) complex
             # |X|^2 from real and imaginary parts: ~2x faster than complex abs() on CPU.
             power = spec.real.square() + spec.imag.square()
-            if warp is not None:
+            if warp is not None:  # VTLP: each utterance's frequency axis warped (training)
                 if warp.shape != (len(waves),):
                     raise ValueError(
                         f"features: warp must be (N,) = ({len(waves)},), got {tuple(warp.shape)}"
                     )
                 w = frequency_warp_matrix(warp.to(waves.device), power.shape[1], self.sample_rate)
-                if self.kind == "spectrogram":
-                    return torch.bmm(w, power).sqrt_().log1p_()
-                mel = torch.matmul(self.mel_fb.to(waves.device).T, w)  # (N, n_mels, n_freqs)
-                feats = torch.bmm(mel, power).add_(LOG_EPS).log_()
-            elif self.kind == "spectrogram":
+                power = torch.bmm(w, power) if self.kind == "spectrogram" else power
+            if self.kind == "spectrogram":
                 return power.sqrt_().log1p_()
-            else:
-                feats = (
-                    (self.mel_fb.to(waves.device).T @ power).add_(LOG_EPS).log_()
-                )  # (N, n_mels, T)
+            mel_fb = self.mel_fb.to(waves.device).T  # (n_mels, n_freqs)
+            if warp is not None:  # the warp folded into the filterbank: n_mels < n_freqs rows
+                mel_fb = mel_fb @ w  # (N, n_mels, n_freqs)
+            feats = torch.matmul(mel_fb, power).add_(LOG_EPS).log_()  # (N, n_mels, T)
             if self.kind == "mfcc":
                 feats = self.dct.to(waves.device).T @ feats  # (N, n_mfcc, T)
             return feats
