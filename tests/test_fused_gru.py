@@ -15,6 +15,7 @@ import warnings
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from speechswarm import fused_gru
 from speechswarm.model import DeepSpeech2
@@ -41,10 +42,9 @@ def _against_nn_gru(g: nn.GRU, x: torch.Tensor, dtype, threads: int | None = Non
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
     try:
-        f, b = fused_gru.gru_layer(g, x, x.flip(1) if g.bidirectional else None, dtype)
+        out = fused_gru.gru_layer(g, x, None, dtype)
     finally:
         torch.set_num_threads(before)
-    out = f if b is None else torch.cat([f, b.flip(1)], -1)
     (out * weight).sum().backward()
     return out, ref, _grads(g, x), want
 
@@ -60,6 +60,38 @@ def test_layer_equals_nn_gru_in_float64(kernel, bidirectional, threads):
     out, ref, grads, want = _against_nn_gru(g, x, torch.double, threads)
     assert (out - ref).abs().max() < 1e-10
     for got, exp in zip(grads, want, strict=True):
+        assert (got - exp).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_layer_with_lengths_equals_packed_nn_gru(kernel, bidirectional, threads):
+    # Each utterance runs within its length, the reverse direction backwards from its last
+    # frame, as on a PackedSequence: padding (here large, not zero) reaches no output or
+    # gradient, and the output past each length is zero.
+    torch.manual_seed(0)
+    g = nn.GRU(5, 4, batch_first=True, bidirectional=bidirectional).double()
+    lens = torch.tensor([7, 4, 1, 6])
+    x = torch.randn(4, 7, 5, dtype=torch.double)
+    x[torch.arange(7)[None, :] >= lens[:, None]] = 1e3
+    x.requires_grad_()
+    packed = pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False)
+    ref = pad_packed_sequence(g(packed)[0], batch_first=True, total_length=7)[0]
+    weight = torch.randn_like(ref)
+    (ref * weight).sum().backward()
+    want = _grads(g, x)
+    x.grad = None
+    g.zero_grad()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = fused_gru.gru_layer(g, x, lens, torch.double)
+    finally:
+        torch.set_num_threads(before)
+    (out * weight).sum().backward()
+    assert (out - ref).abs().max() < 1e-10
+    assert out[torch.arange(7)[None, :] >= lens[:, None]].abs().max() == 0
+    for got, exp in zip(_grads(g, x), want, strict=True):
         assert (got - exp).abs().max() < 1e-10
 
 
@@ -137,9 +169,8 @@ def test_bf16_autocast_training_matches_aten_closely(kernel):
     want = _grads(g, x)
     x.grad = None
     g.zero_grad()
-    f, b = fused_gru.gru_layer(g, x, x.flip(1), torch.bfloat16)
-    assert f.dtype == torch.bfloat16
-    out = torch.cat([f, b.flip(1)], -1)
+    out = fused_gru.gru_layer(g, x, None, torch.bfloat16)
+    assert out.dtype == torch.bfloat16
     out.float().square().mean().backward()
     assert (out.float() - ref.float()).abs().max() < 0.05
     for got, exp in zip(_grads(g, x), want, strict=True):
@@ -161,8 +192,7 @@ def _bf16_errors(g: nn.GRU, x: torch.Tensor, packed: bool, threads: int) -> list
     try:
         x.grad = None
         g.zero_grad()
-        f, b = fused_gru.gru_layer(g, x, x.flip(1), torch.bfloat16)
-        out = torch.cat([f, b.flip(1)], -1).double()
+        out = fused_gru.gru_layer(g, x, None, torch.bfloat16).double()
         (out * weight).sum().backward()
     finally:
         fused_gru.packed_recurrent_gemm = before

@@ -27,6 +27,11 @@ bench/RESULTS.md, "The fused GRU in the package": a BiGRU 512 layer at batch 24 
   last bf16 bits; in float64 they equal nn.GRU's to rounding (tests/test_fused_gru.py);
 - sigmoid and tanh take their arguments clamped to +-80 / +-20, where they are 0 or 1 to the
   last bit of float: under -ffast-math the vectorised exp turned an overflow into NaN;
+- the layer reads batch-first input once: both directions' input projections are one GEMM,
+  the reverse direction walks each utterance backwards within its length by index, and the
+  gate pass writes the output, zero on padding, straight into (N, T, 2H); the ATen path
+  gathers a reversed copy of the input and of the output and masks the padding afterwards
+  (five copies of a layer's activations, 1.2x a `small` step on AMX, bench/RESULTS.md);
 - the backward runs the recurrence with one GEMM per step (dh W_hh), sums the bias gradients
   inside the fused pass and computes the weight gradients after the loop as three large
   GEMMs over all T x N rows (ATen: a rank-N update and a 3H x H add per step);
@@ -263,8 +268,7 @@ def _time_layer(
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
             if kernel == "fused":
-                f, b = gru_layer(g, x, x.flip(1) if rnn.bidirectional else None, dtype)
-                out = f if b is None else torch.cat([f, b], -1)
+                out = gru_layer(g, x, None, dtype)
             elif aten is not None:
                 out = aten(g, x, mask)
             else:
@@ -325,65 +329,58 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 class _FusedGRU(torch.autograd.Function):
-    """One GRU layer, one or two directions: forward(cd, x, x_rev or None, *weights) ->
-    (out, out_rev or None), batch-first (N, T, H) in the compute dtype `cd`. `x_rev` is the
-    input already reversed in time per utterance (by the caller); weights per direction:
-    w_ih (3H, In), w_hh (3H, H), b_ih, b_hh (3H)."""
+    """One GRU layer, one or two directions: forward(cd, x, lens, *weights) -> out
+    (N, T, directions * H) in the compute dtype `cd`, batch-first, zero on padding; the
+    reverse direction runs each utterance backwards within its length (lens (N,) int64 on
+    the CPU). Weights per direction: w_ih (3H, In), w_hh (3H, H), b_ih, b_hh (3H)."""
 
     @staticmethod
-    def forward(ctx, cd, x, x_rev, *w):
-        xs, wi, wh, hs, saved, parallel, packed = _run_forward(cd, x, x_rev, w)
-        ctx.save_for_backward(*xs, *wi, *wh, *hs, *saved)
-        ctx.d, ctx.parallel, ctx.packed, ctx.x_dtype = len(xs), parallel, packed, x.dtype
+    def forward(ctx, cd, x, lens, *w):
+        xc, wi, wh, out, hs, saved, parallel, packed = _run_forward(cd, x, lens, w)
+        ctx.save_for_backward(xc, lens, wi, *wh, *hs, *saved)
+        ctx.d, ctx.parallel, ctx.packed, ctx.x_dtype = len(wh), parallel, packed, x.dtype
         ctx.w_dtypes = [t.dtype for t in w]
-        return _outputs(hs)
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, *douts):
-        d, s = ctx.d, ctx.saved_tensors
-        xs, wi, wh, hs, saved = (list(s[k * d : (k + 1) * d]) for k in range(5))
-        douts = [g.transpose(0, 1) for g in douts[:d]]  # (T, N, H)
-        g = load().backward(douts, xs, wi, wh, hs, saved, ctx.parallel, ctx.packed)
-        dx = [g[5 * i].transpose(0, 1).to(ctx.x_dtype) for i in range(d)]
-        dws = (g[5 * i + k] for i in range(d) for k in (1, 2, 3, 4))
+    def backward(ctx, dout):
+        d, (xc, lens, wi, *rest) = ctx.d, ctx.saved_tensors
+        wh, hs, saved = rest[:d], rest[d : 2 * d], rest[2 * d :]
+        g = load().backward(dout, xc, lens, wi, wh, hs, saved, ctx.parallel, ctx.packed)
+        dx, dwi, dbi, dhh = g[0], g[1].chunk(d), g[2].chunk(d), g[3:]
+        dws = (t for i in range(d) for t in (dwi[i], dhh[2 * i], dbi[i], dhh[2 * i + 1]))
         dw = [t.to(dt) for t, dt in zip(dws, ctx.w_dtypes, strict=True)]
-        return (None, dx[0], dx[1] if d == 2 else None, *dw)
+        return (None, dx.to(ctx.x_dtype), None, *dw)
 
 
-def _run_forward(cd, x, x_rev, w):
-    """The kernel's forward pass: (xs, wi, wh, hs, saved, parallel, packed)."""
-    xs = [_time_major(x, cd)]
-    if x_rev is not None:
-        xs.append(_time_major(x_rev, cd))
-    d = len(xs)
-    wi, wh, bi, bh = ([w[4 * i + k].detach().to(cd) for i in range(d)] for k in range(4))
+def _run_forward(cd, x, lens, w):
+    """The kernel's forward pass: (x, w_ih, w_hh, out, hs, saved, parallel, packed), x and
+    w_ih (both directions' stacked) as the kernel read them."""
+    d = len(w) // 4
+    xc = x.detach().to(cd).contiguous()
+    wi = torch.cat([w[4 * i].detach().to(cd) for i in range(d)])
+    wh, bh = ([w[4 * i + k].detach().to(cd) for i in range(d)] for k in (1, 3))
+    bi = torch.cat([w[4 * i + 2].detach().to(cd) for i in range(d)])
     parallel = torch.get_num_threads() <= 2
     packed = packed_recurrent_gemm and parallel  # single-threaded GEMMs: one per direction
-    res = load().forward(xs, wi, wh, bi, bh, parallel, packed)
-    hs, saved = res[0::2], res[1::2]  # (T + 1, N, H) from h_0 = 0; (T, N, 4H)
-    return xs, wi, wh, hs, saved, parallel, packed
+    res = load().forward(xc, lens, wi, bi, wh, bh, parallel, packed)
+    out, hs, saved = res[0], res[1::2], res[2::2]  # hs (T + 1, N, H) from h_0 = 0; (T, N, 4H)
+    return xc, wi, wh, out, hs, saved, parallel, packed
 
 
-def _outputs(hs):
-    outs = [h[1:].transpose(0, 1) for h in hs]  # (N, T, H)
-    return outs[0], (outs[1] if len(outs) == 2 else None)
-
-
-def _time_major(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(N, T, D) -> contiguous (T, N, D) in `dtype`, cast and transposed in one copy."""
-    return torch.empty((x.shape[1], x.shape[0], x.shape[2]), dtype=dtype).copy_(
-        x.detach().transpose(0, 1)
-    )
-
-
-def gru_layer(rnn: nn.GRU, x: torch.Tensor, x_rev: torch.Tensor | None, cd: torch.dtype):
-    """(out, out_rev): `rnn`'s one layer on x (N, T, In) and, if bidirectional, its reverse
-    direction on x_rev, both (N, T, H) in dtype `cd`, from zero initial states."""
+def gru_layer(
+    rnn: nn.GRU, x: torch.Tensor, lens: torch.Tensor | None, cd: torch.dtype
+) -> torch.Tensor:
+    """`rnn`'s one layer on x (N, T, In) from zero initial states: (N, T, directions * H) in
+    dtype `cd`, zero past each utterance's length (lens (N,) int; None: all T frames). The
+    reverse direction runs each utterance backwards within its length, as packing would."""
     if rnn.num_layers != 1 or not rnn.bias or not rnn.batch_first:
         raise ValueError("the fused GRU runs one-layer, batch-first GRUs with biases")
+    n, t = x.shape[:2]
+    lens = torch.full((n,), t) if lens is None else lens.to("cpu", torch.int64).contiguous()
     ws = [rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0]
-    if x_rev is not None:
+    if rnn.bidirectional:
         ws += [
             rnn.weight_ih_l0_reverse,
             rnn.weight_hh_l0_reverse,
@@ -391,5 +388,5 @@ def gru_layer(rnn: nn.GRU, x: torch.Tensor, x_rev: torch.Tensor | None, cd: torc
             rnn.bias_hh_l0_reverse,
         ]
     if not torch.is_grad_enabled():  # inference: nothing kept for a backward pass
-        return _outputs(_run_forward(cd, x, x_rev, ws)[3])
-    return _FusedGRU.apply(cd, x, x_rev, *ws)
+        return _run_forward(cd, x, lens, ws)[3]
+    return _FusedGRU.apply(cd, x, lens, *ws)

@@ -354,7 +354,7 @@ class DeepSpeech2(nn.Module):
         if packing == "packed" or (packing == "auto" and x.is_cuda):
             return run_rnn_packed(self.rnns[i], x, lens)
         if fused_gru.applies(self.rnns[i], x, self.rnn_kernel):
-            return run_gru_fused(self.rnns[i], x, mask)
+            return run_gru_fused(self.rnns[i], x, lens)
         return run_rnn_padded(self.rnns[i], self._twins[i], x, mask)
 
     def _check_inputs(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
     out = run_rnn_padded(rnn, twin, x, mask)    # CPU: per direction on padded input
     out = run_rnn_packed(rnn, x, lens)          # CUDA: cuDNN on a PackedSequence
-    out = run_gru_fused(rnn, x, mask)           # CPU training: the fused GRU kernel
+    out = run_gru_fused(rnn, x, lens)           # CPU: the fused GRU kernel
 
 All three give (N, T, directions * H) zero-padded outputs equal to packing's: the forward
 direction is causal, and the backward one runs each utterance reversed within its length.
@@ -79,17 +79,13 @@ def run_rnn_padded(
     return out.masked_fill(~mask[..., None], 0.0)
 
 
-def run_gru_fused(rnn: nn.GRU, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """CPU training path of a GRU on the fused kernel (speechswarm.fused_gru), with the
-    padding handled as in `run_rnn_padded`: x (N, T, D) -> (N, T, directions * H)."""
+def run_gru_fused(rnn: nn.GRU, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """CPU training path of a GRU on the fused kernel (speechswarm.fused_gru): x (N, T, D),
+    lens (N,) on the CPU -> (N, T, directions * H), zero-padded, the reverse direction run
+    within each utterance's length as in `run_rnn_padded`, without reversed copies."""
     cd = fused_gru.compute_dtype(x)
-    rev = reverse_index(mask) if rnn.bidirectional else None
-    x_rev = gather_time(x, rev) if rev is not None else None
     with torch.autocast("cpu", enabled=False):
-        out, back = fused_gru.gru_layer(rnn, x, x_rev, cd)
-    if back is not None:
-        out = torch.cat([out, gather_time(back, rev)], dim=-1)
-    return out.masked_fill(~mask[..., None], 0.0)
+        return fused_gru.gru_layer(rnn, x, lens, cd)
 
 
 def reverse_index(mask: torch.Tensor) -> torch.Tensor:

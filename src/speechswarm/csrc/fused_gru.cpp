@@ -81,32 +81,56 @@ void step_gemm(const Tensor& a, const Tensor& w, const PackedB* packed, Tensor& 
   }
 }
 
-// One direction, forward. gi (T, N, 3H) = x W_ih^T + b_ih; w_hh (3H, H); b_hh (3H) in the
-// accumulation type; writes hs (T + 1, N, H) (hs[0] = 0) and saved (T, N, 4H) =
-// [r, z, n, h W_hn^T + b_hn]. G: the type of the per-step GEMM's result (float when packed).
+// Where step s of direction `dir` reads and writes row b's frame: the forward direction
+// walks time in order, the reverse one each utterance backwards within its length `len`;
+// steps past the length are padding (-1), which reads and writes nothing.
+inline int64_t frame_of(int64_t dir, int64_t s, int64_t len) {
+  return s >= len ? -1 : (dir == 0 ? s : len - 1 - s);
+}
+
+// One direction `dir` of D, forward, on batch-first rows: gi (N, T, D * 3H) = x W_ih^T + b_ih
+// of all directions; w_hh (3H, H); b_hh (3H) in the accumulation type. Writes this direction's
+// columns of out (N, T, D * H), zero on padding, and, in step order, hs (T + 1, N, H)
+// (hs[0] = 0; a padded step repeats the last state) and saved (T, N, 4H) =
+// [r, z, n, h W_hn^T + b_hn] (unset on padded steps, which the backward skips).
+// G: the type of the per-step GEMM's result (float when packed).
 template <typename S, typename G>
-void forward_direction(const Tensor& gi, const Tensor& w_hh, const Tensor& b_hh, Tensor& hs,
-                       Tensor& saved, const PackedB* packed) {
-  const int64_t T = gi.size(0), N = gi.size(1), H = w_hh.size(1);
+void forward_direction(int64_t dir, const Tensor& gi, const int64_t* lens, const Tensor& w_hh,
+                       const Tensor& b_hh, Tensor& out, Tensor& hs, Tensor& saved,
+                       const PackedB* packed) {
+  const int64_t N = gi.size(0), T = gi.size(1), H = w_hh.size(1);
+  const int64_t D3 = gi.size(2), DH = out.size(2);
   using A = acc_t<S>;
   Tensor gh = at::empty({N, 3 * H}, gi.options().dtype(c10::CppTypeToScalarType<G>::value));
   auto h = at::zeros({N, H}, gi.options().dtype(at::toOpMathType(gi.scalar_type())));
   auto w_t = w_hh.t();
   A* __restrict__ hf = h.data_ptr<A>();
   const A* __restrict__ BH = b_hh.data_ptr<A>();
-  for (int64_t t = 0; t < T; ++t) {
-    step_gemm<S, G>(hs[t], w_t, packed, gh);
+  const S* __restrict__ GI = gi.data_ptr<S>() + dir * 3 * H;
+  S* __restrict__ OUT = out.data_ptr<S>() + dir * H;
+  for (int64_t s = 0; s < T; ++s) {
+    step_gemm<S, G>(hs[s], w_t, packed, gh);
     RECORD_FUNCTION("fused_gru::gates", std::vector<c10::IValue>());
     const G* __restrict__ GH = gh.data_ptr<G>();
-    const S* __restrict__ GI = gi[t].data_ptr<S>();
-    S* __restrict__ HN = hs[t + 1].data_ptr<S>();
-    S* __restrict__ SV = saved[t].data_ptr<S>();
+    S* __restrict__ HN = hs[s + 1].data_ptr<S>();
+    S* __restrict__ SV = saved[s].data_ptr<S>();
     for (int64_t b = 0; b < N; ++b) {
-      const S* __restrict__ gi_ = GI + b * 3 * H;
-      const G* __restrict__ gh_ = GH + b * 3 * H;
-      S* __restrict__ sv = SV + b * 4 * H;
+      const int64_t t = frame_of(dir, s, lens[b]);
       A* __restrict__ hb = hf + b * H;
       S* __restrict__ hn_ = HN + b * H;
+      if (t < 0) {  // padding: frame s of this row is zero, the state stays as it was
+        S* __restrict__ o = OUT + (b * T + s) * DH;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) {
+          o[j] = narrow<S>(A(0));
+          hn_[j] = narrow<S>(hb[j]);
+        }
+        continue;
+      }
+      const S* __restrict__ gi_ = GI + (b * T + t) * D3;
+      const G* __restrict__ gh_ = GH + b * 3 * H;
+      S* __restrict__ sv = SV + b * 4 * H;
+      S* __restrict__ o = OUT + (b * T + t) * DH;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         A r = sigmoid<A>(A(gi_[j]) + (A(gh_[j]) + BH[j]));
@@ -120,18 +144,22 @@ void forward_direction(const Tensor& gi, const Tensor& w_hh, const Tensor& b_hh,
         sv[3 * H + j] = narrow<S>(ghn);
         hb[j] = hnew;
         hn_[j] = narrow<S>(hnew);
+        o[j] = narrow<S>(hnew);
       }
     }
   }
 }
 
-// One direction, backward through the recurrence: dout (T, N, H) -> dgi, dgh (T, N, 3H),
-// the gradients of the input and hidden pre-activations (dgh before the reset gate for n).
+// One direction `dir` of D, backward through the recurrence: reads this direction's columns
+// of dout (N, T, D * H) (padding read as zero), writes its columns of dgi (N, T, D * 3H), the
+// gradient of the input pre-activations in frame order, and dgh (T, N, 3H), that of the
+// hidden pre-activations (before the reset gate for n) in step order; zero on padding.
 template <typename S, typename G>
-void backward_direction(const Tensor& dout, const Tensor& w_hh, const Tensor& hs,
-                        const Tensor& saved, Tensor& dgi, Tensor& dgh, Tensor& db_ih,
-                        Tensor& db_hh, const PackedB* packed) {
-  const int64_t T = dout.size(0), N = dout.size(1), H = w_hh.size(1);
+void backward_direction(int64_t dir, const Tensor& dout, const int64_t* lens,
+                        const Tensor& w_hh, const Tensor& hs, const Tensor& saved, Tensor& dgi,
+                        Tensor& dgh, Tensor& db_ih, Tensor& db_hh, const PackedB* packed) {
+  const int64_t N = dout.size(0), T = dout.size(1), H = w_hh.size(1);
+  const int64_t DH = dout.size(2), D3 = dgi.size(2);
   using A = acc_t<S>;
   auto dhz = at::zeros({N, H}, db_ih.options());
   Tensor back = at::zeros({N, H}, dout.options().dtype(c10::CppTypeToScalarType<G>::value));
@@ -140,28 +168,38 @@ void backward_direction(const Tensor& dout, const Tensor& w_hh, const Tensor& hs
   A* __restrict__ bi_z = bi_r + H;
   A* __restrict__ bi_n = bi_r + 2 * H;
   A* __restrict__ bh_n = db_hh.data_ptr<A>() + 2 * H;  // r, z parts equal db_ih's
-  for (int64_t t = T - 1; t >= 0; --t) {
+  const S* __restrict__ DO = dout.data_ptr<S>() + dir * H;
+  S* __restrict__ DGI = dgi.data_ptr<S>() + dir * 3 * H;
+  for (int64_t s = T - 1; s >= 0; --s) {
     RECORD_FUNCTION("fused_gru::gates", std::vector<c10::IValue>());
-    const S* __restrict__ DO = dout[t].data_ptr<S>();
-    const G* __restrict__ BK = back.data_ptr<G>();  // dgh[t + 1] W_hh
-    const S* __restrict__ SV = saved[t].data_ptr<S>();
-    const S* __restrict__ HP = hs[t].data_ptr<S>();
-    S* __restrict__ DGI = dgi[t].data_ptr<S>();
-    S* __restrict__ DGH = dgh[t].data_ptr<S>();
+    const G* __restrict__ BK = back.data_ptr<G>();  // dgh[s + 1] W_hh
+    const S* __restrict__ SV = saved[s].data_ptr<S>();
+    const S* __restrict__ HP = hs[s].data_ptr<S>();
+    S* __restrict__ DGH = dgh[s].data_ptr<S>();
     for (int64_t b = 0; b < N; ++b) {
+      const int64_t t = frame_of(dir, s, lens[b]);
+      S* __restrict__ dgr = DGH + b * 3 * H;
+      S* __restrict__ dgz = dgr + H;
+      S* __restrict__ dgn = dgr + 2 * H;
+      if (t < 0) {  // padding: no gradient reaches it (its state is never read after it)
+        S* __restrict__ dir_ = DGI + (b * T + s) * D3;
+#pragma omp simd
+        for (int64_t j = 0; j < 3 * H; ++j) {
+          dir_[j] = narrow<S>(A(0));
+          dgr[j] = narrow<S>(A(0));
+        }
+        continue;
+      }
       const S* __restrict__ sr = SV + b * 4 * H;
       const S* __restrict__ sz = sr + H;
       const S* __restrict__ sn = sr + 2 * H;
       const S* __restrict__ sg = sr + 3 * H;
-      S* __restrict__ dir = DGI + b * 3 * H;
-      S* __restrict__ diz = dir + H;
-      S* __restrict__ din = dir + 2 * H;
-      S* __restrict__ dgr = DGH + b * 3 * H;
-      S* __restrict__ dgz = dgr + H;
-      S* __restrict__ dgn = dgr + 2 * H;
+      S* __restrict__ dir_ = DGI + (b * T + t) * D3;
+      S* __restrict__ diz = dir_ + H;
+      S* __restrict__ din = dir_ + 2 * H;
       A* __restrict__ dhz_ = DHZ + b * H;
       const G* __restrict__ bk = BK + b * H;
-      const S* __restrict__ dout_ = DO + b * H;
+      const S* __restrict__ dout_ = DO + (b * T + t) * DH;
       const S* __restrict__ hp = HP + b * H;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
@@ -170,7 +208,7 @@ void backward_direction(const Tensor& dout, const Tensor& w_hh, const Tensor& hs
         A dan = d * (A(1) - z) * (A(1) - n * n);
         A daz = d * (A(hp[j]) - n) * z * (A(1) - z);
         A dar = dan * ghn * r * (A(1) - r);
-        dir[j] = narrow<S>(dar);
+        dir_[j] = narrow<S>(dar);
         diz[j] = narrow<S>(daz);
         din[j] = narrow<S>(dan);
         dgr[j] = narrow<S>(dar);
@@ -183,7 +221,7 @@ void backward_direction(const Tensor& dout, const Tensor& w_hh, const Tensor& hs
         bh_n[j] += dan * r;
       }
     }
-    if (t > 0) step_gemm<S, G>(dgh[t], w_hh, packed, back);
+    if (s > 0) step_gemm<S, G>(dgh[s], w_hh, packed, back);
   }
 }
 
@@ -222,75 +260,80 @@ void for_directions(int64_t D, bool parallel, const F& f) {
   });
 }
 
-// Forward of D independent directions (D = 1 or 2). xs[i] (T, N, In) time-major, weights
-// already in the compute dtype. Returns per direction: hs (T + 1, N, H), saved (T, N, 4H).
-std::vector<Tensor> forward(std::vector<Tensor> xs, std::vector<Tensor> w_ih,
-                            std::vector<Tensor> w_hh, std::vector<Tensor> b_ih,
-                            std::vector<Tensor> b_hh, bool parallel, bool packed) {
-  const int64_t D = xs.size();
-  std::vector<Tensor> gis(D), hs(D), saved(D);
-  for (int64_t i = 0; i < D; ++i) {
-    const int64_t T = xs[i].size(0), N = xs[i].size(1), H = w_hh[i].size(1);
+// Forward of one layer of D = 1 or 2 directions on batch-first x (N, T, In) with lengths
+// lens (N, int64): the reverse direction reads each utterance backwards within its length, so
+// no reversed copy of the input is made, and both directions' input projections are one GEMM.
+// w_ih (D * 3H, In) and b_ih (D * 3H): the directions' stacked; w_hh, b_hh per direction; all
+// in the compute dtype. Returns out (N, T, D * H) (directions side by side, zero on padding),
+// then per direction hs (T + 1, N, H) and saved (T, N, 4H) in step order.
+std::vector<Tensor> forward(Tensor x, Tensor lens, Tensor w_ih, Tensor b_ih,
+                            std::vector<Tensor> w_hh, std::vector<Tensor> b_hh, bool parallel,
+                            bool packed) {
+  const int64_t D = w_hh.size(), N = x.size(0), T = x.size(1), H = w_hh[0].size(1);
+  Tensor gi;
+  {
     RECORD_FUNCTION("fused_gru::input_gemm", std::vector<c10::IValue>());
-    gis[i] = at::addmm(b_ih[i], xs[i].reshape({T * N, -1}), w_ih[i].t()).view({T, N, 3 * H});
-    hs[i] = at::empty({T + 1, N, H}, xs[i].options());
+    gi = at::addmm(b_ih, x.reshape({N * T, -1}), w_ih.t()).view({N, T, D * 3 * H});
+  }
+  auto out = at::empty({N, T, D * H}, x.options());
+  const int64_t* L = lens.data_ptr<int64_t>();
+  std::vector<Tensor> hs(D), saved(D);
+  for (int64_t i = 0; i < D; ++i) {
+    hs[i] = at::empty({T + 1, N, H}, x.options());
     hs[i][0].zero_();
-    saved[i] = at::empty({T, N, 4 * H}, xs[i].options());
+    saved[i] = at::empty({T, N, 4 * H}, x.options());
   }
   for_directions(D, parallel, [&](int64_t i) {
     auto bh = b_hh[i].to(at::toOpMathType(b_hh[i].scalar_type())).contiguous();
-    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xs[i].scalar_type(), "gru_forward", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "gru_forward", [&] {
       with_recurrent_gemm(w_hh[i], packed, true, [&](auto use_packed, const PackedB* pb) {
         using G = std::conditional_t<decltype(use_packed)::value, float, scalar_t>;
-        forward_direction<scalar_t, G>(gis[i], w_hh[i], bh, hs[i], saved[i], pb);
+        forward_direction<scalar_t, G>(i, gi, L, w_hh[i], bh, out, hs[i], saved[i], pb);
       });
     });
   });
-  std::vector<Tensor> out;
-  for (int64_t i = 0; i < D; ++i) { out.push_back(hs[i]); out.push_back(saved[i]); }
-  return out;
+  std::vector<Tensor> res{out};
+  for (int64_t i = 0; i < D; ++i) { res.push_back(hs[i]); res.push_back(saved[i]); }
+  return res;
 }
 
-// Backward of `forward`: per direction {dx, dw_ih, dw_hh, db_ih, db_hh} (weights' grads in
-// the compute dtype, biases' in its accumulation type).
-std::vector<Tensor> backward(std::vector<Tensor> douts, std::vector<Tensor> xs,
-                             std::vector<Tensor> w_ih, std::vector<Tensor> w_hh,
-                             std::vector<Tensor> hs, std::vector<Tensor> saved, bool parallel,
-                             bool packed) {
-  const int64_t D = xs.size();
-  std::vector<Tensor> dgi(D), dgh(D), db_ih(D), db_hh(D);
+// Backward of `forward` from dout (N, T, D * H): {dx (N, T, In), dw_ih (D * 3H, In),
+// db_ih (D * 3H)}, then per direction {dw_hh, db_hh} (weights' grads in the compute dtype,
+// biases' in its accumulation type). dx sums the directions in its one GEMM.
+std::vector<Tensor> backward(Tensor dout, Tensor x, Tensor lens, Tensor w_ih,
+                             std::vector<Tensor> w_hh, std::vector<Tensor> hs,
+                             std::vector<Tensor> saved, bool parallel, bool packed) {
+  const int64_t D = w_hh.size(), N = x.size(0), T = x.size(1), H = w_hh[0].size(1);
+  dout = dout.to(x.scalar_type()).contiguous();
+  const int64_t* L = lens.data_ptr<int64_t>();
+  auto dgi = at::empty({N, T, D * 3 * H}, x.options());
+  auto acc = x.options().dtype(at::toOpMathType(x.scalar_type()));
+  std::vector<Tensor> dgh(D), db_ih(D), db_hh(D);
   for (int64_t i = 0; i < D; ++i) {
-    douts[i] = douts[i].to(xs[i].scalar_type()).contiguous();
-    dgi[i] = at::empty({xs[i].size(0), xs[i].size(1), 3 * w_hh[i].size(1)}, xs[i].options());
-    dgh[i] = at::empty_like(dgi[i]);
-    db_ih[i] = at::zeros({3 * w_hh[i].size(1)},
-                         xs[i].options().dtype(at::toOpMathType(xs[i].scalar_type())));
-    db_hh[i] = at::zeros_like(db_ih[i]);
+    dgh[i] = at::empty({T, N, 3 * H}, x.options());
+    db_ih[i] = at::zeros({3 * H}, acc);
+    db_hh[i] = at::zeros({3 * H}, acc);
   }
   for_directions(D, parallel, [&](int64_t i) {
-    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xs[i].scalar_type(), "gru_backward", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "gru_backward", [&] {
       with_recurrent_gemm(w_hh[i], packed, false, [&](auto use_packed, const PackedB* pb) {
         using G = std::conditional_t<decltype(use_packed)::value, float, scalar_t>;
-        backward_direction<scalar_t, G>(douts[i], w_hh[i], hs[i], saved[i], dgi[i], dgh[i],
+        backward_direction<scalar_t, G>(i, dout, L, w_hh[i], hs[i], saved[i], dgi, dgh[i],
                                         db_ih[i], db_hh[i], pb);
       });
     });
   });
   RECORD_FUNCTION("fused_gru::weight_gemms", std::vector<c10::IValue>());
-  std::vector<Tensor> out;
+  auto gi2 = dgi.view({N * T, D * 3 * H});
+  std::vector<Tensor> res{at::mm(gi2, w_ih).view({N, T, -1}),
+                          at::mm(gi2.t(), x.reshape({N * T, -1})), at::cat(db_ih)};
   for (int64_t i = 0; i < D; ++i) {
-    const int64_t T = xs[i].size(0), N = xs[i].size(1), H = w_hh[i].size(1);
-    auto gi2 = dgi[i].view({T * N, 3 * H});
     auto gh2 = dgh[i].view({T * N, 3 * H});
-    out.push_back(at::mm(gi2, w_ih[i]).view({T, N, -1}));
-    out.push_back(at::mm(gi2.t(), xs[i].reshape({T * N, -1})));
-    out.push_back(at::mm(gh2.t(), hs[i].slice(0, 0, T).reshape({T * N, H})));
-    const int64_t H2 = 2 * H;
-    db_hh[i].slice(0, 0, H2).copy_(db_ih[i].slice(0, 0, H2));
-    out.push_back(db_ih[i]);
-    out.push_back(db_hh[i]);
+    res.push_back(at::mm(gh2.t(), hs[i].slice(0, 0, T).reshape({T * N, H})));
+    db_hh[i].slice(0, 0, 2 * H).copy_(db_ih[i].slice(0, 0, 2 * H));
+    res.push_back(db_hh[i]);
   }
-  return out;
+  return res;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
