@@ -350,7 +350,10 @@ class _FusedGRU(torch.autograd.Function):
         g = load().backward(dout, xc, lens, wi, wh, hs, saved, ctx.parallel, ctx.packed)
         dx, dwi, dbi, dhh = g[0], g[1].chunk(d), g[2].chunk(d), g[3:]
         dws = (t for i in range(d) for t in (dwi[i], dhh[2 * i], dbi[i], dhh[2 * i + 1]))
-        dw = [t.to(dt) for t, dt in zip(dws, ctx.w_dtypes, strict=True)]
+        dw = [
+            t.to(dt, memory_format=torch.contiguous_format)
+            for t, dt in zip(dws, ctx.w_dtypes, strict=True)
+        ]
         return (None, dx.to(ctx.x_dtype), None, *dw)
 
 

@@ -323,13 +323,18 @@ std::vector<Tensor> backward(Tensor dout, Tensor x, Tensor lens, Tensor w_ih,
       });
     });
   });
+  // The weight gradients sum over all N * T rows: dW = g^T a. oneDNN runs g^T as a transposed
+  // operand at ~half the speed of a row-major one (bf16 on AMX), so a^T, the narrower of the
+  // two, is laid out row-major and dW^T = a^T g is returned as a transposed view (measured:
+  // dW_ih 1.4-1.7x faster with the copy included).
   RECORD_FUNCTION("fused_gru::weight_gemms", std::vector<c10::IValue>());
   auto gi2 = dgi.view({N * T, D * 3 * H});
+  auto by_rows = [](const Tensor& g, const Tensor& a) { return at::mm(a.t().contiguous(), g).t(); };
   std::vector<Tensor> res{at::mm(gi2, w_ih).view({N, T, -1}),
-                          at::mm(gi2.t(), x.reshape({N * T, -1})), at::cat(db_ih)};
+                          by_rows(gi2, x.reshape({N * T, -1})), at::cat(db_ih)};
   for (int64_t i = 0; i < D; ++i) {
     auto gh2 = dgh[i].view({T * N, 3 * H});
-    res.push_back(at::mm(gh2.t(), hs[i].slice(0, 0, T).reshape({T * N, H})));
+    res.push_back(by_rows(gh2, hs[i].slice(0, 0, T).reshape({T * N, H})));
     db_hh[i].slice(0, 0, 2 * H).copy_(db_ih[i].slice(0, 0, 2 * H));
     res.push_back(db_hh[i]);
   }
