@@ -1,6 +1,7 @@
-"""`speechswarm bench train|transcribe`: speed measured against a plain PyTorch loop.
+"""`speechswarm bench train|target|transcribe|profile`: speed against a plain PyTorch loop.
 
     speechswarm bench train --config small [--json] [--quick] [section.key=value ...]
+    speechswarm bench target --target-cer 60 [--budget-min 20] [--slice-s 60] [--json] [...]
     speechswarm bench transcribe [--config tiny | --checkpoint C] [--json]
     speechswarm bench profile [--config small] [--compare packed,aten] [--json]
 
@@ -15,7 +16,9 @@ import json
 
 def add_parser(sub) -> None:
     s = sub.add_parser("bench", help="measure training and transcription speed")
-    bsub = s.add_subparsers(dest="bench", required=True, metavar="{train,transcribe,profile}")
+    bsub = s.add_subparsers(
+        dest="bench", required=True, metavar="{train,target,transcribe,profile}"
+    )
 
     t = bsub.add_parser(
         "train",
@@ -31,6 +34,30 @@ def add_parser(sub) -> None:
     t.add_argument("--json", action="store_true", help="print one JSON object")
     t.add_argument("overrides", nargs="*", help="section.key=value config overrides")
     t.set_defaults(func=_bench_train)
+
+    g = bsub.add_parser(
+        "target",
+        help="training time to a dev CER: speechswarm's loop against a plain PyTorch loop",
+    )
+    g.add_argument("--config", default="tiny", help="preset name or YAML file (default: tiny)")
+    g.add_argument(
+        "--target-cer", type=float, required=True, help="dev CER to reach, percent (0, 100]"
+    )
+    g.add_argument(
+        "--budget-min", type=float, default=20.0, help="training minutes per loop (default 20)"
+    )
+    g.add_argument(
+        "--slice-s", type=float, default=60.0, help="training seconds per turn (default 60)"
+    )
+    g.add_argument(
+        "--reference-order",
+        default="shuffled",
+        help="the plain loop's batch order: shuffled (each epoch) or manifest (default shuffled)",
+    )
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--json", action="store_true", help="print one JSON object")
+    g.add_argument("overrides", nargs="*", help="section.key=value config overrides")
+    g.set_defaults(func=_bench_target)
 
     r = bsub.add_parser("transcribe", help="real-time factor of greedy transcription")
     r.add_argument("--config", default="tiny", help="preset whose model to time (untrained)")
@@ -78,6 +105,22 @@ def _bench_train(args) -> int:
         device=args.device,
     )
     print(json.dumps(result) if args.json else format_train_report(result))
+    return 0
+
+
+def _bench_target(args) -> int:
+    from speechswarm.benchmark.to_target import format_target_report, run_target_bench
+
+    result = run_target_bench(
+        args.config,
+        args.overrides,
+        target_cer=args.target_cer,
+        budget_min=args.budget_min,
+        slice_s=args.slice_s,
+        reference_order=args.reference_order,
+        device=args.device,
+    )
+    print(json.dumps(result) if args.json else format_target_report(result))
     return 0
 
 

@@ -57,7 +57,7 @@ from speechswarm.data.dataset import Batch, SpeechDataset, collate
 from speechswarm.data.manifest import read_manifest
 from speechswarm.data.sampler import BucketBatchSampler, epoch_speed_factors, padding_fraction
 from speechswarm.errors import UsageError
-from speechswarm.train.assemble import build_run
+from speechswarm.train.assemble import build_run, schedule_for
 from speechswarm.train.loop import TrainState, train_one_epoch
 from speechswarm.train.optim import make_optimizer
 from speechswarm.train.step import clip_and_step, forward_loss
@@ -137,12 +137,25 @@ class _Recorder:
 
 
 class ReferenceLoop:
-    """The plain PyTorch training loop: manifest order, fixed batch size, num_workers=0, fp32.
+    """The plain PyTorch training loop: fixed batch size, num_workers=0, fp32; manifest order,
+    or with `shuffle` a new seeded permutation each epoch (`DataLoader(shuffle=True)`).
 
     It shares the feature extractor and augmenters of the speechswarm run (the same work per
-    utterance) and owns a copy of the initial model with its own AdamW."""
+    utterance) and owns a copy of the initial model with its own AdamW. It starts at `epoch`
+    and goes on to the next epoch (its speed factors) when one runs out. `schedule`: the run's
+    LR schedule (`train.assemble.schedule_for` on this loop's batches per epoch) steps with
+    it; otherwise the LR stays at `optim.lr`."""
 
-    def __init__(self, run, utts, batch_size: int):
+    def __init__(
+        self,
+        run,
+        utts,
+        batch_size: int,
+        *,
+        epoch: int = BENCH_EPOCH,
+        shuffle: bool = False,
+        schedule: bool = False,
+    ):
         cfg = run.cfg
         self.run = run
         self.model = copy.deepcopy(run.model)
@@ -154,19 +167,36 @@ class ReferenceLoop:
             speed_factors=cfg.data.speed_factors,
             seed=cfg.train.seed,
         )
-        self.dataset.set_epoch(BENCH_EPOCH)
-        loader = DataLoader(
-            self.dataset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate
+        self.loader = DataLoader(
+            self.dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=0,
+            collate_fn=collate,
+            generator=torch.Generator().manual_seed(cfg.train.seed) if shuffle else None,
         )
-        self.batches = iter(loader)
+        self.scheduler = schedule_for(cfg, self.optimizer, len(self.loader)) if schedule else None
+        self.epoch = epoch
+        self.dataset.set_epoch(epoch)
+        self.batches = iter(self.loader)
         self.generator = torch.Generator(device=run.device).manual_seed(cfg.train.seed + 2)
         self.ctc = torch.nn.CTCLoss(blank=0, reduction="sum", zero_infinity=True)
+
+    def next_batch(self) -> Batch:
+        """The epoch's next batch; at its end, the first of the next epoch."""
+        batch = next(self.batches, None)
+        if batch is None:
+            self.epoch += 1
+            self.dataset.set_epoch(self.epoch)
+            self.batches = iter(self.loader)
+            batch = next(self.batches)
+        return batch
 
     def step(self, stats: LoopStats | None) -> None:
         """One training step on the next batch; adds its time, wait and frames to `stats`."""
         run, device = self.run, self.run.device
         t0 = time.perf_counter()
-        batch = next(self.batches)
+        batch = self.next_batch()
         t1 = time.perf_counter()
         self.model.train()
         loss = forward_loss(
@@ -182,7 +212,7 @@ class ReferenceLoop:
             spec_augment=run.spec_augment,
         )
         loss.backward()
-        clip_and_step(self.model, self.optimizer, None, None, run.cfg.optim.grad_clip)
+        clip_and_step(self.model, self.optimizer, self.scheduler, None, run.cfg.optim.grad_clip)
         float(loss.detach())  # waits for the device, so the step's time is all in
         if device.type == "cuda":
             torch.cuda.synchronize(device)
