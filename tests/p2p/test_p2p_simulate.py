@@ -27,6 +27,7 @@ from speechswarm.data.manifest import read_manifest, write_manifest
 from speechswarm.errors import UsageError
 from speechswarm.p2p import mixing
 from speechswarm.p2p.experiment import make_agents
+from speechswarm.p2p.net.neighbour_groups import plan_groups
 from speechswarm.p2p.report import read_rows
 from speechswarm.p2p.runner import simulate_run
 from speechswarm.p2p.simulate import CENTRAL, Simulation
@@ -89,6 +90,25 @@ def test_one_gossip_round_is_the_weighted_mean_of_local_models(p2p_config):
     assert [r["msgs_sent"] for r in rows] == [2, 2, 2, 2]
     numel = sum(t.numel() * t.element_size() for t in mixed[0].values())
     assert rows[0]["bytes_sent"] == 2 * numel
+
+
+def test_a_groups_round_averages_the_networked_peers_planned_pairs(p2p_config):
+    """`groups` mixes as networked peers with --topology do: the round's plan
+    (`plan_groups`, the peers' draw) pairs ring neighbours, each pair takes its data-size
+    weighted mean; every agent sends one model and hears one."""
+    agents, local, _, _ = run(p2p_config("local", "p2p.rounds=1"), "local")
+    _, grouped, rows, _ = run(p2p_config("groups", "p2p.rounds=1"), "groups", "ring")
+    sizes = [len(a.train) for a in agents]  # 6, 6, 3, 3
+    groups = plan_groups(make_topology("ring", 4), 2, seed=0, round_index=0)
+    assert sorted(k for g in groups for k in g) == [0, 1, 2, 3]  # a ring of 4: a full matching
+    trained, mixed = models(local), models(grouped)
+    for group in groups:
+        total = sum(sizes[j] for j in group)
+        for i in group:
+            for name, t in floats(mixed[i]).items():
+                by_hand = sum(sizes[j] / total * trained[j][name].double() for j in group)
+                torch.testing.assert_close(t.double(), by_hand, rtol=0, atol=1e-6)
+    assert [(r["msgs_sent"], r["msgs_recv"]) for r in rows] == [(1, 1)] * 4
 
 
 def test_complete_gossip_equals_fedavg(p2p_config):

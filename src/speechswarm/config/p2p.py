@@ -17,8 +17,9 @@ import yaml
 
 from speechswarm.errors import ConfigError
 
-ALGORITHMS = ("gossip", "async", "p2pbn", "fedavg", "central", "local")
-GRAPH_ALGORITHMS = ("gossip", "async", "p2pbn")  # those whose agents talk over a graph
+ALGORITHMS = ("gossip", "groups", "async", "p2pbn", "fedavg", "central", "local")
+# those whose agents talk over a graph
+GRAPH_ALGORITHMS = ("gossip", "groups", "async", "p2pbn")
 FAULTS = ("nan", "inf", "scale", "noise", "random", "sign_flip", "stale", "wrong_shape")
 TOPOLOGIES = (
     "complete",
@@ -86,6 +87,9 @@ class P2PConfig:
     local_epochs: int = 1  # per round (the seed); used when local_steps is 0
     local_steps: int = 0  # optimizer steps per agent per round; 0: local_epochs instead
     weights: Literal["data_size", "uniform"] = "data_size"
+    # `groups`: the most agents (neighbours on the graph) averaging together per round, as
+    # networked peers with `--topology --group-size` do; 2: pairwise gossip on a matching
+    group_size: int = 2
     # median / trimmed_mean: coordinate-wise and unweighted (a large liar counts once); on the
     # network each group member reduces its share this way where the group has 3+ members
     # (else the mean, counted: docs/p2p-network.md). Symptom for it: a member whose values
@@ -217,6 +221,10 @@ def check_p2p(cfg: P2PConfig) -> None:
     ):  # fmt: skip
         if getattr(cfg, key) < 0:
             raise ConfigError(f"p2p.{key} must be >= 0, got {getattr(cfg, key)}")
+    if cfg.group_size < 2:
+        raise ConfigError(
+            f"p2p.group_size must be >= 2 (an agent and a neighbour), got {cfg.group_size}"
+        )
     for key in ("eval_every", "checkpoint_every", "degree", "clusters", "bn_batches"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"p2p.{key} must be >= 1, got {getattr(cfg, key)}")

@@ -7,6 +7,10 @@ A `Simulation` holds every agent's state and runs one round of an algorithm
 - `gossip`: synchronous pull-gossip (the P2P seed): every agent trains one round of local
   work, then replaces its weights by the data-size-weighted average of its own and its
   in-neighbours' (`mixing.pull_matrix`);
+- `groups`: synchronous gossip in disjoint groups, as networked peers with `--topology`
+  average: every agent trains, then each round's plan (`plan_groups`, the draw the peers
+  make) cuts the graph into groups of up to `p2p.group_size` neighbours, and each group
+  averages by data size (2: a random matching, pairwise);
 - `async`: pairwise gossip: `agents` times per round a random agent trains, then it and a
   random neighbour both take the 50/50 average;
 - `p2pbn`: the seed's asynchronous P2P-BN: an activated agent trains and pushes its model to
@@ -33,6 +37,7 @@ from speechswarm.config import Config, to_dict
 from speechswarm.data.manifest import Utterance, spread_subset
 from speechswarm.errors import UsageError
 from speechswarm.p2p import mixing
+from speechswarm.p2p.net.neighbour_groups import plan_groups
 from speechswarm.p2p.partition import Agent
 from speechswarm.p2p.sync import Counters, GossipNode, Mailbox, MixSettings
 from speechswarm.p2p.topology import topology_for_round, topology_options
@@ -219,6 +224,25 @@ class Simulation:
         self.recompute_bn(list(range(self.n)))
         return stats
 
+    def round_groups(self) -> dict[int, dict]:
+        """Every agent trains; then each group of the round's plan (disjoint, up to
+        p2p.group_size graph neighbours: `plan_groups` with the arguments networked peers
+        use for this round) averages by data size. An agent in no group keeps its model."""
+        anchors = {k: self.states[k]["model"] for k in self.trainers}
+        stats = self.train(self.trainers)
+        groups = plan_groups(self.adjacency(), self.p.group_size, self.p.seed, self.round)
+        nodes = self.nodes(Mailbox())
+        for group in groups:
+            for k in group:
+                nodes[k].publish(self.states[k]["model"], [j for j in group if j != k], self.round)
+        for group in groups:
+            weights = {j: self.sizes[j] for j in group}
+            for k in group:
+                mixed = nodes[k].mix(self.states[k]["model"], weights, self.round)
+                self.states[k]["model"] = self.outer_step(k, anchors[k], mixed)
+        self.recompute_bn(sorted(k for group in groups for k in group))
+        return stats
+
     def round_async(self) -> dict[int, dict]:
         adj = self.adjacency()
         rng = np.random.default_rng(derive_seed(self.p.seed, self.round, 5))
@@ -324,6 +348,8 @@ class Simulation:
         self.premix = {k: self.states[k]["model"] for k in self.trainers}
         if self.algorithm == "gossip":
             return self.round_gossip()
+        if self.algorithm == "groups":
+            return self.round_groups()
         if self.algorithm == "async":
             return self.round_async()
         if self.algorithm == "fedavg":

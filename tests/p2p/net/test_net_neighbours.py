@@ -19,7 +19,7 @@ from speechswarm.errors import UsageError
 from speechswarm.p2p.net.hivemind_sync import HivemindSync, averaged_names
 from speechswarm.p2p.net.neighbour_groups import NeighbourPlan, plan_groups
 from speechswarm.p2p.net.settings import NetSettings
-from speechswarm.p2p.topology import ring
+from speechswarm.p2p.topology import ring, topology_for_round, topology_options
 
 
 def test_groups_are_disjoint_neighbourhoods_and_every_peer_plans_alike():
@@ -87,8 +87,8 @@ def test_a_round_waits_for_its_neighbours_then_falls_back_to_anyone(tmp_path, ne
     model = torch.nn.Linear(3, 2)
     names = averaged_names(model, "average")
     plan = NeighbourPlan.from_config(P2PConfig(agents=4, topology="ring"), 0, 2)
-    group = plan.group(1)  # step 2 of rounds of 2 steps: round 1
-    neighbours = {plan.key_bits(1, group): {"me": {"index": 0}, "n": {"index": max(group)}}}
+    group = plan.group(0)  # step 2 of rounds of 2 steps: round 0, the simulation's first
+    neighbours = {plan.key_bits(0, group): {"me": {"index": 0}, "n": {"index": max(group)}}}
     anyone = {"": {"me": {"index": 0}, "far": {"index": 2}}}
     averager = Keyed([model.state_dict()[n] for n in names], {**anyone, **(neighbours if neighbour_comes else {})})  # fmt: skip
     averager.average = [model.state_dict()[n] + 0.01 for n in names]
@@ -99,10 +99,30 @@ def test_a_round_waits_for_its_neighbours_then_falls_back_to_anyone(tmp_path, ne
     row = sync.average(model, 2)
     assert row["ok"] and row["planned"] == group
     if neighbour_comes:
-        assert averager.searched == [plan.key_bits(1, group)]
+        assert averager.searched == [plan.key_bits(0, group)]
         assert row["topology"] == "neighbours" and row["indices"] == group
         assert (sync.neighbour_rounds, sync.topology_fallbacks) == (1, 0)
     else:  # its neighbour did not come: it looked for anyone under the common key
-        assert averager.searched == [plan.key_bits(1, group), ""]
+        assert averager.searched == [plan.key_bits(0, group), ""]
         assert row["topology"] == "fallback" and row["indices"] == [0, 2]
         assert (sync.neighbour_rounds, sync.topology_fallbacks) == (0, 1)
+
+
+def test_a_peers_round_is_the_simulations_round_on_redrawn_graphs(tmp_path):
+    """The round that ends at step (r + 1) x every plans on the simulation's graph of round r
+    and draws its groups as the simulation's `groups` run does in round r (with
+    p2p.redraw_every=1 each round has a fresh graph, so an off-by-one shows)."""
+    p2p = P2PConfig(agents=6, topology="regular", degree=3, redraw_every=1, seed=3)
+    model = torch.nn.Linear(3, 2)
+    names = averaged_names(model, "average")
+    plan = NeighbourPlan.from_config(p2p, 0, 2)
+    averager = Keyed([model.state_dict()[n] for n in names], {})
+    sync = HivemindSync(
+        averager, names, every=3, weight=1.0, settings=NetSettings(timeout_s=2.0), p2p=p2p,
+        rounds_path=tmp_path / "rounds.jsonl", log=logging.getLogger("test"), plan=plan,
+    )  # fmt: skip
+    for r in range(6):
+        graph = topology_for_round("regular", 6, r, redraw_every=1, seed=3, **topology_options(p2p))  # fmt: skip
+        simulated = plan_groups(graph, 2, 3, r)
+        row = sync.average(model, 3 * (r + 1))
+        assert row["planned"] == next((g for g in simulated if 0 in g), [])

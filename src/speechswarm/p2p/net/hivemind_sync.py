@@ -317,7 +317,9 @@ class HivemindSync:
         common key) for the rest; `where` records which and the plan."""
         if self.plan is None:
             return self._step(step, start)
-        round_index = step // self.every  # the same at this step on every peer
+        # the simulation's round whose local work ends at this step (0: the first), so the
+        # graph (p2p.redraw_every) and the draw of groups are that round's; the same on every peer
+        round_index = step // self.every - 1
         group = self.plan.group(round_index)
         where["planned"] = group
         if group:
