@@ -329,14 +329,15 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 class _FusedGRU(torch.autograd.Function):
-    """One GRU layer, one or two directions: forward(cd, x, lens, *weights) -> out
-    (N, T, directions * H) in the compute dtype `cd`, batch-first, zero on padding; the
-    reverse direction runs each utterance backwards within its length (lens (N,) int64 on
-    the CPU). Weights per direction: w_ih (3H, In), w_hh (3H, H), b_ih, b_hh (3H)."""
+    """One GRU layer, one or two directions: forward(cd, x, lens, sum, *weights) -> out
+    (N, T, directions * H), or with `sum` (N, T, H) the directions' sum, in the compute
+    dtype `cd`, batch-first, zero on padding; the reverse direction runs each utterance
+    backwards within its length (lens (N,) int64 on the CPU). Weights per direction:
+    w_ih (3H, In), w_hh (3H, H), b_ih, b_hh (3H)."""
 
     @staticmethod
-    def forward(ctx, cd, x, lens, *w):
-        xc, wi, wh, out, hs, saved, parallel, packed = _run_forward(cd, x, lens, w)
+    def forward(ctx, cd, x, lens, sum_directions, *w):
+        xc, wi, wh, out, hs, saved, parallel, packed = _run_forward(cd, x, lens, sum_directions, w)
         ctx.save_for_backward(xc, lens, wi, *wh, *hs, *saved)
         ctx.d, ctx.parallel, ctx.packed, ctx.x_dtype = len(wh), parallel, packed, x.dtype
         ctx.w_dtypes = [t.dtype for t in w]
@@ -354,30 +355,35 @@ class _FusedGRU(torch.autograd.Function):
             t.to(dt, memory_format=torch.contiguous_format)
             for t, dt in zip(dws, ctx.w_dtypes, strict=True)
         ]
-        return (None, dx.to(ctx.x_dtype), None, *dw)
+        return (None, dx.to(ctx.x_dtype), None, None, *dw)
 
 
-def _run_forward(cd, x, lens, w):
+def _run_forward(cd, x, lens, sum_directions, w):
     """The kernel's forward pass: (x, w_ih, w_hh, out, hs, saved, parallel, packed), x and
     w_ih (both directions' stacked) as the kernel read them."""
     d = len(w) // 4
     xc = x.detach().to(cd).contiguous()
     wi = torch.cat([w[4 * i].detach().to(cd) for i in range(d)])
-    wh, bh = ([w[4 * i + k].detach().to(cd) for i in range(d)] for k in (1, 3))
-    bi = torch.cat([w[4 * i + 2].detach().to(cd) for i in range(d)])
+    wh = [w[4 * i + 1].detach().to(cd) for i in range(d)]
+    bi, bh = ([w[4 * i + k].detach() for i in range(d)] for k in (2, 3))  # added in float
     parallel = torch.get_num_threads() <= 2
     packed = packed_recurrent_gemm and parallel  # single-threaded GEMMs: one per direction
-    res = load().forward(xc, lens, wi, bi, wh, bh, parallel, packed)
+    res = load().forward(xc, lens, wi, bi, wh, bh, parallel, packed, sum_directions)
     out, hs, saved = res[0], res[1::2], res[2::2]  # hs (T + 1, N, H) from h_0 = 0; (T, N, 4H)
     return xc, wi, wh, out, hs, saved, parallel, packed
 
 
 def gru_layer(
-    rnn: nn.GRU, x: torch.Tensor, lens: torch.Tensor | None, cd: torch.dtype
+    rnn: nn.GRU,
+    x: torch.Tensor,
+    lens: torch.Tensor | None,
+    cd: torch.dtype,
+    sum_directions: bool = False,
 ) -> torch.Tensor:
     """`rnn`'s one layer on x (N, T, In) from zero initial states: (N, T, directions * H) in
-    dtype `cd`, zero past each utterance's length (lens (N,) int; None: all T frames). The
-    reverse direction runs each utterance backwards within its length, as packing would."""
+    dtype `cd`, zero past each utterance's length (lens (N,) int; None: all T frames); with
+    `sum_directions`, (N, T, H): the two directions' sum. The reverse direction runs each
+    utterance backwards within its length, as packing would."""
     if rnn.num_layers != 1 or not rnn.bias or not rnn.batch_first:
         raise ValueError("the fused GRU runs one-layer, batch-first GRUs with biases")
     n, t = x.shape[:2]
@@ -391,5 +397,5 @@ def gru_layer(
             rnn.bias_hh_l0_reverse,
         ]
     if not torch.is_grad_enabled():  # inference: nothing kept for a backward pass
-        return _run_forward(cd, x, lens, ws)[3]
-    return _FusedGRU.apply(cd, x, lens, *ws)
+        return _run_forward(cd, x, lens, sum_directions, ws)[3]
+    return _FusedGRU.apply(cd, x, lens, sum_directions, *ws)

@@ -332,9 +332,7 @@ class DeepSpeech2(nn.Module):
             if i > 0:
                 norm = self.rnn_norms[i - 1]
                 x = per_frame(lambda d, norm=norm: self.dropout(norm(d)), x, mask)
-            x = self._run_rnn(i, x, lens, mask)  # (N, T', directions * H), zero-padded
-            if self.bidirectional and not self.merge_concat:
-                x = x.view(n, t_out, 2, -1).sum(2)  # (N, T', H)
+            x = self._run_rnn(i, x, lens, mask)  # (N, T', H, or 2H concatenated), zero-padded
         if self.lookahead is not None:
             x = self.lookahead(x)  # (N, T', H); reads the zero padding as "after the end"
         logits = per_frame(
@@ -350,12 +348,16 @@ class DeepSpeech2(nn.Module):
         return run_rnn_padded(rnn, self._twins[i], x, mask)
 
     def _run_rnn(self, i: int, x, lens, mask) -> torch.Tensor:
-        packing = self.rnn_packing
+        """Recurrent layer i: its directions summed unless `merge_concat`."""
+        packing, rnn = self.rnn_packing, self.rnns[i]
+        sum_directions = self.bidirectional and not self.merge_concat
         if packing == "packed" or (packing == "auto" and x.is_cuda):
-            return run_rnn_packed(self.rnns[i], x, lens)
-        if fused_gru.applies(self.rnns[i], x, self.rnn_kernel):
-            return run_gru_fused(self.rnns[i], x, lens)
-        return run_rnn_padded(self.rnns[i], self._twins[i], x, mask)
+            x = run_rnn_packed(rnn, x, lens)
+        elif fused_gru.applies(rnn, x, self.rnn_kernel):
+            return run_gru_fused(rnn, x, lens, sum_directions)  # the kernel sums them
+        else:
+            x = run_rnn_padded(rnn, self._twins[i], x, mask)
+        return x.view(*x.shape[:2], 2, -1).sum(2) if sum_directions else x
 
     def _check_inputs(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> torch.Tensor:
         nf = self._settings["num_features"]

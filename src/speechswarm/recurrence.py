@@ -79,13 +79,16 @@ def run_rnn_padded(
     return out.masked_fill(~mask[..., None], 0.0)
 
 
-def run_gru_fused(rnn: nn.GRU, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+def run_gru_fused(
+    rnn: nn.GRU, x: torch.Tensor, lens: torch.Tensor, sum_directions: bool = False
+) -> torch.Tensor:
     """CPU training path of a GRU on the fused kernel (speechswarm.fused_gru): x (N, T, D),
-    lens (N,) on the CPU -> (N, T, directions * H), zero-padded, the reverse direction run
-    within each utterance's length as in `run_rnn_padded`, without reversed copies."""
+    lens (N,) on the CPU -> (N, T, directions * H), or (N, T, H) with `sum_directions`,
+    zero-padded, the reverse direction run within each utterance's length as in
+    `run_rnn_padded`, without reversed copies."""
     cd = fused_gru.compute_dtype(x)
     with torch.autocast("cpu", enabled=False):
-        return fused_gru.gru_layer(rnn, x, lens, cd)
+        return fused_gru.gru_layer(rnn, x, lens, cd, sum_directions)
 
 
 def reverse_index(mask: torch.Tensor) -> torch.Tensor:

@@ -68,16 +68,18 @@ void packed_gemm(const at::BFloat16* a, int64_t M, int64_t ld_a, const PackedB& 
                                 bp + j * b.K * b.blk, c + j * b.blk);
 }
 
-// The recurrent product of one step, h (N x K) W^T or dgh (N x K) W, into `out` (N x cols):
-// the packed kernel where `packed` holds the weight, else ATen's mm.
+// The recurrent product of step s, h (N x K) W^T or dgh (N x K) W with the rows a[s] of a
+// step-major (steps, N, K) buffer, into `out` (N x cols): the packed kernel where `packed`
+// holds the weight, else ATen's mm (only that path makes a tensor of the step's rows).
 template <typename S, typename G>
-void step_gemm(const Tensor& a, const Tensor& w, const PackedB* packed, Tensor& out) {
+void step_gemm(const Tensor& a, int64_t s, const Tensor& w, const PackedB* packed, Tensor& out) {
   RECORD_FUNCTION("fused_gru::step_gemm", std::vector<c10::IValue>());
   if constexpr (std::is_same_v<S, at::BFloat16> && std::is_same_v<G, float>) {
-    packed_gemm(a.data_ptr<S>(), a.size(0), a.stride(0), *packed, out.data_ptr<float>(),
+    const int64_t N = a.size(1), K = a.size(2);
+    packed_gemm(a.data_ptr<S>() + s * N * K, N, K, *packed, out.data_ptr<float>(),
                 out.stride(0));
   } else {
-    at::mm_out(out, a, w);
+    at::mm_out(out, a.select(0, s), w);
   }
 }
 
@@ -88,16 +90,17 @@ inline int64_t frame_of(int64_t dir, int64_t s, int64_t len) {
   return s >= len ? -1 : (dir == 0 ? s : len - 1 - s);
 }
 
-// One direction `dir` of D, forward, on batch-first rows: gi (N, T, D * 3H) = x W_ih^T + b_ih
-// of all directions; w_hh (3H, H); b_hh (3H) in the accumulation type. Writes this direction's
+// One direction `dir` of D, forward, on batch-first rows: gi (N, T, D * 3H) = x W_ih^T of all
+// directions; w_hh (3H, H); b_ih, b_hh (3H) in the accumulation type, added here in it (an
+// addmm would first copy the bias into all N * T rows of gi). Writes this direction's
 // columns of out (N, T, D * H), zero on padding, and, in step order, hs (T + 1, N, H)
 // (hs[0] = 0; a padded step repeats the last state) and saved (T, N, 4H) =
 // [r, z, n, h W_hn^T + b_hn] (unset on padded steps, which the backward skips).
 // G: the type of the per-step GEMM's result (float when packed).
 template <typename S, typename G>
 void forward_direction(int64_t dir, const Tensor& gi, const int64_t* lens, const Tensor& w_hh,
-                       const Tensor& b_hh, Tensor& out, Tensor& hs, Tensor& saved,
-                       const PackedB* packed) {
+                       const Tensor& b_ih, const Tensor& b_hh, Tensor& out, Tensor& hs,
+                       Tensor& saved, const PackedB* packed) {
   const int64_t N = gi.size(0), T = gi.size(1), H = w_hh.size(1);
   const int64_t D3 = gi.size(2), DH = out.size(2);
   using A = acc_t<S>;
@@ -106,14 +109,15 @@ void forward_direction(int64_t dir, const Tensor& gi, const int64_t* lens, const
   auto w_t = w_hh.t();
   A* __restrict__ hf = h.data_ptr<A>();
   const A* __restrict__ BH = b_hh.data_ptr<A>();
+  const A* __restrict__ BI = b_ih.data_ptr<A>();
   const S* __restrict__ GI = gi.data_ptr<S>() + dir * 3 * H;
   S* __restrict__ OUT = out.data_ptr<S>() + dir * H;
   for (int64_t s = 0; s < T; ++s) {
-    step_gemm<S, G>(hs[s], w_t, packed, gh);
+    step_gemm<S, G>(hs, s, w_t, packed, gh);
     RECORD_FUNCTION("fused_gru::gates", std::vector<c10::IValue>());
     const G* __restrict__ GH = gh.data_ptr<G>();
-    S* __restrict__ HN = hs[s + 1].data_ptr<S>();
-    S* __restrict__ SV = saved[s].data_ptr<S>();
+    S* __restrict__ HN = hs.data_ptr<S>() + (s + 1) * N * H;
+    S* __restrict__ SV = saved.data_ptr<S>() + s * N * 4 * H;
     for (int64_t b = 0; b < N; ++b) {
       const int64_t t = frame_of(dir, s, lens[b]);
       A* __restrict__ hb = hf + b * H;
@@ -133,10 +137,10 @@ void forward_direction(int64_t dir, const Tensor& gi, const int64_t* lens, const
       S* __restrict__ o = OUT + (b * T + t) * DH;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
-        A r = sigmoid<A>(A(gi_[j]) + (A(gh_[j]) + BH[j]));
-        A z = sigmoid<A>(A(gi_[H + j]) + (A(gh_[H + j]) + BH[H + j]));
+        A r = sigmoid<A>((A(gi_[j]) + BI[j]) + (A(gh_[j]) + BH[j]));
+        A z = sigmoid<A>((A(gi_[H + j]) + BI[H + j]) + (A(gh_[H + j]) + BH[H + j]));
         A ghn = A(gh_[2 * H + j]) + BH[2 * H + j];
-        A n = tanh_of<A>(A(gi_[2 * H + j]) + r * ghn);
+        A n = tanh_of<A>((A(gi_[2 * H + j]) + BI[2 * H + j]) + r * ghn);
         A hnew = n + z * (hb[j] - n);
         sv[j] = narrow<S>(r);
         sv[H + j] = narrow<S>(z);
@@ -151,7 +155,8 @@ void forward_direction(int64_t dir, const Tensor& gi, const int64_t* lens, const
 }
 
 // One direction `dir` of D, backward through the recurrence: reads this direction's columns
-// of dout (N, T, D * H) (padding read as zero), writes its columns of dgi (N, T, D * 3H), the
+// of dout (N, T, D * H), or all of dout (N, T, H) where the layer's output is the directions'
+// sum (padding read as zero), writes its columns of dgi (N, T, D * 3H), the
 // gradient of the input pre-activations in frame order, and dgh (T, N, 3H), that of the
 // hidden pre-activations (before the reset gate for n) in step order; zero on padding.
 template <typename S, typename G>
@@ -168,14 +173,14 @@ void backward_direction(int64_t dir, const Tensor& dout, const int64_t* lens,
   A* __restrict__ bi_z = bi_r + H;
   A* __restrict__ bi_n = bi_r + 2 * H;
   A* __restrict__ bh_n = db_hh.data_ptr<A>() + 2 * H;  // r, z parts equal db_ih's
-  const S* __restrict__ DO = dout.data_ptr<S>() + dir * H;
+  const S* __restrict__ DO = dout.data_ptr<S>() + (DH == H ? 0 : dir * H);
   S* __restrict__ DGI = dgi.data_ptr<S>() + dir * 3 * H;
   for (int64_t s = T - 1; s >= 0; --s) {
     RECORD_FUNCTION("fused_gru::gates", std::vector<c10::IValue>());
     const G* __restrict__ BK = back.data_ptr<G>();  // dgh[s + 1] W_hh
-    const S* __restrict__ SV = saved[s].data_ptr<S>();
-    const S* __restrict__ HP = hs[s].data_ptr<S>();
-    S* __restrict__ DGH = dgh[s].data_ptr<S>();
+    const S* __restrict__ SV = saved.data_ptr<S>() + s * N * 4 * H;
+    const S* __restrict__ HP = hs.data_ptr<S>() + s * N * H;
+    S* __restrict__ DGH = dgh.data_ptr<S>() + s * N * 3 * H;
     for (int64_t b = 0; b < N; ++b) {
       const int64_t t = frame_of(dir, s, lens[b]);
       S* __restrict__ dgr = DGH + b * 3 * H;
@@ -221,7 +226,7 @@ void backward_direction(int64_t dir, const Tensor& dout, const int64_t* lens,
         bh_n[j] += dan * r;
       }
     }
-    if (s > 0) step_gemm<S, G>(dgh[s], w_hh, packed, back);
+    if (s > 0) step_gemm<S, G>(dgh, s, w_hh, packed, back);
   }
 }
 
@@ -264,16 +269,17 @@ void for_directions(int64_t D, bool parallel, const F& f) {
 // lens (N, int64): the reverse direction reads each utterance backwards within its length, so
 // no reversed copy of the input is made, and both directions' input projections are one GEMM.
 // w_ih (D * 3H, In) and b_ih (D * 3H): the directions' stacked; w_hh, b_hh per direction; all
-// in the compute dtype. Returns out (N, T, D * H) (directions side by side, zero on padding),
-// then per direction hs (T + 1, N, H) and saved (T, N, 4H) in step order.
-std::vector<Tensor> forward(Tensor x, Tensor lens, Tensor w_ih, Tensor b_ih,
+// in the compute dtype. Returns out (N, T, D * H) (directions side by side, zero on padding;
+// with `sum`, (N, T, H): their sum), then per direction hs (T + 1, N, H) and saved
+// (T, N, 4H) in step order.
+std::vector<Tensor> forward(Tensor x, Tensor lens, Tensor w_ih, std::vector<Tensor> b_ih,
                             std::vector<Tensor> w_hh, std::vector<Tensor> b_hh, bool parallel,
-                            bool packed) {
+                            bool packed, bool sum) {
   const int64_t D = w_hh.size(), N = x.size(0), T = x.size(1), H = w_hh[0].size(1);
   Tensor gi;
   {
     RECORD_FUNCTION("fused_gru::input_gemm", std::vector<c10::IValue>());
-    gi = at::addmm(b_ih, x.reshape({N * T, -1}), w_ih.t()).view({N, T, D * 3 * H});
+    gi = at::mm(x.reshape({N * T, -1}), w_ih.t()).view({N, T, D * 3 * H});
   }
   auto out = at::empty({N, T, D * H}, x.options());
   const int64_t* L = lens.data_ptr<int64_t>();
@@ -284,20 +290,22 @@ std::vector<Tensor> forward(Tensor x, Tensor lens, Tensor w_ih, Tensor b_ih,
     saved[i] = at::empty({T, N, 4 * H}, x.options());
   }
   for_directions(D, parallel, [&](int64_t i) {
-    auto bh = b_hh[i].to(at::toOpMathType(b_hh[i].scalar_type())).contiguous();
+    auto acc = at::toOpMathType(x.scalar_type());
+    auto bi = b_ih[i].to(acc).contiguous(), bh = b_hh[i].to(acc).contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "gru_forward", [&] {
       with_recurrent_gemm(w_hh[i], packed, true, [&](auto use_packed, const PackedB* pb) {
         using G = std::conditional_t<decltype(use_packed)::value, float, scalar_t>;
-        forward_direction<scalar_t, G>(i, gi, L, w_hh[i], bh, out, hs[i], saved[i], pb);
+        forward_direction<scalar_t, G>(i, gi, L, w_hh[i], bi, bh, out, hs[i], saved[i], pb);
       });
     });
   });
-  std::vector<Tensor> res{out};
+  std::vector<Tensor> res{sum && D == 2 ? out.view({N, T, 2, H}).sum(2) : out};
   for (int64_t i = 0; i < D; ++i) { res.push_back(hs[i]); res.push_back(saved[i]); }
   return res;
 }
 
-// Backward of `forward` from dout (N, T, D * H): {dx (N, T, In), dw_ih (D * 3H, In),
+// Backward of `forward` from dout (N, T, D * H), or (N, T, H) for the directions' sum:
+// {dx (N, T, In), dw_ih (D * 3H, In),
 // db_ih (D * 3H)}, then per direction {dw_hh, db_hh} (weights' grads in the compute dtype,
 // biases' in its accumulation type). dx sums the directions in its one GEMM.
 std::vector<Tensor> backward(Tensor dout, Tensor x, Tensor lens, Tensor w_ih,
