@@ -95,6 +95,13 @@ def test_layer_with_lengths_equals_packed_nn_gru(kernel, bidirectional, threads)
         assert (got - exp).abs().max() < 1e-10
 
 
+def test_lengths_past_the_input_are_refused(kernel):
+    g = nn.GRU(3, 4, batch_first=True, bidirectional=True)
+    x = torch.randn(2, 5, 3)
+    with pytest.raises(RuntimeError, match="outside"):
+        fused_gru.gru_layer(g, x, torch.tensor([5, 6]), torch.float32)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.double])
 def test_saturated_gates_stay_finite_and_exact(kernel, dtype):
     # pre-activations of +-1000, far past where exp overflows: under -ffast-math an overflow

@@ -282,7 +282,11 @@ std::vector<Tensor> forward(Tensor x, Tensor lens, Tensor w_ih, std::vector<Tens
     gi = at::mm(x.reshape({N * T, -1}), w_ih.t()).view({N, T, D * 3 * H});
   }
   auto out = at::empty({N, T, D * H}, x.options());
+  TORCH_CHECK(lens.dtype() == at::kLong && lens.is_contiguous() && lens.numel() == N,
+              "fused GRU: lens must be ", N, " contiguous int64 lengths");
   const int64_t* L = lens.data_ptr<int64_t>();
+  for (int64_t b = 0; b < N; ++b)  // the reverse direction indexes frames by them
+    TORCH_CHECK(L[b] >= 0 && L[b] <= T, "fused GRU: length ", L[b], " outside [0, ", T, "]");
   std::vector<Tensor> hs(D), saved(D);
   for (int64_t i = 0; i < D; ++i) {
     hs[i] = at::empty({T + 1, N, H}, x.options());
