@@ -213,12 +213,12 @@ def measured_choice(rnn: nn.GRU, dtype: torch.dtype, batch: int, log, aten=None)
     backward, `batch` utterances of 100 frames) faster on this machine in `dtype`, with this
     many threads; ATen's as the model runs it (`recurrence.run_rnn_padded` with `twin`, the
     model's template of one direction; nn.GRU itself without one).
-    Timed once per CPU, torch version, shape, dtype and thread count, and kept in
+    Timed once per CPU, torch version, kernel source, shape, dtype and thread count, kept in
     `choices_path()`; the run's log says which and why."""
     threads = torch.get_num_threads()
     shape = f"GRU {rnn.input_size}->{rnn.hidden_size}{' x2' if rnn.bidirectional else ''}"
-    key = (
-        f"{_cpu_model()} | torch {torch.__version__} | {shape} | "
+    key = (  # the build's folder names the kernel's source: a changed kernel is timed anew
+        f"{_cpu_model()} | torch {torch.__version__} | {cache_dir().name} | {shape} | "
         f"{str(dtype).removeprefix('torch.')} | batch {batch} | {threads} threads"
     )
     path = choices_path()
