@@ -286,6 +286,7 @@ def run_target_bench(
     target, budget_s = target_cer / 100.0, budget_min * 60.0
     threads_before = torch.get_num_threads()
     load_before = os.getloadavg()[0]
+    started = environment()  # the date and commit of the code this process runs
     with tempfile.TemporaryDirectory(prefix="speechswarm-target-") as tmp:
         cfg = load_config(
             config, [*overrides, *target_overrides(Path(tmp) / "run", device, budget_min)]
@@ -308,7 +309,7 @@ def run_target_bench(
         slice_s=slice_s,
         reference_order=reference_order,
         load_average=[round(load_before, 2), round(os.getloadavg()[0], 2)],  # 1-min
-        **environment(),
+        **started,
     )
     return result
 
