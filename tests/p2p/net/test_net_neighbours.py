@@ -15,11 +15,16 @@ import torch
 from test_net_outer import KnownAverage
 
 from speechswarm.config import P2PConfig
+from speechswarm.data.manifest import write_manifest
 from speechswarm.errors import UsageError
+from speechswarm.p2p.experiment import make_agents
 from speechswarm.p2p.net.hivemind_sync import HivemindSync, averaged_names
 from speechswarm.p2p.net.neighbour_groups import NeighbourPlan, plan_groups
+from speechswarm.p2p.net.peer import draw_as_agent, peer_config
 from speechswarm.p2p.net.settings import NetSettings
 from speechswarm.p2p.topology import ring, topology_for_round, topology_options
+from speechswarm.p2p.workspace import Workspace
+from speechswarm.train.assemble import build_run
 
 
 def test_groups_are_disjoint_neighbourhoods_and_every_peer_plans_alike():
@@ -126,3 +131,22 @@ def test_a_peers_round_is_the_simulations_round_on_redrawn_graphs(tmp_path):
         simulated = plan_groups(graph, 2, 3, r)
         row = sync.average(model, 3 * (r + 1))
         assert row["planned"] == next((g for g in simulated if 0 in g), [])
+
+
+def test_a_numbered_peer_deals_its_batches_as_the_simulated_agent(p2p_config, tmp_path):
+    """Peer k of a swarm (`--index k`) takes the simulation's agent k's batch order (seed
+    train.seed + k), not agent 0's: the same data in the same order in both modes."""
+    cfg = p2p_config("deal", "p2p.agents=2")
+    agent = make_agents(cfg, tmp_path)[1]
+    work = Workspace(cfg, trainers={1: agent.train}, tests={}, work={1: (2, 0)})
+    simulated = work.agent_run(1).sampler
+    train = tmp_path / "train.jsonl"
+    write_manifest(train, agent.train)
+    run = build_run(peer_config(cfg, train, train, tmp_path / "peer", 2), progress=False)
+    as_rank0 = run.sampler
+    peer = draw_as_agent(run, 1).sampler
+    for epoch in (1, 2):  # past sortagrad's sorted first epoch
+        for s in (simulated, as_rank0, peer):
+            s.set_epoch(epoch)
+        assert list(peer) == list(simulated)
+    assert list(as_rank0) != list(simulated)

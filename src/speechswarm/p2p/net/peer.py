@@ -193,6 +193,8 @@ def run_peer(
     if every != 1:  # p2p.rounds rounds of `every` steps: the schedule spans them
         run.cfg = peer_config(cfg, train_path, test_path, out_dir, every)
         run.scheduler = schedule_for(run.cfg, run.optimizer, len(run.sampler), run.accumulate)
+    if index > 0:
+        run = draw_as_agent(run, index)
     state, rng = TrainState(), None
     path = resume_path(run, resume or None)
     if path is not None:
@@ -256,6 +258,34 @@ def run_peer(
         if averager is not None:
             averager.shutdown()
         dht.shutdown()
+
+
+def draw_as_agent(run, index: int):
+    """`run` drawing as the simulation's agent `index` (`p2p.workspace`: rank `index` of a
+    `speechswarm train` run): batch order and speed perturbation from train.seed + index,
+    dropout from `seed_everything(train.seed, index)`, augmentation from rank index's
+    generator seed. Without it every peer of a swarm draws as agent 0, and a swarm's peer k
+    sees its batches in another order than the simulated agent k on the same data."""
+    from speechswarm.data.dataset import SpeechDataset, make_loader
+    from speechswarm.data.sampler import BucketBatchSampler
+    from speechswarm.train.rng import seed_everything
+    from speechswarm.train.run import RANK_SEED_STRIDE
+
+    cfg, old = run.cfg, run.dataset
+    seed = cfg.train.seed + index
+    dataset = SpeechDataset(
+        old.utts, old.tokenizer, old.sample_rate, speed_factors=old.speed_factors, seed=seed,
+        skip_log=old.skip_log,
+    )  # fmt: skip
+    sampler = BucketBatchSampler(
+        [u.duration for u in old.utts], cfg.data.max_batch_seconds,
+        max_batch_size=cfg.data.max_batch_size, sortagrad=cfg.data.sortagrad, seed=seed,
+        speed_factors=cfg.data.speed_factors,
+    )  # fmt: skip
+    loader = make_loader(dataset, sampler, num_workers=cfg.data.num_workers)
+    seed_everything(cfg.train.seed, index)
+    run.generator.manual_seed(cfg.train.seed + 1 + RANK_SEED_STRIDE * index)
+    return dataclasses.replace(run, dataset=dataset, sampler=sampler, loader=loader)
 
 
 def _start_averager(model, names, dht, gate, settings, prefix, p2p):
