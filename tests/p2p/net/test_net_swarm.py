@@ -228,7 +228,9 @@ def test_peers_on_a_ring_average_with_their_neighbours_or_fall_back(swarm_setup,
     p2pd too). Each round pairs ring neighbours; a peer paired with a missing one waits for it,
     then looks for anyone (counted); the survivors finish every round on edges or fallbacks."""
     started = 3 if fault == "never_started" else 4
-    rounds = 6 if fault == "never_started" else 8  # with p2p.seed 0, rounds 7-8 pair 0-3 and 1-2
+    rounds = (
+        6 if fault == "never_started" else 8
+    )  # with p2p.seed 0, rounds 2 and 8 pair 0-3 and 1-2
     config, agents = swarm_setup(rounds, "p2p.agents=4", "p2p.topology=ring")
     settings = dataclasses.replace(FAST, group_size=2, wait_peers=started, topology=True)
     p0 = _start(config, agents[0], tmp_path / "p0", settings, index=0)
@@ -279,6 +281,61 @@ def test_peers_on_a_ring_average_with_their_neighbours_or_fall_back(swarm_setup,
             later = peers[k].rounds()[after[k] :]
             assert any(r["topology"] == "fallback" for r in later), later
             assert any(r["ok"] for r in later), later
+
+
+def test_background_peers_on_a_ring_give_up_or_fall_back_when_a_neighbour_is_gone(
+    swarm_setup, tmp_path
+):
+    """4 peers on a ring with --background: once peers 2 and 3 have averaged, 3 is SIGKILLed
+    and 2 SIGSTOPped. With p2p.seed 0 the rounds of index 7 and 8 (rows 8 and 9, averaged in
+    the background; row 10 is the foreground last round) pair the survivors 0 and 1 with
+    them. The survivors finish every round and step with finite weights; each background
+    round that lost its planned partner ended as a counted fallback or was given up, and the
+    summary's background counters are the rows'."""
+    rounds = 10
+    config, agents = swarm_setup(rounds, "p2p.agents=4", "p2p.topology=ring")
+    settings = dataclasses.replace(FAST, group_size=2, wait_peers=4, topology=True, background=True)  # fmt: skip
+    p0 = _start(config, agents[0], tmp_path / "p0", settings, index=0)
+    peers = [p0] + [_start(config, agents[k], tmp_path / f"p{k}", settings, [p0.address()], k) for k in range(1, 4)]  # fmt: skip
+    try:
+        for p in peers[2:]:
+            _wait_rounds(p, 1)
+        after = [len(p.rounds()) + 2 for p in peers[:2]]  # + rounds in flight (background)
+        peers[3].kill()
+        peers[2].pause()  # SIGSTOP to its process group: Python and its p2pd daemon
+        codes = _finish(peers[:2])
+    finally:
+        for p in peers:
+            p.kill()
+    assert codes == [0, 0], peers[0].log_path.read_text()[-2000:]
+    for k in (0, 1):
+        rows, summary = peers[k].rounds(), peers[k].summary()
+        assert len(rows) == rounds and summary["steps"] == 2 * rounds  # all rounds, all steps
+        assert all(torch.isfinite(t).all() for t in _weights(peers[k].out).values() if t.is_floating_point())  # fmt: skip
+        assert [bool(r.get("background")) for r in rows] == [True] * (rounds - 1) + [False]
+        lost = [r for r in rows[after[k] : -1] if {2, 3} & set(r["planned"])]
+        assert len(lost) >= 1, rows  # background rounds whose partner was gone
+        for r in lost:
+            assert r["topology"] == "fallback", r
+            if r["ok"]:  # averaged with whoever was reachable: a survivor
+                assert set(r["indices"]) <= {0, 1}, r
+            else:  # given up (the budget ran out) or no group: the model kept its weights
+                assert r["reason"] in ("timeout", "no group", "failed"), r
+                assert r["staleness"] >= 0 and r["seconds"] <= FAST.timeout_s + 1.5, r
+        background = [r for r in rows if r.get("background")]
+        assert summary["background_rounds"] == len(background)
+        assert summary["background_gave_up"] == sum(r["reason"] == "timeout" for r in background)
+        assert summary["background_waits"] == sum(r["waited"] for r in background)
+        assert summary["topology_fallbacks"] == sum(r["topology"] == "fallback" for r in rows)
+        assert summary["round_outcomes"] == _outcomes(rows)
+    assert any(r["ok"] and r["topology"] == "neighbours" for r in peers[0].rounds())
+
+
+def _outcomes(rows: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["reason"] or "ok"] = counts.get(r["reason"] or "ok", 0) + 1
+    return counts
 
 
 def test_a_frozen_peer_times_out_and_the_others_train_on(swarm_setup, tmp_path):
