@@ -228,9 +228,8 @@ def test_peers_on_a_ring_average_with_their_neighbours_or_fall_back(swarm_setup,
     p2pd too). Each round pairs ring neighbours; a peer paired with a missing one waits for it,
     then looks for anyone (counted); the survivors finish every round on edges or fallbacks."""
     started = 3 if fault == "never_started" else 4
-    rounds = (
-        6 if fault == "never_started" else 8
-    )  # with p2p.seed 0, rounds 2 and 8 pair 0-3 and 1-2
+    # with p2p.seed 0, rounds 2 and 8 pair 0-3 and 1-2
+    rounds = 6 if fault == "never_started" else 8
     config, agents = swarm_setup(rounds, "p2p.agents=4", "p2p.topology=ring")
     settings = dataclasses.replace(FAST, group_size=2, wait_peers=started, topology=True)
     p0 = _start(config, agents[0], tmp_path / "p0", settings, index=0)
