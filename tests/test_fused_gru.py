@@ -102,6 +102,19 @@ def test_lengths_past_the_input_are_refused(kernel):
         fused_gru.gru_layer(g, x, torch.tensor([5, 6]), torch.float32)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_a_non_finite_input_makes_its_utterance_non_finite(kernel, dtype):
+    # as in ATen's GRU: the NaN must reach the loss (the loop then skips the batch), not be
+    # clamped into a finite gate value
+    g = nn.GRU(3, 4, batch_first=True, bidirectional=True)
+    x = torch.randn(3, 6, 3)
+    x[1, 2, 0] = float("nan")
+    x[2, 4, 1] = float("inf")
+    out = fused_gru.gru_layer(g, x, torch.tensor([6, 6, 5]), dtype, sum_directions=True)
+    assert torch.isfinite(out[0]).all()
+    assert torch.isnan(out[1]).all() and torch.isnan(out[2]).all()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.double])
 def test_saturated_gates_stay_finite_and_exact(kernel, dtype):
     # pre-activations of +-1000, far past where exp overflows: under -ffast-math an overflow

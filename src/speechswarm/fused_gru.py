@@ -370,6 +370,11 @@ def _run_forward(cd, x, lens, sum_directions, w):
     packed = packed_recurrent_gemm and parallel  # single-threaded GEMMs: one per direction
     res = load().forward(xc, lens, wi, bi, wh, bh, parallel, packed, sum_directions)
     out, hs, saved = res[0], res[1::2], res[2::2]  # hs (T + 1, N, H) from h_0 = 0; (T, N, 4H)
+    # The gates clamp their arguments, which under -ffast-math turns NaN into a bound: an
+    # utterance with a non-finite input would come out finite, and the loop would train on it.
+    bad = ~torch.isfinite(xc).flatten(1).all(1)
+    if bad.any():
+        out[bad] = float("nan")
     return xc, wi, wh, out, hs, saved, parallel, packed
 
 
