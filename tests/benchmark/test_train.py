@@ -14,11 +14,13 @@ import pytest
 import torch
 
 import speechswarm.cli as cli
+from speechswarm import fused_gru
 from speechswarm.benchmark.corpus import short_durations
 from speechswarm.benchmark.train import (
     BENCH_EPOCH,
     PLAN_UTTERANCES,
     LoopStats,
+    ReferenceLoop,
     format_train_report,
     reference_epoch_padding,
     utterances_needed,
@@ -60,6 +62,23 @@ def bench(tmp_path_factory) -> dict:
         import contextlib
         import io
 
+        # which GRU path each loop trains with: the plain loop must not run our kernel
+        calls, inside = {"reference": 0, "speechswarm": 0}, []
+        real_step, real_layer = ReferenceLoop.step, fused_gru.gru_layer
+
+        def step(self, stats):
+            inside.append(1)
+            try:
+                return real_step(self, stats)
+            finally:
+                inside.pop()
+
+        def layer(*args, **kwargs):
+            calls["reference" if inside else "speechswarm"] += 1
+            return real_layer(*args, **kwargs)
+
+        mp.setattr(ReferenceLoop, "step", step)
+        mp.setattr(fused_gru, "gru_layer", layer)
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             code = cli.main(
@@ -68,6 +87,7 @@ def bench(tmp_path_factory) -> dict:
             )
         assert code == 0
         result = json.loads(out.getvalue())  # stdout holds exactly one JSON object
+        result["gru_layer_calls"] = calls
         result["threads_after"] = torch.get_num_threads()
         result["threads_before"] = threads
         return result
@@ -99,6 +119,15 @@ def test_reference_trained_on_manifest_order_batches(bench):
     plan_p = plan_d / epoch_speed_factors(len(plan_d), cfg.data.speed_factors, 0, BENCH_EPOCH)
     batches = [list(range(i, min(i + b, len(plan_d)))) for i in range(0, len(plan_d), b)]
     assert ref["epoch_padding"] == pytest.approx(padding_fraction(plan_p, batches))
+
+
+def test_reference_runs_pytorchs_gru_not_the_fused_kernel(bench):
+    # tiny is a GRU: speechswarm's loop trains it on the fused kernel, the plain loop on
+    # nn.GRU as a user would (it once inherited the kernel with the model it copies)
+    if not fused_gru.built():
+        pytest.skip("the fused GRU kernel does not build here")
+    assert bench["gru_layer_calls"]["speechswarm"] > 0
+    assert bench["gru_layer_calls"]["reference"] == 0
 
 
 def test_speechswarm_trained_on_the_samplers_batches(bench):

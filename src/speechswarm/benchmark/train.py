@@ -8,9 +8,10 @@ audio (`benchmark.corpus`: LibriSpeech-like lengths, or short ones with `--quick
 process, with the same features, augmentation, CTC loss, AdamW and gradient clipping:
 
 - reference: what a PyTorch user writes first. `DataLoader(batch_size=B, shuffle=False,
-  num_workers=0)` over the manifest in order, each batch padded to its longest item, fp32.
-  B is the mean number of utterances in speechswarm's batches, so both see batches of the
-  same size on average and differ only in how the batches are made and run.
+  num_workers=0)` over the manifest in order, each batch padded to its longest item, fp32,
+  PyTorch's own GRU/LSTM (never the fused kernel: `model.rnn_kernel = "aten"`). B is the
+  mean number of utterances in speechswarm's batches, so both see batches of the same size
+  on average and differ only in how the batches are made and run.
 - speechswarm: `train.assemble.build_run` and `train.loop.train_one_epoch` exactly as
   `speechswarm train` runs them (precision auto = bf16 where the CPU or GPU has it,
   semi-sorted batches on speed-perturbed durations, persistent loader workers, the
@@ -159,6 +160,7 @@ class ReferenceLoop:
         cfg = run.cfg
         self.run = run
         self.model = copy.deepcopy(run.model)
+        self.model.rnn_kernel = "aten"  # nn.GRU / nn.LSTM as a user has them, not our kernel
         self.optimizer = make_optimizer(cfg, self.model)
         self.dataset = SpeechDataset(
             utts,
