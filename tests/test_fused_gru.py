@@ -30,10 +30,15 @@ def _grads(module, *inputs):
     return [t.grad.clone() for t in inputs] + [p.grad.clone() for p in module.parameters()]
 
 
-def _against_nn_gru(g: nn.GRU, x: torch.Tensor, dtype, threads: int | None = None):
+def _against_nn_gru(g: nn.GRU, x: torch.Tensor, dtype, threads: int | None = None, lens=None):
     """(fused output, nn.GRU output, fused gradients, nn.GRU gradients) of one weighted sum
-    through layer `g`; input and parameter gradients, the kernel on `threads` threads."""
-    ref, _ = g(x)
+    through layer `g`; input and parameter gradients, the kernel on `threads` threads; with
+    `lens`, nn.GRU runs on a PackedSequence of those lengths."""
+    if lens is None:
+        ref, _ = g(x)
+    else:
+        packed = pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False)
+        ref = pad_packed_sequence(g(packed)[0], batch_first=True, total_length=x.shape[1])[0]
     weight = torch.randn_like(ref)
     (ref * weight).sum().backward()
     want = _grads(g, x)
@@ -42,7 +47,7 @@ def _against_nn_gru(g: nn.GRU, x: torch.Tensor, dtype, threads: int | None = Non
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
     try:
-        out = fused_gru.gru_layer(g, x, None, dtype)
+        out = fused_gru.gru_layer(g, x, lens, dtype)
     finally:
         torch.set_num_threads(before)
     (out * weight).sum().backward()
@@ -75,23 +80,10 @@ def test_layer_with_lengths_equals_packed_nn_gru(kernel, bidirectional, threads)
     x = torch.randn(4, 7, 5, dtype=torch.double)
     x[torch.arange(7)[None, :] >= lens[:, None]] = 1e3
     x.requires_grad_()
-    packed = pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False)
-    ref = pad_packed_sequence(g(packed)[0], batch_first=True, total_length=7)[0]
-    weight = torch.randn_like(ref)
-    (ref * weight).sum().backward()
-    want = _grads(g, x)
-    x.grad = None
-    g.zero_grad()
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        out = fused_gru.gru_layer(g, x, lens, torch.double)
-    finally:
-        torch.set_num_threads(before)
-    (out * weight).sum().backward()
+    out, ref, grads, want = _against_nn_gru(g, x, torch.double, threads, lens)
     assert (out - ref).abs().max() < 1e-10
     assert out[torch.arange(7)[None, :] >= lens[:, None]].abs().max() == 0
-    for got, exp in zip(_grads(g, x), want, strict=True):
+    for got, exp in zip(grads, want, strict=True):
         assert (got - exp).abs().max() < 1e-10
 
 
