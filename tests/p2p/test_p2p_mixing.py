@@ -136,6 +136,29 @@ def test_compression_sizes_and_errors():
     assert back["n"].item() == 4
 
 
+def test_a_compressed_change_loses_far_less_than_compressed_weights():
+    """Delta messages: int8 on the change since a shared model quantises on the change's
+    scale. Weights ~N(0, 1) that moved by ~1e-3: int8 of the weights errs by up to
+    max|w| / 254 (~1e-2, ten times the change itself), int8 of the change by ~1e-5."""
+    torch.manual_seed(0)
+    shared = {"w": torch.randn(1000), "n": torch.tensor(3)}
+    moved = {"w": shared["w"] + 1e-3 * torch.randn(1000), "n": torch.tensor(5)}
+    change = mixing.difference(moved, shared)
+    assert torch.allclose(change["w"], moved["w"] - shared["w"]) and change["n"].item() == 5
+    whole = mixing.decompress(mixing.compress(moved, "int8")[0])
+    rebuilt = mixing.add_back(mixing.decompress(mixing.compress(change, "int8")[0]), shared)
+    err_whole = (whole["w"] - moved["w"]).abs().max().item()
+    err_delta = (rebuilt["w"] - moved["w"]).abs().max().item()
+    assert err_whole > 3e-3 and err_delta < 3e-5, (err_whole, err_delta)
+    assert rebuilt["n"].item() == 5  # integer tensors travel whole
+    lossless = mixing.add_back(mixing.decompress(mixing.compress(change, "none")[0]), shared)
+    torch.testing.assert_close(lossless["w"], moved["w"], rtol=0, atol=1e-6)
+    # a liar's NaN survives the round trip for validation to refuse
+    poisoned = mixing.difference(dict(moved, w=torch.full((1000,), math.nan)), shared)
+    back = mixing.add_back(mixing.decompress(mixing.compress(poisoned, "int8")[0]), shared)
+    assert mixing.check_received(back, shared, 5.0) == "nonfinite"
+
+
 def test_compressed_nan_is_still_caught():
     own = state(1, 2, 3)
     for kind in ("fp16", "int8"):

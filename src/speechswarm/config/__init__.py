@@ -23,6 +23,7 @@ from speechswarm.config.p2p import (
     TOPOLOGIES,
     P2PConfig,
     check_p2p,
+    check_run,
     parse_run,
     run_name,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "TokenizerConfig",
     "TrainConfig",
     "check_p2p",
+    "check_run",
     "dump_yaml",
     "from_dict",
     "load_config",

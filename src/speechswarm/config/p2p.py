@@ -111,6 +111,12 @@ class P2PConfig:
     outer_nesterov: bool = True
     # ---- messages
     compression: Literal["none", "fp16", "int8"] = "none"
+    # fedavg: messages after the first download carry changes, not weights: an agent's
+    # change since the global model it was sent, the server's change of the global model.
+    # Compressed, a change loses far less than the weights (int8's step is 1/127 of the
+    # largest change, not of the largest weight). Symptom for it: int8 or fp16 messages
+    # cost accuracy.
+    deltas: bool = False
     # reject received weights with NaN/Inf or a norm out of bounds; the simulation refuses
     # weights of other tensor names or shapes either way (they cannot be averaged)
     validate: bool = True
@@ -190,6 +196,15 @@ def run_name(algorithm: str, topology: str, options: dict | None = None) -> str:
     return name + "".join(f"-{k}{v}" for k, v in (options or {}).items())
 
 
+def check_run(algorithm: str, cfg: P2PConfig) -> None:
+    """Combinations of one run's algorithm and its p2p keys that cannot work."""
+    if cfg.deltas and algorithm in GRAPH_ALGORITHMS:
+        raise ConfigError(
+            f"p2p.deltas works with fedavg only: {algorithm} agents hold no model in common "
+            "with their neighbours to send changes from"
+        )
+
+
 def check_p2p(cfg: P2PConfig) -> None:
     """Ranges and combinations the types cannot express; errors name the key."""
     if cfg.agents < 1:
@@ -237,3 +252,5 @@ def check_p2p(cfg: P2PConfig) -> None:
         raise ConfigError(f"p2p.faulty_agents: {bad} are not agent numbers 0..{cfg.agents - 1}")
     for spec in cfg.runs:
         parse_run(spec, cfg.topology)
+    if not cfg.runs:
+        check_run(cfg.algorithm, cfg)

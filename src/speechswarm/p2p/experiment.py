@@ -26,6 +26,7 @@ from speechswarm.config import (
     Config,
     P2PConfig,
     check_p2p,
+    check_run,
     dump_yaml,
     from_dict,
     parse_run,
@@ -41,6 +42,7 @@ from speechswarm.p2p.report import (
     read_rows,
     report_markdown,
     summarize,
+    wire_bytes,
 )
 from speechswarm.p2p.runner import simulate_run
 from speechswarm.p2p.topology import make_topology, topology_options
@@ -109,6 +111,8 @@ def run_experiment(
         (cfg.p2p.algorithm, cfg.p2p.topology, {})
     ]
     configs = [with_run_options(cfg, options) for _, _, options in specs]  # all checked now
+    for (algorithm, _, _), run_cfg in zip(specs, configs, strict=True):
+        check_run(algorithm, run_cfg.p2p)
     out = Path(cfg.train.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _log_to(out / "p2p.log", progress)
@@ -214,9 +218,9 @@ def _print_round(name: str, round_index: int, rows: list[dict]) -> None:
             f", agents' CER {pct(sum(cers) / len(cers))} ({pct(min(cers))}-{pct(max(cers))})"
             f", global CER {pct(sum(glob) / max(len(glob), 1))}"
         )
-    sent = sum(r["bytes_sent"] for r in rows)
+    sent = sum(wire_bytes(r) for r in rows)
     rejected = sum(r["rejected"] for r in rows)
-    text += f", {sent / 1e6:,.1f} MB sent" + (f", {rejected} rejected" if rejected else "")
+    text += f", {sent / 1e6:,.1f} MB on the wire" + (f", {rejected} rejected" if rejected else "")
     text += f", {rows[0]['wall_time']:.0f} s"
     print(text, flush=True)
 
@@ -226,7 +230,7 @@ def _summary_line(s: dict) -> str:
         f"{s['run']}: agents' WER {pct(s.get('own_wer_mean'))} CER {pct(s.get('own_cer_mean'))} "
         f"(CER {pct(s.get('own_cer_min'))}-{pct(s.get('own_cer_max'))}), global CER "
         f"{pct(s.get('global_cer_mean'))}; {s.get('total_steps', 0):,} steps, "
-        f"{s.get('bytes', 0) / 1e6:,.1f} MB sent, {s.get('rejected', 0)} rejected"
+        f"{s.get('bytes', 0) / 1e6:,.1f} MB on the wire, {s.get('rejected', 0)} rejected"
     )
 
 

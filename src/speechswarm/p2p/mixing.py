@@ -316,6 +316,39 @@ def state_distance(a: State, b: State) -> float:
 # ----------------------------------------------------------------------------- compression
 
 
+def difference(state: State, reference: State) -> State:
+    """What a delta message carries: `state` - `reference` for floating tensors (the change
+    since a model both ends hold); other tensors as they are in `state`."""
+    return {
+        name: t - reference[name] if t.is_floating_point() else t.clone()
+        for name, t in state.items()
+    }
+
+
+def add_back(change: State, reference: State) -> State:
+    """The state a receiver rebuilds from a delta message: `reference` + `change` for
+    floating tensors (a non-finite change stays non-finite, for validation to see)."""
+    return {
+        name: reference[name] + t if t.is_floating_point() else t.clone()
+        for name, t in change.items()
+    }
+
+
+def compressed_size(state: State, kind: str) -> int:
+    """Bytes of `compress(state, kind)`'s payload, which depend on the layout alone."""
+    total = 0
+    for t in state.values():
+        if not t.is_floating_point() or kind == "none":
+            total += t.numel() * t.element_size()
+        elif kind == "fp16":
+            total += t.numel() * 2
+        elif kind == "int8":
+            total += t.numel() + 4  # one fp32 scale per tensor
+        else:
+            raise ValueError(f"unknown compression {kind!r}: none, fp16 or int8")
+    return total
+
+
 def compress(state: State, kind: str) -> tuple[dict, int]:
     """A message payload for `state` and its size in bytes on the wire.
 
@@ -326,14 +359,11 @@ def compress(state: State, kind: str) -> tuple[dict, int]:
     make int8's scale non-finite, so validation still sees them after decompression.
     """
     payload: dict = {"kind": kind, "tensors": {}}
-    nbytes = 0
     for name, t in state.items():
         if not t.is_floating_point() or kind == "none":
             payload["tensors"][name] = t.clone()
-            nbytes += t.numel() * t.element_size()
         elif kind == "fp16":
             payload["tensors"][name] = (t.to(torch.float16), t.dtype)
-            nbytes += t.numel() * 2
         elif kind == "int8":
             scale = float(t.abs().max()) / 127.0 if t.numel() else 0.0
             if math.isfinite(scale) and scale > 0:
@@ -341,10 +371,9 @@ def compress(state: State, kind: str) -> tuple[dict, int]:
             else:
                 q = torch.zeros(t.shape, dtype=torch.int8)
             payload["tensors"][name] = (q, scale, t.dtype)
-            nbytes += t.numel() + 4
         else:
             raise ValueError(f"unknown compression {kind!r}: none, fp16 or int8")
-    return payload, nbytes
+    return payload, compressed_size(state, kind)
 
 
 def decompress(payload: dict) -> State:

@@ -8,7 +8,8 @@ Each run's `metrics.jsonl` has one row per agent per round:
      "own_wer": 0.93, "own_cer": 0.58, "global_wer": 0.97, "global_cer": 0.61,
      "msgs_sent": 6, "bytes_sent": 39321624, ..., "wall_time": 80.4}
 WER/CER are fractions (0.25 = 25 %) and present only in evaluated rounds; bytes are what
-the messages would weigh on the wire (after compression); `steps` are the agent's optimizer
+the messages would weigh on the wire (after compression; `bytes_from_server`: a FedAvg
+server's downloads, in no agent's `bytes_sent`); `steps` are the agent's optimizer
 steps so far (the central model's for every agent of a `central` run).
 """
 
@@ -84,11 +85,17 @@ def per_round(
     return np.array(rounds), arr[:, 0], arr[:, 1], arr[:, 2]
 
 
+def wire_bytes(row: dict) -> int:
+    """Bytes on the wire for one agent so far: what it sent, plus what it downloaded from
+    a FedAvg server (which is no agent, so those bytes are in no agent's bytes_sent)."""
+    return int(row.get("bytes_sent") or 0) + int(row.get("bytes_from_server") or 0)
+
+
 def total_bytes(rows: Sequence[dict]) -> dict[int, float]:
-    """round -> bytes sent by all agents so far."""
+    """round -> bytes on the wire so far (`wire_bytes` over all agents)."""
     out: dict[int, float] = {}
     for r in rows:
-        out[r["round"]] = out.get(r["round"], 0.0) + float(r.get("bytes_sent") or 0)
+        out[r["round"]] = out.get(r["round"], 0.0) + wire_bytes(r)
     return out
 
 
@@ -127,7 +134,7 @@ def summarize(rows: Sequence[dict]) -> dict:
         int(final[0]["steps"]) if central else sum(int(r["steps"]) for r in final)
     )
     summary["messages"] = sum(int(r["msgs_sent"]) for r in final)
-    summary["bytes"] = sum(int(r["bytes_sent"]) for r in final)
+    summary["bytes"] = sum(wire_bytes(r) for r in final)
     summary["rejected"] = sum(int(r["rejected"]) for r in final)
     for key in ("poisoned_recv", "poisoned_refused", "poisoned_outvoted"):  # planted faults
         if key in final[0]:
@@ -292,7 +299,7 @@ def _plot_bytes(runs: dict[str, list[dict]], path: Path) -> Path:
             )
             continue
         ax.plot(mb, 100 * mean, marker="o", ms=3, label=name)
-    ax.set_xlabel("MB sent by all agents so far")
+    ax.set_xlabel("MB on the wire so far (all agents' messages, a FedAvg server's too)")
     ax.set_ylabel("mean CER, own test split (%)")
     ax.set_title("Accuracy against communication")
     ax.grid(alpha=0.3)
@@ -312,7 +319,7 @@ def report_markdown(summaries: list[dict], agents: list[dict], notes: list[str],
     lines += [
         "| run | mean agent WER (min-max) | mean agent CER (min-max) | median agent CER |"
         " WER gap to central | CER / central | CER before / after mixing | own train CER |"
-        " global test WER / CER | total steps | messages | MB sent | rejected | wall time |"
+        " global test WER / CER | total steps | messages | MB on the wire | rejected | wall time |"
         " train time per agent |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]

@@ -312,26 +312,48 @@ class Simulation:
             log.info(f"agent {agent}: no better after {patience} activations: BatchNorm only")
 
     def round_fedavg(self) -> dict[int, dict]:
+        """The server sends the global model, the chosen agents train and send theirs back,
+        the server aggregates. With p2p.deltas, messages after the first download carry
+        only changes: an agent its change since the global model it was sent, the server
+        the global model's change, which every agent applies (so the global model is
+        always what the agents rebuild, compression error included)."""
         p = self.p
         rng = np.random.default_rng(derive_seed(p.seed, self.round, 7))
         count = max(1, round(p.fedavg_fraction * self.n))
         chosen = sorted(rng.choice(self.n, size=count, replace=False).tolist())
         server = Mailbox()
-        down, nbytes = mixing.compress(self.global_model, p.compression)
+        # with deltas, the last round's change is this round's download: every agent has
+        # applied it already (for scoring), and the bytes are counted now, as without
+        applied = p.deltas and self.round > 0
+        if applied:
+            nbytes = mixing.compressed_size(self.global_model, p.compression)
+        else:
+            down, nbytes = mixing.compress(self.global_model, p.compression)
+            if p.deltas:  # changes are taken from the model the agents rebuild
+                self.global_model = mixing.decompress(down)
         for k in chosen:  # the server sends the global model; agents adopt it
-            received = mixing.decompress(down)
+            received = self.global_model if applied else mixing.decompress(down)
             self.states[k]["model"] = self.adopt(received, self.states[k]["model"])
-            self.counters[k].msgs_recv += 1
-            self.counters[k].bytes_recv += nbytes
+            c = self.counters[k]
+            c.msgs_recv += 1
+            c.bytes_recv += nbytes
+            c.bytes_from_server += nbytes
+        anchor = self.global_model
         stats = self.train(chosen)
         nodes = self.nodes(server)
+        reference = anchor if p.deltas else None
         for k in chosen:
-            nodes[k].publish(self.states[k]["model"], [-1], self.round)
+            nodes[k].publish(self.states[k]["model"], [-1], self.round, reference=reference)
         server_node = GossipNode(-1, server, self.settings(-1), {**self.counters, -1: Counters()})
-        accepted = server_node.receive_valid(self.global_model)
+        accepted = server_node.receive_valid(anchor, reference=reference)
         if accepted:
             mixed = server_node.aggregate(accepted, dict(enumerate(self.sizes)))
-            self.global_model = self.outer_step(-1, self.global_model, mixed)
+            self.global_model = self.outer_step(-1, anchor, mixed)
+            if p.deltas:  # the change, which the agents will apply
+                change, _ = mixing.compress(
+                    mixing.difference(self.global_model, anchor), p.compression
+                )
+                self.global_model = mixing.add_back(mixing.decompress(change), anchor)
         for k in range(self.n):  # for scoring: every agent holds the new global model
             self.states[k]["model"] = self.adopt(self.global_model, self.states[k]["model"])
         self.recompute_bn(list(range(self.n)))

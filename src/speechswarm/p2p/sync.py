@@ -78,6 +78,9 @@ class Counters:
     # the largest |aggregate with - without the poisoned state| / |without| seen (inf: the
     # aggregate became non-finite)
     poison_shift: float = 0.0
+    # bytes this agent downloaded from a FedAvg server (sent by no agent, so not in any
+    # agent's bytes_sent): the wire's total is the agents' bytes_sent plus these
+    bytes_from_server: int = 0
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in vars(self).items() if k != "reasons"}
@@ -112,11 +115,17 @@ class GossipNode:
         self.generator = generator or torch.Generator().manual_seed(agent)
         self.earlier = earlier
 
-    def publish(self, state: State, receivers, round_index: int) -> None:
-        """Send `state` (compressed; corrupted if this agent is faulty) to each receiver."""
+    def publish(
+        self, state: State, receivers, round_index: int, reference: State | None = None
+    ) -> None:
+        """Send `state` (compressed; corrupted if this agent is faulty) to each receiver;
+        with a `reference` that the receivers hold too, only its change from it (a delta
+        message: compression then works on the scale of the change, not the weights')."""
         s = self.settings
         if s.fault:
             state = mixing.corrupt(state, s.fault, s.fault_scale, self.generator, self.earlier)
+        if reference is not None:
+            state = mixing.difference(state, reference)
         payload, nbytes = mixing.compress(state, s.compression)
         mine = self.counters[self.agent]
         for to in receivers:
@@ -124,10 +133,11 @@ class GossipNode:
             mine.msgs_sent += 1
             mine.bytes_sent += nbytes
 
-    def receive_valid(self, own: State) -> dict[int, State]:
-        """Decompressed states of this round's messages that pass validation, by sender.
-        A state of other tensor names or shapes is refused even without `validate`: it
-        cannot be aggregated."""
+    def receive_valid(self, own: State, reference: State | None = None) -> dict[int, State]:
+        """Decompressed states of this round's messages that pass validation, by sender;
+        with a `reference`, the messages are delta messages (`publish`) and each state is
+        rebuilt on it before it is checked. A state of other tensor names or shapes is
+        refused even without `validate`: it cannot be aggregated."""
         accepted: dict[int, State] = {}
         s = self.settings
         mine = self.counters[self.agent]
@@ -135,6 +145,8 @@ class GossipNode:
             mine.msgs_recv += 1
             mine.bytes_recv += msg.nbytes
             state = mixing.decompress(msg.payload)
+            if reference is not None and not mixing.check_layout(state, reference):
+                state = mixing.add_back(state, reference)  # (a bad layout is refused below)
             if s.validate:
                 reason = mixing.check_received(state, own, s.max_norm_ratio)
             else:
