@@ -71,24 +71,27 @@ def test_the_tone_language_is_written_once(tmp_path):
     assert manifest.stat().st_mtime_ns == stamp
 
 
-@pytest.mark.slow  # ~2 min: 16 clean rounds, then 2 clean and 2 poisoned runs of 8 rounds
+@pytest.mark.slow  # ~1 min: 16 clean rounds, then 2 clean and 2 poisoned runs of 4 rounds
 def test_median_outvotes_a_scaled_liar_that_the_plain_mean_lets_through(
     tmp_path, capsys, one_torch_thread
 ):
     """Receivers check names and shapes only (--no-validate): the aggregation alone stands
-    between the honest agents and a liar sending its weights x1e6."""
+    between the honest agents and a liar sending its weights x1e6. Measured (4 poisoned
+    rounds): honest CER 4.4 % clean and 4.4 % under the median, 86.7 % under the mean; with
+    8 poisoned rounds 4.7 and 100 %. (The 16 clean rounds stay: after 8 clean rounds and 4
+    poisoned ones, the median run ended 1.2 points off its clean run.)"""
     out = tmp_path / "poison"
     argv = ["--no-validate", "--attacks", "scale", "--aggregations", "mean,median",
-            "--trials", "2", "--rounds", "24", "--clean-rounds", "16", "--out", str(out)]  # fmt: skip
+            "--trials", "2", "--rounds", "20", "--clean-rounds", "16", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0  # as a user types it: every robust cell met the target
     mean, median = json.loads((out / "poison.json").read_text())["trials"]
-    assert median["messages"] == 4 * 8 and median["outvoted"] == median["messages"]
+    assert median["messages"] == 4 * 4 and median["outvoted"] == median["messages"]
     assert median["rejected"] and abs(median["delta_points"]) <= 1.0, median
     assert median["max_shift"] < 0.5  # the aggregate moved, but stayed near the honest one
-    assert mean["through"] == mean["messages"] == 4 * 8 and not mean["rejected"]
+    assert mean["through"] == mean["messages"] == 4 * 4 and not mean["rejected"]
     assert mean["delta_points"] > 20, mean  # the hijacked average wrecks the honest agents
     printed = capsys.readouterr().out
-    assert "| scale | mean | 1 | 0/1 | 0 / 0 / 32 of 32 |" in printed
+    assert "| scale | mean | 1 | 0/1 | 0 / 0 / 16 of 16 |" in printed
     assert "baseline (no: 1/1 trials let poisoned weights through" in printed
     assert printed.count("| yes |") == 1 and "| scale | median | 1 | 1/1 |" in printed
     assert (out / "poison.md").read_text().strip() in printed
