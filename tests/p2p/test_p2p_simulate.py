@@ -327,6 +327,20 @@ def test_fedavg_int8_deltas_aggregate_what_the_agents_trained(p2p_config, deltas
         assert err > 1e-3, err  # measured 3.2e-3: what the deltas are for
 
 
+@pytest.mark.parametrize("fault", ["nan", "scale", "wrong_shape"])
+def test_a_faulty_agents_int8_changes_are_refused_by_the_server(p2p_config, fault):
+    """Delta messages are rebuilt on the global model, then checked like whole weights: a
+    NaN, a x1e3 or a wrong-shaped upload never reaches the global model."""
+    overrides = ("p2p.compression=int8", "p2p.deltas=true", "p2p.faulty_agents=[1]",
+                 f"p2p.fault={fault}")  # fmt: skip
+    _, ckpt, rows, _ = run(p2p_config(f"f-{fault}", *overrides), "fedavg")
+    assert {r["agent"]: r["rejected_by_peers"] for r in rows if r["round"] == 2}[1] == 2
+    assert all(torch.isfinite(t).all() for t in floats(ckpt["global_model"]).values())
+    norm = mixing.state_norm(floats(ckpt["global_model"]))
+    _, clean, _, _ = run(p2p_config(f"c-{fault}", *overrides[:2]), "fedavg")
+    assert norm < 1.5 * mixing.state_norm(floats(clean["global_model"]))
+
+
 def test_deltas_are_refused_where_agents_share_no_model(p2p_config):
     cfg = p2p_config("g", "p2p.deltas=true", "p2p.runs=[gossip/ring,fedavg]")
     with pytest.raises(ConfigError, match="p2p.deltas works with fedavg only: gossip"):

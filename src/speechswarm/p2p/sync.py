@@ -124,8 +124,8 @@ class GossipNode:
         s = self.settings
         if s.fault:
             state = mixing.corrupt(state, s.fault, s.fault_scale, self.generator, self.earlier)
-        if reference is not None:
-            state = mixing.difference(state, reference)
+        if reference is not None and not mixing.check_layout(state, reference):
+            state = mixing.difference(state, reference)  # (a bad layout goes as it is)
         payload, nbytes = mixing.compress(state, s.compression)
         mine = self.counters[self.agent]
         for to in receivers:
