@@ -16,15 +16,19 @@ $(STAMP): pyproject.toml scripts/setup.sh
 demo: setup
 	$(PY) -m speechswarm demo
 
-# Two workers, each file's tests on one (its module fixtures are made once): 11 min against
-# 18.5 in one process on 2 cores. --durations=15: the slowest tests, where the time goes.
-PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
+# Two workers, each file's tests on one (its module fixtures are made once); the networked
+# peers' tests after them in one process: peers on loopback race their own deadlines, and a
+# second worker's load made one miss its neighbour. --durations: where the time goes.
+PYTEST := $(PY) -m pytest -q
+NET := tests/p2p/net
 
 test: setup
-	$(PYTEST) --durations=15
+	$(PYTEST) -n 2 --dist loadfile --durations=15 --ignore=$(NET)
+	$(PYTEST) --durations=5 $(NET)
 
 test-fast: setup
-	$(PYTEST) -m "not slow"
+	$(PYTEST) -n 2 --dist loadfile -m "not slow" --ignore=$(NET)
+	$(PYTEST) -m "not slow" $(NET)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench
