@@ -16,19 +16,20 @@ $(STAMP): pyproject.toml scripts/setup.sh
 demo: setup
 	$(PY) -m speechswarm demo
 
-# Two workers, each file's tests on one (its module fixtures are made once); the networked
-# peers' tests after them in one process: peers on loopback race their own deadlines, and a
-# second worker's load made one miss its neighbour. --durations: where the time goes.
+# Two workers, each file's tests on one (its module fixtures are made once); the tests that
+# start networked peers (tests/p2p/net, the swarm's dashboard) after them in one process:
+# peers on loopback race their own deadlines, and a second worker's load made some miss
+# them. --durations: where the time goes.
 PYTEST := $(PY) -m pytest -q
-NET := tests/p2p/net
+SERIAL := tests/p2p/net tests/dashboard
 
 test: setup
-	$(PYTEST) -n 2 --dist loadfile --durations=15 --ignore=$(NET)
-	$(PYTEST) --durations=5 $(NET)
+	$(PYTEST) -n 2 --dist loadfile --durations=15 $(addprefix --ignore=,$(SERIAL))
+	$(PYTEST) --durations=5 $(SERIAL)
 
 test-fast: setup
-	$(PYTEST) -n 2 --dist loadfile -m "not slow" --ignore=$(NET)
-	$(PYTEST) -m "not slow" $(NET)
+	$(PYTEST) -n 2 --dist loadfile -m "not slow" $(addprefix --ignore=,$(SERIAL))
+	$(PYTEST) -m "not slow" $(SERIAL)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench
