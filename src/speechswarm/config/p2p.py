@@ -252,5 +252,3 @@ def check_p2p(cfg: P2PConfig) -> None:
         raise ConfigError(f"p2p.faulty_agents: {bad} are not agent numbers 0..{cfg.agents - 1}")
     for spec in cfg.runs:
         parse_run(spec, cfg.topology)
-    if not cfg.runs:
-        check_run(cfg.algorithm, cfg)
