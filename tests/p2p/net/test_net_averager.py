@@ -247,14 +247,23 @@ def test_a_member_sending_garbage_is_left_out_and_then_avoided(monkeypatch, mode
             assert kept == n // 3 and averaged == n - kept
             assert a.counter("rejected_parts") == 2  # its part for this peer, its answer
             assert a.counter("offenders") == 1 and a.counter("senders_dropped") == 1
+        before = [(a.counter("values_kept_local"), a.counter("senders_dropped")) for a in healthy]
         for k, a in enumerate(healthy):  # a fresh round: back to own values
             with a.get_tensors() as (t,):
                 t.fill_(values[k])
         results = _step_all([*healthy, bad], [1.0, 1.0, 1.0], timeout=15.0)
         assert all(isinstance(results[k], dict) and len(results[k]) == 2 for k in (0, 1)), results
-        for a in healthy:
+        for k, a in enumerate(healthy):
             with a.get_tensors() as (t,):
-                assert torch.equal(t, torch.full((n,), 1.5))
+                kept, averaged = int((t == values[k]).sum()), int((t == 1.5).sum())
+            # the pair's mean everywhere; on a loaded machine hivemind may finish the round
+            # without a late part (its values stay local) or a late sender (the part this peer
+            # reduces is its own): either way the values stay own values and are counted
+            assert kept + averaged == n and averaged >= n // 3, (kept, averaged)
+            local, dropped = (a.counter(c) - b for c, b in zip(
+                ("values_kept_local", "senders_dropped"), before[k], strict=True))  # fmt: skip
+            assert kept == 0 or local == kept or dropped >= 1, (kept, local, dropped)
+            assert a.counter("rejected_parts") == 2  # nothing new from the bad member
         assert sum(a.counter("rejected_joins") + a.counter("rejected_groups") for a in healthy) >= 1
     finally:
         _close(*healthy, bad, d0, d1, d2)
