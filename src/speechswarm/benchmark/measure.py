@@ -1,5 +1,6 @@
 """What a benchmark reports beside its speeds: peak memory while a block runs, and the
-machine, commit and date the numbers belong to.
+machine, commit and date the numbers belong to; and a training run built for one measurement
+and torn down after it.
 
     from speechswarm.benchmark.measure import PeakMemory, environment
     with PeakMemory(torch.device("cpu")) as mem:
@@ -10,13 +11,20 @@ machine, commit and date the numbers belong to.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import platform
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
+
+from speechswarm.train.assemble import build_run
+
+T = TypeVar("T")
 
 
 class PeakMemory:
@@ -83,3 +91,21 @@ def environment() -> dict:
         "machine": f"{os.cpu_count()} cores, {cpu}" + (f", {gpu}" if gpu else ""),
         "torch": torch.__version__,
     }
+
+
+def measure_in_run(cfg: Any, measure: Callable[[Any], T]) -> T:
+    """`measure(run)` on a training run built from `cfg` (no progress bars), then the run torn
+    down whatever happened: its log files closed, its loader workers shut down and torch's
+    thread count put back. The run lives only in here, so a caller may delete the folder it
+    wrote to as soon as this returns (a `with` block's variable would keep it alive)."""
+    threads_before = torch.get_num_threads()
+    run = build_run(cfg, progress=False)
+    try:
+        return measure(run)
+    finally:
+        for handler in list(run.log.handlers):
+            handler.close()
+            run.log.removeHandler(handler)
+        del run
+        gc.collect()  # shuts the persistent loader workers down before the folder goes
+        torch.set_num_threads(threads_before)

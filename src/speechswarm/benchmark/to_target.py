@@ -33,7 +33,6 @@ evaluation, so resolution is one slice) or when its budget is spent.
 
 from __future__ import annotations
 
-import gc
 import math
 import os
 import sys
@@ -45,12 +44,11 @@ from pathlib import Path
 
 import torch
 
-from speechswarm.benchmark.measure import environment
+from speechswarm.benchmark.measure import environment, measure_in_run
 from speechswarm.benchmark.train import LoopStats, ReferenceLoop
 from speechswarm.config import load_config
 from speechswarm.errors import UsageError
 from speechswarm.evaluate import EvalResult, evaluate
-from speechswarm.train.assemble import build_run
 from speechswarm.train.loop import TrainState, run_steps
 from speechswarm.train.optim import BudgetedLR
 
@@ -284,23 +282,15 @@ def run_target_bench(
     check_arguments(target_cer, budget_min, slice_s, reference_order)
     check_manifests(load_config(config, list(overrides)))  # and the config, before any work
     target, budget_s = target_cer / 100.0, budget_min * 60.0
-    threads_before = torch.get_num_threads()
     load_before = os.getloadavg()[0]
     started = environment()  # the date and commit of the code this process runs
     with tempfile.TemporaryDirectory(prefix="speechswarm-target-") as tmp:
         cfg = load_config(
             config, [*overrides, *target_overrides(Path(tmp) / "run", device, budget_min)]
         )
-        run = build_run(cfg, progress=False)
-        try:
-            result = _race(run, target, budget_s, slice_s, reference_order, log)
-        finally:
-            for handler in list(run.log.handlers):
-                handler.close()
-                run.log.removeHandler(handler)
-            del run
-            gc.collect()  # shuts the persistent loader workers down before the folder goes
-            torch.set_num_threads(threads_before)
+        result = measure_in_run(
+            cfg, lambda run: _race(run, target, budget_s, slice_s, reference_order, log)
+        )
     result.update(
         config=config,
         overrides=list(overrides),

@@ -32,7 +32,6 @@ of PLAN_UTTERANCES lengths of the same distribution), data-wait share, and peak 
 from __future__ import annotations
 
 import copy
-import gc
 import math
 import os
 import sys
@@ -52,13 +51,13 @@ from speechswarm.benchmark.corpus import (
     write_bench_corpus,
 )
 from speechswarm.benchmark.gemm import gemm_peaks
-from speechswarm.benchmark.measure import PeakMemory, environment
+from speechswarm.benchmark.measure import PeakMemory, environment, measure_in_run
 from speechswarm.config import load_config
 from speechswarm.data.dataset import Batch, SpeechDataset, collate
 from speechswarm.data.manifest import read_manifest
 from speechswarm.data.sampler import BucketBatchSampler, epoch_speed_factors, padding_fraction
 from speechswarm.errors import UsageError
-from speechswarm.train.assemble import build_run, schedule_for
+from speechswarm.train.assemble import schedule_for
 from speechswarm.train.loop import TrainState, train_one_epoch
 from speechswarm.train.optim import make_optimizer
 from speechswarm.train.step import clip_and_step, forward_loss
@@ -301,7 +300,6 @@ def run_train_bench(
     if rounds < 1 or steps < 1:
         raise UsageError(f"--rounds and --steps must be >= 1, got {rounds} and {steps}")
     base = load_config(config, list(overrides))  # checked before any work
-    threads_before = torch.get_num_threads()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="speechswarm-bench-") as tmp:
         batches = 1 + rounds * steps  # warm-up + timed, per loop
@@ -314,19 +312,11 @@ def run_train_bench(
         cfg = load_config(
             config, [*overrides, *bench_overrides(manifest, Path(tmp) / "run", device)]
         )
-        run = build_run(cfg, progress=False)
-        try:
-            plan_durations = make(PLAN_UTTERANCES, seed=base.train.seed + 1)
-            result = _measure(
-                run, read_manifest(manifest), plan_durations, rounds, steps, quick, log
-            )
-        finally:
-            for handler in list(run.log.handlers):
-                handler.close()
-                run.log.removeHandler(handler)
-            del run
-            gc.collect()  # shuts the persistent loader workers down before the folder goes
-            torch.set_num_threads(threads_before)
+        plan_durations = make(PLAN_UTTERANCES, seed=base.train.seed + 1)
+        utts = read_manifest(manifest)
+        result = measure_in_run(
+            cfg, lambda run: _measure(run, utts, plan_durations, rounds, steps, quick, log)
+        )
     result.update(
         config=config,
         overrides=list(overrides),
