@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from speechswarm.train.assemble import build_run
+from speechswarm.train.assemble import build_run, close_log
 
 T = TypeVar("T")
 
@@ -103,9 +103,7 @@ def measure_in_run(cfg: Any, measure: Callable[[Any], T]) -> T:
     try:
         return measure(run)
     finally:
-        for handler in list(run.log.handlers):
-            handler.close()
-            run.log.removeHandler(handler)
+        close_log(run.log)
         del run
         gc.collect()  # shuts the persistent loader workers down before the folder goes
         torch.set_num_threads(threads_before)

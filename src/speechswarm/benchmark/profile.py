@@ -38,7 +38,7 @@ from speechswarm.benchmark.measure import environment
 from speechswarm.benchmark.train import BENCH_EPOCH, bench_overrides, utterances_needed
 from speechswarm.config import load_config
 from speechswarm.errors import UsageError
-from speechswarm.train.assemble import build_run
+from speechswarm.train.assemble import build_run, close_log
 from speechswarm.train.loop import TrainState
 from speechswarm.train.step import train_step
 
@@ -223,9 +223,7 @@ def run_profile_bench(
             3.0 * runs[0].model.flops_per_second(1000.0 / base.features.hop_ms) / 1e9
         )
         for run in runs:
-            for handler in list(run.log.handlers):
-                handler.close()
-                run.log.removeHandler(handler)
+            close_log(run.log)
         del runs, batches
     result.update(config=config, overrides=list(overrides), load_average=os.getloadavg()[0])
     return {**result, **environment()}

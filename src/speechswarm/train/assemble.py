@@ -158,6 +158,15 @@ def _set_threads(num_threads: int, env: ddp.DistEnv) -> None:
         torch.set_num_threads(per_process)
 
 
+def close_log(log: logging.Logger) -> None:
+    """Close and detach a run's log handlers (its train.log), so a run built inside a process
+    that goes on (a benchmark) lets its folder be deleted and a later run of the same folder
+    gets fresh handlers."""
+    for handler in list(log.handlers):
+        handler.close()
+        log.removeHandler(handler)
+
+
 def _logger(run_dir: Path, env: ddp.DistEnv) -> logging.Logger:
     """The run's logger: train.log and the console on the main process; under DDP the other
     ranks print only warnings and errors, prefixed with their rank."""
