@@ -55,9 +55,7 @@ def main() -> None:
         waves = [torch.from_numpy(load_audio(u.audio, asr.sample_rate, offset=u.offset,
                                              duration=u.duration)) for u in chunk]  # fmt: skip
         lens = torch.tensor([len(w) for w in waves])
-        batch = torch.zeros(len(waves), int(lens.max()))
-        for i, w in enumerate(waves):
-            batch[i, : len(w)] = w
+        batch = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True)
         per_warp = []
         with torch.inference_mode():
             for a in warps:
