@@ -159,9 +159,99 @@ def test_a_compressed_change_loses_far_less_than_compressed_weights():
     assert mixing.check_received(back, shared, 5.0) == "nonfinite"
 
 
+def payload_bytes(payload: dict) -> int:
+    """What the payload's tensors hold, counted from the tensors themselves."""
+    total = 0
+    for item in payload["tensors"].values():
+        parts = [item] if isinstance(item, torch.Tensor) else item
+        for part in parts:
+            if isinstance(part, torch.Tensor):
+                total += part.numel() * part.element_size()
+            elif isinstance(part, float):
+                total += 4  # int8's scale, sent as fp32
+    return total
+
+
+@pytest.mark.parametrize("kind", mixing.COMPRESSIONS)
+def test_compressed_size_is_what_the_payload_holds(kind):
+    """The counted bytes are the packed codes and scales, for odd sizes and sizes across
+    a block boundary too."""
+    torch.manual_seed(0)
+    s = {"a": torch.randn(3 * mixing.BLOCK + 5), "b": torch.randn(3), "c": torch.randn(0),
+         "n": torch.tensor(4)}  # fmt: skip
+    payload, nbytes = mixing.compress(s, kind)
+    assert nbytes == payload_bytes(payload) == mixing.compressed_size(s, kind)
+    back = mixing.decompress(payload)
+    assert {k: (t.shape, t.dtype) for k, t in back.items()} == {
+        k: (t.shape, t.dtype) for k, t in s.items()
+    }
+
+
+def test_int4_and_sign_codes_by_hand():
+    n = mixing.BLOCK + 3  # a full block and a block of 3
+    x = torch.linspace(-1.0, 1.0, n)
+    payload, nbytes = mixing.compress({"x": x}, "int4")
+    assert nbytes == (n + 1) // 2 + 2 * 4
+    back = mixing.decompress(payload)["x"]
+    full, tail = x[: mixing.BLOCK], x[mixing.BLOCK :]
+    assert (back[: mixing.BLOCK] - full).abs().max() <= full.abs().max() / 7 / 2 + 1e-6
+    assert (back[mixing.BLOCK :] - tail).abs().max() <= tail.abs().max() / 7 / 2 + 1e-6
+    payload, nbytes = mixing.compress({"x": x}, "sign")
+    assert nbytes == (n + 7) // 8 + 2 * 4
+    back = mixing.decompress(payload)["x"]
+    assert torch.equal(back >= 0, x >= 0)  # the signs, and each block's mean |x|
+    torch.testing.assert_close(back[: mixing.BLOCK].abs(), full.abs().mean().expand(mixing.BLOCK))
+    torch.testing.assert_close(back[mixing.BLOCK :].abs(), tail.abs().mean().expand(3))
+
+
+def test_running_statistics_go_int8_under_change_only_codes():
+    """A variance of 0.01 that fell by 0.005 among variances that grew by 1: a sign code
+    would send the block's mean change, about -1, and turn it negative; int8 keeps it
+    within 1 / 254 of 0.005."""
+    var = torch.cat([torch.tensor([0.01]), torch.full((99,), 2.0)])
+    change = {"bn.running_var": torch.cat([torch.tensor([-0.005]), torch.full((99,), 1.0)])}
+    change["w"] = torch.randn(100)
+    for kind in ("int4", "sign"):
+        payload, nbytes = mixing.compress(change, kind, stats=["bn.running_var"])
+        assert nbytes == 100 + 4 + mixing.compressed_size({"w": change["w"]}, kind)
+        back = mixing.decompress(payload)
+        assert (var + back["bn.running_var"]).min() >= 0.005 - 1 / 254
+    back = mixing.decompress(mixing.compress(change, "sign")[0])
+    assert (var + back["bn.running_var"]).min() < 0  # what the exception is for
+
+
+@pytest.mark.parametrize("kind", ["int4", "sign"])
+def test_error_feedback_sends_every_part_of_the_changes_late(kind):
+    """The same change sent 80 times: with error feedback the receiver's running sum is
+    the true sum up to the residual, which grows far slower than the sum (sign: about as
+    the square root of the messages here; int4: not at all); without it, every message
+    misses the same part, and the error grows as the sum, 4-fold from 20 messages to 80."""
+    torch.manual_seed(0)
+    change = {"w": torch.randn(1000) * torch.rand(1000) ** 2, "n": torch.tensor(1)}
+    total_ef, total_plain = torch.zeros(1000), torch.zeros(1000)
+    residual, errors = None, {}
+    for i in range(1, 81):
+        payload, _, residual = mixing.compress_with_feedback(change, residual, kind)
+        total_ef += mixing.decompress(payload)["w"]
+        total_plain += mixing.decompress(mixing.compress(change, kind)[0])["w"]
+        if i in (20, 80):
+            errors[i] = [float((t - i * change["w"]).norm()) for t in (total_ef, total_plain)]
+    torch.testing.assert_close(total_ef + residual["w"], 80 * change["w"], rtol=0, atol=1e-3)
+    (ef20, plain20), (ef80, plain80) = errors[20], errors[80]
+    assert ef80 < 2.5 * ef20 and plain80 > 3.9 * plain20, errors
+    assert ef80 < plain80 / 3, errors
+
+
+def test_a_non_finite_residual_is_dropped():
+    payload, _, residual = mixing.compress_with_feedback(state(math.nan, 2, 3), None, "sign")
+    assert mixing.check_received(mixing.decompress(payload), state(1, 2, 3), 5.0) == "nonfinite"
+    assert all(torch.equal(t, torch.zeros_like(t)) for t in residual.values())
+    assert set(residual) == {"w", "b"}  # floating tensors only
+
+
 def test_compressed_nan_is_still_caught():
     own = state(1, 2, 3)
-    for kind in ("fp16", "int8"):
+    for kind in ("fp16", "int8", "int4", "sign"):
         payload, _ = mixing.compress(state(math.nan, 2, 3), kind)
         assert mixing.check_received(mixing.decompress(payload), own, 5.0) == "nonfinite"
 

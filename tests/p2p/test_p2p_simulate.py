@@ -121,12 +121,14 @@ def test_complete_gossip_equals_fedavg(p2p_config):
 
 
 OUTER = ("p2p.outer_lr=0.7", "p2p.outer_momentum=0.9")
+SIGN_EF = ("p2p.deltas=true", "p2p.compression=sign", "p2p.error_feedback=true")
 
 
 @pytest.mark.parametrize(
     "algorithm,extra",
-    [("gossip", ()), ("async", ()), ("p2pbn", ()), ("gossip", OUTER), ("fedavg", OUTER)],
-)
+    [("gossip", ()), ("async", ()), ("p2pbn", ()), ("gossip", OUTER), ("fedavg", OUTER),
+     ("fedavg", SIGN_EF)],
+)  # fmt: skip
 def test_resume_after_interruption_is_exact(p2p_config, algorithm, extra):
     overrides = ("p2p.rounds=3", "p2p.eval_every=1", "p2p.topology=regular", "p2p.degree=2")
     overrides += extra
@@ -339,6 +341,53 @@ def test_a_faulty_agents_int8_changes_are_refused_by_the_server(p2p_config, faul
     norm = mixing.state_norm(floats(ckpt["global_model"]))
     _, clean, _, _ = run(p2p_config(f"c-{fault}", *overrides[:2]), "fedavg")
     assert norm < 1.5 * mixing.state_norm(floats(clean["global_model"]))
+
+
+@pytest.mark.parametrize("kind", ["int4", "sign"])
+def test_fedavg_sends_int4_and_sign_changes_with_error_feedback(p2p_config, kind):
+    """Bytes: the first download is the whole model at int8, every later message a change
+    in `kind`'s codes. The residuals are what the last messages left out: nonzero for
+    every agent and the server, and with them the global model follows the exact mean of
+    what the agents trained more closely than without."""
+    _, ckpt, rows, _ = run(p2p_config(kind, *SIGN_EF, f"p2p.compression={kind}"), "fedavg")
+    model = ckpt["global_model"]
+    stats = [name for name in model if "running_" in name]  # these go int8
+    assert stats
+    first = mixing.compressed_size(model, "int8")
+    change = mixing.compressed_size(model, kind, stats)
+    assert change < mixing.compressed_size(model, "int8") * (0.6 if kind == "int4" else 0.2)
+    last = [r for r in rows if r["round"] == 2]
+    assert [(r["bytes_sent"], r["bytes_from_server"]) for r in last] == [
+        (2 * change, first + change)
+    ] * 4
+    assert sorted(int(k) for k in ckpt["residuals"]) == [-1, 0, 1, 2, 3]
+    assert all(mixing.state_norm(r) > 0 for r in ckpt["residuals"].values())
+    _, plain, _, _ = run(p2p_config(f"{kind}-plain", "p2p.deltas=true"), "fedavg")
+    _, lossy, _, _ = run(
+        p2p_config(f"{kind}-noef", "p2p.deltas=true", f"p2p.compression={kind}"), "fedavg"
+    )
+    exact = floats(plain["global_model"])
+    assert "residuals" not in lossy or not lossy["residuals"]
+    with_ef = mixing.state_distance(floats(model), exact)
+    without = mixing.state_distance(floats(lossy["global_model"]), exact)
+    assert with_ef < without, (with_ef, without)
+
+
+@pytest.mark.parametrize(
+    "algorithm,overrides,message",
+    [
+        ("fedavg", ("p2p.compression=sign",), "p2p.compression=sign sends changes only"),
+        ("gossip", ("p2p.compression=int4",), "p2p.compression=int4 sends changes only"),
+        ("fedavg", ("p2p.error_feedback=true",), "p2p.error_feedback carries"),
+    ],
+)
+def test_change_only_settings_are_refused_for_whole_weights(
+    p2p_config, algorithm, overrides, message
+):
+    runs = "gossip/ring" if algorithm == "gossip" else algorithm
+    cfg = p2p_config("w", *overrides, f"p2p.runs=[central,{runs}]")
+    with pytest.raises(ConfigError, match=message):
+        run_experiment(cfg, progress=False)
 
 
 def test_deltas_are_refused_where_agents_share_no_model(p2p_config):

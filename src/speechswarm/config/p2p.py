@@ -110,13 +110,21 @@ class P2PConfig:
     outer_momentum: float = 0.0
     outer_nesterov: bool = True
     # ---- messages
-    compression: Literal["none", "fp16", "int8"] = "none"
+    # none | fp16 | int8 | int4 | sign (mixing.compress): int4 (4 bits a value) and sign (1
+    # bit a value, signSGD's scaled sign) send changes only (p2p.deltas; the first download
+    # of whole weights then goes int8), and want p2p.error_feedback
+    compression: Literal["none", "fp16", "int8", "int4", "sign"] = "none"
     # fedavg: messages after the first download carry changes, not weights: an agent's
     # change since the global model it was sent, the server's change of the global model.
     # Compressed, a change loses far less than the weights (int8's step is 1/127 of the
     # largest change, not of the largest weight). Symptom for it: int8 or fp16 messages
     # cost accuracy.
     deltas: bool = False
+    # with p2p.deltas: each sender (agents and server) adds what compression left out of its
+    # earlier changes to its next change (error feedback, EF-SGD / 1-bit SGD), so coarse
+    # codes lose only time, not parts of the update. Symptom for it: int4 or sign messages
+    # cost accuracy.
+    error_feedback: bool = False
     # reject received weights with NaN/Inf or a norm out of bounds; the simulation refuses
     # weights of other tensor names or shapes either way (they cannot be averaged)
     validate: bool = True
@@ -202,6 +210,17 @@ def check_run(algorithm: str, cfg: P2PConfig) -> None:
         raise ConfigError(
             f"p2p.deltas works with fedavg only: {algorithm} agents hold no model in common "
             "with their neighbours to send changes from"
+        )
+    sends_weights = algorithm in GRAPH_ALGORITHMS or (algorithm == "fedavg" and not cfg.deltas)
+    if cfg.compression in ("int4", "sign") and sends_weights:
+        raise ConfigError(
+            f"p2p.compression={cfg.compression} sends changes only: set p2p.deltas=true "
+            "(fedavg); for whole weights use none, fp16 or int8"
+        )
+    if cfg.error_feedback and sends_weights:
+        raise ConfigError(
+            "p2p.error_feedback carries compression error from one change to the next: set "
+            "p2p.deltas=true (fedavg)"
         )
 
 

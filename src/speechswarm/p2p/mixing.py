@@ -13,7 +13,7 @@ from the state named by `keep_from` (the receiver's own).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import torch
@@ -334,37 +334,113 @@ def add_back(change: State, reference: State) -> State:
     }
 
 
-def compressed_size(state: State, kind: str) -> int:
-    """Bytes of `compress(state, kind)`'s payload, which depend on the layout alone."""
+# values per fp32 scale of the blocked codes (int4, sign)
+BLOCK = 256
+COMPRESSIONS = ("none", "fp16", "int8", "int4", "sign")
+# codes too coarse for whole weights: they are meant for changes (p2p.deltas), where the
+# quantisation error of one round is carried into the next (p2p.error_feedback)
+CHANGE_ONLY = ("int4", "sign")
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in COMPRESSIONS:
+        raise ValueError(f"unknown compression {kind!r}: {', '.join(COMPRESSIONS)}")
+
+
+def _kind_for(name: str, kind: str, stats: Collection[str]) -> str:
+    """Running statistics (`stats`) go int8 where `kind` is a change-only code: a sign or
+    int4 step of a block could turn a small variance negative. They are few values."""
+    return "int8" if kind in CHANGE_ONLY and name in stats else kind
+
+
+def compressed_size(state: State, kind: str, stats: Collection[str] = ()) -> int:
+    """Bytes of `compress(state, kind, stats)`'s payload, which depend on the layout alone."""
+    _check_kind(kind)
     total = 0
-    for t in state.values():
-        if not t.is_floating_point() or kind == "none":
-            total += t.numel() * t.element_size()
-        elif kind == "fp16":
-            total += t.numel() * 2
-        elif kind == "int8":
-            total += t.numel() + 4  # one fp32 scale per tensor
-        else:
-            raise ValueError(f"unknown compression {kind!r}: none, fp16 or int8")
+    for name, t in state.items():
+        n = t.numel()
+        kind_t = _kind_for(name, kind, stats)
+        if not t.is_floating_point() or kind_t == "none":
+            total += n * t.element_size()
+        elif kind_t == "fp16":
+            total += n * 2
+        elif kind_t == "int8":
+            total += n + 4  # one fp32 scale per tensor
+        elif kind_t == "int4":
+            total += (n + 1) // 2 + 4 * -(-n // BLOCK)  # two codes a byte, a scale a block
+        else:  # sign: one bit a value, a scale a block
+            total += (n + 7) // 8 + 4 * -(-n // BLOCK)
     return total
 
 
-def compress(state: State, kind: str) -> tuple[dict, int]:
+def _blocks(t: torch.Tensor) -> torch.Tensor:
+    """`t` flattened and zero-padded into rows of BLOCK values."""
+    flat = t.reshape(-1)
+    pad = -flat.numel() % BLOCK
+    return torch.nn.functional.pad(flat, (0, pad)).view(-1, BLOCK)
+
+
+def _pack_int4(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes q in [-7, 7] per block (scale = the block's max |x| / 7), two to a byte."""
+    blocks = _blocks(t)
+    scales = blocks.abs().amax(dim=1) / 7.0
+    safe = torch.where(scales > 0, scales, torch.ones_like(scales))  # NaN stays NaN
+    q = torch.round(blocks / safe[:, None]).clamp(-7, 7).nan_to_num(0.0)
+    codes = (q.reshape(-1)[: t.numel() + t.numel() % 2] + 8).to(torch.uint8)
+    return codes[0::2] | (codes[1::2] << 4), scales.float()
+
+
+def _unpack_int4(packed: torch.Tensor, scales: torch.Tensor, shape, dtype) -> torch.Tensor:
+    n = math.prod(shape)
+    codes = torch.stack([packed & 0xF, packed >> 4], dim=1).reshape(-1)[:n]
+    values = codes.to(dtype) - 8.0
+    values = torch.nn.functional.pad(values, (0, -n % BLOCK)).view(-1, BLOCK)
+    return (values * scales.to(dtype)[:, None]).reshape(-1)[:n].reshape(shape)
+
+
+def _pack_sign(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One bit per value (x >= 0) and each block's mean |x| (over its real values)."""
+    flat = t.reshape(-1)
+    blocks = _blocks(t)
+    counts = torch.full((blocks.shape[0],), float(BLOCK))
+    if flat.numel() % BLOCK:
+        counts[-1] = flat.numel() % BLOCK
+    scales = blocks.abs().sum(dim=1).float() / counts
+    bits = np.packbits((flat >= 0).numpy())
+    return torch.from_numpy(bits), scales
+
+
+def _unpack_sign(packed: torch.Tensor, scales: torch.Tensor, shape, dtype) -> torch.Tensor:
+    n = math.prod(shape)
+    signs = torch.from_numpy(np.unpackbits(packed.numpy(), count=n).astype(np.float32))
+    signs = torch.nn.functional.pad(signs * 2.0 - 1.0, (0, -n % BLOCK)).view(-1, BLOCK)
+    return (signs * scales[:, None]).reshape(-1)[:n].reshape(shape).to(dtype)
+
+
+def compress(state: State, kind: str, stats: Collection[str] = ()) -> tuple[dict, int]:
     """A message payload for `state` and its size in bytes on the wire.
 
     `none`: tensors as they are (4 bytes per fp32 value). `fp16`: floats as float16 (2
     bytes). `int8`: each floating tensor as int8 codes q = round(x / scale) with one fp32
     scale = max|x| / 127 per tensor (1 byte per value + 4 per tensor); error <= scale / 2.
-    Integer tensors travel unchanged. Non-finite values survive fp16 (NaN stays NaN) and
-    make int8's scale non-finite, so validation still sees them after decompression.
+    For changes only (CHANGE_ONLY, see `compress_with_feedback`): `int4`, codes in [-7, 7]
+    with one fp32 scale = max|x| / 7 per block of BLOCK values, packed two to a byte;
+    `sign`, one bit per value (its sign) with one fp32 scale per block, the block's mean
+    |x| (signSGD's scaled sign; Karimireddy et al. 2019). Integer tensors travel unchanged.
+    Non-finite values survive fp16 (NaN stays NaN) and make the scale of their tensor
+    (int8) or block (int4, sign) non-finite, so validation still sees them after
+    decompression. The tensors named in `stats` (running statistics) go int8 where
+    `kind` is int4 or sign.
     """
+    _check_kind(kind)
     payload: dict = {"kind": kind, "tensors": {}}
     for name, t in state.items():
-        if not t.is_floating_point() or kind == "none":
+        kind_t = _kind_for(name, kind, stats)
+        if not t.is_floating_point() or kind_t == "none":
             payload["tensors"][name] = t.clone()
-        elif kind == "fp16":
+        elif kind_t == "fp16":
             payload["tensors"][name] = (t.to(torch.float16), t.dtype)
-        elif kind == "int8":
+        elif kind_t == "int8":
             scale = float(t.abs().max()) / 127.0 if t.numel() else 0.0
             if math.isfinite(scale) and scale > 0:
                 q = torch.round(t / scale).clamp(-127, 127).to(torch.int8)
@@ -372,8 +448,10 @@ def compress(state: State, kind: str) -> tuple[dict, int]:
                 q = torch.zeros(t.shape, dtype=torch.int8)
             payload["tensors"][name] = (q, scale, t.dtype)
         else:
-            raise ValueError(f"unknown compression {kind!r}: none, fp16 or int8")
-    return payload, compressed_size(state, kind)
+            pack = _pack_int4 if kind_t == "int4" else _pack_sign
+            packed, scales = pack(t.detach())
+            payload["tensors"][name] = (kind_t, packed, scales, tuple(t.shape), t.dtype)
+    return payload, compressed_size(state, kind, stats)
 
 
 def decompress(payload: dict) -> State:
@@ -385,6 +463,10 @@ def decompress(payload: dict) -> State:
         elif len(item) == 2:
             half, dtype = item
             out[name] = half.to(dtype)
+        elif len(item) == 5:
+            kind, packed, scales, shape, dtype = item
+            unpack = _unpack_int4 if kind == "int4" else _unpack_sign
+            out[name] = unpack(packed, scales, shape, dtype)
         else:
             q, scale, dtype = item
             if math.isfinite(scale):
@@ -392,6 +474,28 @@ def decompress(payload: dict) -> State:
             else:
                 out[name] = torch.full(q.shape, float("nan"), dtype=dtype)
     return out
+
+
+def compress_with_feedback(
+    change: State, residual: State | None, kind: str, stats: Collection[str] = ()
+) -> tuple[dict, int, State]:
+    """Error feedback (EF-SGD, Karimireddy et al. 2019; Seide et al.'s 1-bit SGD): compress
+    `change` plus what earlier messages' compression left out (`residual`, None at first),
+    and return the payload, its size and the new residual, what this message leaves out.
+    Over rounds every part of the changes is sent, only late. A residual that is not finite
+    (a non-finite change) is dropped, so one bad round does not spoil later messages."""
+    target = {
+        name: t + residual[name] if residual and t.is_floating_point() else t
+        for name, t in change.items()
+    }
+    payload, nbytes = compress(target, kind, stats)
+    sent = decompress(payload)
+    left = {}
+    for name, t in target.items():
+        if t.is_floating_point():
+            r = t - sent[name]
+            left[name] = r if bool(torch.isfinite(r).all()) else torch.zeros_like(r)
+    return payload, nbytes, left
 
 
 # ----------------------------------------------------------------------------- faults

@@ -75,6 +75,8 @@ class Simulation:
         # the round-0 weights of each planted faulty agent: what fault `stale` replays
         self.first_models: dict[int, dict] = {}
         self.outer_momentum: dict[int, dict] = {}  # outer optimizer's buffers (-1: the server)
+        # p2p.error_feedback: what compression left out of each sender's changes (-1: server)
+        self.residuals: dict[int, dict] = {}
         self.counters = {k: Counters() for k in range(self.n)}
         self.round = 0  # rounds completed
         self.wall_time = 0.0
@@ -140,6 +142,7 @@ class Simulation:
             aggregation=p.aggregation,
             trim_fraction=p.trim_fraction,
             compression=p.compression,
+            stats=tuple(self.workspace.bn_names),
             validate=p.validate,
             max_norm_ratio=p.max_norm_ratio,
             keep_local=keep,
@@ -316,7 +319,9 @@ class Simulation:
         the server aggregates. With p2p.deltas, messages after the first download carry
         only changes: an agent its change since the global model it was sent, the server
         the global model's change, which every agent applies (so the global model is
-        always what the agents rebuild, compression error included)."""
+        always what the agents rebuild, compression error included); with
+        p2p.error_feedback, each sender adds what compression left out of its earlier
+        changes (`self.residuals`)."""
         p = self.p
         rng = np.random.default_rng(derive_seed(p.seed, self.round, 7))
         count = max(1, round(p.fedavg_fraction * self.n))
@@ -325,10 +330,13 @@ class Simulation:
         # with deltas, the last round's change is this round's download: every agent has
         # applied it already (for scoring), and the bytes are counted now, as without
         applied = p.deltas and self.round > 0
+        # whole weights travel at int8 at most: int4 and sign codes are for changes
+        whole = "int8" if p.compression in mixing.CHANGE_ONLY else p.compression
+        bn = self.workspace.bn_names
         if applied:
-            nbytes = mixing.compressed_size(self.global_model, p.compression)
+            nbytes = mixing.compressed_size(self.global_model, p.compression, bn)
         else:
-            down, nbytes = mixing.compress(self.global_model, p.compression)
+            down, nbytes = mixing.compress(self.global_model, whole)
             if p.deltas:  # changes are taken from the model the agents rebuild
                 self.global_model = mixing.decompress(down)
         for k in chosen:  # the server sends the global model; agents adopt it
@@ -343,16 +351,25 @@ class Simulation:
         nodes = self.nodes(server)
         reference = anchor if p.deltas else None
         for k in chosen:
-            nodes[k].publish(self.states[k]["model"], [-1], self.round, reference=reference)
+            residual = self.residuals.get(k, {}) if p.error_feedback else None
+            residual = nodes[k].publish(
+                self.states[k]["model"], [-1], self.round, reference=reference, residual=residual
+            )
+            if residual is not None:
+                self.residuals[k] = residual
         server_node = GossipNode(-1, server, self.settings(-1), {**self.counters, -1: Counters()})
         accepted = server_node.receive_valid(anchor, reference=reference)
         if accepted:
             mixed = server_node.aggregate(accepted, dict(enumerate(self.sizes)))
             self.global_model = self.outer_step(-1, anchor, mixed)
             if p.deltas:  # the change, which the agents will apply
-                change, _ = mixing.compress(
-                    mixing.difference(self.global_model, anchor), p.compression
-                )
+                change = mixing.difference(self.global_model, anchor)
+                if p.error_feedback:
+                    change, _, self.residuals[-1] = mixing.compress_with_feedback(
+                        change, self.residuals.get(-1), p.compression, bn
+                    )
+                else:
+                    change, _ = mixing.compress(change, p.compression, bn)
                 self.global_model = mixing.add_back(mixing.decompress(change), anchor)
         for k in range(self.n):  # for scoring: every agent holds the new global model
             self.states[k]["model"] = self.adopt(self.global_model, self.states[k]["model"])
@@ -465,6 +482,7 @@ class Simulation:
                 "counters": {str(k): c.to_dict() for k, c in self.counters.items()},
                 "bn_stage": {str(k): dict(v) for k, v in self.bn_stage.items()},
                 "outer_momentum": {str(k): v for k, v in self.outer_momentum.items()},
+                "residuals": {str(k): v for k, v in self.residuals.items()},
                 "agents": self.fingerprint(),
                 "config": to_dict(self.cfg),
             },
@@ -490,6 +508,7 @@ class Simulation:
         self.counters = {int(k): Counters.from_dict(v) for k, v in ckpt["counters"].items()}
         self.bn_stage = {int(k): dict(v) for k, v in ckpt.get("bn_stage", {}).items()}
         self.outer_momentum = {int(k): v for k, v in ckpt.get("outer_momentum", {}).items()}
+        self.residuals = {int(k): v for k, v in ckpt.get("residuals", {}).items()}
 
 
 def _same_state(a: dict, b: dict) -> bool:

@@ -47,7 +47,8 @@ class Mailbox:
 class MixSettings:
     aggregation: str = "mean"  # mean | median | trimmed_mean
     trim_fraction: float = 0.2
-    compression: str = "none"  # none | fp16 | int8
+    compression: str = "none"  # mixing.COMPRESSIONS
+    stats: tuple[str, ...] = ()  # running statistics: int8 under int4/sign (mixing.compress)
     validate: bool = True
     max_norm_ratio: float = 5.0
     keep_local: tuple[str, ...] = ()  # tensor names never averaged (BatchNorm stats, bn=local)
@@ -116,22 +117,37 @@ class GossipNode:
         self.earlier = earlier
 
     def publish(
-        self, state: State, receivers, round_index: int, reference: State | None = None
-    ) -> None:
+        self,
+        state: State,
+        receivers,
+        round_index: int,
+        reference: State | None = None,
+        residual: State | None = None,
+    ) -> State | None:
         """Send `state` (compressed; corrupted if this agent is faulty) to each receiver;
         with a `reference` that the receivers hold too, only its change from it (a delta
-        message: compression then works on the scale of the change, not the weights')."""
+        message: compression then works on the scale of the change, not the weights').
+        With a `residual` ({} at first: error feedback, delta messages only), what earlier
+        messages' compression left out is added to the change; returns the new residual
+        (None without one)."""
         s = self.settings
         if s.fault:
             state = mixing.corrupt(state, s.fault, s.fault_scale, self.generator, self.earlier)
-        if reference is not None and not mixing.check_layout(state, reference):
+        delta = reference is not None and not mixing.check_layout(state, reference)
+        if delta:
             state = mixing.difference(state, reference)  # (a bad layout goes as it is)
-        payload, nbytes = mixing.compress(state, s.compression)
+        if residual is not None and delta:
+            payload, nbytes, residual = mixing.compress_with_feedback(
+                state, residual, s.compression, s.stats
+            )
+        else:
+            payload, nbytes = mixing.compress(state, s.compression, s.stats)
         mine = self.counters[self.agent]
         for to in receivers:
             self.transport.send(to, Message(self.agent, round_index, payload, nbytes))
             mine.msgs_sent += 1
             mine.bytes_sent += nbytes
+        return residual
 
     def receive_valid(self, own: State, reference: State | None = None) -> dict[int, State]:
         """Decompressed states of this round's messages that pass validation, by sender;

@@ -60,7 +60,10 @@ class NetSettings:
         if self.max_staleness and not self.background:
             raise UsageError("--max-staleness applies to --background averaging only")
         if self.compression not in COMPRESSIONS:
-            raise UsageError(f"--compression {self.compression!r}: choose none, fp16 or int8")
+            raise UsageError(
+                f"--compression / p2p.compression {self.compression!r}: networked peers send "
+                "none, fp16 or int8 (int4 and sign are the simulation's FedAvg changes)"
+            )
         for key in ("matchmaking_s", "timeout_s", "chunk_timeout_s"):
             if getattr(self, key) <= 0:
                 raise UsageError(f"--{key.replace('_', '-')} must be > 0")
