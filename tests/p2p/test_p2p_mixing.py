@@ -187,7 +187,7 @@ def test_compressed_size_is_what_the_payload_holds(kind):
     }
 
 
-def test_int4_and_sign_codes_by_hand():
+def test_int4_int2_and_sign_codes_by_hand():
     n = mixing.BLOCK + 3  # a full block and a block of 3
     x = torch.linspace(-1.0, 1.0, n)
     payload, nbytes = mixing.compress({"x": x}, "int4")
@@ -196,6 +196,13 @@ def test_int4_and_sign_codes_by_hand():
     full, tail = x[: mixing.BLOCK], x[mixing.BLOCK :]
     assert (back[: mixing.BLOCK] - full).abs().max() <= full.abs().max() / 7 / 2 + 1e-6
     assert (back[mixing.BLOCK :] - tail).abs().max() <= tail.abs().max() / 7 / 2 + 1e-6
+    payload, nbytes = mixing.compress({"x": x}, "int2")
+    assert nbytes == (n + 3) // 4 + 2 * 4
+    back = mixing.decompress(payload)["x"]  # ternary: 0 or +-max|x| of the block
+    assert torch.equal(
+        back[: mixing.BLOCK], full.abs().max() * torch.round(full / full.abs().max())
+    )
+    assert set(back[mixing.BLOCK :].abs().tolist()) <= {0.0, tail.abs().max().item()}
     payload, nbytes = mixing.compress({"x": x}, "sign")
     assert nbytes == (n + 7) // 8 + 2 * 4
     back = mixing.decompress(payload)["x"]
@@ -211,7 +218,7 @@ def test_running_statistics_go_int8_under_change_only_codes():
     var = torch.cat([torch.tensor([0.01]), torch.full((99,), 2.0)])
     change = {"bn.running_var": torch.cat([torch.tensor([-0.005]), torch.full((99,), 1.0)])}
     change["w"] = torch.randn(100)
-    for kind in ("int4", "sign"):
+    for kind in ("int4", "int2", "sign"):
         payload, nbytes = mixing.compress(change, kind, stats=["bn.running_var"])
         assert nbytes == 100 + 4 + mixing.compressed_size({"w": change["w"]}, kind)
         back = mixing.decompress(payload)
@@ -220,7 +227,7 @@ def test_running_statistics_go_int8_under_change_only_codes():
     assert (var + back["bn.running_var"]).min() < 0  # what the exception is for
 
 
-@pytest.mark.parametrize("kind", ["int4", "sign"])
+@pytest.mark.parametrize("kind", ["int4", "int2", "sign"])
 def test_error_feedback_sends_every_part_of_the_changes_late(kind):
     """The same change sent 80 times: with error feedback the receiver's running sum is
     the true sum up to the residual, which grows far slower than the sum (sign: about as
@@ -251,7 +258,7 @@ def test_a_non_finite_residual_is_dropped():
 
 def test_compressed_nan_is_still_caught():
     own = state(1, 2, 3)
-    for kind in ("fp16", "int8", "int4", "sign"):
+    for kind in ("fp16", "int8", "int4", "int2", "sign"):
         payload, _ = mixing.compress(state(math.nan, 2, 3), kind)
         assert mixing.check_received(mixing.decompress(payload), own, 5.0) == "nonfinite"
 

@@ -110,10 +110,10 @@ class P2PConfig:
     outer_momentum: float = 0.0
     outer_nesterov: bool = True
     # ---- messages
-    # none | fp16 | int8 | int4 | sign (mixing.compress): int4 (4 bits a value) and sign (1
-    # bit a value, signSGD's scaled sign) send changes only (p2p.deltas; the first download
+    # none | fp16 | int8 | int4 | int2 | sign (mixing.compress): int4, int2 (ternary) and
+    # sign (1 bit a value, signSGD's scaled sign) send changes only (p2p.deltas; the first download
     # of whole weights then goes int8), and want p2p.error_feedback
-    compression: Literal["none", "fp16", "int8", "int4", "sign"] = "none"
+    compression: Literal["none", "fp16", "int8", "int4", "int2", "sign"] = "none"
     # fedavg: messages after the first download carry changes, not weights: an agent's
     # change since the global model it was sent, the server's change of the global model.
     # Compressed, a change loses far less than the weights (int8's step is 1/127 of the
@@ -122,7 +122,7 @@ class P2PConfig:
     deltas: bool = False
     # with p2p.deltas: each sender (agents and server) adds what compression left out of its
     # earlier changes to its next change (error feedback, EF-SGD / 1-bit SGD), so coarse
-    # codes lose only time, not parts of the update. Symptom for it: int4 or sign messages
+    # codes lose only time, not parts of the update. Symptom for it: int4/int2/sign messages
     # cost accuracy.
     error_feedback: bool = False
     # reject received weights with NaN/Inf or a norm out of bounds; the simulation refuses
@@ -212,7 +212,7 @@ def check_run(algorithm: str, cfg: P2PConfig) -> None:
             "with their neighbours to send changes from"
         )
     sends_weights = algorithm in GRAPH_ALGORITHMS or (algorithm == "fedavg" and not cfg.deltas)
-    if cfg.compression in ("int4", "sign") and sends_weights:
+    if cfg.compression in ("int4", "int2", "sign") and sends_weights:
         raise ConfigError(
             f"p2p.compression={cfg.compression} sends changes only: set p2p.deltas=true "
             "(fedavg); for whole weights use none, fp16 or int8"

@@ -334,12 +334,13 @@ def add_back(change: State, reference: State) -> State:
     }
 
 
-# values per fp32 scale of the blocked codes (int4, sign)
+# values per fp32 scale of the blocked codes (int4, int2, sign)
 BLOCK = 256
-COMPRESSIONS = ("none", "fp16", "int8", "int4", "sign")
+COMPRESSIONS = ("none", "fp16", "int8", "int4", "int2", "sign")
 # codes too coarse for whole weights: they are meant for changes (p2p.deltas), where the
 # quantisation error of one round is carried into the next (p2p.error_feedback)
-CHANGE_ONLY = ("int4", "sign")
+CHANGE_ONLY = ("int4", "int2", "sign")
+BITS = {"int4": 4, "int2": 2}  # the blocked integer codes: bits a value
 
 
 def _check_kind(kind: str) -> None:
@@ -348,8 +349,8 @@ def _check_kind(kind: str) -> None:
 
 
 def _kind_for(name: str, kind: str, stats: Collection[str]) -> str:
-    """Running statistics (`stats`) go int8 where `kind` is a change-only code: a sign or
-    int4 step of a block could turn a small variance negative. They are few values."""
+    """Running statistics (`stats`) go int8 where `kind` is a change-only code: a sign,
+    int4 or int2 step of a block could turn a small variance negative. They are few values."""
     return "int8" if kind in CHANGE_ONLY and name in stats else kind
 
 
@@ -366,8 +367,8 @@ def compressed_size(state: State, kind: str, stats: Collection[str] = ()) -> int
             total += n * 2
         elif kind_t == "int8":
             total += n + 4  # one fp32 scale per tensor
-        elif kind_t == "int4":
-            total += (n + 1) // 2 + 4 * -(-n // BLOCK)  # two codes a byte, a scale a block
+        elif kind_t in BITS:  # 8 / bits codes a byte, a scale a block
+            total += -(-n * BITS[kind_t] // 8) + 4 * -(-n // BLOCK)
         else:  # sign: one bit a value, a scale a block
             total += (n + 7) // 8 + 4 * -(-n // BLOCK)
     return total
@@ -380,20 +381,28 @@ def _blocks(t: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(flat, (0, pad)).view(-1, BLOCK)
 
 
-def _pack_int4(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codes q in [-7, 7] per block (scale = the block's max |x| / 7), two to a byte."""
+def _pack_int(t: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes q in [-L, L], L = 2^(bits-1) - 1, per block (scale = the block's max |x| / L),
+    8 / bits of them to a byte (int4: [-7, 7]; int2: [-1, 1], ternary)."""
+    levels, per_byte = 2 ** (bits - 1) - 1, 8 // bits
     blocks = _blocks(t)
-    scales = blocks.abs().amax(dim=1) / 7.0
+    scales = blocks.abs().amax(dim=1) / levels
     safe = torch.where(scales > 0, scales, torch.ones_like(scales))  # NaN stays NaN
-    q = torch.round(blocks / safe[:, None]).clamp(-7, 7).nan_to_num(0.0)
-    codes = (q.reshape(-1)[: t.numel() + t.numel() % 2] + 8).to(torch.uint8)
-    return codes[0::2] | (codes[1::2] << 4), scales.float()
+    q = torch.round(blocks / safe[:, None]).clamp(-levels, levels).nan_to_num(0.0)
+    n = -(-t.numel() // per_byte) * per_byte  # whole bytes (BLOCK is a multiple of 8)
+    codes = (q.reshape(-1)[:n] + levels + 1).to(torch.uint8).view(-1, per_byte)
+    packed = torch.zeros(codes.shape[0], dtype=torch.uint8)
+    for i in range(per_byte):
+        packed |= codes[:, i] << (bits * i)
+    return packed, scales.float()
 
 
-def _unpack_int4(packed: torch.Tensor, scales: torch.Tensor, shape, dtype) -> torch.Tensor:
+def _unpack_int(packed, scales, shape, dtype, bits: int) -> torch.Tensor:
+    levels, per_byte = 2 ** (bits - 1) - 1, 8 // bits
     n = math.prod(shape)
-    codes = torch.stack([packed & 0xF, packed >> 4], dim=1).reshape(-1)[:n]
-    values = codes.to(dtype) - 8.0
+    mask = (1 << bits) - 1
+    codes = torch.stack([(packed >> (bits * i)) & mask for i in range(per_byte)], dim=1)
+    values = codes.reshape(-1)[:n].to(dtype) - (levels + 1)
     values = torch.nn.functional.pad(values, (0, -n % BLOCK)).view(-1, BLOCK)
     return (values * scales.to(dtype)[:, None]).reshape(-1)[:n].reshape(shape)
 
@@ -425,12 +434,13 @@ def compress(state: State, kind: str, stats: Collection[str] = ()) -> tuple[dict
     scale = max|x| / 127 per tensor (1 byte per value + 4 per tensor); error <= scale / 2.
     For changes only (CHANGE_ONLY, see `compress_with_feedback`): `int4`, codes in [-7, 7]
     with one fp32 scale = max|x| / 7 per block of BLOCK values, packed two to a byte;
+    `int2`, ternary codes in [-1, 1] with scale = max|x| per block, four to a byte;
     `sign`, one bit per value (its sign) with one fp32 scale per block, the block's mean
     |x| (signSGD's scaled sign; Karimireddy et al. 2019). Integer tensors travel unchanged.
     Non-finite values survive fp16 (NaN stays NaN) and make the scale of their tensor
-    (int8) or block (int4, sign) non-finite, so validation still sees them after
+    (int8) or block (int4, int2, sign) non-finite, so validation still sees them after
     decompression. The tensors named in `stats` (running statistics) go int8 where
-    `kind` is int4 or sign.
+    `kind` is int4, int2 or sign.
     """
     _check_kind(kind)
     payload: dict = {"kind": kind, "tensors": {}}
@@ -448,8 +458,10 @@ def compress(state: State, kind: str, stats: Collection[str] = ()) -> tuple[dict
                 q = torch.zeros(t.shape, dtype=torch.int8)
             payload["tensors"][name] = (q, scale, t.dtype)
         else:
-            pack = _pack_int4 if kind_t == "int4" else _pack_sign
-            packed, scales = pack(t.detach())
+            if kind_t in BITS:
+                packed, scales = _pack_int(t.detach(), BITS[kind_t])
+            else:
+                packed, scales = _pack_sign(t.detach())
             payload["tensors"][name] = (kind_t, packed, scales, tuple(t.shape), t.dtype)
     return payload, compressed_size(state, kind, stats)
 
@@ -465,8 +477,10 @@ def decompress(payload: dict) -> State:
             out[name] = half.to(dtype)
         elif len(item) == 5:
             kind, packed, scales, shape, dtype = item
-            unpack = _unpack_int4 if kind == "int4" else _unpack_sign
-            out[name] = unpack(packed, scales, shape, dtype)
+            if kind in BITS:
+                out[name] = _unpack_int(packed, scales, shape, dtype, BITS[kind])
+            else:
+                out[name] = _unpack_sign(packed, scales, shape, dtype)
         else:
             q, scale, dtype = item
             if math.isfinite(scale):

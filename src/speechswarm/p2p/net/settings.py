@@ -62,7 +62,7 @@ class NetSettings:
         if self.compression not in COMPRESSIONS:
             raise UsageError(
                 f"--compression / p2p.compression {self.compression!r}: networked peers send "
-                "none, fp16 or int8 (int4 and sign are the simulation's FedAvg changes)"
+                "none, fp16 or int8 (int4, int2 and sign are the simulation's FedAvg changes)"
             )
         for key in ("matchmaking_s", "timeout_s", "chunk_timeout_s"):
             if getattr(self, key) <= 0:
