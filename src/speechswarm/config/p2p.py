@@ -111,8 +111,8 @@ class P2PConfig:
     outer_nesterov: bool = True
     # ---- messages
     # none | fp16 | int8 | int4 | int2 | sign (mixing.compress): int4, int2 (ternary) and
-    # sign (1 bit a value, signSGD's scaled sign) send changes only (p2p.deltas; the first download
-    # of whole weights then goes int8), and want p2p.error_feedback
+    # sign (1 bit a value, signSGD's scaled sign) send changes only (p2p.deltas; the first
+    # download of whole weights then goes int8), and want p2p.error_feedback
     compression: Literal["none", "fp16", "int8", "int4", "int2", "sign"] = "none"
     # fedavg: messages after the first download carry changes, not weights: an agent's
     # change since the global model it was sent, the server's change of the global model.

@@ -330,7 +330,7 @@ class Simulation:
         # with deltas, the last round's change is this round's download: every agent has
         # applied it already (for scoring), and the bytes are counted now, as without
         applied = p.deltas and self.round > 0
-        # whole weights travel at int8 at most: int4 and sign codes are for changes
+        # whole weights travel at int8 at most: int4, int2 and sign codes are for changes
         whole = "int8" if p.compression in mixing.CHANGE_ONLY else p.compression
         bn = self.workspace.bn_names
         if applied:

@@ -48,7 +48,7 @@ class MixSettings:
     aggregation: str = "mean"  # mean | median | trimmed_mean
     trim_fraction: float = 0.2
     compression: str = "none"  # mixing.COMPRESSIONS
-    stats: tuple[str, ...] = ()  # running statistics: int8 under int4/sign (mixing.compress)
+    stats: tuple[str, ...] = ()  # running statistics: int8 under int4/int2/sign (mixing.compress)
     validate: bool = True
     max_norm_ratio: float = 5.0
     keep_local: tuple[str, ...] = ()  # tensor names never averaged (BatchNorm stats, bn=local)
