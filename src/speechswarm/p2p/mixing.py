@@ -397,14 +397,19 @@ def _pack_int(t: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     return packed, scales.float()
 
 
+def _scaled(values: torch.Tensor, scales: torch.Tensor, shape, dtype) -> torch.Tensor:
+    """Flat per-value codes times their block's scale, in `shape` and `dtype`."""
+    n = values.numel()
+    blocks = torch.nn.functional.pad(values.to(dtype), (0, -n % BLOCK)).view(-1, BLOCK)
+    return (blocks * scales.to(dtype)[:, None]).reshape(-1)[:n].reshape(shape)
+
+
 def _unpack_int(packed, scales, shape, dtype, bits: int) -> torch.Tensor:
     levels, per_byte = 2 ** (bits - 1) - 1, 8 // bits
-    n = math.prod(shape)
     mask = (1 << bits) - 1
     codes = torch.stack([(packed >> (bits * i)) & mask for i in range(per_byte)], dim=1)
-    values = codes.reshape(-1)[:n].to(dtype) - (levels + 1)
-    values = torch.nn.functional.pad(values, (0, -n % BLOCK)).view(-1, BLOCK)
-    return (values * scales.to(dtype)[:, None]).reshape(-1)[:n].reshape(shape)
+    values = codes.reshape(-1)[: math.prod(shape)].to(torch.float32) - (levels + 1)
+    return _scaled(values, scales, shape, dtype)
 
 
 def _pack_sign(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -420,10 +425,8 @@ def _pack_sign(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _unpack_sign(packed: torch.Tensor, scales: torch.Tensor, shape, dtype) -> torch.Tensor:
-    n = math.prod(shape)
-    signs = torch.from_numpy(np.unpackbits(packed.numpy(), count=n).astype(np.float32))
-    signs = torch.nn.functional.pad(signs * 2.0 - 1.0, (0, -n % BLOCK)).view(-1, BLOCK)
-    return (signs * scales[:, None]).reshape(-1)[:n].reshape(shape).to(dtype)
+    bits = np.unpackbits(packed.numpy(), count=math.prod(shape)).astype(np.float32)
+    return _scaled(torch.from_numpy(bits) * 2.0 - 1.0, scales, shape, dtype)
 
 
 def compress(state: State, kind: str, stats: Collection[str] = ()) -> tuple[dict, int]:
