@@ -7,9 +7,12 @@ For every utterance the model's log-probabilities are computed under each VTLP f
 `--warps` (the training augmentation's frequency warp, `features.frequency_warp_matrix`) and
 under none. Printed, as CER and WER over the manifest: each warp alone; the warp the model is
 most confident under (mean over frames of the best token's log-probability: per-utterance
-VTLN without a reference); the mean of the posteriors under all warps and none (test-time
-augmentation: the warp changes only frequency, so the frames line up); and the oracle (the
-best single warp per utterance, for scale). Greedy decoding, or beam search with `--lm`.
+VTLN without a reference); the same choice pooled over all utterances of one speaker (the
+manifest's `speaker`: one person at one speed and pitch) or of one person (`identity`), as
+Kaldi's per-speaker VTLN pools its statistics; the mean of the posteriors under all warps and
+none (test-time augmentation: the warp changes only frequency, so the frames line up); and
+the oracles (the best single warp per utterance, per speaker, per person: for scale).
+Greedy decoding, or beam search with `--lm`.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ def main() -> None:
     warps = [1.0, *(w for w in args.warps if w != 1.0)]
     utts = read_manifest(args.manifest)
     errors: dict[str, list[ErrorCounts]] = {}
+    # per utterance: its groups, per-warp confidence and per-warp (char, word) errors
+    rows: list[tuple[dict[str, str], list[float], list[tuple[ErrorCounts, ErrorCounts]]]] = []
 
     def add(name: str, ref: str, hyp: str) -> None:
         c, w = errors.setdefault(name, [ErrorCounts(), ErrorCounts()])
@@ -81,6 +86,28 @@ def main() -> None:
             singles = [texts[f"warp {a:g}"] for a in warps]
             cers = [char_errors(u.text, t).edits for t in singles]
             add("oracle warp", u.text, singles[int(np.argmin(cers))])
+            groups = {
+                "speaker": str(u.speaker),
+                "person": str(u.extra.get("identity") or u.speaker),
+            }
+            conf = [float(confidence[k, i, :n].mean()) for k in range(len(warps))]
+            rows.append(
+                (groups, conf, [(char_errors(u.text, t), word_errors(u.text, t)) for t in singles])
+            )
+    for key in ("speaker", "person"):
+        conf_sum: dict[str, np.ndarray] = {}
+        edits: dict[str, np.ndarray] = {}
+        for groups, conf, errs in rows:
+            g = groups[key]
+            conf_sum[g] = conf_sum.get(g, 0) + np.array(conf)
+            edits[g] = edits.get(g, 0) + np.array([c.edits for c, _ in errs])
+        for name, pick in ((f"confident per {key}", conf_sum), (f"oracle per {key}", edits)):
+            choose = np.argmax if name.startswith("confident") else np.argmin
+            c_tot, w_tot = ErrorCounts(), ErrorCounts()
+            for groups, _, errs in rows:
+                c, w = errs[int(choose(pick[groups[key]]))]
+                c_tot, w_tot = c_tot + c, w_tot + w
+            errors[name] = [c_tot, w_tot]
     decoding = f"beam + LM (alpha {args.alpha:g}, beta {args.beta:g})" if args.lm else "greedy"
     print(f"{len(utts)} utterances of {args.manifest}, {decoding}")
     for name, (c, w) in errors.items():
