@@ -7,7 +7,8 @@ differ from it only in who speaks:
 - `train-nokokoro.jsonl`: without the Kokoro persons (six blends, ~0.5 h);
 - `train-noawb.jsonl`: without flite's awb, one of the two recorded persons;
 - `train-k18same.jsonl`: 18 Kokoro blends in the minutes the six had (25 utterances each);
-- `train-k18double.jsonl`: the six blends plus 12 new ones, twice the Kokoro minutes.
+- `train-k18double.jsonl`: the six blends plus 12 new ones, twice the Kokoro minutes;
+- `train-krep2.jsonl`: every Kokoro utterance listed twice (twice the exposure, no new audio).
 
 The 12 new blends mix the train styles only (alpha, tebukuro, kumo; kumo at 0.4-0.7, where
 every two-style blend tried passed the intelligibility gate; these were not gated), so no test
@@ -96,6 +97,13 @@ def per_person(rows: list[dict], n: int) -> list[dict]:
     return [r for ident in sorted(by) for r in by[ident][:n]]
 
 
+def twice_if_kokoro(record: dict) -> list[dict]:
+    """[record], or [record, its copy under a new id] for a Kokoro utterance."""
+    if record["engine"] != "kokoro":
+        return [record]
+    return [record, {**record, "id": record["id"] + "-again"}]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=Path("data/synth"))
@@ -120,6 +128,7 @@ def main() -> None:
         + per_person(old, args.same_per_person)
         + per_person(extra, args.same_per_person),
         "train-k18double": train + extra,
+        "train-krep2": [c for r in train for c in twice_if_kokoro(r)],
     }
     for name, rows in manifests.items():
         with open(args.data / f"{name}.jsonl", "w") as f:
