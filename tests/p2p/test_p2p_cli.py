@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,15 @@ def test_a_graph_that_cannot_be_built_fails_before_any_run_trains(p2p_config):
     with pytest.raises(ConfigError, match="p2p.degree=3 must divide the 4 agents"):
         run_experiment(cfg, progress=False)
     assert not (Path(cfg.train.out_dir) / "central").exists()
+
+
+def test_a_failed_run_leaves_no_log_handler_behind(p2p_config):
+    """Its p2p.log was written, and nothing of it stays attached: the next run in this
+    process (a campaign's, a test's) must not log into this folder or this stderr."""
+    logger = logging.getLogger("speechswarm.p2p")
+    before = list(logger.handlers)
+    cfg = p2p_config("torus", "p2p.runs=[central,gossip/torus_kn]", "p2p.degree=3")
+    with pytest.raises(ConfigError):  # after the log opened: the topology is built later
+        run_experiment(cfg, progress=True)
+    assert (Path(cfg.train.out_dir) / "p2p.log").is_file()
+    assert logger.handlers == before

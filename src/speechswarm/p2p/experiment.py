@@ -12,12 +12,13 @@ writes `<out>/report.md` and `<out>/summary.json`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from speechswarm.build import build_features, build_model, build_tokenizer
@@ -115,7 +116,21 @@ def run_experiment(
         check_run(algorithm, run_cfg.p2p)
     out = Path(cfg.train.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _log_to(out / "p2p.log", progress)
+    with _logging_to(out / "p2p.log", progress):
+        return _run_all(cfg, specs, configs, out, resume, clients, should_stop, progress)
+
+
+def _run_all(
+    cfg: Config,
+    specs: list[tuple[str, str, dict]],
+    configs: list[Config],
+    out: Path,
+    resume: bool,
+    clients: str,
+    should_stop: Callable[[int], bool] | None,
+    progress: bool,
+) -> dict:
+    """run_experiment's work, once its runs are checked and its log is open."""
     (out / "config.yaml").write_text(dump_yaml(cfg))
     agents = make_agents(cfg, out, clients)
     for (algorithm, topology, _), run_cfg in zip(specs, configs, strict=True):
@@ -234,18 +249,24 @@ def _summary_line(s: dict) -> str:
     )
 
 
-def _log_to(path: Path, progress: bool) -> None:
+@contextlib.contextmanager
+def _logging_to(path: Path, progress: bool) -> Iterator[None]:
+    """The `speechswarm.p2p` log into `path` (and stderr with `progress`) while the block runs.
+    The handlers go when it ends, however it ends: a run called in-process (a campaign, a
+    test, a notebook) must not leave the next one logging into its folder, or into a stderr
+    that was redirected while it ran."""
     logger = logging.getLogger("speechswarm.p2p")
     logger.setLevel(logging.INFO)
-    for h in list(logger.handlers):
-        if getattr(h, "_p2p", False):
-            logger.removeHandler(h)
-            h.close()
     fh = logging.FileHandler(path, encoding="utf-8")
     fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    handlers = [fh]
+    handlers: list[logging.Handler] = [fh]
     if progress:
         handlers.append(logging.StreamHandler(sys.stderr))
     for h in handlers:
-        h._p2p = True
         logger.addHandler(h)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            logger.removeHandler(h)
+            h.close()
