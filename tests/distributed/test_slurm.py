@@ -63,7 +63,7 @@ def fake_commands(bin_dir: Path, record: Path) -> None:
         f'echo "$TORCH_DISABLE_SHARE_RDZV_TCP_STORE" > {record}.store.$$; '
         'out="${@: -1}"; out="${out#train.out_dir=}"; '
         'for _ in $(seq 100); do n=$(ls "$out"/devices-*.csv 2>/dev/null | wc -l); '
-        '[ "$n" -ge "${FAKE_NODES:-1}" ] && break; sleep 0.1; done',
+        '[ "$n" -ge "${SLURM_NNODES:-1}" ] && break; sleep 0.1; done',
         "nvidia-smi": 'echo "timestamp, index, name"; echo "2026/01/01, 0, H100"',
         "hostname": 'echo "${HOSTNAME_OVERRIDE:-node1}"',
     }
@@ -81,7 +81,7 @@ def test_two_node_script_runs_one_torchrun_per_node_with_monitoring(tmp_path):
     script = tmp_path / "job.sbatch"
     script.write_text(render_sbatch(job))
     env = dict(os.environ, PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}",
-               SLURM_JOB_ID="4242", SLURM_NNODES="2", SLURM_JOB_NODELIST="node[1-2]", FAKE_NODES="2")  # fmt: skip
+               SLURM_JOB_ID="4242", SLURM_NNODES="2", SLURM_JOB_NODELIST="node[1-2]")  # fmt: skip
     result = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env,
                             timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stderr
