@@ -32,6 +32,7 @@ import soundfile as sf
 
 from speechswarm.data import kokoro
 from speechswarm.data import synth_plan as plan
+from speechswarm.data.synth import flac_path
 from speechswarm.data.tts import Voice, render_utterance
 
 ALPHA, TEBUKURO, KUMO = "jf_alpha", "jf_tebukuro", "jm_kumo"
@@ -76,15 +77,14 @@ def plan_extra(train: list[dict], persons: list[kokoro.Person], count: int) -> l
 def render(job: tuple[Path, object, object]) -> dict:
     """One utterance into the corpus folder (kept if already there); its manifest record."""
     data, spk, utt = job
-    rel = f"train/{spk.id}/{spk.chapter}/{utt.id}.flac"
-    out = data / rel
+    out = flac_path(data, utt, spk)
     if out.exists():
         seconds = sf.info(out).duration
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as work:
             seconds = render_utterance(utt, spk.voice, out, SAMPLE_RATE, Path(work))
-    return {"id": utt.id, "audio": rel, "duration": seconds, "text": utt.text,
+    return {"id": utt.id, "audio": str(out.relative_to(data)), "duration": seconds, "text": utt.text,
             "speaker": str(spk.id), "offset": 0.0, "split": "train", "chapter": str(spk.chapter),
             "engine": "kokoro", "voice": spk.voice.voice, "identity": spk.voice.identity}  # fmt: skip
 
