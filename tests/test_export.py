@@ -37,12 +37,15 @@ SMALL = {
 }
 
 
-def write_checkpoint(path, features: dict | None = None, seed: int = 0):
-    """A small random model with non-trivial BatchNorm statistics, saved as `train` does."""
+def write_checkpoint(path, features: dict | None = None, seed: int = 0, **model_settings):
+    """A small random model (SMALL, updated by `model_settings`) with non-trivial BatchNorm
+    statistics, saved as `train` does."""
     torch.manual_seed(seed)
     extractor = FeatureExtractor(**(features or {}))
     tokenizer = CharTokenizer()
-    model = DeepSpeech2(extractor.num_features, len(tokenizer), **SMALL).eval()
+    model = DeepSpeech2(
+        extractor.num_features, len(tokenizer), **{**SMALL, **model_settings}
+    ).eval()
     for m in model.modules():
         if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
             m.running_mean.normal_(0, 0.5)

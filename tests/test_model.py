@@ -86,6 +86,34 @@ def test_frame_arithmetic_needs_no_model():
     assert model.receptive_field() == frames.receptive_field(kernels, strides)
 
 
+def test_output_upsample_gives_u_frames_per_recurrent_frame():
+    """Time stride 4 and u = 2: 2 * ceil(T / 4) output frames, the recurrent layers see
+    ceil(T / 4), and output frames 2j, 2j + 1 are the classifier's two halves at frame j."""
+    torch.manual_seed(0)
+    model = _small(conv_strides=((2, 2), (2, 2)), output_upsample=2).eval()
+    assert model.time_reduction == 2 and model.classifier.out_features == 2 * 6
+    with torch.no_grad():
+        for t in (1, 2, 3, 4, 5, 37, 80):
+            log_probs, out_lens = model(torch.randn(1, t, 32), torch.tensor([t]))
+            assert log_probs.shape[1] == out_lens.item() == model.output_lengths(t)
+            assert model.output_lengths(t) == 2 * math.ceil(t / 4), t
+        seen = {}
+        model.classifier.register_forward_hook(lambda m, i, o: seen.update(logits=o))
+        log_probs, _ = model(torch.randn(1, 40, 32), torch.tensor([40]))
+    halves = seen["logits"].reshape(1, 10, 2, 6).float().log_softmax(-1).reshape(1, 20, 6)
+    torch.testing.assert_close(log_probs, halves)
+    plain = _small(conv_strides=((2, 2), (2, 2)))
+    classifier_flops = 2 * 8 * 6 * 100 / 4
+    assert model.flops_per_second() - plain.flops_per_second() == pytest.approx(classifier_flops)
+    assert model_from_settings(model.settings()).settings() == model.settings()
+    with pytest.raises(
+        ValueError, match=r"output_upsample must be >= 1 and divide .* \(4\), got 3"
+    ):
+        _small(conv_strides=((2, 2), (2, 2)), output_upsample=3)
+    with pytest.raises(ValueError, match="output_upsample"):
+        _small(output_upsample=0)
+
+
 def test_invalid_inputs_fail_with_clear_errors():
     model = _small()
     with pytest.raises(ValueError, match=r"feat_lens must lie in 1\.\.5"):
@@ -141,6 +169,7 @@ def _pad_batch(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
             "conv_kernels": ((5, 3), (5, 3), (3, 5)),
             "conv_strides": ((2, 2), (1, 2), (2, 1)),
         },
+        {"conv_strides": ((2, 2), (2, 2)), "output_upsample": 2},
     ],
 )
 @pytest.mark.parametrize("packing", ["padded", "packed"])
@@ -335,7 +364,8 @@ def test_settings_written_before_an_option_existed_still_match():
 
     m = DeepSpeech2(80, 29, rnn_hidden=16, rnn_layers=1)
     old = {k: v for k, v in m.settings().items() if k not in ("activation", "head_hidden",
-                                                               "out_norm", "bn_momentum")}  # fmt: skip
+                                                               "out_norm", "bn_momentum",
+                                                               "output_upsample")}  # fmt: skip
     assert complete_settings(old) == m.settings()
 
 

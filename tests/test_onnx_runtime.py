@@ -101,6 +101,25 @@ def test_onnx_word_timings_match_pytorch(exported, one_torch_thread):
     )
 
 
+def test_a_model_with_two_output_frames_per_recurrent_frame_exports_exactly(
+    exported, tmp_path, one_torch_thread
+):
+    """Time stride 4, output_upsample 2: the graph's frames, lengths and timings are PyTorch's."""
+    import speechswarm
+    from speechswarm.export import PARITY_BOUND, check_parity
+
+    ckpt = write_checkpoint(tmp_path / "up.pt", conv_strides=((2, 2), (2, 2)), output_upsample=2)
+    path = export_onnx(ckpt, tmp_path / "up.onnx")
+    report = check_parity(path, ckpt, batches=3, seed=1)
+    assert report.lengths_match and report.max_abs_diff < PARITY_BOUND
+    onnx_asr, torch_asr = OnnxRecognizer(path), speechswarm.load(ckpt, device="cpu")
+    assert onnx_asr.frame_seconds == torch_asr.frame_seconds == 0.02  # hop 10 ms x 4 / 2
+    wave, _ = sf.read(exported[2], dtype="float32")  # 0.75 s: 76 frames -> 19 -> 38 out
+    log_probs, out_lens = onnx_asr.model.run(wave[None], np.array([len(wave)]))
+    assert out_lens.tolist() == [38] and log_probs.shape[1] == 38
+    assert onnx_asr.transcribe(exported[2]) == torch_asr.transcribe(wave)
+
+
 def test_bad_inputs_fail_clearly(exported, tmp_path):
     _, path, _ = exported
     with pytest.raises(FileNotFoundError, match="speechswarm export"):

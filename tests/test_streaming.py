@@ -45,6 +45,7 @@ def make_checkpoint(
         rnn_layers=2,
         bidirectional=kw.pop("bidirectional", False),
         lookahead=lookahead,
+        output_upsample=kw.pop("upsample", 1),
     )
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
@@ -113,15 +114,20 @@ def test_log_probs_match_frame_by_frame(checkpoint, one_torch_thread):
 
 
 @pytest.mark.parametrize(
-    "kernels,strides,lookahead,rnn",
+    "kernels,strides,lookahead,rnn,upsample",
     [
-        (((41, 11), (21, 11)), ((2, 2), (2, 1)), 0, "gru"),  # tiny's conv stack, no lookahead
-        (((11, 3),), ((2, 3),), 1, "rnn"),  # one layer, stride 3
-        (((11, 4), (5, 6), (3, 3)), ((2, 2), (1, 2), (1, 1)), 2, "gru"),  # even kernels
+        (((41, 11), (21, 11)), ((2, 2), (2, 1)), 0, "gru", 1),  # tiny's conv stack, no lookahead
+        (((11, 3),), ((2, 3),), 1, "rnn", 1),  # one layer, stride 3
+        (((11, 4), (5, 6), (3, 3)), ((2, 2), (1, 2), (1, 1)), 2, "gru", 1),  # even kernels
+        (((21, 5), (11, 5)), ((2, 2), (2, 2)), 3, "lstm", 2),  # stride 4, 2 frames per step
     ],
 )
-def test_other_conv_stacks_stream_exactly(kernels, strides, lookahead, rnn, one_torch_thread):
-    ckpt = make_checkpoint(kernels=kernels, strides=strides, lookahead=lookahead, rnn=rnn)
+def test_other_conv_stacks_stream_exactly(
+    kernels, strides, lookahead, rnn, upsample, one_torch_thread
+):
+    ckpt = make_checkpoint(
+        kernels=kernels, strides=strides, lookahead=lookahead, rnn=rnn, upsample=upsample
+    )
     wave = speechlike(0.91, seed=2)
     expected = Recognizer(ckpt, device="cpu", precision="fp32").transcribe(wave)
     stream = StreamingRecognizer(Recognizer(ckpt, device="cpu", precision="fp32"))

@@ -14,7 +14,7 @@ and the MLPerf reference):
     (N, C, F', T') -> (N, T', C*F')
     L x [(BatchNorm1d, except layer 0) -> (dropout) -> GRU/LSTM/RNN]
     (Lookahead conv -> Hardtanh(0, 20), unidirectional only)
-    (dropout) -> BatchNorm1d -> Linear -> log_softmax (float32)
+    (dropout) -> BatchNorm1d -> Linear (V x output_upsample) -> log_softmax (float32)
 
 Kernels and strides are written (freq, time), as in the MLPerf reference. Padding is k // 2
 on both axes (deepspeech.pytorch), so a T-frame input always gives >= 1 output frame.
@@ -105,6 +105,10 @@ class DeepSpeech2(nn.Module):
         out_norm: BatchNorm1d on the classifier's input (the seed has none).
         bn_momentum: every BatchNorm's running-statistics momentum, torch's convention
             (0.1; Keras' momentum 0.99 is 0.01 here).
+        output_upsample: u output frames per recurrent frame (the classifier emits u x V
+            logits, read as u consecutive frames); u divides the conv stack's time stride.
+            Time stride 4 with u = 2 keeps 50 output frames per second for character CTC
+            while the recurrent layers run on 25.
     """
 
     rnn_packing = "auto"
@@ -128,6 +132,7 @@ class DeepSpeech2(nn.Module):
         head_hidden: int = 0,
         out_norm: bool = True,
         bn_momentum: float = 0.1,
+        output_upsample: int = 1,
     ):
         super().__init__()
         self._settings = _check_settings(
@@ -147,6 +152,7 @@ class DeepSpeech2(nn.Module):
             head_hidden=int(head_hidden),
             out_norm=bool(out_norm),
             bn_momentum=float(bn_momentum),
+            output_upsample=int(output_upsample),
         )
         s = self._settings
         self.conv_kernels, self.conv_strides = s["conv_kernels"], s["conv_strides"]
@@ -171,7 +177,8 @@ class DeepSpeech2(nn.Module):
                 nn.Dropout(s["dropout"]),
             )
             out_width = s["head_hidden"]
-        self.classifier = nn.Linear(out_width, s["vocab_size"])
+        self.upsample = s["output_upsample"]
+        self.classifier = nn.Linear(out_width, s["vocab_size"] * self.upsample)
         for m in self.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.momentum = s["bn_momentum"]
@@ -216,13 +223,15 @@ class DeepSpeech2(nn.Module):
     def output_lengths(self, feat_lens):
         """Output frames for `feat_lens` input frames (int or int64 tensor), exactly as the
         conv stack computes them (`frames.output_length`): per layer floor((T + 2p - k) / s)
-        + 1 on the time axis. With p = k // 2 every T >= 1 gives >= 1 output frame."""
-        return frames.output_length(feat_lens, self.conv_kernels, self.conv_strides)
+        + 1 on the time axis, times `output_upsample`. With p = k // 2 every T >= 1 gives
+        >= 1 output frame."""
+        return frames.output_length(feat_lens, self.conv_kernels, self.conv_strides) * self.upsample
 
     @property
     def time_reduction(self) -> int:
-        """Input frames per output frame: the product of the time strides."""
-        return frames.time_reduction(self.conv_strides)
+        """Input frames per output frame: the product of the time strides over
+        `output_upsample`."""
+        return frames.time_reduction(self.conv_strides) // self.upsample
 
     def receptive_field(self) -> int:
         """Input frames that one output frame of the conv stack sees on the time axis."""
@@ -234,8 +243,9 @@ class DeepSpeech2(nn.Module):
 
         A conv layer with time kernel k, stride s and padding k // 2 reads k - 1 - k // 2
         frames past s * (its output frame); going down the stack each layer's reach is
-        multiplied by the strides below it. The Lookahead layer adds `lookahead` output
-        frames. `tiny`'s conv stack (time kernels 11, strides 2 then 1): 5 * 2 + 5 = 15;
+        multiplied by the strides below it. The Lookahead layer adds `lookahead` recurrent
+        frames. With `output_upsample` u > 1 this is exact for the first of each recurrent
+        frame's u output frames and a bound for the others (they come out together). `tiny`'s conv stack (time kernels 11, strides 2 then 1): 5 * 2 + 5 = 15;
         `stream`'s (kernels 5): 2 * 2 + 2 = 6, plus 3 x 2 for its lookahead = 12 frames.
         """
         if self.bidirectional:
@@ -245,8 +255,8 @@ class DeepSpeech2(nn.Module):
             reversed(self.conv_kernels), reversed(self.conv_strides), strict=True
         ):
             reach = reach * st + kt - 1 - kt // 2
-        if self.lookahead is not None:
-            reach += self._settings["lookahead"] * self.time_reduction
+        if self.lookahead is not None:  # lookahead counts recurrent frames
+            reach += self._settings["lookahead"] * frames.time_reduction(self.conv_strides)
         return reach
 
     def num_params(self) -> int:
@@ -280,7 +290,7 @@ class DeepSpeech2(nn.Module):
             total += 2.0 * width * (s["lookahead"] + 1) * fps
         if s["head_hidden"]:
             total += 2.0 * width * s["head_hidden"] * fps
-        total += 2.0 * self.classifier.in_features * s["vocab_size"] * fps
+        total += 2.0 * self.classifier.in_features * self.classifier.out_features * fps
         return total
 
     def describe(self, frames_per_second: float = 100.0) -> str:
@@ -338,6 +348,9 @@ class DeepSpeech2(nn.Module):
         logits = per_frame(
             lambda d: self.classifier(self.head(self.out_norm(self.dropout(d)))), x, mask
         )
+        if self.upsample > 1:  # each recurrent frame emits `upsample` output frames
+            logits = logits.reshape(n, t_out * self.upsample, -1)
+            lens = lens * self.upsample
         # float32 even under autocast: CTC loss and log_softmax in bf16/fp16 lose precision.
         log_probs = logits.float().log_softmax(dim=-1)
         return log_probs, lens.to(feat_lens.device)
@@ -449,4 +462,10 @@ def _check_settings(**s: Any) -> dict[str, Any]:
         raise bad(f"activation must be 'hardtanh' or 'relu', got {s['activation']!r}")
     if s["head_hidden"] < 0 or not 0.0 < s["bn_momentum"] <= 1.0:
         raise bad("head_hidden must be >= 0 and bn_momentum in (0, 1]")
+    stride = frames.time_reduction(s["conv_strides"])
+    if s["output_upsample"] < 1 or stride % s["output_upsample"]:
+        raise bad(
+            f"output_upsample must be >= 1 and divide the conv stack's time stride ({stride}), "
+            f"got {s['output_upsample']}"
+        )
     return s

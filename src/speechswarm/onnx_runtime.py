@@ -155,11 +155,13 @@ class OnnxRecognizer:
 
     @property
     def frame_seconds(self) -> float:
-        """Seconds per output frame, from the feature hop and conv strides in the metadata."""
+        """Seconds per output frame, from the feature hop, conv strides and output upsampling
+        in the metadata."""
         features = json.loads(self.model.metadata["features"])
-        strides = json.loads(self.model.metadata["model_settings"])["conv_strides"]
+        settings = json.loads(self.model.metadata["model_settings"])
+        reduction = time_reduction(settings["conv_strides"]) // settings.get("output_upsample", 1)
         hop = round(self.sample_rate * float(features["hop_ms"]) / 1000)
-        return frame_seconds(hop, self.sample_rate, time_reduction(strides))
+        return frame_seconds(hop, self.sample_rate, reduction)
 
     def _as_wave(self, audio, sample_rate: int | None) -> np.ndarray:
         if isinstance(audio, (str, os.PathLike)):

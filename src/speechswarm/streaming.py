@@ -235,7 +235,8 @@ class StreamingRecognizer:
         x = self._lookahead(x, last)  # (1, t', H)
         if x.shape[1] == 0:
             return
-        logits = m.classifier(m.head(m.out_norm(x[0])))  # (t', V)
+        # (t', V), or (t' * upsample, V): each recurrent frame emits `upsample` output frames
+        logits = m.classifier(m.head(m.out_norm(x[0]))).reshape(x.shape[1] * m.upsample, -1)
         log_probs = logits.float().log_softmax(dim=-1)
         self.log_probs.append(log_probs)
         best = log_probs.argmax(dim=-1).tolist()

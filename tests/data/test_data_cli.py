@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 import subprocess
 import sys
@@ -431,6 +432,23 @@ def test_validate_clean_manifest_exits_0(tmp_path):
     assert (parsed["num_utts"], parsed["num_ok"], parsed["num_skipped"]) == (4, 4, 0)
     assert parsed["problems"] == [] and parsed["hours_ok"] == round(3.25 / 3600, 4)
     assert (tmp_path / "m.report.json").is_file()
+
+
+def test_validate_counts_the_output_frames_of_an_upsampling_model(tmp_path):
+    """Time stride 4 leaves too few frames for a long transcript; two output frames per
+    recurrent frame (`model.output_upsample=2`) give them back."""
+    good = records(_clean_manifest(tmp_path))[0]
+    at50, at25 = math.ceil(good["duration"] * 50), math.ceil(good["duration"] * 25)
+    text = ("ab" * at50)[: (at25 + at50) // 2]  # no repeated letters: one frame each
+    (tmp_path / "t.jsonl").write_text(json.dumps({**good, "text": text}) + "\n")
+    stride4 = "model:\n  conv_strides: [[2, 2], [2, 2]]\n"
+    (tmp_path / "s4.yaml").write_text(stride4)
+    (tmp_path / "up.yaml").write_text(stride4 + "  output_upsample: 2\n")
+    proc = speechswarm(tmp_path, "validate", "t.jsonl", "--config", "s4.yaml", "--json")
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout)["problem_counts"] == {"too_short_for_ctc": 1}
+    proc = ok(speechswarm(tmp_path, "validate", "t.jsonl", "--config", "up.yaml", "--json"))
+    assert json.loads(proc.stdout)["num_ok"] == 1
 
 
 # ----------------------------------------------------------------------------- tokenizer, shard

@@ -83,6 +83,7 @@ class ModelConfig:
     head_hidden: int = 0  # > 0: Linear + activation + dropout before the classifier
     out_norm: bool = True  # BatchNorm1d on the classifier's input
     bn_momentum: float = 0.1  # torch's convention (Keras' 0.99 is 0.01)
+    output_upsample: int = 1  # output frames per recurrent frame (divides the time stride)
 
 
 @dataclass(frozen=True)
