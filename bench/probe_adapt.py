@@ -26,13 +26,13 @@ import copy
 import time
 
 import torch
+from probe_warp_tta import add_decoding_args, probe_decoder  # a sibling in bench/
 from torch import nn
 
 import speechswarm
 from speechswarm.build import autocast
 from speechswarm.data.audio import load_audio
 from speechswarm.data.manifest import read_manifest
-from speechswarm.decode import DecoderOptions, make_decoder
 from speechswarm.metrics import ErrorCounts, char_errors, word_errors
 
 
@@ -93,16 +93,12 @@ def main() -> None:
                    default=["none", "adabn", "adabn-half", "adabn-conv", "tent"])  # fmt: skip
     p.add_argument("--tent-steps", type=int, default=3)
     p.add_argument("--tent-lr", type=float, default=1e-3)
-    p.add_argument("--lm", help="word LM (ARPA): beam search instead of greedy")
-    p.add_argument("--alpha", type=float, default=2.0)
-    p.add_argument("--beta", type=float, default=0.0)
-    p.add_argument("--batch", type=int, default=16)
+    add_decoding_args(p)
     args = p.parse_args()
 
     asr = speechswarm.load(args.checkpoint)
     trained = copy.deepcopy(asr.model.state_dict())
-    options = DecoderOptions("beam", lm=args.lm, alpha=args.alpha, beta=args.beta, beam_size=32)
-    decoder = make_decoder(options if args.lm else DecoderOptions(), asr.tokenizer.tokens)
+    decoder = probe_decoder(args, asr.tokenizer.tokens)
     utts = read_manifest(args.manifest)
     groups: dict[str, list] = {}
     for u in utts:

@@ -31,20 +31,30 @@ from speechswarm.decode import DecoderOptions, make_decoder
 from speechswarm.metrics import ErrorCounts, char_errors, word_errors
 
 
+def add_decoding_args(p: argparse.ArgumentParser) -> None:
+    """The probes' shared options: the LM for beam search (greedy without) and the batch."""
+    p.add_argument("--lm", help="word LM (ARPA): beam search instead of greedy")
+    p.add_argument("--alpha", type=float, default=2.0)
+    p.add_argument("--beta", type=float, default=0.0)
+    p.add_argument("--batch", type=int, default=16)
+
+
+def probe_decoder(args: argparse.Namespace, tokens: list[str]):
+    """Greedy, or beam search (32) with `args.lm` at `args.alpha` / `args.beta`."""
+    options = DecoderOptions("beam", lm=args.lm, alpha=args.alpha, beta=args.beta, beam_size=32)
+    return make_decoder(options if args.lm else DecoderOptions(), tokens)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--manifest", required=True)
     p.add_argument("--warps", type=float, nargs="+", default=[0.85, 0.95, 1.05])
-    p.add_argument("--lm", help="word LM (ARPA): beam search instead of greedy")
-    p.add_argument("--alpha", type=float, default=2.0)
-    p.add_argument("--beta", type=float, default=0.0)
-    p.add_argument("--batch", type=int, default=16)
+    add_decoding_args(p)
     args = p.parse_args()
 
     asr = speechswarm.load(args.checkpoint)
-    options = DecoderOptions("beam", lm=args.lm, alpha=args.alpha, beta=args.beta, beam_size=32)
-    decoder = make_decoder(options if args.lm else DecoderOptions(), asr.tokenizer.tokens)
+    decoder = probe_decoder(args, asr.tokenizer.tokens)
     warps = [1.0, *(w for w in args.warps if w != 1.0)]
     utts = read_manifest(args.manifest)
     errors: dict[str, list[ErrorCounts]] = {}
