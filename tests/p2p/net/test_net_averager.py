@@ -95,7 +95,13 @@ def test_members_average_by_weight_and_bytes_are_metered():
     a0 = _averager([torch.zeros(n), torch.full((3,), 2.0)], d0, gate)
     a1 = _averager([torch.ones(n), torch.full((3,), 6.0)], d1, gate)
     try:
-        results = _step_all([a0, a1], [1.0, 3.0])
+        # Matchmaking is best effort: on a loaded machine one peer may time out before the
+        # other announces itself ("could not find a group") and the round ends with nothing
+        # exchanged, as the swarm's rounds may. Such a round is run again (at most twice).
+        for _ in range(3):
+            results = _step_all([a0, a1], [1.0, 3.0])
+            if all(isinstance(r, dict) and len(r) == 2 for r in results.values()):
+                break
         assert all(isinstance(r, dict) and len(r) == 2 for r in results.values()), results
         for a in (a0, a1):
             with a.get_tensors() as (big, small):
