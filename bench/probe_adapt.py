@@ -51,8 +51,8 @@ def features(asr, utts):
 
 def recompute_stats(model, passes, norms, keep: float) -> None:
     """Running statistics of `norms` from forward passes over `passes` ((feats, lens) pairs);
-    `keep` of the trained statistics stays in the mix."""
-    trained = [(m.running_mean.clone(), m.running_var.clone()) for m in norms]
+    `keep` of the trained statistics stays in the mix. Momenta are left as they were."""
+    trained = [(m.running_mean.clone(), m.running_var.clone(), m.momentum) for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # a cumulative average over the passes
@@ -60,9 +60,10 @@ def recompute_stats(model, passes, norms, keep: float) -> None:
     with torch.no_grad():
         for f, fl in passes:
             model(f, fl)
-    for m, (mean, var) in zip(norms, trained, strict=True):
+    for m, (mean, var, momentum) in zip(norms, trained, strict=True):
         m.running_mean.mul_(1 - keep).add_(keep * mean)
         m.running_var.mul_(1 - keep).add_(keep * var)
+        m.momentum = momentum
         m.eval()
 
 
@@ -124,11 +125,8 @@ def main() -> None:
             model.eval()
             if method != "none":
                 norms = batch_norms(model, conv_only=method == "adabn-conv")
-                momenta = [m.momentum for m in norms]
                 passes = [fb for fb, _ in batches] if method == "adabn-batch" else one
                 recompute_stats(model, passes, norms, keep=0.5 if method == "adabn-half" else 0)
-                for m, mo in zip(norms, momenta, strict=True):
-                    m.momentum = mo
                 if method == "tent":
                     with torch.enable_grad():
                         entropy_steps(model, [fb for fb, _ in batches], norms, args.tent_steps,

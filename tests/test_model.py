@@ -76,6 +76,7 @@ def test_frame_arithmetic_needs_no_model():
     kernels, strides = ((41, 11), (21, 11), (21, 11)), ((2, 2), (2, 1), (2, 1))
     assert frames.time_reduction(strides) == 2
     assert frames.time_reduction(((2, 2), (4, 3))) == 6
+    assert frames.time_reduction(((2, 2), (2, 2)), output_upsample=2) == 2
     assert frames.output_length(1, kernels, strides) == 1
     assert frames.output_length(101, kernels, strides) == 51  # ceil(101 / 2)
     assert frames.receptive_field(kernels, strides) == 1 + 10 * 1 + 10 * 2 + 10 * 2

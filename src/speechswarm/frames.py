@@ -34,9 +34,10 @@ def output_length(length, conv_kernels: Pairs, conv_strides: Pairs):
     return length
 
 
-def time_reduction(conv_strides: Pairs) -> int:
-    """Input frames per output frame: the product of the time strides."""
-    return math.prod(int(st) for _, st in conv_strides)
+def time_reduction(conv_strides: Pairs, output_upsample: int = 1) -> int:
+    """Input frames per output frame: the product of the time strides, over the model's
+    `output_upsample` (output frames per recurrent frame; it divides the product)."""
+    return math.prod(int(st) for _, st in conv_strides) // int(output_upsample)
 
 
 def receptive_field(conv_kernels: Pairs, conv_strides: Pairs) -> int:

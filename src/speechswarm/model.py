@@ -231,7 +231,7 @@ class DeepSpeech2(nn.Module):
     def time_reduction(self) -> int:
         """Input frames per output frame: the product of the time strides over
         `output_upsample`."""
-        return frames.time_reduction(self.conv_strides) // self.upsample
+        return frames.time_reduction(self.conv_strides, self.upsample)
 
     def receptive_field(self) -> int:
         """Input frames that one output frame of the conv stack sees on the time axis."""

@@ -159,7 +159,7 @@ class OnnxRecognizer:
         in the metadata."""
         features = json.loads(self.model.metadata["features"])
         settings = json.loads(self.model.metadata["model_settings"])
-        reduction = time_reduction(settings["conv_strides"]) // settings.get("output_upsample", 1)
+        reduction = time_reduction(settings["conv_strides"], settings.get("output_upsample", 1))
         hop = round(self.sample_rate * float(features["hop_ms"]) / 1000)
         return frame_seconds(hop, self.sample_rate, reduction)
 

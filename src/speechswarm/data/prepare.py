@@ -199,7 +199,7 @@ def validate_manifest_cli(
         make_tokenizer(tok.kind, tok.alphabet, tok.path, manifest),
         sample_rate=cfg.data.sample_rate,
         frames_per_second=1000.0 / cfg.features.hop_ms,
-        time_reduction=time_reduction(cfg.model.conv_strides) // cfg.model.output_upsample,
+        time_reduction=time_reduction(cfg.model.conv_strides, cfg.model.output_upsample),
         workers=os.cpu_count() or 1,
         progress=not as_json,
         base_dir=Path(manifest).parent.resolve(),  # as read_manifest resolves it
