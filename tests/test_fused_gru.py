@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from speechswarm import fused_gru
+from speechswarm import fused_gru, host
 from speechswarm.model import DeepSpeech2
 
 
@@ -320,7 +320,7 @@ def test_cache_folder_depends_on_cpu_and_honours_env(monkeypatch, tmp_path):
     monkeypatch.setenv("SPEECHSWARM_CACHE", str(tmp_path))
     here = fused_gru.cache_dir()
     assert here.parent == tmp_path / "kernels"
-    monkeypatch.setattr(fused_gru, "_cpu_flags", lambda: "flags : fpu sse2")
+    monkeypatch.setattr(host, "cpu_flags", lambda: "flags : fpu sse2")
     assert fused_gru.cache_dir() != here
 
 

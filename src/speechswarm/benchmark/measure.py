@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime
 import gc
 import os
-import platform
 import subprocess
 import threading
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from speechswarm import host
 from speechswarm.train.assemble import build_run, close_log
 
 T = TypeVar("T")
@@ -78,12 +78,7 @@ def environment() -> dict:
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = host.cpu_model()
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
     return {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
