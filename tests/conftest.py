@@ -44,7 +44,12 @@ QUIET = (
     "train.keep_last=2",
 )
 # A small DeepSpeech2 (~30k parameters): same layer types as tiny, a step takes ~30 ms.
-SMALL_MODEL = ("model.conv_channels=[4,4]", "model.rnn_hidden=32", "model.rnn_layers=1")
+SMALL_MODEL = (
+    "model.conv_channels=[4,4]",
+    "model.rnn_hidden=32",
+    "model.rnn_layers=1",
+    "train.inter_ctc_layers=[]",
+)
 # Big enough to memorise 6 utterances in 60 steps (~0.7 M parameters). Pinned to the
 # spectrogram front-end and GRU the decoding and LM tests were calibrated on (beam search must
 # read a memorised model like greedy), so they do not move when the demo preset's features or
@@ -57,6 +62,7 @@ OVERFIT_MODEL = (
     "model.conv_kernels=[[41,11],[21,11]]",
     "model.conv_strides=[[2,2],[4,1]]",
     "model.conv_channels=[32,16]",
+    "train.inter_ctc_layers=[]",  # the loss it prints is the final layer's alone
 )
 OVERFIT_STEPS = 60
 

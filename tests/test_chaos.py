@@ -72,7 +72,12 @@ def test_a_killed_ddp_rank_comes_back_to_the_same_weights(campaign_corpus, tmp_p
     steps and 3 checkpoint writes (each widened by 0.4 s) still to come: the launch ends 5-6 s
     after that checkpoint here."""
     real = ddp_kill.train_overrides
-    small = ("model.conv_channels=[4,4]", "model.rnn_hidden=32", "model.rnn_layers=1")
+    small = (
+        "model.conv_channels=[4,4]",
+        "model.rnn_hidden=32",
+        "model.rnn_layers=1",
+        "train.inter_ctc_layers=[]",
+    )
     monkeypatch.setattr(ddp_kill, "train_overrides", lambda *a: [*real(*a), *small])
     out = tmp_path / "ddp"
     argv = ["chaos", "ddp", "--trials", "2", "--steps", "6", "--corpus", str(campaign_corpus),

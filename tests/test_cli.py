@@ -72,6 +72,7 @@ def train_args(corpus, *extra: str) -> list[str]:
         "model.conv_channels=[4,4]",
         "model.rnn_hidden=32",
         "model.rnn_layers=1",
+        "train.inter_ctc_layers=[]",  # one layer: no intermediate CTC
         *extra,
     ]
 

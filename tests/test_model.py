@@ -115,6 +115,41 @@ def test_output_upsample_gives_u_frames_per_recurrent_frame():
         _small(output_upsample=0)
 
 
+@pytest.mark.parametrize("upsample", [1, 2])
+def test_intermediate_ctc_reads_the_normalised_input_of_the_next_layer(upsample):
+    """intermediate=(k,): the classifier's log-probabilities on the BatchNorm'd output of
+    recurrent layer k; the final output is unchanged, and layers above k do not touch them."""
+    torch.manual_seed(0)
+    model = _small(
+        rnn_layers=3, conv_strides=((2, 2), (2, 2)), output_upsample=upsample, dropout=0.2
+    ).eval()
+    feats, lens = torch.randn(2, 40, 32), torch.tensor([40, 23])
+    with torch.no_grad():
+        final, out_lens = model(feats, lens)
+        again, again_lens, inter = model(feats, lens, intermediate=(1, 2))
+        torch.testing.assert_close(again, final)
+        assert torch.equal(again_lens, out_lens) and len(inter) == 2
+        for lp in inter:
+            assert lp.shape == final.shape and lp.dtype == torch.float32
+            assert torch.allclose(lp.exp().sum(-1), torch.ones(2, lp.shape[1]))
+        # by hand for k = 2: layers 0-1, the norm that feeds layer 2, the shared classifier
+        seen = {}
+        model.rnn_norms[1].register_forward_hook(lambda m, i, o: seen.update(normed=o))
+        model(feats, lens, intermediate=(2,))
+        logits = model.classifier(seen["normed"])  # the valid frames, utterance after utterance
+        t = int(out_lens[0]) // upsample
+        expected = logits[:t].reshape(t * upsample, -1).log_softmax(-1)
+        _, _, (lp2,) = model(feats, lens, intermediate=(2,))
+        torch.testing.assert_close(lp2[0, : t * upsample], expected)
+        model.rnns[2].weight_hh_l0.add_(1.0)  # above the tap: the final output moves, k = 2 not
+        moved, _, (still,) = model(feats, lens, intermediate=(2,))
+    assert not torch.allclose(moved, final)
+    torch.testing.assert_close(still, inter[1])
+    for bad in [(0,), (3,)]:
+        with pytest.raises(ValueError, match=r"intermediate CTC layers must lie in 1\.\.2"):
+            model(feats, lens, intermediate=bad)
+
+
 def test_invalid_inputs_fail_with_clear_errors():
     model = _small()
     with pytest.raises(ValueError, match=r"feat_lens must lie in 1\.\.5"):

@@ -316,12 +316,17 @@ class DeepSpeech2(nn.Module):
     # ---- forward -----------------------------------------------------------------------------
 
     def forward(
-        self, feats: torch.Tensor, feat_lens: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, feats: torch.Tensor, feat_lens: torch.Tensor, intermediate: Sequence[int] = ()
+    ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """feats: (N, T, F) float32, feat_lens: (N,) int64 frames ->
         (log_probs (N, T', V) float32 log-softmax, out_lens (N,) int64 on feat_lens' device).
 
         Frames t >= out_lens[n] of log_probs are padding and hold meaningless values.
+
+        `intermediate` (layer numbers k, 1 <= k < rnn_layers; intermediate CTC, Lee and
+        Watanabe 2021) adds a third result: for each k the (N, T', V) log-probabilities that
+        the shared classifier reads from the output of recurrent layer k, normalised by the
+        BatchNorm that feeds layer k + 1. No weights are added; inference never asks for them.
         """
         lens = self._check_inputs(feats, feat_lens)  # (N,) int64 on CPU: packing needs it there
         x = feats.transpose(1, 2).unsqueeze(1)  # (N, 1, F, T)
@@ -337,23 +342,46 @@ class DeepSpeech2(nn.Module):
         n, c, f, t_out = x.shape
         x = x.permute(0, 3, 1, 2).reshape(n, t_out, c * f)  # (N, T', C*F')
 
+        taps = self._check_intermediate(intermediate)
+        inter: list[torch.Tensor] = []
         mask = time_mask(lens.to(x.device), t_out)  # (N, T')
         for i in range(len(self.rnns)):
-            if i > 0:
+            if i in taps:  # the normalised input of layer i also feeds the classifier
+                x = per_frame(self.rnn_norms[i - 1], x, mask)
+                inter.append(self._log_probs(per_frame(self._classify, x, mask)))
+                x = per_frame(self.dropout, x, mask)
+            elif i > 0:
                 norm = self.rnn_norms[i - 1]
                 x = per_frame(lambda d, norm=norm: self.dropout(norm(d)), x, mask)
             x = self._run_rnn(i, x, lens, mask)  # (N, T', H, or 2H concatenated), zero-padded
         if self.lookahead is not None:
             x = self.lookahead(x)  # (N, T', H); reads the zero padding as "after the end"
-        logits = per_frame(
-            lambda d: self.classifier(self.head(self.out_norm(self.dropout(d)))), x, mask
-        )
-        if self.upsample > 1:  # each recurrent frame emits `upsample` output frames
-            logits = logits.reshape(n, t_out * self.upsample, -1)
-            lens = lens * self.upsample
-        # float32 even under autocast: CTC loss and log_softmax in bf16/fp16 lose precision.
-        log_probs = logits.float().log_softmax(dim=-1)
-        return log_probs, lens.to(feat_lens.device)
+        logits = per_frame(lambda d: self._classify(self.out_norm(self.dropout(d))), x, mask)
+        out_lens = (lens * self.upsample).to(feat_lens.device)
+        if intermediate:
+            return self._log_probs(logits), out_lens, inter
+        return self._log_probs(logits), out_lens
+
+    def _classify(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.head(x))
+
+    def _log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, T', u x V) classifier outputs -> (N, u x T', V) float32 log-probabilities: each
+        recurrent frame emits `upsample` output frames. float32 even under autocast: CTC loss
+        and log_softmax in bf16/fp16 lose precision."""
+        n, t = logits.shape[:2]
+        if self.upsample > 1:
+            logits = logits.reshape(n, t * self.upsample, -1)
+        return logits.float().log_softmax(dim=-1)
+
+    def _check_intermediate(self, layers: Sequence[int]) -> frozenset[int]:
+        n = len(self.rnns)
+        if any(not 1 <= k < n for k in layers):
+            raise ValueError(
+                f"intermediate CTC layers must lie in 1..{n - 1} (a recurrent layer below the "
+                f"last of {n}), got {list(layers)}"
+            )
+        return frozenset(layers)
 
     def aten_layer(self, i: int, rnn: nn.RNNBase, x: torch.Tensor, mask) -> torch.Tensor:
         """Recurrent layer `i` as ATen runs it on the CPU (`run_rnn_padded`), with the weights

@@ -35,6 +35,7 @@ OVERRIDES = [
     "model.conv_channels=[4,4]",
     "model.rnn_hidden=32",
     "model.rnn_layers=1",
+    "train.inter_ctc_layers=[]",  # one layer: no intermediate CTC
     "train.num_threads=1",
     "data.num_workers=1",
 ]

@@ -37,6 +37,7 @@ WORKER_OVERRIDES = (
     "model.conv_channels=[4,4]",
     "model.rnn_hidden=32",
     "model.rnn_layers=1",
+    "train.inter_ctc_layers=[]",  # one layer: no intermediate CTC
     "model.dropout=0",
     "train.num_threads=1",
     "train.precision=fp32",

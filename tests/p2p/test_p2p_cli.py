@@ -41,6 +41,7 @@ def test_cli_runs_compares_and_reports(tone_speakers, tmp_path, one_torch_thread
         "model.conv_channels=[4,4]",
         "model.rnn_hidden=32",
         "model.rnn_layers=1",
+        "train.inter_ctc_layers=[]",  # one layer: no intermediate CTC
         "train.precision=fp32",
         f"train.out_dir={out}",
         "p2p.agents=4",

@@ -30,7 +30,7 @@ from speechswarm.report import read_metrics
 from speechswarm.train import loop
 from speechswarm.train import run as train_run
 from speechswarm.train import step as train_step_module
-from speechswarm.train.assemble import build_run
+from speechswarm.train.assemble import build_run, close_log
 from speechswarm.train.loop import train
 from speechswarm.train.step import TrainingDiverged
 
@@ -301,6 +301,45 @@ def test_freeze_keeps_those_parameters(synth_corpus, make_config, source_checkpo
 def test_freeze_of_an_unknown_module_names_the_modules(synth_corpus, make_config):
     cfg = make_config("train.freeze=[encoder]", manifest=synth_corpus.few)
     with pytest.raises(ValueError, match=r"matches no parameter.*'classifier'.*'conv'.*'rnns'"):
+        build_run(cfg, progress=False)
+
+
+def test_intermediate_ctc_mixes_the_losses_by_weight(synth_corpus, make_config):
+    """train.inter_ctc_layers=[1]: each step's loss is (1 - w) final + w intermediate CTC,
+    both of them the CTC loss the run computes (recorded here), per utterance."""
+    cfg = make_config(
+        THREE_BATCHES,
+        "model.rnn_layers=2",
+        "train.inter_ctc_layers=[1]",
+        "train.inter_ctc_weight=0.25",
+        manifest=synth_corpus.few,
+    )
+    run = build_run(cfg, progress=False)
+    real_ctc, seen = run.ctc, []
+    run.ctc = lambda *a: seen.append(real_ctc(*a)) or seen[-1]
+    state = loop.TrainState()
+    batch = next(iter(run.loader))
+    result = train_step_module.train_step(run, state, batch)
+    final, inter = (float(x.detach()) for x in seen)  # the final layer's loss comes first
+    assert final != inter
+    expected = (0.75 * final + 0.25 * inter) / len(batch.ids)
+    assert result.stepped and result.loss == pytest.approx(expected, rel=1e-6)
+    close_log(run.log)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["train.inter_ctc_layers=[2]"], r"inter_ctc_layers=\[2\].*1\.\.1 \(model\.rnn_layers=2\)"),
+        (["train.inter_ctc_layers=[1,1]"], "distinct"),
+        (["train.inter_ctc_layers=[1]", "train.inter_ctc_weight=1.0"], r"must lie in \[0, 1\)"),
+    ],
+)
+def test_intermediate_ctc_settings_are_checked_before_training(
+    synth_corpus, make_config, overrides, message
+):
+    cfg = make_config("model.rnn_layers=2", *overrides, manifest=synth_corpus.few)
+    with pytest.raises(ValueError, match=message):
         build_run(cfg, progress=False)
 
 

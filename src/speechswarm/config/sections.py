@@ -135,6 +135,11 @@ class TrainConfig:
     tracking_uri: str = ""
     init_from: str = ""
     freeze: tuple[str, ...] = ()  # module-name prefixes whose parameters stay fixed
+    # Intermediate CTC (Lee and Watanabe 2021): the CTC loss also on the output of these
+    # recurrent layers (1 .. rnn_layers - 1), read by the model's own classifier; the loss is
+    # (1 - w) * final + w * mean(intermediate) with w = inter_ctc_weight. (): off.
+    inter_ctc_layers: tuple[int, ...] = ()
+    inter_ctc_weight: float = 0.3
     dev_max_utterances: int = 0  # 0: all dev utterances; N: N spread evenly over the manifest
     # DDP (torchrun / --nproc). Ranks normalise with their own batch's statistics unless
     # sync_batchnorm: set it when per-rank batches are small (a few utterances per GPU) and

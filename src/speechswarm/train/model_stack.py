@@ -29,6 +29,7 @@ def build_model_stack(
     tokenizer = build_tokenizer(cfg.tokenizer, cfg.data.train_manifest)
     extractor = build_features(cfg.features, cfg.data.sample_rate).to(device)
     model = build_model(cfg.model, extractor.num_features, len(tokenizer))
+    _check_inter_ctc(cfg)
     if cfg.train.init_from:
         init_from_checkpoint(model, cfg.train.init_from, tokenizer, log)
     _freeze(model, cfg.train.freeze, log)
@@ -42,6 +43,21 @@ def build_model_stack(
         batch=min(cfg.data.max_batch_size, 24),  # what the kernel choice times a layer with
     )
     return tokenizer, extractor, model, rnn_kernel
+
+
+def _check_inter_ctc(cfg: Config) -> None:
+    layers, n = cfg.train.inter_ctc_layers, cfg.model.rnn_layers
+    if any(not 1 <= k < n for k in layers) or len(set(layers)) != len(layers):
+        raise ConfigError(
+            f"train.inter_ctc_layers={list(layers)}: each must be a distinct recurrent layer "
+            f"below the last, 1..{n - 1} (model.rnn_layers={n}); train.inter_ctc_layers=[] "
+            "turns intermediate CTC off"
+        )
+    if not 0.0 <= cfg.train.inter_ctc_weight < 1.0:
+        raise ConfigError(
+            f"train.inter_ctc_weight={cfg.train.inter_ctc_weight:g} must lie in [0, 1): the "
+            "final layer's CTC loss keeps the weight 1 - w"
+        )
 
 
 def init_from_checkpoint(model: DeepSpeech2, path: str, tokenizer: Tokenizer, log) -> None:

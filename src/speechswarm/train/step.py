@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -186,6 +186,7 @@ def _forward(run: Run, batch: Batch) -> torch.Tensor:
         wave_augment=run.wave_augment,
         freq_warp=run.freq_warp,
         spec_augment=run.spec_augment,
+        inter_ctc=(run.cfg.train.inter_ctc_layers, run.cfg.train.inter_ctc_weight),
     )
 
 
@@ -201,11 +202,13 @@ def forward_loss(
     wave_augment: Callable | None = None,
     freq_warp: Callable | None = None,
     spec_augment: Callable | None = None,
+    inter_ctc: tuple[Sequence[int], float] = ((), 0.0),
 ) -> torch.Tensor:
     """Features, augmentation, forward, CTC loss: the per-utterance loss, a () tensor.
 
     `ctc`: `nn.CTCLoss(blank=0, reduction="sum")`; the augmenters draw from `generator`;
-    `amp_dtype` from `build.resolve_precision` (None: fp32)."""
+    `amp_dtype` from `build.resolve_precision` (None: fp32). `inter_ctc`: (layers, weight)
+    of intermediate CTC (`train.inter_ctc_layers`, `train.inter_ctc_weight`); no layers: off."""
     batch = batch.to(device)
     with torch.no_grad():
         waves = batch.waves
@@ -215,11 +218,22 @@ def forward_loss(
         feats, feat_lens = extractor(waves, batch.wave_lens, warp)  # (N, T, F), (N,) frames
         if spec_augment is not None:
             feats = spec_augment(feats, feat_lens, generator)
+    layers, weight = inter_ctc
     with autocast(device, amp_dtype):
-        log_probs, out_lens = model(feats, feat_lens)  # (N, T', V) log-softmax, (N,)
+        # (N, T', V) log-softmax, (N,), and one (N, T', V) per intermediate layer
+        log_probs, out_lens, *inter = model(
+            feats, feat_lens, **({"intermediate": layers} if layers else {})
+        )
+
     # CTC in fp32 on (T', N, V); summed over the batch then divided by N: a per-utterance loss
     # that does not shrink long transcripts as reduction="mean" (per target token) would.
-    loss = ctc(log_probs.float().transpose(0, 1), batch.tokens, out_lens, batch.token_lens)
+    def loss_of(lp: torch.Tensor) -> torch.Tensor:
+        return ctc(lp.float().transpose(0, 1), batch.tokens, out_lens, batch.token_lens)
+
+    loss = loss_of(log_probs)
+    if layers:
+        inter_loss = sum(loss_of(lp) for lp in inter[0]) / len(layers)
+        loss = (1.0 - weight) * loss + weight * inter_loss
     return loss / len(batch.ids)
 
 
