@@ -7,7 +7,8 @@ Every `import` and `from ... import` statement of src/speechswarm is read with `
 including those inside functions (a lazy import is still a dependency) and under
 `TYPE_CHECKING`. The layers, lowest first (docs/design.md, "Layers"):
 
-    0  bottom     errors, checkpoint, frames, native_output: anything may import them
+    0  bottom     errors, checkpoint, frames, native_output, host, atomic: anything may
+                  import them
     1  config     the typed config sections and their loader
     2  model      data, features, augment, model, fused_gru, decode, metrics, report
     3  assembly   build (config -> objects), inference, streaming, transcribe, evaluate,
@@ -42,6 +43,7 @@ LAYERS = {
     "speechswarm.checkpoint": 0,
     "speechswarm.frames": 0,
     "speechswarm.native_output": 0,
+    "speechswarm.host": 0,
     "speechswarm.config": 1,
     "speechswarm.data": 2,
     "speechswarm.features": 2,

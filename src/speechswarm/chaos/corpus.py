@@ -151,6 +151,7 @@ TRAIN_OVERRIDES = (
     "model.conv_channels=[4,4]",
     "model.rnn_hidden=32",
     "model.rnn_layers=1",
+    "train.inter_ctc_layers=[]",
     "train.epochs=1",
     "train.dev_max_utterances=8",
 )

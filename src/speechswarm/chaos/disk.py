@@ -36,7 +36,7 @@ from speechswarm.chaos.kill import _command, _env, _last_step, _small_corpus
 from speechswarm.checkpoint import CheckpointError, load_checkpoint
 from speechswarm.errors import UnavailableError, UsageError
 
-SMALLER = ("model.conv_channels=[4,4]", "model.rnn_hidden=32", "model.rnn_layers=1",
+SMALLER = ("model.conv_channels=[4,4]", "model.rnn_hidden=32", "model.rnn_layers=1", "train.inter_ctc_layers=[]",
            "train.keep_last=0")  # fmt: skip
 FAULTS = ("full", "read_only")
 

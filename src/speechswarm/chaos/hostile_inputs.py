@@ -239,7 +239,7 @@ def train_args(box: Sandbox, *extra: str) -> list[str]:
         "train", "--config", "tiny", f"data.train_manifest={train}",
         f"data.dev_manifest={dev}", f"data.test_manifest={dev}", "data.num_workers=0",
         f"train.out_dir={box.target / 'run'}", "train.max_steps=1", "train.device=cpu",
-        "model.rnn_hidden=16", "model.rnn_layers=1", "model.conv_channels=[4,4]",
+        "model.rnn_hidden=16", "model.rnn_layers=1", "train.inter_ctc_layers=[]", "model.conv_channels=[4,4]",
         "train.num_threads=1", "train.tracking=none", *extra,
     ]  # fmt: skip
 

@@ -195,7 +195,7 @@ def prepare(out: Path, corpus: Path, rounds: int):
     cfg = load_config("p2p-tiny", [
         f"data.train_manifest={corpus / 'train.jsonl'}", f"data.dev_manifest={corpus / 'dev.jsonl'}",
         f"data.test_manifest={corpus / 'test.jsonl'}", "data.validate=false", "data.max_batch_size=4",
-        "model.conv_channels=[4,4]", "model.rnn_hidden=32", "model.rnn_layers=1",
+        "model.conv_channels=[4,4]", "model.rnn_hidden=32", "model.rnn_layers=1", "train.inter_ctc_layers=[]",
         "train.precision=fp32", "train.num_threads=1", "optim.schedule=constant",
         "p2p.agents=4", f"p2p.rounds={rounds}", "p2p.local_steps=2", f"train.out_dir={out}",
     ])  # fmt: skip

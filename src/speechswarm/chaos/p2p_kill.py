@@ -41,7 +41,7 @@ def p2p_command(corpus: Path, out: Path, rounds: int, *extra: str) -> list[str]:
             *extra, f"data.train_manifest={corpus / 'train.jsonl'}",
             f"data.dev_manifest={corpus / 'dev.jsonl'}", f"data.test_manifest={corpus / 'test.jsonl'}",
             "data.validate=false", "data.max_batch_size=4", "model.conv_channels=[4,4]",
-            "model.rnn_hidden=32", "model.rnn_layers=1", "train.precision=fp32",
+            "model.rnn_hidden=32", "model.rnn_layers=1", "train.inter_ctc_layers=[]", "train.precision=fp32",
             "train.num_threads=1", "p2p.agents=4", f"p2p.rounds={rounds}", "p2p.local_steps=2",
             "p2p.checkpoint_every=1", "p2p.eval_every=2", "p2p.global_test_max=8",
             "p2p.runs=[gossip/ring,fedavg]", f"train.out_dir={out}"]  # fmt: skip
