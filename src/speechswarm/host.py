@@ -21,22 +21,24 @@ def cache_root() -> Path:
 def cpu_flags() -> str:
     """The "flags" (x86) or "Features" (ARM) line of /proc/cpuinfo; where there is none,
     `platform.processor()`."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
+    return _cpuinfo_line(("flags", "Features")) or platform.processor()
 
 
 def cpu_model() -> str:
     """The CPU's "model name" from /proc/cpuinfo; where there is none, `platform.processor()`
     or the machine type."""
+    line = _cpuinfo_line(("model name",))
+    if line:
+        return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _cpuinfo_line(prefixes: tuple[str, ...]) -> str:
+    """The first line of /proc/cpuinfo that starts with one of `prefixes`, or ""."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if line.startswith(prefixes):
+                return line
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return ""

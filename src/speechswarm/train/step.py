@@ -221,9 +221,7 @@ def forward_loss(
     layers, weight = inter_ctc
     with autocast(device, amp_dtype):
         # (N, T', V) log-softmax, (N,), and one (N, T', V) per intermediate layer
-        log_probs, out_lens, *inter = model(
-            feats, feat_lens, **({"intermediate": layers} if layers else {})
-        )
+        log_probs, out_lens, *inter = model(feats, feat_lens, intermediate=layers)
 
     # CTC in fp32 on (T', N, V); summed over the batch then divided by N: a per-utterance loss
     # that does not shrink long transcripts as reduction="mean" (per target token) would.
