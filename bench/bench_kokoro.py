@@ -50,6 +50,7 @@ def main() -> None:
     model = kokoro.load()
     if model.reason:
         raise SystemExit(model.reason)
+    model.synthesize(SENTENCES[0], kokoro.person(args.person).mix, 1.0)  # picks the graph
     if model.graph != "vnni":
         raise SystemExit(f"the rewrite does not run here: {model.graph}")
     sessions = {"int8 (package)": kokoro._session(ort, core.model_path()), "vnni": model.session}

@@ -19,8 +19,8 @@ instead of raising, so a corpus can be made from the other engines. One ONNX Run
 serves every synthesis thread; it runs with one intra-op thread, so N worker threads use N
 cores (onnxruntime's `run` is thread-safe and releases the GIL). Where the CPU has VNNI the
 session runs `kokoro_vnni`'s rewrite of the model (its int8 convolutions on the faster integer
-GEMM, ~1.4x), once it has read a probe sentence bit for bit as the package's model does;
-`Kokoro.graph` says which runs.
+GEMM, ~1.4x), once it has read a probe sentence bit for bit as the package's model does (checked at the
+first synthesis); `Kokoro.graph` says which runs.
 """
 
 from __future__ import annotations
@@ -164,12 +164,24 @@ class Kokoro:
     session: Any = None  # onnxruntime.InferenceSession
     vocab: dict[str, int] = field(default_factory=dict)
     styles: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (510, 1, 256)
-    graph: str = ""  # "vnni" (kokoro_vnni's rewrite runs), else "original (why)"
+    source: Any = None  # the package's model file
+    # "vnni" (kokoro_vnni's rewrite runs), else "original (why)"; "" until the first synthesis
+    # picks one, so a process that only records the voice sources never pays for the probe
+    graph: str = ""
 
     def synthesize(self, text: str, mix: tuple[tuple[str, float], ...], speed: float) -> np.ndarray:
         """(S,) float32 audio at SAMPLE_RATE of `text` read by the blend `mix` at `speed`."""
         if self.session is None:
             raise KokoroError(f"Kokoro is unavailable: {self.reason}")
+        if not self.graph:
+            with _graph_lock:
+                if not self.graph:
+                    import onnxruntime as ort
+
+                    self.graph = _faster_graph(self, ort, self.source)
+        return self._read(text, mix, speed)
+
+    def _read(self, text: str, mix: tuple[tuple[str, float], ...], speed: float) -> np.ndarray:
         ids = token_ids(to_kokoro_phonemes(espeak_ipa(text), self.vocab), self.vocab)
         style = blend_styles(self.styles, mix)[len(ids) - 1].reshape(1, 256)
         feeds = {
@@ -188,6 +200,7 @@ class Kokoro:
 
 
 _lock = threading.Lock()
+_graph_lock = threading.Lock()
 _loaded: Kokoro | None = None
 
 
@@ -218,9 +231,7 @@ def _load() -> Kokoro:
         session = _session(ort, source)
     except Exception as e:  # a broken install must not stop the corpus: report it instead
         return Kokoro(reason=f"{PACKAGE} failed to load: {type(e).__name__}: {e}")
-    model = Kokoro("", metadata.version(PACKAGE), session, vocab, styles)
-    model.graph = _faster_graph(model, ort, source)
-    return model
+    return Kokoro("", metadata.version(PACKAGE), session, vocab, styles, source)
 
 
 def _session(ort, path):
@@ -241,9 +252,9 @@ def _faster_graph(model: Kokoro, ort, source) -> str:
     try:
         fast = _session(ort, kokoro_vnni.fast_model(source))
         mix = PERSONS[0].mix
-        reference = model.synthesize(PROBE, mix, 1.0)
+        reference = model._read(PROBE, mix, 1.0)
         original, model.session = model.session, fast
-        if not np.array_equal(model.synthesize(PROBE, mix, 1.0), reference):
+        if not np.array_equal(model._read(PROBE, mix, 1.0), reference):
             model.session = original
             return "original (the VNNI rewrite did not reproduce it)"
     except Exception as e:  # onnx missing, an unknown graph: the original model still works
