@@ -46,7 +46,8 @@ def test_lm_build_and_beam_eval(overfit_run, lm, capsys):
     assert beam["wer"] < 0.1
 
 
-def test_tune_lm_reports_greedy_and_the_best_grid_point(overfit_run, lm, capsys):
+@pytest.mark.parametrize("by", ["wer", "cer"])
+def test_tune_lm_reports_greedy_and_the_best_grid_point(overfit_run, lm, capsys, by):
     rc, out, _ = run(
         capsys,
         "tune-lm",
@@ -55,12 +56,14 @@ def test_tune_lm_reports_greedy_and_the_best_grid_point(overfit_run, lm, capsys)
         "--lm", str(lm),
         "--alphas", "0,1",
         "--betas", "0,2",
+        "--by", by,
         "--json",
     )  # fmt: skip
     assert rc == 0
     result = json.loads(out)
     assert len(result["grid"]) == 4
-    assert result["best"] == min(result["grid"], key=lambda p: (p["wer"], p["cer"]))
+    other = "cer" if by == "wer" else "wer"
+    assert result["best"] == min(result["grid"], key=lambda p: (p[by], p[other]))
     assert result["best"]["wer"] <= result["greedy"]["wer"]
 
 

@@ -6,12 +6,13 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
 from speechswarm.data.manifest import Utterance, read_manifest, write_manifest
 from speechswarm.decode.lm import read_arpa
-from speechswarm.demo import LM_ALPHAS, build_demo_lm, run_demo
+from speechswarm.demo import LM_ALPHAS, LM_BEAM_SIZE, LM_BETAS, build_demo_lm, run_demo
 
 
 @pytest.mark.slow
@@ -43,23 +44,45 @@ def test_demo_trains_tests_on_unseen_voices_and_reports_greedy_and_lm(
     assert "heard:" in printed and "model:" in printed
     assert read_arpa(results["lm"]["path"]).order == 3
     assert results["lm"]["alpha"] in LM_ALPHAS  # tuned on dev from the grid
-    assert results["lm"]["beta"] in (0.0, 1.0)
+    assert results["lm"]["beta"] in LM_BETAS and results["lm"]["beam_size"] == LM_BEAM_SIZE
     assert (out / "checkpoints" / "best.pt").is_file()
     # The demo tests the final weights (the one-cycle schedule ends with the budget).
     assert results["checkpoint"] == str(out / "checkpoints" / "last.pt")
 
 
-def test_demo_lm_never_sees_a_dev_or_test_sentence(tmp_path, monkeypatch):
-    import speechswarm.data.sentences as sentences
-
-    texts = ["the cat sat", "a dog ran far", "birds sing loud", "the dog sat"]
-    monkeypatch.setattr(sentences, "load_sentences", lambda: texts)
+def _held_out_manifests(tmp_path) -> dict:
     manifests = {}
     for split, text in (("dev", "a dog ran far"), ("test", "birds sing loud")):
         utt = Utterance(f"{split}1", "x.flac", 1.0, text, "spk")
         write_manifest(tmp_path / f"{split}.jsonl", [utt])
         manifests[split] = tmp_path / f"{split}.jsonl"
-    lm = read_arpa(build_demo_lm(tmp_path / "lm.arpa", manifests))
+    return manifests
+
+
+def test_demo_lm_never_sees_a_dev_or_test_sentence(tmp_path, monkeypatch, capsys):
+    import speechswarm.data.sentences as sentences
+    import speechswarm.demo as demo
+
+    texts = ["the cat sat", "a dog ran far", "birds sing loud", "the dog sat"]
+    monkeypatch.setattr(sentences, "load_sentences", lambda: texts)
+    # The word prior may hold a held-out sentence's words, never its word sequences.
+    (tmp_path / "prior.tsv").write_text("birds\t9\nsing\t3\nzebra\t1\n")
+    monkeypatch.setattr(demo, "LM_PRIOR", str(tmp_path / "prior.tsv"))
+    lm = read_arpa(build_demo_lm(tmp_path / "lm.arpa", _held_out_manifests(tmp_path)))
     words = set(lm.vocabulary)
-    assert {"the", "cat", "sat", "dog"} <= words
-    assert not {"ran", "far", "birds", "sing", "loud"} & words
+    assert {"the", "cat", "sat", "dog", "birds", "sing", "zebra"} <= words
+    assert not {"ran", "far", "loud"} & words
+    assert ("birds", "sing") not in lm.log10_probs[1] and ("dog", "ran") not in lm.log10_probs[1]
+    assert "a prior of 3 words" in capsys.readouterr().out
+
+
+def test_demo_lm_is_made_without_the_prior_when_wordfreq_is_missing(tmp_path, monkeypatch, capsys):
+    import speechswarm.data.sentences as sentences
+    import speechswarm.decode.word_prior as word_prior
+
+    monkeypatch.setattr(sentences, "load_sentences", lambda: ["the cat sat", "the dog sat"])
+    monkeypatch.setitem(sys.modules, "wordfreq", None)  # import wordfreq raises ImportError
+    lm = read_arpa(build_demo_lm(tmp_path / "lm.arpa", _held_out_manifests(tmp_path)))
+    assert set(lm.vocabulary) == {"<s>", "</s>", "<unk>", "the", "cat", "dog", "sat"}
+    printed = capsys.readouterr().out
+    assert "no word prior" in printed and word_prior.WORDFREQ_HINT in printed

@@ -202,6 +202,16 @@ def _parser() -> argparse.ArgumentParser:
         help="drop sentences that are transcripts of this manifest (e.g. the test set); repeatable",
     )
     t.add_argument("--order", type=int, default=3)
+    t.add_argument(
+        "--prior",
+        default=None,
+        metavar="SPEC",
+        help="words beyond the text, with frequencies: wordfreq:N (the N most frequent English "
+        "words of the wordfreq package) or a file of `word<TAB>count` lines",
+    )
+    t.add_argument(
+        "--prior-weight", type=float, default=0.5, help="the prior's share of the unigram base"
+    )
     t.add_argument("--out", required=True, help="ARPA file to write (lm.arpa)")
     t.set_defaults(func=_lm_build)
 
@@ -213,6 +223,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--alphas", default="0,0.25,0.5,0.75,1,1.5", help="comma-separated")
     s.add_argument("--betas", default="-1,0,1,2,3", help="comma-separated")
     s.add_argument("--beam-size", type=int, default=DecoderDefaults.beam_size)
+    s.add_argument(
+        "--by", choices=("wer", "cer"), default="wer", help="the metric the best point minimises"
+    )
     s.add_argument("--device", default="auto")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=_tune_lm)
@@ -422,7 +435,13 @@ def _lm_build(args) -> int:
     from speechswarm.decode.lm import build_lm_from
 
     build_lm_from(
-        args.out, order=args.order, manifest=args.manifest, text=args.text, exclude=args.exclude
+        args.out,
+        order=args.order,
+        manifest=args.manifest,
+        text=args.text,
+        exclude=args.exclude,
+        prior=args.prior,
+        prior_weight=args.prior_weight,
     )
     return 0
 
@@ -452,6 +471,7 @@ def _tune_lm(args) -> int:
         lexicon=args.lexicon,
         device=args.device,
         progress=None if args.json else progress,
+        by=args.by,
     )
     base, best = points[0], points[1]
     if args.json:

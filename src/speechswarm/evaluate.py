@@ -30,6 +30,7 @@ from speechswarm.data.tokenizer import Tokenizer
 from speechswarm.decode import Decoder, DecoderOptions, GreedyDecoder
 from speechswarm.decode.greedy import greedy_decode
 from speechswarm.decode.timestamps import WordTiming, frame_seconds, timed_transcripts
+from speechswarm.errors import UsageError
 from speechswarm.metrics import edit_distance
 
 
@@ -380,17 +381,20 @@ def tune_lm(
     batch_seconds: float = 160.0,
     max_utterances: int = 0,
     progress=None,
+    by: str = "wer",
 ) -> list[TunePoint]:
-    """Grid-search the LM weight alpha and word bonus beta on a (dev) manifest by WER.
+    """Grid-search the LM weight alpha and word bonus beta on a (dev) manifest by WER (`by`
+    "cer": by CER, the metric a character model's target may be).
 
-    Returns the greedy baseline first, then every grid point, best (lowest WER, then CER)
-    first. `max_utterances` > 0 tunes on that many utterances spread over the manifest.
+    Returns the greedy baseline first, then every grid point, best (lowest `by`, then the
+    other) first. `max_utterances` > 0 tunes on that many utterances spread over the manifest.
     `progress(done, total, point)` is called after each point.
     """
     from speechswarm.decode import GreedyDecoder
     from speechswarm.decode.beam import BeamDecoder
     from speechswarm.inference import load
 
+    _check_metric(by)
     asr = load(checkpoint, device=device)
     utts = read_manifest(manifest)
     utts = spread_subset(utts, max_utterances)
@@ -411,5 +415,15 @@ def tune_lm(
         points.append(TunePoint(alpha, beta, r.wer, r.cer))
         if progress:
             progress(done, len(grid), points[-1])
-    points.sort(key=lambda p: (p.wer, p.cer))
-    return [TunePoint(None, None, base.wer, base.cer), *points]
+    return [TunePoint(None, None, base.wer, base.cer), *best_first(points, by)]
+
+
+def _check_metric(by: str) -> None:
+    if by not in ("wer", "cer"):
+        raise UsageError(f"tune-lm: choose by wer or cer, got {by!r}")
+
+
+def best_first(points: Sequence[TunePoint], by: str = "wer") -> list[TunePoint]:
+    """Grid points by `by` ("wer" or "cer"), ties broken by the other metric."""
+    _check_metric(by)
+    return sorted(points, key=lambda p: (p.wer, p.cer) if by == "wer" else (p.cer, p.wer))

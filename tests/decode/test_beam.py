@@ -119,6 +119,26 @@ def test_an_lm_on_the_right_text_lowers_wer(tmp_path):
     assert with_wrong_lm > greedy  # an LM of other text can only spell other words
 
 
+def test_a_word_prior_lets_the_lm_spell_words_its_text_never_had(tmp_path):
+    # "fox" and "jumps" are not in the LM's text: without a prior the lexicon cannot spell
+    # them; with them in the prior, the same clean emissions come out right.
+    text = [s.split() for s in SENTENCES if "fox" not in s]
+    emissions = noisy_emissions("the quick brown fox jumps", np.random.default_rng(0), 0.0)
+    plain = build_lm(text, 3, tmp_path / "plain.arpa")
+    prior = {"fox": 5.0, "jumps": 1.0, "quick": 1.0, "brown": 1.0, "zebra": 1.0}
+    with_prior = build_lm(text, 3, tmp_path / "prior.arpa", prior)
+    assert ("fox",) not in plain.log10_probs[0] and ("fox",) in with_prior.log10_probs[0]
+
+    def decode(lm) -> str:
+        options = DecoderOptions("beam", lm=lm, alpha=0.5, beta=0.0)
+        return TOKENIZER.decode(
+            BeamDecoder(TOKENIZER.tokens, options).decode(emissions[None], [len(emissions)])[0]
+        )
+
+    assert "fox" not in decode(tmp_path / "plain.arpa")
+    assert decode(tmp_path / "prior.arpa") == "the quick brown fox jumps"
+
+
 def test_with_weights_reuses_the_lm_and_matches_a_fresh_decoder(tmp_path):
     build_lm([s.split() for s in SENTENCES], 2, tmp_path / "lm.arpa")
     rng = np.random.default_rng(1)

@@ -23,6 +23,7 @@ from speechswarm.decode.lm import (
     lm_sentences,
     read_arpa,
 )
+from speechswarm.errors import UsageError
 
 TINY = [s.split() for s in ("a b c", "a b", "b c a", "c a b c")]
 # A few sentences with repeated structure: enough n-grams of each count for real discounts.
@@ -85,6 +86,35 @@ def test_every_context_sums_to_one(order):
         total = sum(10 ** m.log10_prob(w, ctx) for w in vocab)
         assert total == pytest.approx(1.0, abs=1e-9), ctx
     assert 10 ** m.log10_prob(BOS, ()) < 1e-90  # <s> is never predicted
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_a_word_prior_adds_its_words_and_every_context_still_sums_to_one(order):
+    prior = {"zebra": 3.0, "yak": 1.0, "cat": 50.0}  # "cat" is in the text too
+    plain = kneser_ney(count_ngrams(TEXT, order))
+    m = kneser_ney(count_ngrams(TEXT, order), prior, prior_weight=0.5)
+    assert set(m.vocabulary) == set(plain.vocabulary) | {"zebra", "yak"}
+    vocab = [w for w in m.vocabulary if w != BOS]
+    for ctx in [(), (BOS,), ("the",), ("sat", "on"), ("zebra",)]:
+        total = sum(10 ** m.log10_prob(w, ctx) for w in vocab)
+        assert total == pytest.approx(1.0, abs=1e-9), ctx
+    # Unseen words share the discount mass gamma(()) in proportion to the base distribution
+    # (1 - w) / |V| + w * prior / sum(prior): by hand for zebra against yak.
+    n, total = len(vocab), 54.0
+    base = [0.5 / n + 0.5 * c / total for c in (3.0, 1.0)]
+    ratio = 10 ** (m.log10_prob("zebra") - m.log10_prob("yak"))
+    assert ratio == pytest.approx(base[0] / base[1], rel=1e-6)
+    # The text's own n-grams keep their discounted counts: a seen trigram moves by the
+    # (small) change of its lower orders only.
+    if order == 3:
+        seen = m.log10_prob("sat", ["the", "cat"]) - plain.log10_prob("sat", ["the", "cat"])
+        assert abs(seen) < 0.05
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0, 1.5])
+def test_a_prior_weight_outside_0_1_is_refused(weight):
+    with pytest.raises(UsageError, match="prior's weight"):
+        kneser_ney(count_ngrams(TINY, 2), {"zebra": 1.0}, prior_weight=weight)
 
 
 def test_the_right_text_scores_better_than_scrambled_text():

@@ -16,6 +16,9 @@ file is estimated here, the way `lmplz` does it (Chen & Goodman 1998; Heafield e
   gamma(h) = (D1 N1(h.) + D2 N2(h.) + D3+ N3+(h.)) / a(h.) and h' = h without its first word;
   unigrams interpolate with the uniform distribution over the vocabulary (`</s>` and `<unk>`
   included, `<s>` never predicted). So every context's distribution sums to exactly 1.
+- With a word prior (`decode.word_prior`), the vocabulary also holds the prior's words, and
+  unigrams interpolate with (1 - lambda) uniform + lambda prior instead: the discount mass
+  reaches words the text never had, in proportion to their frequency elsewhere.
 - The ARPA file holds log10 p(w | h) of every seen n-gram and log10 gamma(h) as the backoff
   of every context; an unseen n-gram backs off: p(w | h) = gamma(h) p(w | h').
 
@@ -31,7 +34,7 @@ import os
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,11 +140,18 @@ def discounts(counts: Counter[NGram]) -> tuple[tuple[float, float, float], bool]
     return d, False
 
 
-def kneser_ney(raw: list[Counter[NGram]]) -> NGramModel:
-    """Interpolated modified Kneser-Ney from `count_ngrams` output (see the module docstring)."""
+def kneser_ney(
+    raw: list[Counter[NGram]], prior: Mapping[str, float] | None = None, prior_weight: float = 0.5
+) -> NGramModel:
+    """Interpolated modified Kneser-Ney from `count_ngrams` output (see the module docstring).
+
+    `prior` (word -> relative frequency) adds its words to the vocabulary and takes the share
+    `prior_weight` of the distribution the unigrams interpolate with (the rest stays uniform)."""
     order = len(raw)
     adjusted = adjusted_counts(raw)
-    vocab = sorted(({g[0] for g in raw[0]} | {EOS, UNK}) - {BOS})  # what can be predicted
+    words = {g[0] for g in raw[0]} | set(prior or ())
+    vocab = sorted((words | {EOS, UNK}) - {BOS})  # what can be predicted
+    base = _unigram_base(vocab, prior, prior_weight)
     ds, fallbacks = [], []
     for n in range(1, order + 1):
         d, fell_back = discounts(adjusted[n - 1])
@@ -163,12 +173,11 @@ def kneser_ney(raw: list[Counter[NGram]]) -> NGramModel:
             gammas[n - 1][h] = gamma
             for w, a in followers:
                 discounted = (a - (d1, d2, d3)[min(a, 3) - 1]) / total
-                lower = 1.0 / len(vocab) if n == 1 else probs[n - 2][(*h[1:], w)]
+                lower = base[w] if n == 1 else probs[n - 2][(*h[1:], w)]
                 probs[n - 1][(*h, w)] = discounted + gamma * lower
-        if n == 1:  # words seen only in contexts (none besides <s>) and <unk>: uniform share
-            uniform = gammas[0][()] / len(vocab)
+        if n == 1:  # words seen only in contexts (none besides <s>), the prior's and <unk>
             for w in vocab:
-                probs[0].setdefault((w,), uniform)
+                probs[0].setdefault((w,), gammas[0][()] * base[w])
     log_probs = tuple({g: math.log10(p) for g, p in level.items()} for level in probs)
     log_probs[0][(BOS,)] = NO_PROB
     # The backoff of context h (an (n-1)-gram) is gamma(h) of order n, stored with h.
@@ -176,6 +185,20 @@ def kneser_ney(raw: list[Counter[NGram]]) -> NGramModel:
         {h: math.log10(g) for h, g in gammas[n].items() if g > 0} for n in range(1, order)
     ) + ({},)
     return NGramModel(order, log_probs, log_backoffs, tuple(ds), tuple(fallbacks))
+
+
+def _unigram_base(
+    vocab: Sequence[str], prior: Mapping[str, float] | None, weight: float
+) -> dict[str, float]:
+    """What the unigrams interpolate with: uniform over `vocab`, or (1 - weight) uniform +
+    weight x the prior normalised over `vocab` (words outside it dropped)."""
+    uniform = 1.0 / len(vocab)
+    if not prior:
+        return dict.fromkeys(vocab, uniform)
+    if not 0.0 < weight < 1.0:  # 1 would leave <unk> and words the prior lacks no mass
+        raise UsageError(f"lm: the prior's weight must lie in (0, 1), got {weight:g}")
+    total = sum(prior.get(w, 0.0) for w in vocab)
+    return {w: (1.0 - weight) * uniform + weight * prior.get(w, 0.0) / total for w in vocab}
 
 
 def write_arpa(model: NGramModel, path: str | os.PathLike) -> Path:
@@ -236,8 +259,15 @@ def lm_sentences(texts: Iterable[str], exclude: Iterable[str] = ()) -> tuple[lis
     return out, dropped
 
 
-def build_lm(sentences: Sequence[Sequence[str]], order: int, out: str | os.PathLike) -> NGramModel:
-    """Estimate an order-`order` model from word lists and write it as ARPA to `out`."""
+def build_lm(
+    sentences: Sequence[Sequence[str]],
+    order: int,
+    out: str | os.PathLike,
+    prior: Mapping[str, float] | None = None,
+    prior_weight: float = 0.5,
+) -> NGramModel:
+    """Estimate an order-`order` model from word lists (with a word prior, see `kneser_ney`)
+    and write it as ARPA to `out`."""
     out = Path(out)
     if out.suffix == ".bin":
         raise UsageError(
@@ -247,7 +277,7 @@ def build_lm(sentences: Sequence[Sequence[str]], order: int, out: str | os.PathL
         )
     if not sentences:
         raise DataError("lm build: no sentences to estimate from (empty text?)")
-    model = kneser_ney(count_ngrams(sentences, order))
+    model = kneser_ney(count_ngrams(sentences, order), prior, prior_weight)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_arpa(model, out)
     return model
@@ -260,14 +290,18 @@ def build_lm_from(
     manifest: str | os.PathLike | None = None,
     text: str | os.PathLike | None = None,
     exclude: Sequence[str | os.PathLike] = (),
+    prior: str | None = None,
+    prior_weight: float = 0.5,
 ) -> NGramModel:
     """`speechswarm lm build`: estimate an order-`order` LM from the transcripts of
     `manifest` or the lines of the text file `text` (normalised here as transcripts are),
-    minus every sentence that is a transcript of an `exclude` manifest (e.g. the test set);
-    write it as ARPA to `out` and print a summary line (and a note on stderr when an order
-    had too little text for estimated discounts)."""
+    minus every sentence that is a transcript of an `exclude` manifest (e.g. the test set),
+    with the word prior `prior` names (`decode.word_prior`) if given; write it as ARPA to
+    `out` and print a summary line (and a note on stderr when an order had too little text
+    for estimated discounts)."""
     from speechswarm.data.manifest import read_manifest
     from speechswarm.data.text import normalize_text
+    from speechswarm.decode.word_prior import load_prior
 
     if (manifest is None) == (text is None):
         raise UsageError("lm build: give exactly one of a manifest or a text file")
@@ -281,12 +315,14 @@ def build_lm_from(
         texts, source = [normalize_text(line) for line in lines], text
     banned = [u.text for m in exclude for u in read_manifest(m)]
     sentences, dropped = lm_sentences(texts, banned)
+    words = load_prior(prior) if prior else None
     start = time.perf_counter()
-    model = build_lm(sentences, order, out)
+    model = build_lm(sentences, order, out, words and words.weights, prior_weight)
     sizes = ", ".join(f"{len(level):,} {n}-grams" for n, level in enumerate(model.log10_probs, 1))
     print(
         f"lm: order {order} from {len(sentences):,} sentences of {source}"
         + (f" ({dropped:,} excluded)" if dropped else "")
+        + (f", prior {prior} ({len(words.weights):,} words)" if words else "")
         + f": {sizes} -> {out} ({time.perf_counter() - start:.1f} s)"
     )
     if model.fallback_orders:
