@@ -112,7 +112,7 @@ def run_demo(
             "alpha": decoder.alpha,
             "beta": decoder.beta,
             "beam_size": decoder.beam_size,
-        },  # fmt: skip
+        },
         "by_engine": by_engine,
         "greedy_by_engine": greedy_by_engine,
         "by_person": by_person,
